@@ -1,0 +1,3 @@
+from sycri.cli import main
+
+raise SystemExit(main())

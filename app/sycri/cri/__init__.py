@@ -1,0 +1,1 @@
+"""gRPC adapters for the CRI RuntimeService and ImageService: proto in, domain call, proto out."""

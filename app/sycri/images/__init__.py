@@ -1,0 +1,1 @@
+"""Image references, registry clients, layer unpacking, SIF conversion and the image store."""

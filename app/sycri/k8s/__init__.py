@@ -1,0 +1,1 @@
+"""What talks to the Kubernetes API: node labels and events."""

@@ -1,0 +1,1 @@
+"""CNI: network configuration and plugin invocation for pod sandboxes."""

@@ -1,0 +1,1 @@
+"""Pod sandboxes and containers: OCI spec, runc/conmon drivers, mounts, cgroups, state."""

@@ -1,0 +1,1 @@
+"""The Singularity Image Format: read, write and verify SIF files."""

@@ -1,0 +1,1 @@
+"""The streaming server behind Exec, Attach and PortForward."""
