@@ -1,0 +1,89 @@
+"""The ``sycri`` command line: serve, config show, version."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+import yaml
+
+from sycri import __version__, config
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="YAML config file")
+    group = parser.add_argument_group("settings (each overrides the file and SYCRI_* variables)")
+    for key, typ in config.keys().items():
+        kind = (
+            "LIST"
+            if typ is tuple or getattr(typ, "__origin__", None) is tuple
+            else typ.__name__.upper()
+        )
+        group.add_argument(
+            config.flag_name(key),
+            dest="set:" + key,
+            metavar=kind,
+            help=f"{key} (env {config.env_name(key)})",
+        )
+
+
+def _load(opts: argparse.Namespace) -> config.Config:
+    overrides = {k[4:]: v for k, v in vars(opts).items() if k.startswith("set:") and v is not None}
+    return config.load(opts.config, overrides=overrides)
+
+
+def _cmd_serve(opts: argparse.Namespace) -> int:
+    from sycri.observability import logs
+    from sycri.server import StartupError, serve
+
+    cfg = _load(opts)
+    logs.configure(cfg.log.level, cfg.log.format)
+    try:
+        return asyncio.run(serve(cfg))
+    except StartupError as exc:
+        print(f"sycri: {exc}", file=sys.stderr)
+        return 1
+
+
+def _cmd_config_show(opts: argparse.Namespace) -> int:
+    cfg = _load(opts)
+    sys.stdout.write(yaml.safe_dump(cfg.as_dict(), sort_keys=False))
+    return 0
+
+
+def _cmd_version(opts: argparse.Namespace) -> int:
+    print(f"sycri {__version__} (CRI v1)")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sycri", description="A Kubernetes CRI runtime for SIF images")
+    sub = p.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the CRI server")
+    _add_config_flags(serve)
+    serve.set_defaults(func=_cmd_serve)
+    cfg = sub.add_parser("config", help="configuration")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
+    show = cfg_sub.add_parser("show", help="print the effective configuration")
+    _add_config_flags(show)
+    show.set_defaults(func=_cmd_config_show)
+    ver = sub.add_parser("version", help="print the version")
+    ver.set_defaults(func=_cmd_version)
+    for register in _extensions():
+        register(sub)
+    return p
+
+
+def _extensions():
+    """Subcommands contributed by the packages (``sif``, ``pull``, ...)."""
+    return []
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parser().parse_args(argv)
+    try:
+        return opts.func(opts)
+    except config.ConfigError as exc:
+        print(f"sycri: bad configuration: {exc}", file=sys.stderr)
+        return 2

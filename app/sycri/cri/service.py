@@ -1,0 +1,192 @@
+"""One wrapper around every CRI RPC, and the gRPC handlers built from the proto.
+
+Handlers live in the RPC-family modules of this package (``runtime_info``, ``image``,
+``sandbox``, ...), each exporting ``RPCS: dict[str, Handler]``. A unary handler is
+``async def h(node, request) -> response``; a server-streaming one is an async
+generator ``async def h(node, request)`` that yields responses. Every method of the
+proto gets a gRPC handler here: implemented ones go through :func:`_instrumented`
+(debug log with credentials redacted, the error mapping, observers for metrics and
+traces); the rest answer UNIMPLEMENTED naming the RPC.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any, Protocol
+
+import grpc
+from google.protobuf import message_factory, text_format
+from google.protobuf.descriptor import MethodDescriptor
+from google.protobuf.message import Message
+
+from sycri.api import api_pb2
+from sycri.errors import SycriError
+
+log = logging.getLogger("sycri.rpc")
+
+SERVICES = ("RuntimeService", "ImageService")
+
+Handler = Callable[..., Any]
+
+
+class RpcObserver(Protocol):
+    """Told about every RPC; metrics and tracing plug in here."""
+
+    def started(self, method: str) -> None: ...
+
+    def finished(self, method: str, code: grpc.StatusCode, seconds: float) -> None: ...
+
+
+def redacted(message: Message) -> Message:
+    """A copy with every ``debug_redact`` field (passwords, tokens) replaced."""
+    copy = type(message)()
+    copy.CopyFrom(message)
+    _redact(copy)
+    return copy
+
+
+def _redact(message: Message) -> None:
+    for fd, value in message.ListFields():
+        if fd.GetOptions().debug_redact:
+            if fd.type == fd.TYPE_STRING:
+                setattr(message, fd.name, "<redacted>")
+            else:
+                message.ClearField(fd.name)
+        elif fd.type == fd.TYPE_MESSAGE:
+            if fd.is_repeated:
+                items = value.values() if fd.message_type.GetOptions().map_entry else value
+                for item in items:
+                    if isinstance(item, Message):
+                        _redact(item)
+            else:
+                _redact(value)
+
+
+def _short(message: Message) -> str:
+    return text_format.MessageToString(redacted(message), as_one_line=True)[:2000]
+
+
+def _error_status(exc: BaseException, method: str) -> tuple[grpc.StatusCode, str]:
+    if isinstance(exc, SycriError):
+        return exc.code, exc.message
+    log.exception("%s failed unexpectedly", method)
+    return grpc.StatusCode.INTERNAL, f"{method}: internal error: {type(exc).__name__}: {exc}"
+
+
+class Dispatcher:
+    """Builds the generic gRPC handlers for both CRI services."""
+
+    def __init__(
+        self, node: Any, handlers: dict[str, Handler], observers: Iterable[RpcObserver] = ()
+    ):
+        self.node = node
+        self.handlers = handlers
+        self.observers = list(observers)
+
+    def generic_handlers(self) -> list[grpc.GenericRpcHandler]:
+        out = []
+        for service_name in SERVICES:
+            service = api_pb2.DESCRIPTOR.services_by_name[service_name]
+            methods = {m.name: self._method_handler(m) for m in service.methods}
+            out.append(grpc.method_handlers_generic_handler(service.full_name, methods))
+        return out
+
+    def _method_handler(self, md: MethodDescriptor) -> grpc.RpcMethodHandler:
+        req_cls = message_factory.GetMessageClass(md.input_type)
+        resp_cls = message_factory.GetMessageClass(md.output_type)
+        fn = self.handlers.get(md.name)
+        if md.server_streaming:
+            behaviour = self._stream(md, fn)
+            return grpc.unary_stream_rpc_method_handler(
+                behaviour, req_cls.FromString, resp_cls.SerializeToString
+            )
+        return grpc.unary_unary_rpc_method_handler(
+            self._unary(md, fn), req_cls.FromString, resp_cls.SerializeToString
+        )
+
+    def _notify_start(self, name: str) -> float:
+        for obs in self.observers:
+            obs.started(name)
+        return time.monotonic()
+
+    def _notify_end(self, name: str, code: grpc.StatusCode, t0: float) -> None:
+        elapsed = time.monotonic() - t0
+        for obs in self.observers:
+            obs.finished(name, code, elapsed)
+
+    def _unary(self, md: MethodDescriptor, fn: Handler | None):
+        name = md.name
+        unimplemented = f"{md.containing_service.name}.{name} is not implemented by sycri yet"
+
+        async def behaviour(request: Message, context: grpc.aio.ServicerContext) -> Message:
+            t0 = self._notify_start(name)
+            code = grpc.StatusCode.OK
+            try:
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("%s request: %s", name, _short(request))
+                if fn is None:
+                    code = grpc.StatusCode.UNIMPLEMENTED
+                    await context.abort(code, unimplemented)
+                try:
+                    response = await fn(self.node, request)
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:
+                    code, msg = _error_status(exc, name)
+                    log.log(
+                        logging.WARNING if code != grpc.StatusCode.INTERNAL else logging.ERROR,
+                        "%s: %s: %s",
+                        name,
+                        code.name,
+                        msg,
+                    )
+                    await context.abort(code, msg)
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("%s response: %s", name, _short(response))
+                return response
+            except BaseException as exc:
+                if code == grpc.StatusCode.OK:
+                    code = grpc.StatusCode.CANCELLED if _is_cancel(exc) else grpc.StatusCode.UNKNOWN
+                raise
+            finally:
+                self._notify_end(name, code, t0)
+
+        return behaviour
+
+    def _stream(self, md: MethodDescriptor, fn: Handler | None):
+        name = md.name
+        unimplemented = f"{md.containing_service.name}.{name} is not implemented by sycri yet"
+
+        async def behaviour(
+            request: Message, context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Message]:
+            t0 = self._notify_start(name)
+            code = grpc.StatusCode.OK
+            try:
+                if fn is None:
+                    code = grpc.StatusCode.UNIMPLEMENTED
+                    await context.abort(code, unimplemented)
+                try:
+                    async for item in fn(self.node, request):
+                        yield item
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:
+                    code, msg = _error_status(exc, name)
+                    await context.abort(code, msg)
+            except BaseException as exc:
+                if code == grpc.StatusCode.OK:
+                    code = grpc.StatusCode.CANCELLED if _is_cancel(exc) else grpc.StatusCode.UNKNOWN
+                raise
+            finally:
+                self._notify_end(name, code, t0)
+
+        return behaviour
+
+
+def _is_cancel(exc: BaseException) -> bool:
+    import asyncio
+
+    return isinstance(exc, asyncio.CancelledError | GeneratorExit)

@@ -1,0 +1,16 @@
+"""The node: everything a CRI handler may reach, assembled once by ``server.py``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sycri.config import Config
+
+
+@dataclass
+class Node:
+    config: Config
+    cgroup_driver: str
+    # Components are attached by server assembly as they exist.
+    components: dict[str, Any] = field(default_factory=dict)

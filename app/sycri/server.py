@@ -1,0 +1,111 @@
+"""Server assembly: the node, the gRPC server on the unix socket, signals and shutdown.
+
+Shutdown never touches containers: a DaemonSet upgrade replaces sycri while pods keep
+running, and the next sycri picks them up from disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import stat
+from pathlib import Path
+
+import grpc
+
+from sycri.config import Config, detect_cgroup_driver
+from sycri.cri import runtime_info
+from sycri.cri.service import Dispatcher, Handler
+from sycri.node import Node
+
+log = logging.getLogger("sycri.server")
+
+MAX_MESSAGE = 16 * 1024 * 1024
+
+
+class StartupError(RuntimeError):
+    """sycri cannot start; the message says why."""
+
+
+def prepare_socket(path: Path) -> None:
+    """Make the socket's directory; replace a stale socket, refuse a live one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise StartupError(f"{path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(2)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        log.info("replacing stale socket %s", path)
+        path.unlink(missing_ok=True)
+        return
+    except OSError as exc:
+        raise StartupError(f"cannot probe existing socket {path}: {exc}") from None
+    finally:
+        probe.close()
+    raise StartupError(f"{path} is held by a running server; stop it first")
+
+
+def handlers() -> dict[str, Handler]:
+    out: dict[str, Handler] = {}
+    for module in (runtime_info,):
+        out.update(module.RPCS)
+    return out
+
+
+def assemble(cfg: Config) -> Node:
+    for d in (cfg.root_dir, cfg.run_dir):
+        Path(d).mkdir(parents=True, exist_ok=True, mode=0o711)
+    return Node(config=cfg, cgroup_driver=detect_cgroup_driver(cfg))
+
+
+async def serve(cfg: Config, observers: list | None = None) -> int:
+    sock = Path(cfg.socket)
+    prepare_socket(sock)
+    node = assemble(cfg)
+    dispatcher = Dispatcher(node, handlers(), observers or [])
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ("grpc.max_send_message_length", MAX_MESSAGE),
+        ]
+    )
+    server.add_generic_rpc_handlers(dispatcher.generic_handlers())
+    server.add_insecure_port(f"unix:{sock}")
+    old_umask = os.umask(0o117)  # the socket is born 0660
+    try:
+        await server.start()
+    finally:
+        os.umask(old_umask)
+    os.chmod(sock, 0o660)
+    log.info("sycri serving on unix://%s (root %s, run %s)", sock, cfg.root_dir, cfg.run_dir)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.warning("second %s: exiting at once", signal.Signals(signum).name)
+            with contextlib.suppress(OSError):
+                sock.unlink()
+            os._exit(1)
+        log.info("%s: draining and stopping", signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    await stop.wait()
+    await server.stop(cfg.shutdown_grace_seconds)
+    with contextlib.suppress(FileNotFoundError):
+        sock.unlink()
+    log.info("sycri stopped; containers keep running")
+    return 0
