@@ -1,0 +1,121 @@
+"""The one way sycri runs an external program (runc, conmon, mksquashfs, CNI plugins).
+
+Every run is timed, reported to observers (metrics, tracing), logged with its stderr
+when it fails, and reaped: a timeout or a cancelled caller kills the process and
+waits for it, so no zombie is left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from sycri.errors import DeadlineExceeded, Internal
+
+log = logging.getLogger("sycri.command")
+
+
+@dataclass(frozen=True)
+class Result:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+class CommandFailed(Internal):
+    """A program exited non-zero; the message carries its stderr."""
+
+    def __init__(self, result: Result, label: str) -> None:
+        err = (
+            result.stderr.decode(errors="replace").strip()
+            or result.stdout.decode(errors="replace").strip()
+        )
+        super().__init__(f"{label} failed (exit {result.returncode}): {err[-2000:]}")
+        self.result = result
+
+
+class CommandObserver(Protocol):
+    def command_finished(self, name: str, ok: bool, seconds: float) -> None: ...
+
+
+observers: list[CommandObserver] = []
+
+
+def label_of(argv: Sequence[str], label: str | None) -> str:
+    return label or os.path.basename(argv[0])
+
+
+async def run(
+    argv: Sequence[str],
+    *,
+    input: bytes | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+    timeout: float | None = None,
+    check: bool = True,
+    label: str | None = None,
+) -> Result:
+    """Run ``argv`` to completion; raise CommandFailed on non-zero exit when ``check``."""
+    name = label_of(argv, label)
+    t0 = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=dict(env) if env is not None else None,
+        cwd=cwd,
+        start_new_session=True,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(input), timeout)
+    except BaseException as exc:
+        _kill(proc)
+        await proc.wait()
+        _notify(name, False, time.monotonic() - t0)
+        if isinstance(exc, asyncio.TimeoutError):
+            raise DeadlineExceeded(f"{name} did not finish within {timeout:g}s") from None
+        raise
+    result = Result(tuple(argv), proc.returncode or 0, out, err, time.monotonic() - t0)
+    _notify(name, result.ok, result.seconds)
+    if not result.ok:
+        log.warning(
+            "%s exited %d after %.3fs: %s",
+            " ".join(argv)[:500],
+            result.returncode,
+            result.seconds,
+            err.decode(errors="replace").strip()[-2000:],
+        )
+        if check:
+            raise CommandFailed(result, name)
+    else:
+        log.debug("%s took %.3fs", name, result.seconds)
+    return result
+
+
+def _kill(proc: asyncio.subprocess.Process) -> None:
+    try:
+        os.killpg(proc.pid, 9)
+    except (ProcessLookupError, PermissionError):
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+
+
+def _notify(name: str, ok: bool, seconds: float) -> None:
+    for obs in observers:
+        try:
+            obs.command_finished(name, ok, seconds)
+        except Exception:  # an observer must never break a command
+            log.exception("command observer failed")
