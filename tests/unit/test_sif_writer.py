@@ -171,3 +171,11 @@ def test_large_object_count_grows_table(tmp_path: Path) -> None:
     write_sif(tmp_path / "many.sif", objs)
     with open_sif(tmp_path / "many.sif") as img:
         assert len(img.descriptors) == 60 and img.header.descriptors_free == 0
+
+
+def test_mode_is_set_and_kept(tmp_path: Path) -> None:
+    out = tmp_path / "img.sif"
+    write_sif(out, [], mode=0o755)
+    assert out.stat().st_mode & 0o777 == 0o755
+    add_object(out, GenericObject("x", b"y"))
+    assert out.stat().st_mode & 0o777 == 0o755
