@@ -1,0 +1,305 @@
+"""Container and pod stats RPCs: usage from :mod:`sycri.runtime.stats` as CRI messages.
+
+The handlers need from the node only ``containers`` and ``sandboxes`` (the small
+Protocols of :mod:`sycri.runtime.stats`) and ``stats`` (the collector that keeps CPU
+baselines between calls). Stream* variants send what List* returns, in batches, so a
+node with thousands of containers never hits the gRPC message limit (KEP-5825).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from typing import Protocol, TypeVar
+
+from sycri.api import api_pb2
+from sycri.errors import InvalidArgument, NotFound, excerpt
+from sycri.runtime.cgroupstats import CgroupSample
+from sycri.runtime.stats import (
+    ContainerInfo,
+    ContainerSource,
+    ContainerUsage,
+    NetworkUsage,
+    PodInfo,
+    PodSource,
+    PodUsage,
+    StatsCollector,
+)
+
+STREAM_BATCH = 500
+MAX_ID = 128
+
+
+class StatsNode(Protocol):
+    containers: ContainerSource
+    sandboxes: PodSource
+    stats: StatsCollector
+
+
+T = TypeVar("T")
+
+
+def batches(items: Sequence[T], size: int = STREAM_BATCH) -> Iterable[Sequence[T]]:
+    """``items`` in slices of ``size``; one empty slice when there is nothing to send."""
+    if not items:
+        yield items
+        return
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _u64(v: int | None) -> api_pb2.UInt64Value | None:
+    return None if v is None else api_pb2.UInt64Value(value=max(int(v), 0))
+
+
+def _check_id(value: str, what: str) -> str:
+    if len(value) > MAX_ID or any(c in value for c in "/\x00"):
+        raise InvalidArgument(f"{what} {excerpt(value)} is not a valid id")
+    return value
+
+
+def labels_match(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def _by_id(ids: Iterable[str], wanted: str) -> str | None:
+    """Full id for an exact id or a unique prefix of one (as crictl users type them)."""
+    if not wanted:
+        return None
+    matches = [i for i in ids if i == wanted]
+    if matches:
+        return matches[0]
+    pref = [i for i in ids if i.startswith(wanted)]
+    return pref[0] if len(pref) == 1 else None
+
+
+# ---------------------------------------------------------------- building messages
+
+
+def cpu_usage(sample: CgroupSample, nano_cores: int | None) -> api_pb2.CpuUsage | None:
+    if sample.cpu_usage_ns is None:
+        return None
+    return api_pb2.CpuUsage(
+        timestamp=sample.timestamp_ns,
+        usage_core_nano_seconds=_u64(sample.cpu_usage_ns),
+        usage_nano_cores=_u64(nano_cores),
+    )
+
+
+def memory_usage(sample: CgroupSample) -> api_pb2.MemoryUsage | None:
+    m = sample.memory
+    if m is None:
+        return None
+    return api_pb2.MemoryUsage(
+        timestamp=sample.timestamp_ns,
+        working_set_bytes=_u64(m.working_set_bytes),
+        available_bytes=_u64(m.available_bytes),
+        usage_bytes=_u64(m.usage_bytes),
+        rss_bytes=_u64(m.rss_bytes),
+        page_faults=_u64(m.page_faults),
+        major_page_faults=_u64(m.major_page_faults),
+    )
+
+
+def container_attributes(c: ContainerInfo) -> api_pb2.ContainerAttributes:
+    return api_pb2.ContainerAttributes(
+        id=c.id,
+        metadata=api_pb2.ContainerMetadata(name=c.name, attempt=c.attempt),
+        labels=dict(c.labels),
+        annotations=dict(c.annotations),
+    )
+
+
+def container_stats(u: ContainerUsage) -> api_pb2.ContainerStats:
+    out = api_pb2.ContainerStats(attributes=container_attributes(u.info))
+    cpu = cpu_usage(u.sample, u.nano_cores)
+    if cpu is not None:
+        out.cpu.CopyFrom(cpu)
+    mem = memory_usage(u.sample)
+    if mem is not None:
+        out.memory.CopyFrom(mem)
+    if u.disk is not None:
+        out.writable_layer.CopyFrom(
+            api_pb2.FilesystemUsage(
+                timestamp=u.disk_timestamp_ns,
+                fs_id=api_pb2.FilesystemIdentifier(mountpoint=u.disk_mountpoint),
+                used_bytes=_u64(u.disk.bytes),
+                inodes_used=_u64(u.disk.inodes),
+            )
+        )
+    if u.sample.memory is not None and u.sample.memory.swap_bytes is not None:
+        out.swap.CopyFrom(
+            api_pb2.SwapUsage(
+                timestamp=u.sample.timestamp_ns,
+                swap_usage_bytes=_u64(u.sample.memory.swap_bytes),
+            )
+        )
+    return out
+
+
+def network_usage(n: NetworkUsage) -> api_pb2.NetworkUsage:
+    def iface(i) -> api_pb2.NetworkInterfaceUsage:
+        return api_pb2.NetworkInterfaceUsage(
+            name=i.name,
+            rx_bytes=_u64(i.rx_bytes),
+            rx_errors=_u64(i.rx_errors),
+            tx_bytes=_u64(i.tx_bytes),
+            tx_errors=_u64(i.tx_errors),
+        )
+
+    out = api_pb2.NetworkUsage(timestamp=n.timestamp_ns)
+    for i in n.interfaces:
+        if i.name == "lo":
+            continue
+        msg = iface(i)
+        out.interfaces.append(msg)
+        if i.name == n.default:
+            out.default_interface.CopyFrom(msg)
+    return out
+
+
+def pod_attributes(p: PodInfo) -> api_pb2.PodSandboxAttributes:
+    return api_pb2.PodSandboxAttributes(
+        id=p.id,
+        metadata=api_pb2.PodSandboxMetadata(
+            name=p.name, uid=p.uid, namespace=p.namespace, attempt=p.attempt
+        ),
+        labels=dict(p.labels),
+        annotations=dict(p.annotations),
+    )
+
+
+def pod_stats(u: PodUsage) -> api_pb2.PodSandboxStats:
+    linux = api_pb2.LinuxPodSandboxStats(containers=[container_stats(c) for c in u.containers])
+    cpu = cpu_usage(u.sample, u.nano_cores)
+    if cpu is not None:
+        linux.cpu.CopyFrom(cpu)
+    mem = memory_usage(u.sample)
+    if mem is not None:
+        linux.memory.CopyFrom(mem)
+    if u.network is not None:
+        linux.network.CopyFrom(network_usage(u.network))
+    if u.sample.pids is not None:
+        linux.process.CopyFrom(
+            api_pb2.ProcessUsage(timestamp=u.sample.timestamp_ns, process_count=_u64(u.sample.pids))
+        )
+    return api_pb2.PodSandboxStats(attributes=pod_attributes(u.info), linux=linux)
+
+
+# ---------------------------------------------------------------- selection
+
+
+def select_containers(
+    items: Iterable[ContainerInfo], f: api_pb2.ContainerStatsFilter | None
+) -> list[ContainerInfo]:
+    items = list(items)
+    if f is None:
+        return items
+    if f.id:
+        full = _by_id([c.id for c in items], _check_id(f.id, "container id"))
+        items = [c for c in items if c.id == full]
+    if f.pod_sandbox_id:
+        pods = {c.pod_sandbox_id for c in items}
+        full = _by_id(pods, _check_id(f.pod_sandbox_id, "pod sandbox id"))
+        items = [c for c in items if c.pod_sandbox_id == full]
+    if f.label_selector:
+        items = [c for c in items if labels_match(c.labels, f.label_selector)]
+    return items
+
+
+def select_pods(items: Iterable[PodInfo], f: api_pb2.PodSandboxStatsFilter | None) -> list[PodInfo]:
+    items = list(items)
+    if f is None:
+        return items
+    if f.id:
+        full = _by_id([p.id for p in items], _check_id(f.id, "pod sandbox id"))
+        items = [p for p in items if p.id == full]
+    if f.label_selector:
+        items = [p for p in items if labels_match(p.labels, f.label_selector)]
+    return items
+
+
+async def _list_containers(node: StatsNode, f) -> list[api_pb2.ContainerStats]:
+    everything = list(node.containers.stats_containers())
+    chosen = select_containers(everything, f)
+    usage = await node.stats.containers(chosen)
+    node.stats.forget_missing(
+        [c.id for c in everything], [p.id for p in node.sandboxes.stats_pods()]
+    )
+    return [container_stats(u) for u in usage]
+
+
+async def _list_pods(node: StatsNode, f) -> list[api_pb2.PodSandboxStats]:
+    pods = select_pods(node.sandboxes.stats_pods(), f)
+    usage = await node.stats.pods(pods, node.containers.stats_containers())
+    return [pod_stats(u) for u in usage]
+
+
+# ---------------------------------------------------------------- handlers
+
+
+async def container_stats_rpc(
+    node: StatsNode, request: api_pb2.ContainerStatsRequest
+) -> api_pb2.ContainerStatsResponse:
+    if not request.container_id:
+        raise InvalidArgument("ContainerStats: container_id is required")
+    items = list(node.containers.stats_containers())
+    full = _by_id([c.id for c in items], _check_id(request.container_id, "container id"))
+    if full is None:
+        raise NotFound(f"container {excerpt(request.container_id)} not found")
+    [u] = await node.stats.containers([c for c in items if c.id == full])
+    return api_pb2.ContainerStatsResponse(stats=container_stats(u))
+
+
+async def list_container_stats(
+    node: StatsNode, request: api_pb2.ListContainerStatsRequest
+) -> api_pb2.ListContainerStatsResponse:
+    f = request.filter if request.HasField("filter") else None
+    return api_pb2.ListContainerStatsResponse(stats=await _list_containers(node, f))
+
+
+async def stream_container_stats(
+    node: StatsNode, request: api_pb2.StreamContainerStatsRequest
+) -> AsyncIterator[api_pb2.StreamContainerStatsResponse]:
+    f = request.filter if request.HasField("filter") else None
+    for chunk in batches(await _list_containers(node, f)):
+        yield api_pb2.StreamContainerStatsResponse(container_stats=chunk)
+
+
+async def pod_sandbox_stats_rpc(
+    node: StatsNode, request: api_pb2.PodSandboxStatsRequest
+) -> api_pb2.PodSandboxStatsResponse:
+    if not request.pod_sandbox_id:
+        raise InvalidArgument("PodSandboxStats: pod_sandbox_id is required")
+    pods = list(node.sandboxes.stats_pods())
+    full = _by_id([p.id for p in pods], _check_id(request.pod_sandbox_id, "pod sandbox id"))
+    if full is None:
+        raise NotFound(f"pod sandbox {excerpt(request.pod_sandbox_id)} not found")
+    [u] = await node.stats.pods(
+        [p for p in pods if p.id == full], node.containers.stats_containers()
+    )
+    return api_pb2.PodSandboxStatsResponse(stats=pod_stats(u))
+
+
+async def list_pod_sandbox_stats(
+    node: StatsNode, request: api_pb2.ListPodSandboxStatsRequest
+) -> api_pb2.ListPodSandboxStatsResponse:
+    f = request.filter if request.HasField("filter") else None
+    return api_pb2.ListPodSandboxStatsResponse(stats=await _list_pods(node, f))
+
+
+async def stream_pod_sandbox_stats(
+    node: StatsNode, request: api_pb2.StreamPodSandboxStatsRequest
+) -> AsyncIterator[api_pb2.StreamPodSandboxStatsResponse]:
+    f = request.filter if request.HasField("filter") else None
+    for chunk in batches(await _list_pods(node, f)):
+        yield api_pb2.StreamPodSandboxStatsResponse(pod_sandbox_stats=chunk)
+
+
+RPCS = {
+    "ContainerStats": container_stats_rpc,
+    "ListContainerStats": list_container_stats,
+    "StreamContainerStats": stream_container_stats,
+    "PodSandboxStats": pod_sandbox_stats_rpc,
+    "ListPodSandboxStats": list_pod_sandbox_stats,
+    "StreamPodSandboxStats": stream_pod_sandbox_stats,
+}
