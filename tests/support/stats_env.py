@@ -163,3 +163,53 @@ class RealNetns:
     def remove(self) -> None:
         run("ip", "link", "del", self.host_if, check=False)
         run("ip", "netns", "del", self.name, check=False)
+
+
+# ---------------------------------------------------------------- in-test stores
+# Small implementations of the Protocols the stats and events handlers need from
+# node.containers and node.sandboxes; the data they point at (cgroups, namespaces,
+# directories) is real.
+
+
+@dataclass
+class StaticContainers:
+    items: dict = field(default_factory=dict)  # id -> ContainerInfo
+
+    def stats_containers(self):
+        return list(self.items.values())
+
+    def container_statuses(self, pod_sandbox_id: str):
+        from sycri.api import api_pb2
+
+        return [
+            api_pb2.ContainerStatus(
+                id=c.id,
+                metadata=api_pb2.ContainerMetadata(name=c.name, attempt=c.attempt),
+                state=api_pb2.CONTAINER_RUNNING if c.running else api_pb2.CONTAINER_EXITED,
+                labels=dict(c.labels),
+            )
+            for c in self.items.values()
+            if c.pod_sandbox_id == pod_sandbox_id
+        ]
+
+
+@dataclass
+class StaticPods:
+    items: dict = field(default_factory=dict)  # id -> PodInfo
+
+    def stats_pods(self):
+        return list(self.items.values())
+
+    def pod_sandbox_status(self, pod_sandbox_id: str):
+        from sycri.api import api_pb2
+
+        p = self.items.get(pod_sandbox_id)
+        if p is None:
+            return None
+        return api_pb2.PodSandboxStatus(
+            id=p.id,
+            metadata=api_pb2.PodSandboxMetadata(
+                name=p.name, uid=p.uid, namespace=p.namespace, attempt=p.attempt
+            ),
+            state=api_pb2.SANDBOX_READY if p.ready else api_pb2.SANDBOX_NOTREADY,
+        )

@@ -151,7 +151,7 @@ async def list_pod_sandbox_metrics(
 async def stream_pod_sandbox_metrics(
     node: StatsNode, request: api_pb2.StreamPodSandboxMetricsRequest
 ) -> AsyncIterator[api_pb2.StreamPodSandboxMetricsResponse]:
-    for chunk in batches(await _all(node), 100):
+    for chunk in batches(await _all(node)):
         yield api_pb2.StreamPodSandboxMetricsResponse(pod_sandbox_metrics=chunk)
 
 

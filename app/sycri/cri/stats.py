@@ -38,8 +38,9 @@ class StatsNode(Protocol):
 T = TypeVar("T")
 
 
-def batches(items: Sequence[T], size: int = STREAM_BATCH) -> Iterable[Sequence[T]]:
-    """``items`` in slices of ``size``; one empty slice when there is nothing to send."""
+def batches(items: Sequence[T], size: int | None = None) -> Iterable[Sequence[T]]:
+    """``items`` in slices of ``size`` (default STREAM_BATCH); one empty slice if none."""
+    size = size or STREAM_BATCH
     if not items:
         yield items
         return
@@ -63,13 +64,16 @@ def labels_match(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool
 
 def _by_id(ids: Iterable[str], wanted: str) -> str | None:
     """Full id for an exact id or a unique prefix of one (as crictl users type them)."""
+    ids = list(ids)
     if not wanted:
         return None
     matches = [i for i in ids if i == wanted]
     if matches:
         return matches[0]
     pref = [i for i in ids if i.startswith(wanted)]
-    return pref[0] if len(pref) == 1 else None
+    if len(pref) > 1:
+        raise InvalidArgument(f"id prefix {excerpt(wanted)} matches {len(pref)} objects")
+    return pref[0] if pref else None
 
 
 # ---------------------------------------------------------------- building messages
