@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sycri.config import Config
+
+if TYPE_CHECKING:
+    from sycri.runtime.events import EventBus
+    from sycri.runtime.stats import StatsCollector
 
 
 @dataclass
@@ -14,3 +18,5 @@ class Node:
     cgroup_driver: str
     # Components are attached by server assembly as they exist.
     components: dict[str, Any] = field(default_factory=dict)
+    events: EventBus | None = None  # container lifecycle events (GetContainerEvents)
+    stats: StatsCollector | None = None  # cgroup/netns/disk usage with CPU baselines

@@ -18,9 +18,11 @@ from pathlib import Path
 import grpc
 
 from sycri.config import Config, detect_cgroup_driver
-from sycri.cri import runtime_info
+from sycri.cri import events, pod_metrics, runtime_info, stats
 from sycri.cri.service import Dispatcher, Handler
 from sycri.node import Node
+from sycri.runtime.events import EventBus
+from sycri.runtime.stats import StatsCollector
 
 log = logging.getLogger("sycri.server")
 
@@ -57,7 +59,7 @@ def prepare_socket(path: Path) -> None:
 
 def handlers() -> dict[str, Handler]:
     out: dict[str, Handler] = {}
-    for module in (runtime_info,):
+    for module in (runtime_info, stats, pod_metrics, events):
         out.update(module.RPCS)
     return out
 
@@ -65,7 +67,10 @@ def handlers() -> dict[str, Handler]:
 def assemble(cfg: Config) -> Node:
     for d in (cfg.root_dir, cfg.run_dir):
         Path(d).mkdir(parents=True, exist_ok=True, mode=0o711)
-    return Node(config=cfg, cgroup_driver=detect_cgroup_driver(cfg))
+    node = Node(config=cfg, cgroup_driver=detect_cgroup_driver(cfg))
+    node.events = EventBus(cfg.event_buffer)
+    node.stats = StatsCollector(node.cgroup_driver, disk_max_age=cfg.stats_disk_max_age_seconds)
+    return node
 
 
 async def serve(cfg: Config, observers: list | None = None) -> int:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from sycri.api import api_pb2
+from sycri.errors import Unavailable
 from sycri.runtime.events import ContainerEvent, EventBus
 
 
@@ -68,7 +69,10 @@ def event_response(event: ContainerEvent) -> api_pb2.ContainerEventResponse:
 async def get_container_events(
     node: EventsNode, request: api_pb2.GetEventsRequest
 ) -> AsyncIterator[api_pb2.ContainerEventResponse]:
-    with node.events.subscribe() as sub:
+    bus = getattr(node, "events", None)
+    if bus is None:
+        raise Unavailable("the container event bus is not running")
+    with bus.subscribe() as sub:
         async for event in sub:
             yield event_response(event)
 

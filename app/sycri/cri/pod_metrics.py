@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from sycri.api import api_pb2
-from sycri.cri.stats import StatsNode, batches
+from sycri.cri.stats import StatsNode, batches, sources
 from sycri.runtime.stats import ContainerUsage, PodUsage
 
 COUNTER = api_pb2.COUNTER
@@ -132,7 +132,8 @@ def pod_metrics(u: PodUsage) -> api_pb2.PodSandboxMetrics:
 
 
 async def _all(node: StatsNode) -> list[api_pb2.PodSandboxMetrics]:
-    usage = await node.stats.pods(node.sandboxes.stats_pods(), node.containers.stats_containers())
+    containers, pods, collector = sources(node)
+    usage = await collector.pods(pods.stats_pods(), containers.stats_containers())
     return [pod_metrics(u) for u in usage]
 
 

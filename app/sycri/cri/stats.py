@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Protocol, TypeVar
 
 from sycri.api import api_pb2
-from sycri.errors import InvalidArgument, NotFound, excerpt
+from sycri.errors import Internal, InvalidArgument, NotFound, Unavailable, excerpt
 from sycri.runtime.cgroupstats import CgroupSample
 from sycri.runtime.stats import (
     ContainerInfo,
@@ -36,6 +36,37 @@ class StatsNode(Protocol):
 
 
 T = TypeVar("T")
+
+
+class _NoObjects:
+    """Stands in for a store the node does not have yet: it holds nothing."""
+
+    def stats_containers(self) -> list[ContainerInfo]:
+        return []
+
+    def stats_pods(self) -> list[PodInfo]:
+        return []
+
+
+def _source(node: object, attr: str, method: str):
+    src = getattr(node, attr, None)
+    if src is None:
+        return _NoObjects()
+    if not callable(getattr(src, method, None)):
+        raise Internal(f"node.{attr} does not provide {method}() for stats")
+    return src
+
+
+def sources(node: StatsNode) -> tuple[ContainerSource, PodSource, StatsCollector]:
+    """The node's container and pod stores as stats see them, and its collector."""
+    collector = getattr(node, "stats", None)
+    if collector is None:
+        raise Unavailable("the stats collector is not running")
+    return (
+        _source(node, "containers", "stats_containers"),
+        _source(node, "sandboxes", "stats_pods"),
+        collector,
+    )
 
 
 def batches(items: Sequence[T], size: int | None = None) -> Iterable[Sequence[T]]:
@@ -223,18 +254,16 @@ def select_pods(items: Iterable[PodInfo], f: api_pb2.PodSandboxStatsFilter | Non
 
 
 async def _list_containers(node: StatsNode, f) -> list[api_pb2.ContainerStats]:
-    everything = list(node.containers.stats_containers())
-    chosen = select_containers(everything, f)
-    usage = await node.stats.containers(chosen)
-    node.stats.forget_missing(
-        [c.id for c in everything], [p.id for p in node.sandboxes.stats_pods()]
-    )
+    containers, pods, collector = sources(node)
+    everything = list(containers.stats_containers())
+    usage = await collector.containers(select_containers(everything, f))
+    collector.forget_missing([c.id for c in everything], [p.id for p in pods.stats_pods()])
     return [container_stats(u) for u in usage]
 
 
 async def _list_pods(node: StatsNode, f) -> list[api_pb2.PodSandboxStats]:
-    pods = select_pods(node.sandboxes.stats_pods(), f)
-    usage = await node.stats.pods(pods, node.containers.stats_containers())
+    containers, pods, collector = sources(node)
+    usage = await collector.pods(select_pods(pods.stats_pods(), f), containers.stats_containers())
     return [pod_stats(u) for u in usage]
 
 
@@ -246,11 +275,12 @@ async def container_stats_rpc(
 ) -> api_pb2.ContainerStatsResponse:
     if not request.container_id:
         raise InvalidArgument("ContainerStats: container_id is required")
-    items = list(node.containers.stats_containers())
+    containers, _pods, collector = sources(node)
+    items = list(containers.stats_containers())
     full = _by_id([c.id for c in items], _check_id(request.container_id, "container id"))
     if full is None:
         raise NotFound(f"container {excerpt(request.container_id)} not found")
-    [u] = await node.stats.containers([c for c in items if c.id == full])
+    [u] = await collector.containers([c for c in items if c.id == full])
     return api_pb2.ContainerStatsResponse(stats=container_stats(u))
 
 
@@ -274,13 +304,13 @@ async def pod_sandbox_stats_rpc(
 ) -> api_pb2.PodSandboxStatsResponse:
     if not request.pod_sandbox_id:
         raise InvalidArgument("PodSandboxStats: pod_sandbox_id is required")
-    pods = list(node.sandboxes.stats_pods())
+    containers, pod_source, collector = sources(node)
+    pods = list(pod_source.stats_pods())
     full = _by_id([p.id for p in pods], _check_id(request.pod_sandbox_id, "pod sandbox id"))
     if full is None:
         raise NotFound(f"pod sandbox {excerpt(request.pod_sandbox_id)} not found")
-    [u] = await node.stats.pods(
-        [p for p in pods if p.id == full], node.containers.stats_containers()
-    )
+    chosen = [p for p in pods if p.id == full]
+    [u] = await collector.pods(chosen, containers.stats_containers())
     return api_pb2.PodSandboxStatsResponse(stats=pod_stats(u))
 
 
