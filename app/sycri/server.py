@@ -18,7 +18,7 @@ from pathlib import Path
 import grpc
 
 from sycri.config import Config, detect_cgroup_driver
-from sycri.cri import events, pod_metrics, runtime_info, stats
+from sycri.cri import events, listing, pod_metrics, runtime_info, stats
 from sycri.cri.service import Dispatcher, Handler
 from sycri.node import Node
 from sycri.runtime.events import EventBus
@@ -61,6 +61,7 @@ def handlers() -> dict[str, Handler]:
     out: dict[str, Handler] = {}
     for module in (runtime_info, stats, pod_metrics, events):
         out.update(module.RPCS)
+    out.update(listing.stream_variants(out))
     return out
 
 
