@@ -239,3 +239,24 @@ def test_read_cgroup_that_is_gone(tmp_path, version):
     layout = _fake_hierarchy(tmp_path, version, "limited")
     s = cs.read_cgroup(layout, "/kubepods/pod1/removed")
     assert not s.exists and s.memory is None and s.cpu_usage_ns is None
+
+
+def test_pressure_files():
+    p = cs.parse_pressure(text("v2", "limited", "cpu.pressure"), "cpu.pressure")
+    assert p.some == cs.PsiData(total_us=1234567, avg10=1.5, avg60=0.75, avg300=0.2)
+    assert p.full is not None and p.full.total_us == 345678
+    # Older kernels have no "full" line for CPU.
+    only_some = cs.parse_pressure("some avg10=0.00 avg60=0.00 avg300=0.00 total=7\n")
+    assert only_some.full is None and only_some.some.total_us == 7
+    with pytest.raises(cs.CgroupParseError, match=r"io\.pressure line 1"):
+        cs.parse_pressure("some avg10=x total=1\n", "io.pressure")
+    with pytest.raises(cs.CgroupParseError, match="no 'some' line"):
+        cs.parse_pressure("full avg10=0 avg60=0 avg300=0 total=0\n")
+
+
+def test_v2_read_includes_pressure_v1_has_none(tmp_path):
+    s2 = cs.read_cgroup(_fake_hierarchy(tmp_path / "2", "v2", "limited"), "/kubepods/pod1/ctr")
+    assert s2.io_pressure is not None and s2.io_pressure.some.total_us == 987654
+    assert s2.memory_pressure is not None and s2.memory_pressure.full.total_us == 40
+    s1 = cs.read_cgroup(_fake_hierarchy(tmp_path / "1", "v1", "limited"), "/kubepods/pod1/ctr")
+    assert s1.cpu_pressure is None and s1.io_pressure is None

@@ -13,7 +13,7 @@ from typing import Protocol, TypeVar
 
 from sycri.api import api_pb2
 from sycri.errors import Internal, InvalidArgument, NotFound, Unavailable, excerpt
-from sycri.runtime.cgroupstats import CgroupSample
+from sycri.runtime.cgroupstats import CgroupSample, Pressure, PsiData
 from sycri.runtime.stats import (
     ContainerInfo,
     ContainerSource,
@@ -110,6 +110,20 @@ def _by_id(ids: Iterable[str], wanted: str) -> str | None:
 # ---------------------------------------------------------------- building messages
 
 
+def psi(p: Pressure | None) -> api_pb2.PsiStats | None:
+    """PSI as the kernel reports it (totals in microseconds, as containerd passes them)."""
+    if p is None:
+        return None
+
+    def data(d: PsiData) -> api_pb2.PsiData:
+        return api_pb2.PsiData(Total=d.total_us, Avg10=d.avg10, Avg60=d.avg60, Avg300=d.avg300)
+
+    out = api_pb2.PsiStats(Some=data(p.some))
+    if p.full is not None:
+        out.Full.CopyFrom(data(p.full))
+    return out
+
+
 def cpu_usage(sample: CgroupSample, nano_cores: int | None) -> api_pb2.CpuUsage | None:
     if sample.cpu_usage_ns is None:
         return None
@@ -117,7 +131,14 @@ def cpu_usage(sample: CgroupSample, nano_cores: int | None) -> api_pb2.CpuUsage 
         timestamp=sample.timestamp_ns,
         usage_core_nano_seconds=_u64(sample.cpu_usage_ns),
         usage_nano_cores=_u64(nano_cores),
+        psi=psi(sample.cpu_pressure),
     )
+
+
+def io_usage(sample: CgroupSample) -> api_pb2.IoUsage | None:
+    if sample.io_pressure is None:
+        return None
+    return api_pb2.IoUsage(timestamp=sample.timestamp_ns, psi=psi(sample.io_pressure))
 
 
 def memory_usage(sample: CgroupSample) -> api_pb2.MemoryUsage | None:
@@ -132,6 +153,7 @@ def memory_usage(sample: CgroupSample) -> api_pb2.MemoryUsage | None:
         rss_bytes=_u64(m.rss_bytes),
         page_faults=_u64(m.page_faults),
         major_page_faults=_u64(m.major_page_faults),
+        psi=psi(sample.memory_pressure),
     )
 
 
@@ -152,6 +174,9 @@ def container_stats(u: ContainerUsage) -> api_pb2.ContainerStats:
     mem = memory_usage(u.sample)
     if mem is not None:
         out.memory.CopyFrom(mem)
+    io = io_usage(u.sample)
+    if io is not None:
+        out.io.CopyFrom(io)
     if u.disk is not None:
         out.writable_layer.CopyFrom(
             api_pb2.FilesystemUsage(
@@ -211,6 +236,9 @@ def pod_stats(u: PodUsage) -> api_pb2.PodSandboxStats:
     mem = memory_usage(u.sample)
     if mem is not None:
         linux.memory.CopyFrom(mem)
+    io = io_usage(u.sample)
+    if io is not None:
+        linux.io.CopyFrom(io)
     if u.network is not None:
         linux.network.CopyFrom(network_usage(u.network))
     if u.sample.pids is not None:

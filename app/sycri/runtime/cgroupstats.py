@@ -162,6 +162,44 @@ def cpu_v2(stat: str) -> int:
 
 
 @dataclass(frozen=True)
+class PsiData:
+    total_us: int  # cumulative stall time, microseconds, as the kernel reports it
+    avg10: float
+    avg60: float
+    avg300: float
+
+
+@dataclass(frozen=True)
+class Pressure:
+    """One ``*.pressure`` file (cgroup v2): ``some`` and, where the kernel has it, ``full``."""
+
+    some: PsiData
+    full: PsiData | None = None
+
+
+def parse_pressure(text: str, name: str = "pressure") -> Pressure:
+    """``some avg10=0.00 avg60=0.00 avg300=0.00 total=0`` (+ a ``full`` line)."""
+    lines: dict[str, PsiData] = {}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        kind, *pairs = line.split()
+        try:
+            kv = dict(p.split("=", 1) for p in pairs)
+            lines[kind] = PsiData(
+                total_us=int(kv["total"]),
+                avg10=float(kv["avg10"]),
+                avg60=float(kv["avg60"]),
+                avg300=float(kv["avg300"]),
+            )
+        except (KeyError, ValueError):
+            raise CgroupParseError(f"{name} line {lineno}: not a PSI line: {line[:80]!r}") from None
+    if "some" not in lines:
+        raise CgroupParseError(f"{name}: no 'some' line")
+    return Pressure(lines["some"], lines.get("full"))
+
+
+@dataclass(frozen=True)
 class CgroupSample:
     """One reading of a cgroup; a field is None when its controller is absent."""
 
@@ -169,6 +207,9 @@ class CgroupSample:
     cpu_usage_ns: int | None = None
     memory: MemoryStats | None = None
     pids: int | None = None
+    cpu_pressure: Pressure | None = None  # v2 only
+    memory_pressure: Pressure | None = None
+    io_pressure: Pressure | None = None
 
     @property
     def exists(self) -> bool:
@@ -362,6 +403,11 @@ def _read(path: str) -> str | None:
     return b"".join(chunks).decode("ascii", "replace")
 
 
+def _pressure(text: str | None, name: str) -> Pressure | None:
+    # An empty file: PSI is compiled in but disabled (psi=0 on the kernel command line).
+    return parse_pressure(text, name) if text and text.strip() else None
+
+
 def _read_all(d: str, names: Iterable[str]) -> dict[str, str | None]:
     return {n: _read(os.path.join(d, n)) for n in names}
 
@@ -384,6 +430,9 @@ def read_cgroup(layout: CgroupLayout, rel: str, now_ns: int | None = None) -> Cg
                 "memory.events",
                 "memory.swap.current",
                 "pids.current",
+                "cpu.pressure",
+                "memory.pressure",
+                "io.pressure",
             ),
         )
         mem = None
@@ -400,6 +449,9 @@ def read_cgroup(layout: CgroupLayout, rel: str, now_ns: int | None = None) -> Cg
             cpu_usage_ns=cpu_v2(f["cpu.stat"]) if f["cpu.stat"] is not None else None,
             memory=mem,
             pids=parse_int(f["pids.current"], "pids.current") if f["pids.current"] else None,
+            cpu_pressure=_pressure(f["cpu.pressure"], "cpu.pressure"),
+            memory_pressure=_pressure(f["memory.pressure"], "memory.pressure"),
+            io_pressure=_pressure(f["io.pressure"], "io.pressure"),
         )
     cpu = mem = pids = None
     if "cpuacct" in dirs:
