@@ -185,7 +185,7 @@ COMMAND_FAILURES = Counter(
     ["command"],
     registry=REGISTRY,
 )
-CNI_OPERATIONS = Counter(
+CNI_OPS = Counter(
     "sycri_cni_operations_total",
     "CNI operations on pod networks, by operation (ADD, DEL, CHECK) and result.",
     ["operation", "result"],
@@ -213,7 +213,7 @@ def _zero_init() -> None:
         CONTAINER_EXITS.labels(reason)
     for op in ("ADD", "DEL"):
         for result in RESULTS:
-            CNI_OPERATIONS.labels(op, result)
+            CNI_OPS.labels(op, result)
 
 
 _zero_init()
@@ -336,7 +336,7 @@ def cni_operation(operation: str) -> Iterator[None]:
         yield
         result = "success"
     finally:
-        CNI_OPERATIONS.labels(operation, result).inc()
+        CNI_OPS.labels(operation, result).inc()
         CNI_DURATION.labels(operation).observe(time.monotonic() - t0)
 
 
