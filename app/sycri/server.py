@@ -83,7 +83,8 @@ async def serve(cfg: Config, observers: list | None = None) -> int:
     except OSError as exc:
         raise StartupError(f"metrics_address {cfg.metrics_address}: {exc.strerror}") from None
     command.observers.append(command_metrics := metrics.CommandMetrics())
-    dispatcher = Dispatcher(node, handlers(), [metrics.RpcMetrics(), *(observers or [])])
+    rpc_observers = [metrics.RpcMetrics(), tracing.RpcSpans(), *(observers or [])]
+    dispatcher = Dispatcher(node, handlers(), rpc_observers)
     server = grpc.aio.server(
         interceptors=tracing.server_interceptors(tracer_provider),
         options=[
