@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from pathlib import Path
 
 import grpc
@@ -59,7 +60,15 @@ async def run_server(tmp_path: Path, handlers: dict, body):
         async with grpc.aio.insecure_channel(f"unix:{cfg.socket}") as ch:
             await body(ch)
     finally:
-        await srv.stop(None)
+        await srv.stop(5)  # grace: let handlers finish so their spans end
+    # A client has its answer as soon as the status is sent; the handler's span ends
+    # a moment later. Wait for the one server span of the RPC.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        spans = exporter.get_finished_spans()
+        if any(s.kind == SpanKind.SERVER for s in spans):
+            break
+        await asyncio.sleep(0.01)
     return exporter.get_finished_spans()
 
 

@@ -192,9 +192,11 @@ class PanelQuery:
         return expand(self.expr)
 
 
-def expand(expr: str) -> str:
-    for name in sorted(GRAFANA_VARS, key=len, reverse=True):
-        expr = expr.replace(name, GRAFANA_VARS[name])
+def expand(expr: str, **values: str) -> str:
+    """``expr`` as Grafana sends it: variables replaced (``All`` unless ``values`` name one)."""
+    subst = dict(GRAFANA_VARS, **{f"${k}": v for k, v in values.items()})
+    for name in sorted(subst, key=len, reverse=True):
+        expr = expr.replace(name, subst[name])
     return expr
 
 
@@ -221,6 +223,18 @@ def metric_names(promql: str) -> set[str]:
 
     promql_parser.walk(promql_parser.parse(promql), visit)
     return names
+
+
+def selectors(promql: str) -> list[str]:
+    """Every instant-vector selector of a query, as PromQL text with its matchers."""
+    out: list[str] = []
+
+    def visit(node) -> None:
+        if isinstance(node, promql_parser.VectorSelector):
+            out.append(str(node))
+
+    promql_parser.walk(promql_parser.parse(promql), visit)
+    return out
 
 
 # ---------------------------------------------------------------------- Prometheus
