@@ -17,12 +17,11 @@ from pathlib import Path
 
 import grpc
 
-from sycri import command
 from sycri.config import Config, detect_cgroup_driver
 from sycri.cri import runtime_info
 from sycri.cri.service import Dispatcher, Handler
 from sycri.node import Node
-from sycri.observability import metrics, tracing
+from sycri.observability import telemetry
 
 log = logging.getLogger("sycri.server")
 
@@ -75,18 +74,12 @@ async def serve(cfg: Config, observers: list | None = None) -> int:
     prepare_socket(sock)
     node = assemble(cfg)
     try:
-        tracer_provider = tracing.configure()
-    except tracing.TracingConfigError as exc:
+        obs = telemetry.start(cfg)
+    except telemetry.TelemetryError as exc:
         raise StartupError(str(exc)) from None
-    try:
-        metrics_server = metrics.serve_http(cfg.metrics_address)
-    except OSError as exc:
-        raise StartupError(f"metrics_address {cfg.metrics_address}: {exc.strerror}") from None
-    command.observers.append(command_metrics := metrics.CommandMetrics())
-    rpc_observers = [metrics.RpcMetrics(), tracing.RpcSpans(), *(observers or [])]
-    dispatcher = Dispatcher(node, handlers(), rpc_observers)
+    dispatcher = Dispatcher(node, handlers(), [*obs.rpc_observers, *(observers or [])])
     server = grpc.aio.server(
-        interceptors=tracing.server_interceptors(tracer_provider),
+        interceptors=obs.interceptors,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
@@ -118,11 +111,7 @@ async def serve(cfg: Config, observers: list | None = None) -> int:
         loop.add_signal_handler(signum, on_signal, signum)
     await stop.wait()
     await server.stop(cfg.shutdown_grace_seconds)
-    if metrics_server is not None:
-        metrics_server.close()
-    command.observers.remove(command_metrics)
-    if tracer_provider is not None:
-        tracer_provider.shutdown()  # flushes spans still batched
+    obs.close()
     with contextlib.suppress(FileNotFoundError):
         sock.unlink()
     log.info("sycri stopped; containers keep running")

@@ -18,7 +18,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from sycri import command, config, server
 from sycri.api import api_pb2, api_pb2_grpc
 from sycri.cri.service import Dispatcher
-from sycri.observability import metrics, tracing
+from sycri.observability import telemetry, tracing
 
 from tests.support.telemetry import memory_tracing
 
@@ -50,9 +50,9 @@ async def run_server(tmp_path: Path, handlers: dict, body):
          "run_dir": str(tmp_path / "run"), "metrics_address": ""}
     )  # fmt: skip
     node = server.assemble(cfg)
-    observers = [metrics.RpcMetrics(), tracing.RpcSpans()]
-    dispatcher = Dispatcher(node, {**server.handlers(), **handlers}, observers)
-    srv = grpc.aio.server(interceptors=tracing.server_interceptors(provider))
+    wiring = telemetry.Telemetry(metrics_server=None, tracer_provider=provider)  # as serve() does
+    dispatcher = Dispatcher(node, {**server.handlers(), **handlers}, wiring.rpc_observers)
+    srv = grpc.aio.server(interceptors=wiring.interceptors)
     srv.add_generic_rpc_handlers(dispatcher.generic_handlers())
     srv.add_insecure_port(f"unix:{cfg.socket}")
     await srv.start()
