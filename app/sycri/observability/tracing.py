@@ -150,8 +150,13 @@ class RpcSpans:
             sp.record_exception(exc, attributes={"rpc.grpc.status_code": code.value[0]})
 
 
+# A proxy: it follows the global provider once one is installed, and costs little
+# while none is (tracing off).
+_TRACER = trace.get_tracer(TRACER_NAME, __version__)
+
+
 def tracer() -> trace.Tracer:
-    return trace.get_tracer(TRACER_NAME, __version__)
+    return _TRACER
 
 
 @contextlib.contextmanager
@@ -161,6 +166,9 @@ def span(name: str, **attributes: Any) -> Iterator[Span]:
     Dotted attribute names pass through ``**``; ``None`` values are left out. An
     exception leaving the block is recorded on the span and marks it as an error.
     """
+    if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        yield trace.INVALID_SPAN  # tracing off: skip the API's context machinery
+        return
     attrs = {k: v for k, v in attributes.items() if v is not None}
     with tracer().start_as_current_span(
         name, attributes=attrs, record_exception=True, set_status_on_exception=True
