@@ -191,3 +191,26 @@ def test_json_logs_carry_trace_ids(spans):
     assert "trace_id" not in outside
     assert inside["msg"] == "inside"
     assert (inside["trace_id"], inside["span_id"]) == (trace_id, span_id)
+
+
+def test_span_is_a_cheap_no_op_when_tracing_is_off():
+    """In a fresh interpreter (no provider installed) spans cost nothing and hide nothing."""
+    import subprocess
+    import sys
+
+    code = (
+        "from opentelemetry import trace\n"
+        "from sycri.observability import tracing\n"
+        "with tracing.span('x', a=1) as sp:\n"
+        "    sp.set_attribute('b', 2)\n"
+        "    assert sp is trace.INVALID_SPAN and tracing.current_ids() is None\n"
+        "try:\n"
+        "    with tracing.span('y'):\n"
+        "        raise KeyError('kept')\n"
+        "except KeyError as e:\n"
+        "    print('raised', e)\n"
+    )
+    env = {"PYTHONPATH": ":".join(sys.path), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "raised 'kept'"

@@ -353,6 +353,8 @@ class Inventory(Collector):
     The components register a callable each (``pods``, ``containers``, ``images``);
     a metric whose source is not registered is simply absent. A source that raises
     is logged and skipped, so a scrape never fails because of one component.
+    Sources run in the metrics HTTP server's thread, not the event loop: they must
+    only read a snapshot of in-memory state (no awaiting, no disk walk per scrape).
     """
 
     def __init__(self) -> None:
