@@ -254,3 +254,13 @@ def test_empty_address_means_no_endpoint():
 )
 def test_split_address(address, expected):
     assert metrics.split_address(address) == expected
+
+
+def test_event_subscriptions_are_counted_but_not_timed():
+    obs = metrics.RpcMetrics()
+    n = val("sycri_rpc_requests_total", method="GetContainerEvents", code="CANCELLED")
+    obs.started("GetContainerEvents")
+    assert val("sycri_rpc_requests_in_flight", method="GetContainerEvents") == 1
+    obs.finished("GetContainerEvents", grpc.StatusCode.CANCELLED, 7200.0)
+    assert val("sycri_rpc_requests_total", method="GetContainerEvents", code="CANCELLED") == n + 1
+    assert val("sycri_rpc_duration_seconds_count", method="GetContainerEvents") == 0

@@ -224,6 +224,10 @@ def _one_of(value: str, allowed: tuple[str, ...], fallback: str) -> str:
 
 
 # -- the RPC and command observers ---------------------------------------------------
+# Subscriptions that stay open for hours: their lifetime is not a latency.
+SUBSCRIPTIONS = frozenset({"GetContainerEvents"})
+
+
 class RpcMetrics:
     """An ``RpcObserver`` (see ``sycri.cri.service``): counts, times and tracks RPCs."""
 
@@ -233,7 +237,8 @@ class RpcMetrics:
     def finished(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
         RPC_IN_FLIGHT.labels(method).dec()
         RPC_REQUESTS.labels(method, code.name).inc()
-        RPC_DURATION.labels(method).observe(seconds)
+        if method not in SUBSCRIPTIONS:
+            RPC_DURATION.labels(method).observe(seconds)
 
 
 class CommandMetrics:
