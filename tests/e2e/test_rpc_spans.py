@@ -92,6 +92,20 @@ def test_server_span_is_a_child_of_the_incoming_traceparent(tmp_path, trace_md):
     assert sp.attributes["rpc.method"] == "Version"
 
 
+def test_kubelets_decision_not_to_sample_is_followed(tmp_path):
+    unsampled = (("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-00"),)
+
+    async def body(ch):
+        stub = api_pb2_grpc.RuntimeServiceStub(ch)
+        await stub.Version(api_pb2.VersionRequest(), metadata=unsampled)
+        await stub.Status(api_pb2.StatusRequest())  # sampled: proves spans still flow
+
+    spans = asyncio.run(run_server(tmp_path, {}, body))
+    assert [s.name for s in spans if s.kind == SpanKind.SERVER] == [
+        "/runtime.v1.RuntimeService/Status"
+    ]
+
+
 def test_without_traceparent_the_server_span_is_a_root(tmp_path):
     async def body(ch):
         await api_pb2_grpc.RuntimeServiceStub(ch).Version(api_pb2.VersionRequest())

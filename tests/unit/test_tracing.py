@@ -214,3 +214,26 @@ def test_span_is_a_cheap_no_op_when_tracing_is_off():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "raised 'kept'"
+
+
+@pytest.mark.parametrize(
+    ("env", "description"),
+    [
+        ({}, "ParentBased{root:AlwaysOnSampler"),
+        ({"OTEL_TRACES_SAMPLER": "always_off"}, "AlwaysOffSampler"),
+        (
+            {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.25"},
+            "ParentBased{root:TraceIdRatioBased{0.25}",
+        ),
+    ],
+)
+def test_sampler_comes_from_the_environment(monkeypatch, env, description):
+    monkeypatch.delenv("OTEL_TRACES_SAMPLER", raising=False)
+    monkeypatch.delenv("OTEL_TRACES_SAMPLER_ARG", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    tp = tracing.provider()
+    try:
+        assert tp.sampler.get_description().startswith(description)
+    finally:
+        tp.shutdown()
