@@ -264,3 +264,12 @@ def test_event_subscriptions_are_counted_but_not_timed():
     obs.finished("GetContainerEvents", grpc.StatusCode.CANCELLED, 7200.0)
     assert val("sycri_rpc_requests_total", method="GetContainerEvents", code="CANCELLED") == n + 1
     assert val("sycri_rpc_duration_seconds_count", method="GetContainerEvents") == 0
+
+
+def test_a_daemon_child_can_be_recorded_directly():
+    n = val("sycri_command_failures_total", command="conmon")
+    c = val("sycri_command_duration_seconds_count", command="conmon")
+    metrics.record_command("conmon", True, 0.05)
+    metrics.record_command("conmon", False, 0.5)
+    assert val("sycri_command_duration_seconds_count", command="conmon") == c + 2
+    assert val("sycri_command_failures_total", command="conmon") == n + 1

@@ -245,9 +245,14 @@ class CommandMetrics:
     """A ``CommandObserver`` (see ``sycri.command``): latency and failures by command."""
 
     def command_finished(self, name: str, ok: bool, seconds: float) -> None:
-        COMMAND_DURATION.labels(name).observe(seconds)
-        if not ok:
-            COMMAND_FAILURES.labels(name).inc()
+        record_command(name, ok, seconds)
+
+
+def record_command(name: str, ok: bool, seconds: float) -> None:
+    """Count a program run outside ``command.run`` (a daemon child such as conmon)."""
+    COMMAND_DURATION.labels(name).observe(seconds)
+    if not ok:
+        COMMAND_FAILURES.labels(name).inc()
 
 
 # -- image events ---------------------------------------------------------------------
