@@ -1,4 +1,4 @@
-"""The ``sycri`` command line: serve, config show, version."""
+"""The ``sycri`` command line: serve, config show, version, health."""
 
 from __future__ import annotations
 
@@ -77,7 +77,9 @@ def parser() -> argparse.ArgumentParser:
 
 def _extensions():
     """Subcommands contributed by the packages (``sif``, ``pull``, ...)."""
-    return []
+    from sycri import health
+
+    return [health.register]
 
 
 def main(argv: list[str] | None = None) -> int:
