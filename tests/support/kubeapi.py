@@ -74,7 +74,7 @@ class KubeAPI:
     events: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     requests: list[Request] = field(default_factory=list)
     fail_next: int = 0  # answer this many requests with 500 first
-    delay: float = 0.0  # seconds to sit on every request
+    gate: threading.Event | None = None  # when set here, requests wait until it is set
     lock: threading.Lock = field(default_factory=threading.Lock)
     changed: threading.Condition = field(init=False)
     server: ThreadingHTTPServer | None = None
@@ -179,6 +179,7 @@ _EVENTS = re.compile(r"^/api/v1/namespaces/([^/]+)/events(?:/([^/]+))?$")
 class _Handler(BaseHTTPRequestHandler):
     state: KubeAPI
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # no 40 ms delayed-ACK stall per keep-alive reply
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         pass
@@ -201,10 +202,12 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             self._reply(400, _status(400, "BadRequest", "body is not JSON"))
             return
-        if st.delay:
-            threading.Event().wait(st.delay)
+        if st.gate is not None:
+            st.gate.wait(30)
         with st.changed:
-            st.requests.append(Request(self.command, path, dict(self.headers.items()), body))
+            st.requests.append(
+                Request(self.command, path, {k.lower(): v for k, v in self.headers.items()}, body)
+            )
             try:
                 code, reply = self._route(st, path, body)
             except Exception as exc:  # a broken request is the client's bug: say so

@@ -79,16 +79,18 @@ class NodeAgent:
         cfg: Config,
         *,
         clock: Callable[[], float] = time.monotonic,
+        retry_delay: float = 1.0,
+        queue_limit: int = QUEUE_LIMIT,
     ) -> None:
         self.node_name = node_name
         self.enabled = api_client is not None and bool(node_name)
         self._cfg = cfg
         self._api_client = api_client
         self._clock = clock
-        self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_LIMIT)
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_limit)
         self._thread: threading.Thread | None = None
         self._registered = threading.Event()
-        self._retry_delay = 1.0
+        self._retry_delay = retry_delay
         self._retry_at = 0.0
         self._recent: OrderedDict[tuple[str, ...], tuple[str, int, float]] = OrderedDict()
         self._dropped = 0
@@ -111,6 +113,8 @@ class NodeAgent:
         environ: Mapping[str, str] | None = None,
         token_path: str | None = None,
         ca_path: str | None = None,
+        retry_delay: float = 1.0,
+        queue_limit: int = QUEUE_LIMIT,
     ) -> NodeAgent:
         """The agent with in-cluster credentials, or a disabled one (logged once, here)."""
         environ = os.environ if environ is None else environ
@@ -140,7 +144,13 @@ class NodeAgent:
                 NODE_NAME_ENV,
             )
             return cls.disabled(cfg)
-        return cls(client.ApiClient(configuration), node_name, cfg)
+        return cls(
+            client.ApiClient(configuration),
+            node_name,
+            cfg,
+            retry_delay=retry_delay,
+            queue_limit=queue_limit,
+        )
 
     # --- lifecycle ------------------------------------------------------------------
 
