@@ -95,7 +95,7 @@ def test_daemonset_runs_privileged_in_the_hosts_namespaces(variant):
     pod = ds["spec"]["template"]["spec"]
     assert pod["hostPID"] is True
     assert pod["hostNetwork"] is True
-    assert pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert pod["dnsPolicy"] == "Default"  # the node's resolver, not cluster DNS
     assert pod["priorityClassName"] == "system-node-critical"
     sc = _container(objs)["securityContext"]
     assert sc["privileged"] is True and sc["runAsUser"] == 0
@@ -114,6 +114,7 @@ def test_daemonset_runs_privileged_in_the_hosts_namespaces(variant):
 @variants
 def test_host_paths_are_mounted_at_the_same_paths(variant, tmp_path):
     objs = objects(_values(variant))
+    values = _merged(variant)
     cfg = _sycri_config(objs, tmp_path)
     mounts = _mounts(objs)
     host = {
@@ -128,6 +129,7 @@ def test_host_paths_are_mounted_at_the_same_paths(variant, tmp_path):
         cfg.run_dir,
         cfg.root_dir,
         cfg.pod_log_dir,
+        values["paths"]["kubeletDir"],
         cfg.cni.bin_dirs[0],
         cfg.cni.conf_dir,
         "/sys/fs/cgroup",
@@ -146,6 +148,8 @@ def test_host_paths_are_mounted_at_the_same_paths(variant, tmp_path):
     assert host["/run/xtables.lock"][1]["type"] == "FileOrCreate"
     assert host[cfg.cni.bin_dirs[0]][0]["readOnly"] is True
     assert host["/dev"][0]["mountPropagation"] == "HostToContainer"
+    # Volumes kubelet mounts after sycri started must still be visible to it.
+    assert host[values["paths"]["kubeletDir"]][0]["mountPropagation"] == "HostToContainer"
     # Nothing else gets Bidirectional: it leaks mounts into the host.
     bidirectional = {
         p for p, (m, _) in host.items() if m.get("mountPropagation") == "Bidirectional"
