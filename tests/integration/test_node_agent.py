@@ -325,3 +325,12 @@ def test_sycri_serve_labels_its_node_and_stops_cleanly(api: KubeAPI, tmp_path: P
             proc.kill()
             proc.wait()
     assert f"labelled Node {NODE}" in log_path.read_text()
+
+
+def test_event_names_stay_valid_for_the_longest_pod_names(api: KubeAPI, running: NodeAgent):
+    long_name = "a" * 240 + ".b-c"
+    running.pull_failed("ns", long_name, "u", "img", "boom")
+    assert api.wait_for(lambda s: len(s.events) == 1)
+    [(_, name)] = api.events.keys()
+    assert len(name) <= 253 and name.startswith("a" * 200) and ".sycri-" in name
+    assert next(iter(api.events.values()))["involvedObject"]["name"] == long_name

@@ -172,6 +172,7 @@ class KubeAPI:
             return self.changed.wait_for(lambda: predicate(self), timeout)
 
 
+_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _NODE = re.compile(r"^/api/v1/nodes/([^/]+)$")
 _EVENTS = re.compile(r"^/api/v1/namespaces/([^/]+)/events(?:/([^/]+))?$")
 
@@ -251,6 +252,8 @@ class _Handler(BaseHTTPRequestHandler):
                 except kubernetes_validate.ValidationError as exc:
                     return 422, _status(422, "Invalid", exc.message)
                 key = (ns, meta.get("name", ""))
+                if len(key[1]) > 253 or not _SUBDOMAIN.match(key[1]):
+                    return 422, _status(422, "Invalid", f"metadata.name: Invalid value: {key[1]!r}")  # fmt: skip
                 if key in st.events:
                     return 409, _status(409, "AlreadyExists", f'events "{key[1]}" already exists')  # fmt: skip
                 stored = merge_patch(body, {"metadata": {"namespace": ns, "uid": f"ev-{len(st.events)}"}})  # fmt: skip

@@ -272,7 +272,8 @@ class NodeAgent:
             else:
                 self._remember(key, name, count + 1)
                 return
-        name = f"{pod.name}.sycri-{uuid.uuid4().hex[:12]}"[:253]
+        suffix = f".sycri-{uuid.uuid4().hex[:12]}"  # like kubelet's <pod>.<unique> names
+        name = pod.name[: 253 - len(suffix)].rstrip(".-") + suffix
         event = client.CoreV1Event(
             api_version="v1",
             kind="Event",
