@@ -78,8 +78,9 @@ def parser() -> argparse.ArgumentParser:
 def _extensions():
     """Subcommands contributed by the packages (``sif``, ``pull``, ...)."""
     from sycri import health
+    from sycri.sif import cli as sif_cli
 
-    return [health.register]
+    return [sif_cli.register, health.register]
 
 
 def main(argv: list[str] | None = None) -> int:
