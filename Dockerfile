@@ -41,6 +41,8 @@ RUN apt-get update \
         containernetworking-plugins \
         iptables \
         iproute2 \
+        mount \
+        gpgv \
         ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && mkdir -p /etc/sycri
