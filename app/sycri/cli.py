@@ -1,4 +1,4 @@
-"""The ``sycri`` command line: serve, config show, version."""
+"""The ``sycri`` command line: serve, config show, version, health."""
 
 from __future__ import annotations
 
@@ -77,9 +77,10 @@ def parser() -> argparse.ArgumentParser:
 
 def _extensions():
     """Subcommands contributed by the packages (``sif``, ``pull``, ...)."""
+    from sycri import health
     from sycri.sif import cli as sif_cli
 
-    return [sif_cli.register]
+    return [sif_cli.register, health.register]
 
 
 def main(argv: list[str] | None = None) -> int:

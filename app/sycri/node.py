@@ -6,11 +6,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sycri.config import Config
+from sycri.k8s.agent import NodeAgent
 
 
 @dataclass
 class Node:
     config: Config
     cgroup_driver: str
+    # Node labels and pod events in the Kubernetes API; a no-op outside a cluster.
+    node_agent: NodeAgent = field(default_factory=NodeAgent.disabled)
     # Components are attached by server assembly as they exist.
     components: dict[str, Any] = field(default_factory=dict)

@@ -20,6 +20,7 @@ import grpc
 from sycri.config import Config, detect_cgroup_driver
 from sycri.cri import runtime_info
 from sycri.cri.service import Dispatcher, Handler
+from sycri.k8s.agent import NodeAgent
 from sycri.node import Node
 from sycri.observability import telemetry
 
@@ -66,7 +67,11 @@ def handlers() -> dict[str, Handler]:
 def assemble(cfg: Config) -> Node:
     for d in (cfg.root_dir, cfg.run_dir):
         Path(d).mkdir(parents=True, exist_ok=True, mode=0o711)
-    return Node(config=cfg, cgroup_driver=detect_cgroup_driver(cfg))
+    return Node(
+        config=cfg,
+        cgroup_driver=detect_cgroup_driver(cfg),
+        node_agent=NodeAgent.from_environment(cfg),
+    )
 
 
 async def serve(cfg: Config, observers: list | None = None) -> int:
@@ -94,6 +99,7 @@ async def serve(cfg: Config, observers: list | None = None) -> int:
         os.umask(old_umask)
     os.chmod(sock, 0o660)
     log.info("sycri serving on unix://%s (root %s, run %s)", sock, cfg.root_dir, cfg.run_dir)
+    node.node_agent.start()  # labels the Node from its own thread once the socket serves
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -112,6 +118,7 @@ async def serve(cfg: Config, observers: list | None = None) -> int:
     await stop.wait()
     await server.stop(cfg.shutdown_grace_seconds)
     obs.close()
+    await asyncio.to_thread(node.node_agent.close)
     with contextlib.suppress(FileNotFoundError):
         sock.unlink()
     log.info("sycri stopped; containers keep running")
