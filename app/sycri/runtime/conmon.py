@@ -90,7 +90,7 @@ async def create(launch: Launch) -> int:
     read_fd, write_fd = os.pipe()
     env = {
         "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-        "_OCI_SYNCPIPE": "3",
+        "_OCI_SYNCPIPE": str(write_fd),
     }
     t0 = time.monotonic()
     # A file, not a pipe: the backgrounded monitor inherits stderr and would hold a pipe
@@ -105,7 +105,6 @@ async def create(launch: Launch) -> int:
                 stderr=stderr_file,
                 env=env,
                 pass_fds=(write_fd,),
-                preexec_fn=lambda: os.dup2(write_fd, 3),  # fd 3 is conmon's contract
                 start_new_session=True,
                 cwd=str(launch.bundle),
             )

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,11 +24,13 @@ from google.protobuf import json_format
 
 from sycri import command
 from sycri.api import api_pb2
+from sycri.config import Config
 from sycri.errors import (
     DeadlineExceeded,
     FailedPrecondition,
     Internal,
     InvalidArgument,
+    NotFound,
     SycriError,
     excerpt,
 )
@@ -270,7 +273,7 @@ class Containers:
             rec.pid = await conmon.create(
                 conmon.Launch(
                     conmon=self.conmon_binary,
-                    runtime=runc.binary,
+                    runtime=shutil.which(runc.binary) or runc.binary,
                     runtime_root=runc.root,
                     container_id=cid,
                     name=name,
@@ -538,3 +541,51 @@ def _kill_pid_file(path: Path) -> None:
         return
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, 9)
+
+
+class _NoSandboxes:
+    """Until a pods component is attached: every pod is unknown."""
+
+    def sandbox_info(self, pod_id: str) -> SandboxInfo:
+        raise NotFound(f"pod sandbox {excerpt(pod_id)} not found")
+
+
+class _NoImages:
+    async def image_info(self, image: str) -> ImageInfo:
+        raise NotFound(f"image {excerpt(image)} not found")
+
+
+def from_config(
+    cfg: Config,
+    cgroup_driver: str,
+    sandboxes: SandboxLookup | None = None,
+    images: ImageLookup | None = None,
+) -> Containers:
+    """The container component of a node, with its directories under sycri's own."""
+    root, run = Path(cfg.root_dir), Path(cfg.run_dir)
+    runtimes = {}
+    for name in cfg.runtimes:
+        runtime_root = cfg.runtime_root(name)
+        runtime_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        runtimes[name] = Runc(
+            cfg.runtimes[name].binary, str(runtime_root), cgroup_driver == "systemd"
+        )
+    return Containers(
+        Paths(
+            containers=root / "containers",
+            image_mounts=run / "images",
+            exits=run / "exits",
+            sockets=run / "s",
+        ),
+        runtimes,
+        cfg.default_runtime,
+        sandboxes or _NoSandboxes(),
+        images or _NoImages(),
+        conmon_binary=cfg.conmon,
+        cgroup_driver=cgroup_driver,
+        settings=ocispec.Settings(
+            default_ulimits=cfg.default_ulimits,
+            apparmor_default_profile=cfg.apparmor_default_profile,
+        ),
+        log_size_max=cfg.container_log_max_bytes,
+    )
