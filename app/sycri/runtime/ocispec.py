@@ -295,9 +295,10 @@ def environment(
         key, _, value = item.partition("=")
         env[key] = value
     for kv in cfg.envs:
-        if not kv.key or "=" in kv.key or "\x00" in kv.key or "\x00" in kv.value:
+        value = kv.value.decode(errors="replace") if isinstance(kv.value, bytes) else kv.value
+        if not kv.key or "=" in kv.key or "\x00" in kv.key or "\x00" in value:
             raise InvalidArgument(f"envs: bad variable name {excerpt(kv.key)}")
-        env[kv.key] = kv.value
+        env[kv.key] = value
     return [f"{k}={v}" for k, v in env.items()]
 
 
@@ -311,7 +312,7 @@ def working_dir(cfg: api_pb2.ContainerConfig, image: ImageConfig) -> str:
 def stop_signal(cfg: api_pb2.ContainerConfig, image: ImageConfig) -> int:
     """The request's stop_signal, else the image's StopSignal, else SIGTERM."""
     if cfg.stop_signal:
-        name = api_pb2.Signal.Name(cfg.stop_signal)
+        name = api_pb2.Signal.Name(cfg.stop_signal).removeprefix("SIGNAL_")
         return SIGNALS.get(name, 15)
     raw = image.stop_signal.strip().upper()
     if not raw:
