@@ -18,9 +18,10 @@ from pathlib import Path
 import grpc
 
 from sycri.config import Config, detect_cgroup_driver
-from sycri.cri import runtime_info
+from sycri.cri import runtime_info, sandbox
 from sycri.cri.service import Dispatcher, Handler
 from sycri.node import Node
+from sycri.runtime.sandbox_manager import SandboxManager
 
 log = logging.getLogger("sycri.server")
 
@@ -57,7 +58,7 @@ def prepare_socket(path: Path) -> None:
 
 def handlers() -> dict[str, Handler]:
     out: dict[str, Handler] = {}
-    for module in (runtime_info,):
+    for module in (runtime_info, sandbox):
         out.update(module.RPCS)
     return out
 
@@ -65,13 +66,17 @@ def handlers() -> dict[str, Handler]:
 def assemble(cfg: Config) -> Node:
     for d in (cfg.root_dir, cfg.run_dir):
         Path(d).mkdir(parents=True, exist_ok=True, mode=0o711)
-    return Node(config=cfg, cgroup_driver=detect_cgroup_driver(cfg))
+    node = Node(config=cfg, cgroup_driver=detect_cgroup_driver(cfg))
+    node.sandboxes = SandboxManager(cfg, node.cgroup_driver)
+    return node
 
 
 async def serve(cfg: Config, observers: list | None = None) -> int:
     sock = Path(cfg.socket)
     prepare_socket(sock)
     node = assemble(cfg)
+    if node.sandboxes is not None:
+        await node.sandboxes.recover()
     dispatcher = Dispatcher(node, handlers(), observers or [])
     server = grpc.aio.server(
         options=[
