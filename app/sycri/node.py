@@ -9,6 +9,7 @@ from sycri.config import Config
 
 if TYPE_CHECKING:
     from sycri.runtime.containers import Containers
+    from sycri.runtime.sandbox_manager import SandboxManager
 
 
 @dataclass
@@ -17,4 +18,5 @@ class Node:
     cgroup_driver: str
     # Components are attached by server assembly as they exist.
     components: dict[str, Any] = field(default_factory=dict)
+    sandboxes: SandboxManager | None = None
     containers: Containers | None = None

@@ -18,10 +18,11 @@ from pathlib import Path
 import grpc
 
 from sycri.config import Config, detect_cgroup_driver
-from sycri.cri import container, runtime_info
+from sycri.cri import container, runtime_info, sandbox
 from sycri.cri.service import Dispatcher, Handler
 from sycri.node import Node
 from sycri.runtime import containers
+from sycri.runtime.sandbox_manager import SandboxManager
 
 log = logging.getLogger("sycri.server")
 
@@ -58,7 +59,7 @@ def prepare_socket(path: Path) -> None:
 
 def handlers() -> dict[str, Handler]:
     out: dict[str, Handler] = {}
-    for module in (runtime_info, container):
+    for module in (runtime_info, sandbox, container):
         out.update(module.RPCS)
     return out
 
@@ -67,7 +68,11 @@ def assemble(cfg: Config) -> Node:
     for d in (cfg.root_dir, cfg.run_dir):
         Path(d).mkdir(parents=True, exist_ok=True, mode=0o711)
     node = Node(config=cfg, cgroup_driver=detect_cgroup_driver(cfg))
-    node.containers = containers.from_config(cfg, node.cgroup_driver)
+    node.sandboxes = SandboxManager(cfg, node.cgroup_driver)
+    node.containers = containers.from_config(
+        cfg, node.cgroup_driver, containers.PodSandboxes(node.sandboxes)
+    )
+    node.containers.follow_pods(node.sandboxes)
     return node
 
 
@@ -75,6 +80,8 @@ async def serve(cfg: Config, observers: list | None = None) -> int:
     sock = Path(cfg.socket)
     prepare_socket(sock)
     node = assemble(cfg)
+    if node.sandboxes is not None:
+        await node.sandboxes.recover()
     if node.containers is not None:
         await node.containers.recover()
     dispatcher = Dispatcher(node, handlers(), observers or [])

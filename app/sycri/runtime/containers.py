@@ -508,6 +508,16 @@ class Containers:
         for r in self.in_pod(pod_id):
             await self.remove(r.id)
 
+    def follow_pods(self, manager: Any) -> None:
+        """Stop a pod's containers when it stops (SIGKILL: kubelet already stopped them
+        gracefully) and remove them when it is removed."""
+
+        async def on_stop(pod_id: str) -> None:
+            await self.stop_pod(pod_id, 0)
+
+        manager.on_stop.append(on_stop)
+        manager.on_remove.append(self.remove_pod)
+
     # --- recovery --------------------------------------------------------------------
 
     async def recover(self) -> None:
@@ -541,6 +551,38 @@ def _kill_pid_file(path: Path) -> None:
         return
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, 9)
+
+
+class PodSandboxes:
+    """SandboxLookup over the pods component (``runtime.sandbox_manager``)."""
+
+    def __init__(self, manager: Any) -> None:
+        self.manager = manager
+
+    def sandbox_info(self, pod_id: str) -> SandboxInfo:
+        sb = self.manager.get(pod_id)
+        driver = getattr(self.manager, "cgroup_driver", "cgroupfs")
+        parent = sb.cgroup_parent if driver == "systemd" else sb.cgroup_path
+        return SandboxInfo(
+            id=sb.id,
+            config=sb.config,
+            namespaces=ocispec.Sandbox(
+                id=sb.id,
+                netns=sb.netns_path or "",
+                ipcns=sb.ipc_ns_path or "",
+                utsns=sb.uts_ns_path or "",
+                pidns=(sb.pid_ns_path or "") if sb.pid_mode == "POD" else "",
+                hosts=sb.hosts_path,
+                resolv=sb.resolv_path,
+                hostname_file=sb.hostname_path,
+                shm=sb.shm_path,
+                cgroup_parent=parent,
+                hostname=sb.hostname,
+            ),
+            log_directory=sb.log_directory,
+            runtime_handler=sb.runtime_handler,
+            ready=sb.ready,
+        )
 
 
 class _NoSandboxes:
