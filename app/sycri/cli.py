@@ -77,7 +77,9 @@ def parser() -> argparse.ArgumentParser:
 
 def _extensions():
     """Subcommands contributed by the packages (``sif``, ``pull``, ...)."""
-    return []
+    from sycri.sif import cli as sif_cli
+
+    return [sif_cli.register]
 
 
 def main(argv: list[str] | None = None) -> int:
