@@ -18,7 +18,7 @@ from pathlib import Path
 import grpc
 
 from sycri.config import Config, detect_cgroup_driver
-from sycri.cri import runtime_info
+from sycri.cri import image, runtime_info
 from sycri.cri.service import Dispatcher, Handler
 from sycri.node import Node
 
@@ -57,7 +57,7 @@ def prepare_socket(path: Path) -> None:
 
 def handlers() -> dict[str, Handler]:
     out: dict[str, Handler] = {}
-    for module in (runtime_info,):
+    for module in (runtime_info, image):
         out.update(module.RPCS)
     return out
 
@@ -65,7 +65,15 @@ def handlers() -> dict[str, Handler]:
 def assemble(cfg: Config) -> Node:
     for d in (cfg.root_dir, cfg.run_dir):
         Path(d).mkdir(parents=True, exist_ok=True, mode=0o711)
-    return Node(config=cfg, cgroup_driver=detect_cgroup_driver(cfg))
+    from sycri.images.registries import RegistriesConfError
+    from sycri.images.service import Images
+
+    try:
+        images = Images(cfg)
+    except RegistriesConfError as exc:
+        raise StartupError(str(exc)) from None
+    images.start()
+    return Node(config=cfg, cgroup_driver=detect_cgroup_driver(cfg), images=images)
 
 
 async def serve(cfg: Config, observers: list | None = None) -> int:

@@ -107,7 +107,7 @@ class Applier:
     def _parent(self, parts: list[str], name: str, what: str, create: bool) -> Path | None:
         """The real directory holding ``parts[-1]``; never through a symlink."""
         cur = self.root
-        for comp in parts[:-1]:
+        for depth, comp in enumerate(parts[:-1]):
             cur = cur / comp
             try:
                 st = os.lstat(cur)
@@ -115,11 +115,12 @@ class Applier:
                 if not create:
                     return None
                 os.mkdir(cur, 0o755)
+                self.dir_times.setdefault("/".join(parts[: depth + 1]), (0, 0))
                 continue
             if stat.S_ISLNK(st.st_mode):
                 raise HostileLayer(
                     f"{what}: entry {excerpt(name)} goes through the symlink "
-                    f"{excerpt('/'.join(parts[: parts.index(comp) + 1]))}"
+                    f"{excerpt('/'.join(parts[: depth + 1]))}"
                 )
             if not stat.S_ISDIR(st.st_mode):
                 raise HostileLayer(f"{what}: entry {excerpt(name)} goes through a non-directory")
