@@ -1,0 +1,167 @@
+"""The real server through its socket: identity, status, errors, signals and sockets."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+
+import grpc
+import pytest
+from sycri import __version__
+from sycri.api import api_pb2
+
+from tests.support.server import SycriServer, sycri_cmd, sycri_env
+
+
+def test_version_names_sycri_and_api_v1(sycri):
+    v = sycri.runtime().Version(api_pb2.VersionRequest())
+    assert v.runtime_name == "sycri"
+    assert v.runtime_version == __version__
+    assert v.runtime_api_version == "v1"
+    assert v.version == "0.1.0"
+
+
+def test_socket_is_0660(sycri):
+    assert sycri.socket.stat().st_mode & 0o777 == 0o660
+
+
+def test_runtime_config_reports_cgroup_driver(sycri):
+    r = sycri.runtime().RuntimeConfig(api_pb2.RuntimeConfigRequest())
+    assert r.linux.cgroup_driver == api_pb2.CGROUPFS  # no systemd on these machines
+
+
+def conditions(server: SycriServer) -> dict[str, api_pb2.RuntimeCondition]:
+    status = server.runtime().Status(api_pb2.StatusRequest()).status
+    return {c.type: c for c in status.conditions}
+
+
+def test_status_is_ready_with_real_runc_and_cni_plugins(tmp_path):
+    conf = tmp_path / "net.d"
+    conf.mkdir()
+    (conf / "10-test.conflist").write_text(
+        json.dumps({"cniVersion": "1.0.0", "name": "t", "plugins": [{"type": "bridge"}]})
+    )
+    server = SycriServer(
+        tmp_path / "s", flags=["--cni-conf-dir", str(conf), "--cni-bin-dirs", "/usr/lib/cni"]
+    ).start()
+    try:
+        c = conditions(server)
+        assert c["RuntimeReady"].status is True
+        assert c["NetworkReady"].status is True
+    finally:
+        server.stop()
+
+
+def test_network_not_ready_names_missing_plugins(tmp_path):
+    conf = tmp_path / "net.d"
+    conf.mkdir()
+    (conf / "10-test.conflist").write_text(
+        json.dumps({"cniVersion": "1.0.0", "name": "t", "plugins": [{"type": "flannel"}]})
+    )
+    server = SycriServer(
+        tmp_path / "s", flags=["--cni-conf-dir", str(conf), "--cni-bin-dirs", "/usr/lib/cni"]
+    ).start()
+    try:
+        net = conditions(server)["NetworkReady"]
+        assert net.status is False
+        assert net.reason == "NetworkPluginNotReady"
+        assert "flannel" in net.message
+    finally:
+        server.stop()
+
+
+def test_network_not_ready_without_config_or_plugins(tmp_path):
+    server = SycriServer(
+        tmp_path / "s",
+        flags=["--cni-conf-dir", str(tmp_path / "none"), "--cni-bin-dirs", str(tmp_path / "bin")],
+    ).start()
+    try:
+        net = conditions(server)["NetworkReady"]
+        assert net.status is False
+        assert "bridge" in net.message
+    finally:
+        server.stop()
+
+
+def test_runtime_not_ready_when_runtime_binary_missing(tmp_path):
+    cfg = tmp_path / "sycri.yaml"
+    cfg.write_text("runtimes:\n  runc:\n    binary: /nonexistent/runc\n")
+    server = SycriServer(tmp_path / "s", flags=["--config", str(cfg)]).start()
+    try:
+        rt = conditions(server)["RuntimeReady"]
+        assert rt.status is False
+        assert "/nonexistent/runc" in rt.message
+    finally:
+        server.stop()
+
+
+def test_unimplemented_rpc_names_itself(sycri):
+    with pytest.raises(grpc.RpcError) as err:
+        sycri.runtime().CheckpointContainer(api_pb2.CheckpointContainerRequest())
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "CheckpointContainer" in err.value.details()
+
+
+def test_bad_config_exits_2_before_creating_anything(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("root_dir: relative\n")
+    base = tmp_path / "never"
+    proc = subprocess.run(
+        sycri_cmd("serve", "--config", str(cfg), "--socket", str(base / "s.sock")),
+        env=sycri_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2
+    assert "root_dir: must be an absolute path" in proc.stderr
+    assert not base.exists()
+
+
+def test_config_show_prints_effective_values(tmp_path):
+    proc = subprocess.run(
+        sycri_cmd("config", "show", "--root-dir", "/srv/sycri"),
+        env=sycri_env({"SYCRI_LOG_FORMAT": "json"}),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "root_dir: /srv/sycri" in proc.stdout
+    assert "format: json" in proc.stdout
+
+
+def test_sigterm_drains_exits_0_and_removes_socket(tmp_path):
+    server = SycriServer(tmp_path / "s").start()
+    server.signal(signal.SIGTERM)
+    assert server.wait() == 0
+    assert not server.socket.exists()
+
+
+def test_stale_socket_is_replaced(tmp_path):
+    base = tmp_path / "s"
+    base.mkdir()
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(base / "sycri.sock"))  # bound, never listening: what a crash leaves
+    stale.close()
+    server = SycriServer(base).start()
+    try:
+        assert server.runtime().Version(api_pb2.VersionRequest()).runtime_name == "sycri"
+    finally:
+        server.stop()
+
+
+def test_live_socket_is_not_taken_over(sycri):
+    proc = subprocess.run(
+        sycri_cmd(*SycriServer(sycri.base).args()),
+        env=sycri_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 1
+    assert "held by a running server" in proc.stderr
+    assert sycri.socket.exists()
+    assert sycri.runtime().Version(api_pb2.VersionRequest()).runtime_name == "sycri"
