@@ -243,7 +243,9 @@ def push_blob(registry, repo: str, data: bytes, auth: dict[str, str] | None = No
     digest = sha256(data)
     base = registry.url
     try:
-        head = urllib.request.Request(f"{base}/v2/{repo}/blobs/{digest}", method="HEAD", headers=auth)
+        head = urllib.request.Request(
+            f"{base}/v2/{repo}/blobs/{digest}", method="HEAD", headers=auth
+        )
         urllib.request.urlopen(head, timeout=30).close()
         return digest
     except urllib.error.HTTPError:

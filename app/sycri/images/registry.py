@@ -245,13 +245,12 @@ class RegistryClient:
                     }
                     req = self.session.post(realm, data=form, ssl=self._ssl(), timeout=timeout)
                 else:
-                    auth = (
-                        aiohttp.BasicAuth(self.creds.username, self.creds.password)
-                        if self.creds.username
-                        else None
-                    )
+                    headers = {}
+                    if self.creds.username:
+                        raw = f"{self.creds.username}:{self.creds.password}".encode()
+                        headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
                     req = self.session.get(
-                        realm, params=query, auth=auth, ssl=self._ssl(), timeout=timeout
+                        realm, params=query, headers=headers, ssl=self._ssl(), timeout=timeout
                     )
                 async with req as r:
                     if r.status in (401, 403):

@@ -195,14 +195,38 @@ class Images:
             task.add_done_callback(lambda _t: self._pulls.pop(key, None))
         return await asyncio.shield(task)
 
-    async def _once(self, image_id: str, make: Callable[[], Awaitable[Image]]) -> Image:
-        """One conversion per image id, shared by pulls of different names."""
+    async def _once(
+        self,
+        image_id: str,
+        make: Callable[[], Awaitable[Image]],
+        text: str,
+        tags: list[str],
+        digests: list[str],
+    ) -> Image:
+        """One conversion per image id, shared by pulls of different names (each adds its
+        own tags and digests once the image is stored)."""
         task = self._converting.get(image_id)
         if task is None:
             task = asyncio.ensure_future(make())
             self._converting[image_id] = task
             task.add_done_callback(lambda _t: self._converting.pop(image_id, None))
-        return await asyncio.shield(task)
+            return await asyncio.shield(task)
+        image = await asyncio.shield(task)
+        return await self._tag(image, text, tags, digests)
+
+    async def _tag(self, image: Image, text: str, tags: list[str], digests: list[str]) -> Image:
+        return await in_thread(
+            lambda: self.store.add(
+                image.id,
+                image.sif_path,
+                image.size,
+                _raw(image),
+                tags=tags,
+                digests=digests,
+                user_ref=text,
+                now=time.time(),
+            )  # fmt: skip
+        )
 
     def _credentials(self, host: str, auth: Credentials | None) -> Credentials | None:
         if auth:
@@ -256,18 +280,7 @@ class Images:
         image_id = manifest.config.digest
         existing = self.store.get(image_id)
         if existing is not None:
-            return await in_thread(
-                lambda: self.store.add(
-                    image_id,
-                    existing.sif_path,
-                    existing.size,
-                    _raw(existing),
-                    tags=tags,
-                    digests=digests,
-                    user_ref=text,
-                    now=time.time(),
-                )
-            )
+            return await self._tag(existing, text, tags, digests)
         if manifest.config.media_type == mf.SIF_CONFIG:
             make = lambda: self._store_sif_artifact(client, manifest, text, tags, digests)  # noqa: E731
         elif ref.transport == "oras":
@@ -277,7 +290,7 @@ class Images:
             )
         else:
             make = lambda: self._convert(client, manifest, text, tags, digests)  # noqa: E731
-        return await self._once(image_id, make)
+        return await self._once(image_id, make, text, tags, digests)
 
     def _workdir(self, image_id: str) -> Path:
         return Path(
@@ -393,13 +406,13 @@ class Images:
             digests = [digest_key(oref, top.digest)]
             existing = self.store.get(manifest.config.digest)
             if existing is not None:
-                return self.store.add(
-                    existing.id, existing.sif_path, existing.size, _raw(existing),
-                    tags=tags, digests=digests, user_ref=text, now=time.time(),
-                )  # fmt: skip
+                return await self._tag(existing, text, tags, digests)
             return await self._once(
                 manifest.config.digest,
                 lambda: self._store_sif_artifact(client, manifest, text, tags, digests),
+                text,
+                tags,
+                digests,
             )
         work = self._workdir("library")
         try:
@@ -407,10 +420,7 @@ class Images:
             digest = await lib.download(ref, self.arch, path)
             existing = self.store.get(digest)
             if existing is not None:
-                return self.store.add(
-                    digest, existing.sif_path, existing.size, _raw(existing),
-                    tags=tags, user_ref=text, now=time.time(),
-                )  # fmt: skip
+                return await self._tag(existing, text, tags, [])
             config = await in_thread(_sif_config, path, self.arch)
             return await self._commit(digest, path, config, text, tags, [])
         finally:
