@@ -225,7 +225,7 @@ class Images:
                 digests=digests,
                 user_ref=text,
                 now=time.time(),
-            )  # fmt: skip
+            )
         )
 
     def _credentials(self, host: str, auth: Credentials | None) -> Credentials | None:
