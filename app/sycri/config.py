@@ -60,6 +60,7 @@ class ImageConfig:
     squashfs_compression: str = "lz4"
     pull_progress_timeout_seconds: float = 300.0
     max_concurrent_downloads: int = 3
+    library_url: str = "https://library.sylabs.io"  # Sylabs library API for library://
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from sycri.config import Config
 
 if TYPE_CHECKING:
+    from sycri.images.service import Images
     from sycri.runtime.containers import Containers
     from sycri.runtime.sandbox_manager import SandboxManager
 
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
 class Node:
     config: Config
     cgroup_driver: str
+    images: Images = None  # type: ignore[assignment]  # set by server.assemble
     # Components are attached by server assembly as they exist.
     components: dict[str, Any] = field(default_factory=dict)
     sandboxes: SandboxManager | None = None

@@ -18,7 +18,7 @@ from pathlib import Path
 import grpc
 
 from sycri.config import Config, detect_cgroup_driver
-from sycri.cri import container, runtime_info, sandbox
+from sycri.cri import container, image, runtime_info, sandbox
 from sycri.cri.service import Dispatcher, Handler
 from sycri.node import Node
 from sycri.runtime import containers
@@ -59,7 +59,7 @@ def prepare_socket(path: Path) -> None:
 
 def handlers() -> dict[str, Handler]:
     out: dict[str, Handler] = {}
-    for module in (runtime_info, sandbox, container):
+    for module in (runtime_info, image, sandbox, container):
         out.update(module.RPCS)
     return out
 
@@ -67,10 +67,21 @@ def handlers() -> dict[str, Handler]:
 def assemble(cfg: Config) -> Node:
     for d in (cfg.root_dir, cfg.run_dir):
         Path(d).mkdir(parents=True, exist_ok=True, mode=0o711)
-    node = Node(config=cfg, cgroup_driver=detect_cgroup_driver(cfg))
+    from sycri.images.registries import RegistriesConfError
+    from sycri.images.service import Images
+
+    try:
+        images = Images(cfg)
+    except RegistriesConfError as exc:
+        raise StartupError(str(exc)) from None
+    images.start()
+    node = Node(config=cfg, cgroup_driver=detect_cgroup_driver(cfg), images=images)
     node.sandboxes = SandboxManager(cfg, node.cgroup_driver)
     node.containers = containers.from_config(
-        cfg, node.cgroup_driver, containers.PodSandboxes(node.sandboxes)
+        cfg,
+        node.cgroup_driver,
+        containers.PodSandboxes(node.sandboxes),
+        containers.StoredImages(images),
     )
     node.containers.follow_pods(node.sandboxes)
     return node

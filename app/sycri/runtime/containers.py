@@ -525,6 +525,7 @@ class Containers:
         records = self.store.load()
         for rec in records:
             self.image_mounts.adopt(rec.image_id, rec.id)
+            self._tell_images(rec.image_id, rec.id, True)
             self.refresh(rec)
         known = {r.id for r in records}
         for entry in list(self.paths.containers.iterdir()):
@@ -585,6 +586,42 @@ class PodSandboxes:
         )
 
 
+class StoredImages:
+    """ImageLookup over the images component (``images.service.Images``); it also tells
+    that component which container uses an image, so RemoveImage can refuse."""
+
+    def __init__(self, images: Any) -> None:
+        self.images = images
+        self.users: dict[str, set[str]] = {}
+        images.users.append(self.user_of)
+
+    def user_of(self, image_id: str) -> str | None:
+        return next(iter(sorted(self.users.get(image_id, ()))), None)
+
+    def track(self, image_id: str, container_id: str, in_use: bool) -> None:
+        users = self.users.setdefault(image_id, set())
+        if in_use:
+            users.add(container_id)
+        else:
+            users.discard(container_id)
+
+    async def image_info(self, image: str) -> ImageInfo:
+        from sycri import sif
+
+        img = await self.images.resolve(image)
+        try:
+            loc = await asyncio.to_thread(sif.partition_location, img.sif_path)
+        except (OSError, sif.SifError) as exc:
+            raise FailedPrecondition(f"image {img.id}: its SIF cannot be used: {exc}") from None
+        ref = img.repo_digests[0] if img.repo_digests else img.id
+        return ImageInfo(
+            id=img.id,
+            ref=ref,
+            source=rootfs.ImageSource(img.id, loc.path, loc.offset, loc.size),
+            oci_config=img.raw_config,
+        )
+
+
 class _NoSandboxes:
     """Until a pods component is attached: every pod is unknown."""
 
@@ -612,7 +649,7 @@ def from_config(
         runtimes[name] = Runc(
             cfg.runtimes[name].binary, str(runtime_root), cgroup_driver == "systemd"
         )
-    return Containers(
+    component = Containers(
         Paths(
             containers=root / "containers",
             image_mounts=run / "images",
@@ -631,3 +668,6 @@ def from_config(
         ),
         log_size_max=cfg.container_log_max_bytes,
     )
+    if isinstance(images, StoredImages):
+        component.image_users.append(images.track)
+    return component

@@ -71,7 +71,8 @@ class ImageMounts:
         self._locks: dict[str, asyncio.Lock] = {}
 
     def target(self, image_id: str) -> Path:
-        return self.base / image_id
+        # "sha256:<hex>" -> "<hex>": a colon cannot appear in an overlay lowerdir.
+        return self.base / image_id.rsplit(":", 1)[-1]
 
     def users(self, image_id: str) -> set[str]:
         return set(self._users.get(image_id, ()))
@@ -115,8 +116,9 @@ class ImageMounts:
         """Recovery: unmount image mounts that no container uses any more."""
         if not self.base.is_dir():
             return
+        used = {self.target(i).name for i in self._users}
         for entry in self.base.iterdir():
-            if entry.name not in self._users:
+            if entry.name not in used:
                 await self.release(entry.name, "")
 
 
@@ -138,4 +140,6 @@ async def mount_overlay(lower: Path, bundle: Path) -> Path:
 async def remove_overlay(bundle: Path) -> None:
     """Unmount the container's overlay and delete its upper/work dirs and the bundle."""
     await unmount(bundle / "rootfs")
+    if is_mounted(bundle / "rootfs"):  # never delete through a mount
+        raise Internal(f"{bundle / 'rootfs'} is still mounted; not deleting the bundle")
     await asyncio.to_thread(shutil.rmtree, bundle, True)
