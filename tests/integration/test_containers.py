@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import re
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -162,6 +163,24 @@ def test_exec_sync_output_exit_code_and_timeout(env: Env):
     ps = env.run(env.ctrs.exec_sync(cid, ["ps", "-o", "args"], 10)).stdout.decode()
     assert "sleep 300" not in ps, ps  # the timed-out process is gone
     assert "sleep 600" in ps
+
+
+def test_stream_target_names_conmon_attach_socket(env: Env):
+    cid = env.start("attachable", ["sleep 600"], stdin=True)
+    target = env.ctrs.stream_target(cid[:10])
+    assert target.container_id == cid and target.pod_id == env.pod.id
+    assert target.state == "running" and target.stdin
+    assert stat.S_ISSOCK(os.stat(target.attach_socket).st_mode)
+    state = env.run(target.runtime.state(cid))
+    assert state is not None and state["status"] == "running"
+
+
+def test_log_size_limit(env: Env):
+    env.ctrs.log_size_max = 4096
+    cid = env.start("chatty", ["i=0; while [ $i -lt 2000 ]; do echo line-$i; i=$((i+1)); done"])
+    env.wait_exit(cid)
+    size = os.path.getsize(env.ctrs.get(cid).log_path)
+    assert 0 < size <= 4096 + 512, size
 
 
 def test_stop_honours_grace_period_then_kills(env: Env):

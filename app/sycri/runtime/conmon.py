@@ -2,10 +2,11 @@
 
 This is the one place sycri starts a long-lived process outside ``command.run``:
 conmon must outlive sycri (a DaemonSet upgrade restarts sycri while pods keep
-running), and it reports through an inherited sync pipe, which ``command.run`` does
-not pass. conmon forks itself into the background at once (its first process exits
-and is reaped here; the monitor is re-parented to init in its own session), then runs
-``runc create`` and writes ``{"data": PID}`` (or an error message) to the sync pipe.
+running), and it reports through an inherited sync pipe (its number in
+``_OCI_SYNCPIPE``), which ``command.run`` does not pass. conmon forks itself into the
+background at once (its first process exits and is reaped here; the monitor lives on
+in its own session, re-parented to init), then runs ``runc create`` and writes
+``{"data": PID}`` (or a negative value and a message) to the sync pipe.
 
 Files conmon keeps per container: ``<exit_dir>/<id>`` (exit code, written when the
 container exits), ``<bundle>/attach`` (attach socket, reached via
