@@ -225,10 +225,17 @@ def test_readme_flow_through_the_socket(node, registry, tmp_path):
         )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
+    # The image is in use while its containers exist.
+    remove_image = api_pb2.RemoveImageRequest(image=api_pb2.ImageSpec(image=image))
+    with pytest.raises(grpc.RpcError) as err:
+        server.images().RemoveImage(remove_image)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
     # Removing the pod removes its containers; the logs stay for kubelet.
     rt.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod))
     rt.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod))
     assert rt.ListContainers(api_pb2.ListContainersRequest()).containers == []
+    server.images().RemoveImage(remove_image)
     assert (logs / "printer" / "0.log").exists()
     mounts = Path("/proc/self/mountinfo").read_text()
     assert str(server.base / "run" / "images") not in mounts  # the image mount went too
