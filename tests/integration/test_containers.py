@@ -96,13 +96,13 @@ def env(tmp_path: Path, image_file: Path) -> Iterator[Env]:
     try:
         yield e
     finally:
-        for rec in ctrs.list():
+        for rec in e.ctrs.list():
             with contextlib.suppress(Exception):
-                e.run(ctrs.remove(rec.id))
+                e.run(e.ctrs.remove(rec.id))
         leftover = [m for m in rootfs.mounted_targets() if m.startswith(str(tmp_path))]
         for m in leftover:
             os.system(f"umount -l {m}")
-        parent = ctrs.settings.default_cgroup_parent
+        parent = e.ctrs.settings.default_cgroup_parent
         for ctl in Path("/sys/fs/cgroup").iterdir():
             with contextlib.suppress(OSError):
                 (ctl / parent.lstrip("/")).rmdir()
@@ -323,3 +323,37 @@ def _mountinfo_targets() -> list[str]:
         for line in f:
             out.append(line.split(" ")[4])
     return out
+
+
+def test_restart_recovers_running_containers_and_sweeps_leftovers(env: Env):
+    running = env.start("survivor", ["sleep 600"])
+    exited = env.start("done", ["exit 5"])
+    env.wait_exit(exited)
+    image = env.images.images["busybox"]
+    # A create interrupted by a crash: a bundle with a mounted overlay but no record.
+    half = env.ctrs.paths.containers / ("f" * 64)
+    lower = env.ctrs.image_mounts.target(image.id)
+    env.run(rootfs.mount_overlay(lower, half))
+
+    fresh = containers(env.base / "state", env.images, env.pods)
+    fresh.settings = env.ctrs.settings
+    env.run(fresh.recover())
+    stale, env.ctrs = env.ctrs, fresh
+    assert fresh.get(running).state == "running"
+    assert (fresh.get(exited).exit_code, fresh.get(exited).reason) == (5, "Error")
+    assert not half.exists()
+    assert str(half / "rootfs") not in _mountinfo_targets()
+    assert fresh.image_mounts.users(image.id) == {running, exited}
+    env.run(fresh.stop(running, 0))
+    assert fresh.get(running).exit_code == 137
+    env.run(fresh.remove(running))
+    env.run(fresh.remove(exited))
+    assert str(lower) not in _mountinfo_targets()
+    # An index that outlived its container (runc and conmon know nothing) does not hang.
+    t0 = time.monotonic()
+    env.run(stale.stop(running, 0))
+    assert time.monotonic() - t0 < 5
+    assert (stale.get(running).state, stale.get(running).message) == (
+        "exited",
+        "the container disappeared",
+    )

@@ -361,7 +361,18 @@ class Containers:
         if timeout > 0 and await runc.kill(rec.id, rec.stop_signal):
             await self._wait_exit(rec, timeout)
         if self.refresh(rec).state == RUNNING:
-            await runc.kill(rec.id, 9, all_processes=True)
+            killed = await runc.kill(rec.id, 9, all_processes=True)
+            if (
+                not killed
+                and await runc.state(rec.id) is None
+                and not await self._wait_exit(rec, 1)
+            ):
+                # runc has no such container and conmon wrote no exit file (both lost,
+                # e.g. to a reboot): it is not running, with an unknown exit code.
+                rec.state, rec.exit_code, rec.finished_at = EXITED, 255, now_ns()
+                rec.reason, rec.message = "Error", "the container disappeared"
+                self.store.save(rec)
+                return
             if not await self._wait_exit(rec, 30):
                 raise DeadlineExceeded(f"container {rec.id} did not die after SIGKILL")
 
@@ -530,8 +541,15 @@ class Containers:
         known = {r.id for r in records}
         for entry in list(self.paths.containers.iterdir()):
             if entry.is_dir() and entry.name not in known:
+                # A create or remove interrupted by a crash: its runc container (if
+                # runc got that far) and overlay go; nothing was promised to kubelet.
                 log.warning("removing leftovers of container %s", entry.name)
+                for runc in self.runtimes.values():
+                    with contextlib.suppress(Exception):
+                        await runc.delete(entry.name)
                 await rootfs.remove_overlay(entry)
+                with contextlib.suppress(FileNotFoundError):
+                    self._exit_file(entry.name).unlink()
         await self.image_mounts.sweep()
 
 
