@@ -18,11 +18,13 @@ from pathlib import Path
 import grpc
 
 from sycri.config import Config, detect_cgroup_driver
-from sycri.cri import runtime_info
+from sycri.cri import container, image, runtime_info, sandbox
 from sycri.cri.service import Dispatcher, Handler
 from sycri.k8s.agent import NodeAgent
 from sycri.node import Node
 from sycri.observability import telemetry
+from sycri.runtime import containers
+from sycri.runtime.sandbox_manager import SandboxManager
 
 log = logging.getLogger("sycri.server")
 
@@ -59,7 +61,7 @@ def prepare_socket(path: Path) -> None:
 
 def handlers() -> dict[str, Handler]:
     out: dict[str, Handler] = {}
-    for module in (runtime_info,):
+    for module in (runtime_info, image, sandbox, container):
         out.update(module.RPCS)
     return out
 
@@ -67,17 +69,39 @@ def handlers() -> dict[str, Handler]:
 def assemble(cfg: Config) -> Node:
     for d in (cfg.root_dir, cfg.run_dir):
         Path(d).mkdir(parents=True, exist_ok=True, mode=0o711)
-    return Node(
+    from sycri.images.registries import RegistriesConfError
+    from sycri.images.service import Images
+
+    try:
+        images = Images(cfg)
+    except RegistriesConfError as exc:
+        raise StartupError(str(exc)) from None
+    images.start()
+    node = Node(
         config=cfg,
         cgroup_driver=detect_cgroup_driver(cfg),
+        images=images,
         node_agent=NodeAgent.from_environment(cfg),
     )
+    node.sandboxes = SandboxManager(cfg, node.cgroup_driver)
+    node.containers = containers.from_config(
+        cfg,
+        node.cgroup_driver,
+        containers.PodSandboxes(node.sandboxes),
+        containers.StoredImages(images),
+    )
+    node.containers.follow_pods(node.sandboxes)
+    return node
 
 
 async def serve(cfg: Config, observers: list | None = None) -> int:
     sock = Path(cfg.socket)
     prepare_socket(sock)
     node = assemble(cfg)
+    if node.sandboxes is not None:
+        await node.sandboxes.recover()
+    if node.containers is not None:
+        await node.containers.recover()
     try:
         obs = telemetry.start(cfg)
     except telemetry.TelemetryError as exc:
