@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.registry import basic_registry, registry, token_registry  # noqa: F401
 from tests.support.server import SycriServer
 
 

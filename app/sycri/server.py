@@ -18,10 +18,23 @@ from pathlib import Path
 import grpc
 
 from sycri.config import Config, detect_cgroup_driver
-from sycri.cri import events, listing, pod_metrics, runtime_info, stats
+from sycri.cri import (
+    container,
+    events,
+    image,
+    listing,
+    pod_metrics,
+    runtime_info,
+    sandbox,
+    stats,
+)
 from sycri.cri.service import Dispatcher, Handler
+from sycri.k8s.agent import NodeAgent
 from sycri.node import Node
+from sycri.observability import metrics, telemetry
+from sycri.runtime import containers
 from sycri.runtime.events import EventBus
+from sycri.runtime.sandbox_manager import SandboxManager
 from sycri.runtime.stats import StatsCollector
 
 log = logging.getLogger("sycri.server")
@@ -59,7 +72,7 @@ def prepare_socket(path: Path) -> None:
 
 def handlers() -> dict[str, Handler]:
     out: dict[str, Handler] = {}
-    for module in (runtime_info, stats, pod_metrics, events):
+    for module in (runtime_info, image, sandbox, container, stats, pod_metrics, events):
         out.update(module.RPCS)
     out.update(listing.stream_variants(out))
     return out
@@ -68,8 +81,30 @@ def handlers() -> dict[str, Handler]:
 def assemble(cfg: Config) -> Node:
     for d in (cfg.root_dir, cfg.run_dir):
         Path(d).mkdir(parents=True, exist_ok=True, mode=0o711)
-    node = Node(config=cfg, cgroup_driver=detect_cgroup_driver(cfg))
-    node.events = EventBus(cfg.event_buffer)
+    from sycri.images.registries import RegistriesConfError
+    from sycri.images.service import Images
+
+    try:
+        images = Images(cfg)
+    except RegistriesConfError as exc:
+        raise StartupError(str(exc)) from None
+    images.start()
+    node = Node(
+        config=cfg,
+        cgroup_driver=detect_cgroup_driver(cfg),
+        images=images,
+        node_agent=NodeAgent.from_environment(cfg),
+    )
+    node.sandboxes = SandboxManager(cfg, node.cgroup_driver)
+    node.containers = containers.from_config(
+        cfg,
+        node.cgroup_driver,
+        containers.PodSandboxes(node.sandboxes),
+        containers.StoredImages(images),
+    )
+    node.containers.follow_pods(node.sandboxes)
+    node.events = EventBus(cfg.event_buffer, on_drop=metrics.event_dropped)
+    events.connect(node, node.events)
     node.stats = StatsCollector(node.cgroup_driver, disk_max_age=cfg.stats_disk_max_age_seconds)
     return node
 
@@ -78,12 +113,21 @@ async def serve(cfg: Config, observers: list | None = None) -> int:
     sock = Path(cfg.socket)
     prepare_socket(sock)
     node = assemble(cfg)
-    dispatcher = Dispatcher(node, handlers(), observers or [])
+    if node.sandboxes is not None:
+        await node.sandboxes.recover()
+    if node.containers is not None:
+        await node.containers.recover()
+    try:
+        obs = telemetry.start(cfg)
+    except telemetry.TelemetryError as exc:
+        raise StartupError(str(exc)) from None
+    dispatcher = Dispatcher(node, handlers(), [*obs.rpc_observers, *(observers or [])])
     server = grpc.aio.server(
+        interceptors=obs.interceptors,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
-        ]
+        ],
     )
     server.add_generic_rpc_handlers(dispatcher.generic_handlers())
     server.add_insecure_port(f"unix:{sock}")
@@ -94,6 +138,7 @@ async def serve(cfg: Config, observers: list | None = None) -> int:
         os.umask(old_umask)
     os.chmod(sock, 0o660)
     log.info("sycri serving on unix://%s (root %s, run %s)", sock, cfg.root_dir, cfg.run_dir)
+    node.node_agent.start()  # labels the Node from its own thread once the socket serves
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -109,8 +154,16 @@ async def serve(cfg: Config, observers: list | None = None) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    # Containers that exit on their own are seen (and their STOPPED event sent) at once.
+    exit_watch = (
+        asyncio.create_task(node.containers.watch_exits()) if node.containers is not None else None
+    )
     await stop.wait()
     await server.stop(cfg.shutdown_grace_seconds)
+    if exit_watch is not None:
+        exit_watch.cancel()
+    obs.close()
+    await asyncio.to_thread(node.node_agent.close)
     with contextlib.suppress(FileNotFoundError):
         sock.unlink()
     log.info("sycri stopped; containers keep running")

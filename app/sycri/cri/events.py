@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from sycri.api import api_pb2
-from sycri.errors import Unavailable
+from sycri.errors import SycriError, Unavailable
 from sycri.runtime.events import ContainerEvent, EventBus
 
 
@@ -50,6 +50,47 @@ def snapshotter(
         )
 
     return snap
+
+
+class NodeStatuses:
+    """Both status sources over the node's real stores (``node.sandboxes``/``containers``).
+
+    Records are read as they are (no refresh): a snapshot is taken inside a lifecycle
+    change, and refreshing there could start another change.
+    """
+
+    def __init__(self, node: object):
+        self.node = node
+
+    def pod_sandbox_status(self, pod_sandbox_id: str) -> api_pb2.PodSandboxStatus | None:
+        from sycri.cri.sandbox import status_of
+
+        sandboxes = getattr(self.node, "sandboxes", None)
+        if sandboxes is None:
+            return None
+        try:
+            return status_of(sandboxes.get(pod_sandbox_id))
+        except SycriError:
+            return None
+
+    def container_statuses(self, pod_sandbox_id: str) -> list[api_pb2.ContainerStatus]:
+        from sycri.cri.container import status_of
+
+        containers = getattr(self.node, "containers", None)
+        if containers is None:
+            return []
+        return [status_of(r) for r in containers.in_pod(pod_sandbox_id)]
+
+
+def connect(node: object, bus: EventBus) -> None:
+    """Publish the node's container lifecycle on ``bus``, with status snapshots."""
+    statuses = NodeStatuses(node)
+    bus.snapshot = snapshotter(statuses, statuses)
+    containers = getattr(node, "containers", None)
+    if containers is not None:
+        containers.event_hooks.append(
+            lambda rec, kind: bus.publish(ContainerEvent(rec.id, kind, rec.pod_id))
+        )
 
 
 def event_response(event: ContainerEvent) -> api_pb2.ContainerEventResponse:

@@ -106,11 +106,13 @@ class EventBus:
         self,
         buffer: int = DEFAULT_BUFFER,
         snapshot: Callable[[ContainerEvent], Any] | None = None,
+        on_drop: Callable[[int], None] | None = None,
     ):
         if buffer < 1:
             raise ValueError("event buffer must hold at least one event")
         self.buffer = buffer
         self.snapshot = snapshot
+        self.on_drop = on_drop  # told how many events were dropped (a metrics counter)
         self._subs: list[Subscription] = []
         self._lock = threading.Lock()
         self.published = 0
@@ -166,3 +168,8 @@ class EventBus:
         if dropped:
             with self._lock:
                 self.dropped_total += dropped
+            if self.on_drop is not None:
+                try:
+                    self.on_drop(dropped)
+                except Exception:
+                    log.exception("event drop hook failed")
