@@ -114,3 +114,13 @@ async def test_broken_snapshot_still_delivers():
 def test_buffer_must_hold_something():
     with pytest.raises(ValueError):
         EventBus(buffer=0)
+
+
+@run_async
+async def test_drops_are_reported_to_the_metrics_hook():
+    told = []
+    bus = EventBus(buffer=2, on_drop=told.append)
+    with bus.subscribe():
+        for i in range(5):
+            bus.publish(ev(i))
+    assert sum(told) == bus.dropped_total == 3
