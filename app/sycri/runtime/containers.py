@@ -580,12 +580,34 @@ class Containers:
 
     # --- recovery --------------------------------------------------------------------
 
+    async def _reconcile_created(self, rec: ContainerRecord) -> None:
+        """A record still "created" whose start reached runc before a crash: runc wins.
+
+        sycri saves RUNNING only after ``runc start`` returns; killed in between, the
+        record says created while the process runs (or already ran, and conmon wrote
+        its exit file, which :meth:`refresh` folds in next).
+        """
+        try:
+            st = await self.runtime(rec.runtime_handler).state(rec.id)
+        except SycriError as exc:
+            log.warning("runc state of %s at recovery: %s", rec.id, exc.message)
+            return
+        if st is None or st.get("status") not in ("running", "paused", "stopped"):
+            return
+        rec.state = RUNNING
+        rec.started_at = _process_start_ns(int(st.get("pid") or 0)) or now_ns()
+        self.store.save(rec)
+        log.info("container %s was started before the restart; runc says %s", rec.id, st["status"])
+        self._emit(rec, ContainerEventType.STARTED)
+
     async def recover(self) -> None:
         """Start-up: reload records, count image mounts, drop half-removed leftovers."""
         records = self.store.load()
         for rec in records:
             self.image_mounts.adopt(rec.image_id, rec.id)
             self._tell_images(rec.image_id, rec.id, True)
+            if rec.state == CREATED:
+                await self._reconcile_created(rec)
             self.refresh(rec)
         known = {r.id for r in records}
         for entry in list(self.paths.containers.iterdir()):
@@ -599,7 +621,33 @@ class Containers:
                 await rootfs.remove_overlay(entry)
                 with contextlib.suppress(FileNotFoundError):
                     self._exit_file(entry.name).unlink()
+        # conmon's attach-socket links and exit files of containers that are not ours
+        # any more (a create killed half way, a remove killed after the record went).
+        for d in (self.paths.sockets, self.paths.exits):
+            with contextlib.suppress(FileNotFoundError), os.scandir(d) as it:
+                for e in it:
+                    if e.name not in known:
+                        log.warning("removing stale %s", e.path)
+                        with contextlib.suppress(OSError):
+                            if e.is_dir(follow_symlinks=False):
+                                shutil.rmtree(e.path)
+                            else:
+                                os.unlink(e.path)
         await self.image_mounts.sweep()
+
+
+def _process_start_ns(pid: int) -> int:
+    """When process ``pid`` started (ns since the epoch), from /proc; 0 if unknown."""
+    if pid <= 0:
+        return 0
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat") as f:
+            btime = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return 0
+    return btime * 1_000_000_000 + ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
 
 def _read_image_file(root: Path, rel: str) -> str:
