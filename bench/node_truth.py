@@ -4,6 +4,7 @@ Starts docker-registry and sycri (runc, conmon, CNI bridge) on this host, runs P
 with N sleeping busybox containers in all, then times through the socket:
 
 - ListContainers, ListPodSandbox, ListContainerStats, ListPodSandboxStats (median, p99);
+- restart: SIGTERM until the process exits, start until it serves, the first list;
 - for E containers that exit on their own: conmon's exit time (the exit file's mtime,
   reported as finished_at) to the CONTAINER_STOPPED_EVENT's created_at, and to the
   moment the GetContainerEvents client holds the event.
@@ -106,6 +107,20 @@ def main(n: int, npods: int, nexits: int, rounds: int) -> None:
             f"ListPodSandboxStats  ({npods}): "
             + ms(timed(rt.ListPodSandboxStats, api_pb2.ListPodSandboxStatsRequest(), rounds))
         )
+
+        # Restart: SIGTERM to serving again, then the first full list after it.
+        t0 = time.perf_counter()
+        server.stop()
+        t1 = time.perf_counter()
+        server.start(timeout=600)
+        t2 = time.perf_counter()
+        rt = server.runtime()
+        listed = rt.ListContainers(api_pb2.ListContainersRequest()).containers
+        t3 = time.perf_counter()
+        running = sum(1 for c in listed if c.state == api_pb2.CONTAINER_RUNNING)
+        print(f"restart with {n} containers: SIGTERM->exit {t1 - t0:.2f} s, start->serving "
+              f"{t2 - t1:.2f} s, first ListContainers {1e3 * (t3 - t2):.0f} ms "
+              f"({running} running)")  # fmt: skip
 
         events = rt.GetContainerEvents(api_pb2.GetEventsRequest())
         q: queue.Queue = queue.Queue()

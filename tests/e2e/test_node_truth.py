@@ -170,6 +170,31 @@ def test_events_and_stats_of_real_containers(node, registry):
         assert p1.linux.memory.working_set_bytes.value > 0
         assert p1.linux.cpu.usage_core_nano_seconds.value > 0
 
+        # Stream* answers what List* answers.
+        streamed = [
+            c.id
+            for m in rt.StreamContainers(api_pb2.StreamContainersRequest())
+            for c in m.containers
+        ]
+        assert sorted(streamed) == sorted(
+            c.id for c in rt.ListContainers(api_pb2.ListContainersRequest()).containers
+        )
+        pods_streamed = [
+            p.id
+            for m in rt.StreamPodSandboxes(api_pb2.StreamPodSandboxesRequest())
+            for p in m.pod_sandboxes
+        ]
+        assert pods_streamed == [pod]
+        images = [
+            i.id
+            for m in node.images().StreamImages(api_pb2.StreamImagesRequest())
+            for i in m.images
+        ]
+        assert sorted(images) == sorted(
+            i.id for i in node.images().ListImages(api_pb2.ListImagesRequest()).images
+        )
+        assert images
+
         listed = rt.ListContainerStats(
             api_pb2.ListContainerStatsRequest(
                 filter=api_pb2.ContainerStatsFilter(label_selector={"role": "exiter"})
