@@ -223,8 +223,12 @@ def footprint(run_dir: Path, net: PodNet, ids: set[str], cgroup_rel: str = "") -
         if line.startswith("-A")
         and (net.prefix() in line or any(i in line for i in ids) or net.bridge in line)
     ]
+    # Chains our rules live in or jump to (other runs' CNI chains are not ours to count).
     chains = frozenset(
-        line.split()[0][1:] for line in rules.splitlines() if line.startswith(":CNI-")
+        word
+        for line in mine
+        for word in line.split()
+        if word.startswith("CNI-") and not word.startswith("CNI-HOSTPORT")
     )
     veths = subprocess.run(
         ["ip", "-o", "link", "show", "master", net.bridge], capture_output=True, text=True
