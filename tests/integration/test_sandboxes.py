@@ -4,6 +4,7 @@ plugins), real iptables and cgroups: what a pod's users would notice."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import os
 import secrets
@@ -26,6 +27,7 @@ from tests.support.pods import (
     connect_from,
     connect_host,
     footprint,
+    free_subnet6,
     listen_in,
     pod_config,
     unmount_all,
@@ -481,3 +483,49 @@ def test_bad_pod_cidr_is_refused(env: Env):
         env.manager.set_pod_cidr("10.0.0.0/33")
     env.manager.set_pod_cidr("10.9.0.0/24,fd00:9::/64")
     assert env.manager.pod_subnets() == ["10.9.0.0/24", "fd00:9::/64"]
+
+
+def test_dual_stack_pods_get_both_ips_and_talk_over_ipv6(env: Env):
+    v6 = free_subnet6()
+    env.manager.set_pod_cidr(f"{env.net.subnet},{v6}")
+    a = env.run(pod_config("v6a"))
+    b = env.run(pod_config("v6b"))
+    assert len(a.ips) == 2 and ":" not in a.ips[0] and ":" in a.ips[1]
+    assert ipaddress.ip_address(a.ips[1]) in ipaddress.ip_network(v6)
+    server = listen_in(a.netns_path, 8080, "alpha6")
+    try:
+        reply = connect_from(b.netns_path, a.ips[1], 8080)
+    finally:
+        server.kill()
+        server.wait()
+    assert reply == f"alpha6 {b.ips[1]}"
+
+
+def test_bandwidth_annotations_shape_the_pod_interface(env: Env):
+    pre = _ifbs()
+    sb = env.run(
+        pod_config(
+            "slow",
+            annotations={
+                "kubernetes.io/ingress-bandwidth": "10M",
+                "kubernetes.io/egress-bandwidth": "20M",
+            },
+        )
+    )
+    links = subprocess.run(
+        ["ip", "-o", "link", "show", "master", env.net.bridge], capture_output=True, text=True
+    ).stdout
+    veth = links.split(":")[1].strip().split("@")[0]
+    qdisc = subprocess.run(["tc", "qdisc", "show", "dev", veth], capture_output=True, text=True)
+    assert "tbf" in qdisc.stdout and "10Mbit" in qdisc.stdout
+    mine = _ifbs() - pre
+    assert mine and all(n.startswith("bwp") for n in mine)  # egress goes through an ifb
+    env.call(env.manager.remove(sb.id))
+    assert not mine & _ifbs()
+
+
+def _ifbs() -> set[str]:
+    out = subprocess.run(
+        ["ip", "-o", "link", "show", "type", "ifb"], capture_output=True, text=True
+    )
+    return {line.split(":")[1].strip() for line in out.stdout.splitlines()}
