@@ -76,6 +76,7 @@ def test_pod_lifecycle_through_the_socket(node):
     info = json.loads(st.info["info"])
     assert info["hostname"] == "e2e-host"
     assert Path(info["namespaces"]["network"]).exists()
+    assert st.info["networkCheck"] == "ok"  # CNI CHECK of the live attachment
 
     def listed(**f) -> set[str]:
         req = api_pb2.ListPodSandboxRequest(filter=api_pb2.PodSandboxFilter(**f))

@@ -396,9 +396,6 @@ def test_first_config_in_conf_dir_is_used_with_cni_args_and_capabilities(env: En
         ]
         assert stdin["prevResult"]["ips"][0]["address"].startswith(other.prefix())
         assert stdin["name"] == "first"
-        # CHECK passes on a healthy attachment.
-        att = env.manager._attachment(sb, "eth0")
-        env.call(env.manager.cni.check(cni.parse(sb.network, "t"), att, sb.cni_result))
         # The conf dir changes; DEL still uses the network the pod was added to.
         (env.conf_dir / "10-first.conflist").unlink()
         env.call(env.manager.remove(sb.id))
@@ -529,3 +526,29 @@ def _ifbs() -> set[str]:
         ["ip", "-o", "link", "show", "type", "ifb"], capture_output=True, text=True
     )
     return {line.split(":")[1].strip() for line in out.stdout.splitlines()}
+
+
+def test_concurrent_runs_and_removes(env: Env):
+    async def many():
+        pods = await asyncio.gather(
+            *(env.manager.run(pod_config(f"par{i}", pid=api_pb2.POD), "") for i in range(8))
+        )
+        ips = {p.ips[0] for p in pods}
+        await asyncio.gather(*(env.manager.remove(p.id) for p in pods))
+        return pods, ips
+
+    pods, ips = env.call(many())
+    assert len(ips) == 8
+    fp = footprint(env.base / "run", env.net, {p.id for p in pods})
+    assert (fp.veths, fp.iptables_rules, fp.ns_files, fp.pod_dirs) == (0, 0, 0, 0)
+
+
+def test_cni_check_passes_when_healthy_and_names_the_broken_plugin(env: Env):
+    # (No hostPorts here: Debian's portmap CHECK wrongly demands IPv6 rules for an
+    # IPv4-only pod, containernetworking/plugins#819.)
+    sb = env.run(pod_config("checked"))
+    assert env.call(env.manager.check_network(sb)) == "ok"
+    subprocess.run(
+        ["nsenter", f"--net={sb.netns_path}", "ip", "addr", "flush", "dev", "eth0"], check=True
+    )
+    assert "plugin 'bridge' CHECK" in env.call(env.manager.check_network(sb))

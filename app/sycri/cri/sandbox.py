@@ -102,6 +102,7 @@ async def pod_sandbox_status(
     resp = api_pb2.PodSandboxStatusResponse(status=status_of(sb), timestamp=time.time_ns())
     if request.verbose:
         resp.info.update(verbose_info(sb))
+        resp.info["networkCheck"] = await manager.check_network(sb)
     return resp
 
 

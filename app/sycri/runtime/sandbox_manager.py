@@ -158,12 +158,13 @@ class SandboxManager:
                 raise InvalidArgument(f"pod CIDR {p} is too small for pods")
         atomic_write(self.cidr_file, ",".join(str(n) for n in nets).encode())
 
-    def network(self) -> cni.Network:
+    def network(self, bandwidth: bool = False) -> cni.Network:
+        """The lexically first config in the conf dir, else the built-in network."""
         found = cni.load_first(self.config.cni.conf_dir)
         if found is not None:
             return found
         return cni.default_network(
-            self.pod_subnets(), self.config.cni.default_bridge, self.ipam_dir
+            self.pod_subnets(), self.config.cni.default_bridge, self.ipam_dir, bandwidth=bandwidth
         )
 
     # ----- create -------------------------------------------------------------
@@ -242,7 +243,7 @@ class SandboxManager:
         log_dir = cfg.log_directory
         if log_dir and not os.path.isabs(log_dir):
             raise InvalidArgument(f"log_directory {excerpt(log_dir)} must be an absolute path")
-        net = self.network() if modes["network"] == "POD" else None
+        net = self.network(bool(plan.bandwidth)) if modes["network"] == "POD" else None
         plan.builtin = net is not None and net.source == "built-in"
         sandbox_id = idindex.new_id()
         run_dir = self.pods_run / sandbox_id
@@ -401,6 +402,19 @@ class SandboxManager:
             target = Path(sb.log_directory).resolve()
             if target == log_root or log_root in target.parents:
                 target.mkdir(parents=True, exist_ok=True, mode=0o755)
+
+    async def check_network(self, sb: Sandbox) -> str:
+        """CNI CHECK of a pod's attachment: "ok", "not attached", or the plugin's error."""
+        if not (sb.ready and sb.network_up and sb.network and sb.cni_result):
+            return "not attached"
+        net = cni.parse(sb.network, f"sandbox {sb.id[:12]}")
+        try:
+            await self.cni.check(
+                net, self._attachment(sb, "eth0", self._caps_of(sb)), sb.cni_result
+            )
+        except cni.CniError as exc:
+            return exc.message
+        return "ok"
 
     # ----- stop and remove ----------------------------------------------------
 
