@@ -552,3 +552,16 @@ def test_cni_check_passes_when_healthy_and_names_the_broken_plugin(env: Env):
         ["nsenter", f"--net={sb.netns_path}", "ip", "addr", "flush", "dev", "eth0"], check=True
     )
     assert "plugin 'bridge' CHECK" in env.call(env.manager.check_network(sb))
+
+
+def test_host_ipc_and_host_pid_use_the_hosts_namespaces(env: Env):
+    cfg = pod_config("hostipc", pid=api_pb2.NODE)
+    cfg.linux.security_context.namespace_options.ipc = api_pb2.NODE
+    sb = env.run(cfg)
+    assert sb.ipc_ns_path is None and sb.pid_ns_path is None and sb.init_pid is None
+    assert sb.shm_path == "/dev/shm"
+    assert sb.netns_path is not None  # the network is still the pod's own
+    before = footprint(env.base / "run", env.net, {sb.id})
+    assert before.ns_files == 2  # net and uts only
+    env.call(env.manager.remove(sb.id))
+    assert os.path.isdir("/dev/shm")  # the host's /dev/shm is left alone

@@ -223,7 +223,7 @@ class SandboxManager:
         if host_net:
             hostname = socket.gethostname()
         else:
-            hostname = podfiles.check_hostname(cfg.hostname or md.name[:63].rstrip("-."))
+            hostname = podfiles.check_hostname(cfg.hostname or podfiles.default_hostname(md.name))
         plan = _Plan(
             sysctls=sysctls.plan(dict(cfg.linux.sysctls), host_net, host_ipc),
             shm_bytes=podfiles.shm_size(dict(cfg.annotations)) if not host_ipc else 0,
