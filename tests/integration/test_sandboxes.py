@@ -98,6 +98,8 @@ def test_two_pods_reach_each_other_by_ip(env: Env):
     b = env.run(pod_config("beta"))
     assert a.ips[0].startswith(env.net.prefix()) and b.ips[0].startswith(env.net.prefix())
     assert a.ips != b.ips
+    # The built-in network routes pod traffic through the host.
+    assert Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() == "1"
     server = listen_in(a.netns_path, 8080, "alpha")
     try:
         reply = connect_from(b.netns_path, a.ips[0], 8080)
