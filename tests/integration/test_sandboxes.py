@@ -550,10 +550,14 @@ def test_cni_check_passes_when_healthy_and_names_the_broken_plugin(env: Env):
     # IPv4-only pod, containernetworking/plugins#819.)
     sb = env.run(pod_config("checked"))
     assert env.call(env.manager.check_network(sb)) == "ok"
-    subprocess.run(
-        ["nsenter", f"--net={sb.netns_path}", "ip", "addr", "flush", "dev", "eth0"], check=True
-    )
-    assert "plugin 'bridge' CHECK" in env.call(env.manager.check_network(sb))
+    addr = f"{sb.ips[0]}/{env.net.subnet.split('/')[1]}"
+    ip_in_pod = ["nsenter", f"--net={sb.netns_path}", "ip", "addr"]
+    subprocess.run([*ip_in_pod, "del", addr, "dev", "eth0"], check=True)
+    try:
+        assert "plugin 'bridge' CHECK" in env.call(env.manager.check_network(sb))
+    finally:
+        # bridge DEL finds the masquerade rules to remove by the interface's addresses.
+        subprocess.run([*ip_in_pod, "add", addr, "dev", "eth0"], check=True)
 
 
 def test_host_ipc_and_host_pid_use_the_hosts_namespaces(env: Env):
