@@ -571,3 +571,13 @@ def test_host_ipc_and_host_pid_use_the_hosts_namespaces(env: Env):
     assert before.ns_files == 2  # net and uts only
     env.call(env.manager.remove(sb.id))
     assert os.path.isdir("/dev/shm")  # the host's /dev/shm is left alone
+
+
+def test_code_can_run_inside_a_pods_network_namespace(env: Env):
+    from sycri.runtime import namespaces
+
+    sb = env.run(pod_config("enter"))
+    trie = "/proc/thread-self/net/fib_trie"
+    inside = env.call(namespaces.call_in({"net": sb.netns_path}, lambda: Path(trie).read_text()))
+    assert sb.ips[0] in inside
+    assert sb.ips[0] not in Path(trie).read_text()  # this thread stayed in the host's

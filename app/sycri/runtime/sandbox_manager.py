@@ -317,11 +317,14 @@ class SandboxManager:
 
             await linux.in_fresh_thread(apply)
         if sb.cgroup_path:
+            # Recorded before the mkdirs, so a crash in between leaks no cgroup.
+            sb.cgroup_created = cgroups.PodCgroup.missing(sb.cgroup_version, sb.cgroup_path)
+            if sb.cgroup_created:
+                self.store.save(sb)
             pc = await asyncio.to_thread(
                 cgroups.PodCgroup.ensure, sb.cgroup_version, sb.cgroup_path
             )
-            sb.cgroup_created = pc.created
-            self.store.save(sb)
+            sb.cgroup_created = sorted(set(sb.cgroup_created) | set(pc.created))
             leaf_created = any(
                 d.rstrip("/").endswith(sb.cgroup_path.rstrip("/")) for d in pc.created
             )
