@@ -11,7 +11,7 @@ import grpc
 import pytest
 from sycri.api import api_pb2
 
-from tests.support.pods import PodNet, footprint, pod_config, unmount_all
+from tests.support.pods import PodNet, footprint, pod_config, unmount_all, wait_gone
 from tests.support.server import SycriServer
 
 pytestmark = pytest.mark.root
@@ -60,8 +60,15 @@ def test_pod_lifecycle_through_the_socket(node):
     pod_id = rt.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=cfg)).pod_sandbox_id
     assert len(pod_id) == 64
     other = rt.RunPodSandbox(
-        api_pb2.RunPodSandboxRequest(config=pod_config("other", labels={"app": "db"}))
+        api_pb2.RunPodSandboxRequest(
+            config=pod_config("other", labels={"app": "db"}, pid=api_pb2.POD)
+        )
     ).pod_sandbox_id
+    other_info = rt.PodSandboxStatus(
+        api_pb2.PodSandboxStatusRequest(pod_sandbox_id=other, verbose=True)
+    ).info
+    init_pid = json.loads(other_info["info"])["pid"]
+    assert Path(f"/proc/{init_pid}/comm").read_text().strip() == "catatonit"
 
     st = rt.PodSandboxStatus(
         api_pb2.PodSandboxStatusRequest(pod_sandbox_id=pod_id[:12], verbose=True)
@@ -123,10 +130,15 @@ def test_pod_lifecycle_through_the_socket(node):
     rt = server.runtime()
     states = {p.id: p.state for p in rt.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items}
     assert states == {pod_id: api_pb2.SANDBOX_NOTREADY, other: api_pb2.SANDBOX_READY}
+    # The pod's init outlived sycri and is still its PID 1; removal ends it.
+    st = rt.PodSandboxStatus(api_pb2.PodSandboxStatusRequest(pod_sandbox_id=other)).status
+    assert st.state == api_pb2.SANDBOX_READY
+    assert Path(f"/proc/{init_pid}/comm").read_text().strip() == "catatonit"
 
     for pid in (pod_id, other, other):  # the second removal of `other` is a no-op
         rt.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pid))
     assert rt.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items == []
+    assert wait_gone(init_pid)
     fp = footprint(server.base / "run", net, {pod_id, other})
     assert (fp.veths, fp.ns_files, fp.pod_dirs, fp.iptables_rules) == (0, 0, 0, 0)
 
