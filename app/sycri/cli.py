@@ -78,8 +78,9 @@ def parser() -> argparse.ArgumentParser:
 def _extensions():
     """Subcommands contributed by the packages (``sif``, ``pull``, ...)."""
     from sycri.images import cli as images_cli
+    from sycri.sif import cli as sif_cli
 
-    return [images_cli.register]
+    return [sif_cli.register, images_cli.register]
 
 
 def main(argv: list[str] | None = None) -> int:

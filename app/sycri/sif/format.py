@@ -421,9 +421,12 @@ def check_descriptors(h: Header, descriptors: list[Descriptor], file_size: int) 
         if d.size:
             spans.append((d.offset, d.end, what))
     spans.sort()
-    for (_, end_a, what_a), (start_b, _, what_b) in zip(spans, spans[1:], strict=False):
-        if start_b < end_a:
-            raise SifError(f"{what_a} and {what_b} overlap")
+    reach, owner = -1, ""
+    for start, end, what in spans:
+        if start < reach:
+            raise SifError(f"{owner} and {what} overlap")
+        if end > reach:
+            reach, owner = end, what
 
 
 def encode_extra_partition(fstype: int, parttype: int, arch: str) -> bytes:

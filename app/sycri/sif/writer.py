@@ -261,7 +261,7 @@ def _table(slots: Sequence[Descriptor]) -> bytes:
 
 
 @contextlib.contextmanager
-def _replacing(path: str, prepare: Callable[[int], None] | None = None):
+def _replacing(path: str, prepare: Callable[[int], None] | None = None, mode: int = 0o644):
     """A temp file next to ``path`` (yielded as an fd) renamed over it on success."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
@@ -270,7 +270,7 @@ def _replacing(path: str, prepare: Callable[[int], None] | None = None):
             prepare(fd)
         yield fd
         os.fsync(fd)
-        os.fchmod(fd, 0o644)
+        os.fchmod(fd, mode)
         os.close(fd)
         fd = -1
         os.replace(tmp, path)
@@ -308,13 +308,15 @@ def write_sif(
     sif_id: uuid.UUID | None = None,
     launch_script: str = DEFAULT_LAUNCH_SCRIPT,
     descriptor_capacity: int = DEFAULT_DESCRIPTOR_CAPACITY,
+    mode: int = 0o644,
 ) -> Header:
     """Create ``path`` holding ``objects`` in the given order; returns the header written.
 
     ``arch`` overrides the header architecture (default: the primary partition's).
     ``created`` defaults to SOURCE_DATE_EPOCH, else 0. ``sif_id`` defaults to a UUID
     derived from the content (hashing every object: pass ``sif_id_for(image_digest)``
-    when a digest is already known, to skip that).
+    when a digest is already known, to skip that). ``mode`` 0o755 makes the file
+    runnable through its launch script, as Singularity's own files are.
     """
     path = os.fspath(path)
     raws = [o.to_raw() for o in objects]
@@ -351,7 +353,7 @@ def write_sif(
         raw_launch=launch,
         raw_arch=header_arch,
     )
-    with _replacing(path) as fd:
+    with _replacing(path, mode=mode) as fd:
         os.ftruncate(fd, end)
         os.pwrite(fd, header.pack(), 0)
         os.pwrite(fd, _table(slots), DEFAULT_DESCRIPTORS_OFFSET)
@@ -415,7 +417,8 @@ def add_object(
             descriptors_free=h.descriptors_free - 1,
             data_size=d.end - h.data_offset,
         )
-        with _replacing(path, _copy_whole(img.fileno(), img.file_size)) as fd:
+        keep = os.fstat(img.fileno()).st_mode & 0o7777
+        with _replacing(path, _copy_whole(img.fileno(), img.file_size), keep) as fd:
             os.ftruncate(fd, max(d.end, img.file_size))
             _write_object(fd, _Placed(d, raw))
             os.pwrite(fd, _table(slots), h.descriptors_offset)
@@ -450,7 +453,8 @@ def delete_object(
             descriptors_free=h.descriptors_free + 1,
             data_size=data_end - h.data_offset if compact else h.data_size,
         )
-        with _replacing(path, _copy_whole(img.fileno(), img.file_size)) as fd:
+        keep = os.fstat(img.fileno()).st_mode & 0o7777
+        with _replacing(path, _copy_whole(img.fileno(), img.file_size), keep) as fd:
             if zero:
                 _zero(fd, d.offset, d.size)
             if compact:
