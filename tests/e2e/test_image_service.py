@@ -53,7 +53,9 @@ def test_pull_status_list_remove_and_fsinfo(sycri, registry):
     siftool_list(info["sifPath"])
     assert status.image.size == os.path.getsize(info["sifPath"])
 
-    by_digest = svc.ImageStatus(api_pb2.ImageStatusRequest(image=spec(status.image.repo_digests[0])))
+    by_digest = svc.ImageStatus(
+        api_pb2.ImageStatusRequest(image=spec(status.image.repo_digests[0]))
+    )
     assert by_digest.image.id == img.id
     listed = svc.ListImages(api_pb2.ListImagesRequest())
     assert [i.id for i in listed.images] == [img.id]

@@ -87,7 +87,7 @@ def _pull_library(tmp_path, app, ref, creds=None):
 
 def test_library_legacy_routes_with_token(tmp_path, sif_bytes):
     app = library_app(sif_bytes, token="s3cret")
-    images, got = _pull_library(
+    _, got = _pull_library(
         tmp_path, app, "library://alice/tools/busybox:1.0", Credentials(registry_token="s3cret")
     )
     assert Path(got.sif_path).read_bytes() == sif_bytes
@@ -102,7 +102,9 @@ def test_library_legacy_routes_with_token(tmp_path, sif_bytes):
 
 def test_library_without_token_is_refused_clearly(tmp_path, sif_bytes):
     with pytest.raises(errors.Unauthenticated, match="requires a token"):
-        _pull_library(tmp_path, library_app(sif_bytes, token="x"), "library://alice/tools/busybox:1.0")
+        _pull_library(
+            tmp_path, library_app(sif_bytes, token="x"), "library://alice/tools/busybox:1.0"
+        )
 
 
 def test_library_unknown_image_is_not_found(tmp_path, sif_bytes):
@@ -182,7 +184,9 @@ def test_registry_5xx_beyond_the_retries_is_unavailable(tmp_path):
 
 def test_a_stalled_layer_download_fails_naming_the_layer(tmp_path):
     img = oci.busybox_image()
-    with pytest.raises(errors.DeadlineExceeded, match=r"layer 1/1 sha256:[0-9a-f]{64}: no progress"):
+    with pytest.raises(
+        errors.DeadlineExceeded, match=r"layer 1/1 sha256:[0-9a-f]{64}: no progress"
+    ):
         _pull_flaky(
             tmp_path, flaky_registry(img, failures=0, stall=True), pull_progress_timeout_seconds=0.5
         )

@@ -97,7 +97,11 @@ def test_registries_conf_mirrors_prefixes_blocked_and_wildcards():
     ]
     assert eps[-1].api_host == "registry-1.docker.io"
     (ep,) = regs.endpoints(reference.parse("example.com/team/app:1"))
-    assert (ep.host, ep.repository, ep.insecure) == ("internal.example:5000", "mirror/team/app", True)
+    assert (ep.host, ep.repository, ep.insecure) == (
+        "internal.example:5000",
+        "mirror/team/app",
+        True,
+    )
     (ep,) = regs.endpoints(reference.parse("example.com/teamster/app"))
     assert (ep.host, ep.insecure) == ("example.com", False)  # prefix matches whole components
     with pytest.raises(FailedPrecondition, match="blocked"):
@@ -107,7 +111,7 @@ def test_registries_conf_mirrors_prefixes_blocked_and_wildcards():
 
 
 def test_registries_conf_errors_name_the_file():
-    with pytest.raises(registries.RegistriesConfError, match="my.conf"):
+    with pytest.raises(registries.RegistriesConfError, match=r"my\.conf"):
         registries.parse("[[registry]\n", "my.conf")
     with pytest.raises(registries.RegistriesConfError, match="neither prefix nor location"):
         registries.parse("[[registry]]\ninsecure = true\n")
@@ -117,7 +121,12 @@ def _desc(arch, variant="", os_="linux"):
     p = {"architecture": arch, "os": os_}
     if variant:
         p["variant"] = variant
-    return {"mediaType": mf.OCI_MANIFEST, "digest": "sha256:" + arch[0] * 64, "size": 1, "platform": p}
+    return {
+        "mediaType": mf.OCI_MANIFEST,
+        "digest": "sha256:" + arch[0] * 64,
+        "size": 1,
+        "platform": p,
+    }
 
 
 def test_platform_choice_prefers_the_exact_variant():
@@ -127,7 +136,7 @@ def test_platform_choice_prefers_the_exact_variant():
         ).encode()
     )
     assert mf.choose_platform(entries, "arm", "v7").platform["variant"] == "v7"
-    with pytest.raises(NotFound, match="linux/amd64.*has: linux/arm/v6"):
+    with pytest.raises(NotFound, match=r"linux/amd64.*has: linux/arm/v6"):
         mf.choose_platform(entries, "amd64", "")
 
 
