@@ -100,6 +100,7 @@ class Registry:
     auth: str = ""  # "", "basic" or "token"
     username: str = "sycri"
     password: str = field(default_factory=lambda: secrets.token_hex(8))
+    refresh_token: str = field(default_factory=lambda: secrets.token_hex(12))
     proc: subprocess.Popen | None = None
     token_server: http.server.ThreadingHTTPServer | None = None
     token_requests: list[str] = field(default_factory=list)
@@ -171,7 +172,28 @@ def _token_server(reg: Registry, issuer: TokenIssuer) -> http.server.ThreadingHT
                 kind, _, rest = scope.partition(":")
                 name, _, actions = rest.rpartition(":")
                 access.append({"type": kind, "name": name, "actions": actions.split(",")})
-            body = json.dumps({"token": issuer.token(reg.username, access)}).encode()
+            self._answer({"token": issuer.token(reg.username, access)})
+
+        def do_POST(self) -> None:
+            """The OAuth2 refresh-token grant (docker's identity tokens)."""
+            length = int(self.headers.get("Content-Length", "0"))
+            form = urllib.parse.parse_qs(self.rfile.read(length).decode())
+            reg.token_requests.append("POST " + " ".join(sorted(form)))
+            if form.get("grant_type") != ["refresh_token"] or form.get("refresh_token") != [
+                reg.refresh_token
+            ]:
+                self.send_response(401)
+                self.end_headers()
+                return
+            access = []
+            for scope in form.get("scope", []):
+                kind, _, rest = scope.partition(":")
+                name, _, actions = rest.rpartition(":")
+                access.append({"type": kind, "name": name, "actions": actions.split(",")})
+            self._answer({"access_token": issuer.token(reg.username, access)})
+
+        def _answer(self, obj: dict) -> None:
+            body = json.dumps(obj).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
