@@ -177,6 +177,7 @@ def test_hostile_layers_are_refused_and_nothing_is_stored(registry, tmp_path, en
     assert images.list() == []
     assert os.listdir(images.store.sif_dir) == []
     assert os.listdir(images.store.tmp_dir) == []
+    assert os.listdir(images.store.blob_dir) == []
     assert not Path("/tmp/pwned").exists()
 
 
@@ -495,3 +496,39 @@ def test_token_auth_with_identity_token_and_registry_token(token_registry, tmp_p
     bearer = token_registry.auth_header(r, "pull")["Authorization"].removeprefix("Bearer ")
     got = pull(make_images(tmp_path / "c"), ref, Credentials(registry_token=bearer))
     assert got.id == img.id
+
+
+def test_a_layer_present_locally_is_not_downloaded_again_and_goes_with_its_last_image(
+    registry, tmp_path, monkeypatch
+):
+    from sycri.images.registry import RegistryClient
+
+    base = oci.layer(oci.busybox_entries())
+    a = oci.Image(layers=[base, oci.layer([oci.file("which", "a")])])
+    b = oci.Image(layers=[base, oci.layer([oci.file("which", "b")])])
+    r = repo()
+    oci.push(registry, r, "a", a)
+    oci.push(registry, r, "b", b)
+    fetched: list[str] = []
+    real = RegistryClient.blob_to_file
+
+    async def recording(self, desc, dest, what, progress=None):
+        fetched.append(desc.digest)
+        return await real(self, desc, dest, what, progress)
+
+    monkeypatch.setattr(RegistryClient, "blob_to_file", recording)
+    images = make_images(tmp_path)
+    pull(images, f"{registry.host}/{r}:a")
+    assert fetched == [base.digest, a.layers[1].digest]
+    fetched.clear()
+    got_b = pull(images, f"{registry.host}/{r}:b")
+    assert fetched == [b.layers[1].digest]
+    with mounted(got_b.sif_path) as root:
+        assert (root / "which").read_text() == "b"
+        assert (root / "bin/busybox").exists()
+    blobs = images.store.blob_dir
+    asyncio.run(images.remove(a.id))
+    assert (blobs / base.digest.split(":")[1]).exists()
+    assert not (blobs / a.layers[1].digest.split(":")[1]).exists()
+    asyncio.run(images.remove(b.id))
+    assert list(blobs.iterdir()) == []

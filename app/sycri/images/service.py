@@ -305,6 +305,7 @@ class Images:
         text: str,
         tags: list[str],
         digests: list[str],
+        layers: list[str] = (),  # type: ignore[assignment]
     ) -> Image:
         final = self.store.sif_path_for(image_id)
         os.chmod(built, 0o644)
@@ -319,6 +320,7 @@ class Images:
                 tags=tags,
                 digests=digests,
                 user_ref=text,
+                layers=layers,
                 now=time.time(),
             )
         )
@@ -342,7 +344,12 @@ class Images:
             rootfs.mkdir(mode=0o755)
             applier = Applier(rootfs)
             await fetch_and_apply(
-                client, manifest.layers, work, applier, self.cfg.images.max_concurrent_downloads
+                client,
+                manifest.layers,
+                work,
+                applier,
+                self.cfg.images.max_concurrent_downloads,
+                self.store.blob_dir if self.cfg.images.keep_layers else None,
             )
             await in_thread(applier.finish)
             built = await build_sif(
@@ -354,7 +361,18 @@ class Images:
                 compression=self.cfg.images.squashfs_compression,
                 arch=config.architecture or self.arch,
             )
-            return await self._commit(image_id, built, config_bytes, text, tags, digests)
+            return await self._commit(
+                image_id,
+                built,
+                config_bytes,
+                text,
+                tags,
+                digests,
+                [d.digest for d in manifest.layers] if self.cfg.images.keep_layers else [],
+            )
+        except BaseException:
+            await in_thread(self.store.prune_blobs)  # no image was built from them
+            raise
         finally:
             await in_thread(shutil.rmtree, work, True)
 
