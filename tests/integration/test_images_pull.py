@@ -532,3 +532,23 @@ def test_a_layer_present_locally_is_not_downloaded_again_and_goes_with_its_last_
     assert not (blobs / a.layers[1].digest.split(":")[1]).exists()
     asyncio.run(images.remove(b.id))
     assert list(blobs.iterdir()) == []
+
+
+def test_self_signed_tls_registry_marked_insecure(tls_registry, tmp_path):
+    r = repo()
+    img = oci.busybox_image(cmd=["tls"])
+    oci.push(tls_registry, r, "latest", img)
+    host = tls_registry.host.replace("127.0.0.1", "localhost")
+    conf = tmp_path / "registries.conf"
+    conf.write_text(f'[[registry]]\nlocation = "{host}"\ninsecure = true\n')
+    got = pull(make_images(tmp_path, registries_conf=str(conf)), f"{host}/{r}")
+    assert got.id == img.id
+
+
+def test_untrusted_tls_certificate_is_a_clear_error(tls_registry, tmp_path, monkeypatch):
+    import re
+
+    # loopback registries count as insecure (as with docker); take that away for this test
+    monkeypatch.setattr("sycri.images.registry.LOOPBACK", re.compile("^$"))
+    with pytest.raises(errors.Unavailable, match="TLS certificate .* is not trusted"):
+        pull(make_images(tmp_path), f"{tls_registry.host}/test/any:latest")
