@@ -550,5 +550,5 @@ def test_untrusted_tls_certificate_is_a_clear_error(tls_registry, tmp_path, monk
 
     # loopback registries count as insecure (as with docker); take that away for this test
     monkeypatch.setattr("sycri.images.registry.LOOPBACK", re.compile("^$"))
-    with pytest.raises(errors.Unavailable, match="TLS certificate .* is not trusted"):
+    with pytest.raises(errors.Unavailable, match=r"TLS certificate .* is not trusted"):
         pull(make_images(tmp_path), f"{tls_registry.host}/test/any:latest")
