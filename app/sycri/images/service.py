@@ -187,7 +187,8 @@ class Images:
         ref = reference.parse(text)
         if ref.transport == "file":
             return await self._import_local(ref, text)
-        key = str(ref)
+        # Pulls share a download only when they would show the registry the same credentials.
+        key = str(ref) + "\0" + _fingerprint(auth)
         task = self._pulls.get(key)
         if task is None:
             task = asyncio.create_task(self._pull(ref, text, auth), name=f"pull {key}")
@@ -468,6 +469,13 @@ class Images:
                 now=time.time(),
             )
         )
+
+
+def _fingerprint(auth: Credentials | None) -> str:
+    if not auth:
+        return ""
+    raw = "\0".join((auth.username, auth.password, auth.identity_token, auth.registry_token))
+    return hashlib.sha256(raw.encode()).hexdigest()
 
 
 def _raw(image: Image) -> bytes:
