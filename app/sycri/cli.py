@@ -1,4 +1,4 @@
-"""The ``sycri`` command line: serve, config show, version."""
+"""The ``sycri`` command line: serve, config show, version, health."""
 
 from __future__ import annotations
 
@@ -77,10 +77,11 @@ def parser() -> argparse.ArgumentParser:
 
 def _extensions():
     """Subcommands contributed by the packages (``sif``, ``pull``, ...)."""
+    from sycri import health
     from sycri.images import cli as images_cli
     from sycri.sif import cli as sif_cli
 
-    return [sif_cli.register, images_cli.register]
+    return [sif_cli.register, health.register, images_cli.register]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,9 @@ import grpc
 from sycri.config import Config, detect_cgroup_driver
 from sycri.cri import image, runtime_info
 from sycri.cri.service import Dispatcher, Handler
+from sycri.k8s.agent import NodeAgent
 from sycri.node import Node
+from sycri.observability import telemetry
 
 log = logging.getLogger("sycri.server")
 
@@ -73,19 +75,29 @@ def assemble(cfg: Config) -> Node:
     except RegistriesConfError as exc:
         raise StartupError(str(exc)) from None
     images.start()
-    return Node(config=cfg, cgroup_driver=detect_cgroup_driver(cfg), images=images)
+    return Node(
+        config=cfg,
+        cgroup_driver=detect_cgroup_driver(cfg),
+        node_agent=NodeAgent.from_environment(cfg),
+        images=images,
+    )
 
 
 async def serve(cfg: Config, observers: list | None = None) -> int:
     sock = Path(cfg.socket)
     prepare_socket(sock)
     node = assemble(cfg)
-    dispatcher = Dispatcher(node, handlers(), observers or [])
+    try:
+        obs = telemetry.start(cfg)
+    except telemetry.TelemetryError as exc:
+        raise StartupError(str(exc)) from None
+    dispatcher = Dispatcher(node, handlers(), [*obs.rpc_observers, *(observers or [])])
     server = grpc.aio.server(
+        interceptors=obs.interceptors,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
-        ]
+        ],
     )
     server.add_generic_rpc_handlers(dispatcher.generic_handlers())
     server.add_insecure_port(f"unix:{sock}")
@@ -96,6 +108,7 @@ async def serve(cfg: Config, observers: list | None = None) -> int:
         os.umask(old_umask)
     os.chmod(sock, 0o660)
     log.info("sycri serving on unix://%s (root %s, run %s)", sock, cfg.root_dir, cfg.run_dir)
+    node.node_agent.start()  # labels the Node from its own thread once the socket serves
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -113,6 +126,8 @@ async def serve(cfg: Config, observers: list | None = None) -> int:
         loop.add_signal_handler(signum, on_signal, signum)
     await stop.wait()
     await server.stop(cfg.shutdown_grace_seconds)
+    obs.close()
+    await asyncio.to_thread(node.node_agent.close)
     with contextlib.suppress(FileNotFoundError):
         sock.unlink()
     log.info("sycri stopped; containers keep running")
