@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sycri.config import Config
 from sycri.k8s.agent import NodeAgent
@@ -21,7 +21,5 @@ class Node:
     # Node labels and pod events in the Kubernetes API; a no-op outside a cluster.
     node_agent: NodeAgent = field(default_factory=NodeAgent.disabled)
     images: Images = None  # type: ignore[assignment]  # set by server.assemble
-    # Components are attached by server assembly as they exist.
-    components: dict[str, Any] = field(default_factory=dict)
     sandboxes: SandboxManager | None = None
     containers: Containers | None = None
