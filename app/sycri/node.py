@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sycri.config import Config
+
+if TYPE_CHECKING:
+    from sycri.streaming.server import StreamingServer
 
 
 @dataclass
@@ -14,3 +17,4 @@ class Node:
     cgroup_driver: str
     # Components are attached by server assembly as they exist.
     components: dict[str, Any] = field(default_factory=dict)
+    streaming: StreamingServer | None = None  # exec/attach/port-forward URLs

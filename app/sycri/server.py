@@ -18,9 +18,11 @@ from pathlib import Path
 import grpc
 
 from sycri.config import Config, detect_cgroup_driver
-from sycri.cri import runtime_info
+from sycri.cri import runtime_info, streaming
 from sycri.cri.service import Dispatcher, Handler
 from sycri.node import Node
+from sycri.streaming.server import StreamingServer
+from sycri.streaming.targets import RuncTargets
 
 log = logging.getLogger("sycri.server")
 
@@ -57,7 +59,7 @@ def prepare_socket(path: Path) -> None:
 
 def handlers() -> dict[str, Handler]:
     out: dict[str, Handler] = {}
-    for module in (runtime_info,):
+    for module in (runtime_info, streaming):
         out.update(module.RPCS)
     return out
 
@@ -65,7 +67,12 @@ def handlers() -> dict[str, Handler]:
 def assemble(cfg: Config) -> Node:
     for d in (cfg.root_dir, cfg.run_dir):
         Path(d).mkdir(parents=True, exist_ok=True, mode=0o711)
-    return Node(config=cfg, cgroup_driver=detect_cgroup_driver(cfg))
+    node = Node(config=cfg, cgroup_driver=detect_cgroup_driver(cfg))
+    # Until the container and pod registries provide them, targets come from runc itself.
+    handler = cfg.runtimes[cfg.default_runtime]
+    targets = RuncTargets(handler.binary, str(cfg.runtime_root(cfg.default_runtime)))
+    node.streaming = StreamingServer(cfg.streaming, targets)
+    return node
 
 
 async def serve(cfg: Config, observers: list | None = None) -> int:
@@ -87,6 +94,8 @@ async def serve(cfg: Config, observers: list | None = None) -> int:
     finally:
         os.umask(old_umask)
     os.chmod(sock, 0o660)
+    if node.streaming is not None:
+        await node.streaming.start()
     log.info("sycri serving on unix://%s (root %s, run %s)", sock, cfg.root_dir, cfg.run_dir)
 
     stop = asyncio.Event()
@@ -105,6 +114,8 @@ async def serve(cfg: Config, observers: list | None = None) -> int:
         loop.add_signal_handler(signum, on_signal, signum)
     await stop.wait()
     await server.stop(cfg.shutdown_grace_seconds)
+    if node.streaming is not None:
+        await node.streaming.stop()
     with contextlib.suppress(FileNotFoundError):
         sock.unlink()
     log.info("sycri stopped; containers keep running")

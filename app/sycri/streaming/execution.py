@@ -1,0 +1,243 @@
+"""Exec: a command in a running container through ``runc exec``, with pipes or a TTY.
+
+runc runs in the foreground, so its exit status is the command's. With a TTY, runc
+gets a pseudo-terminal we own as its stdio and copies it to the container's own
+terminal; a resize sets our terminal's size and sends runc SIGWINCH, which runc
+applies inside. runc's own failures (no such command, container gone) go to a JSON
+log file and exit status 255, so they reach the client as an error, not as output.
+
+The runc child is long-lived and interactive, which ``sycri.command.run`` (collect
+output, then return) does not fit; this module spawns it itself and always reaps it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import pty
+import signal
+import struct
+import tempfile
+import termios
+
+from sycri.streaming.channel import Inbox, Outbound, Stdio, StreamError, resize_events
+from sycri.streaming.targets import ContainerTarget, runc_status
+
+log = logging.getLogger("sycri.streaming.exec")
+
+RUNC_FAILED = 255  # runc exec's own exit status when it could not run the command
+_STOP_GRACE = 2.0
+_CHUNK = 64 * 1024
+
+
+class ExitCode(int):
+    """The command's exit status."""
+
+
+async def wait_fd(fd: int, *, write: bool) -> None:
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+
+    def ready() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    (loop.add_writer if write else loop.add_reader)(fd, ready)
+    try:
+        await fut
+    finally:
+        (loop.remove_writer if write else loop.remove_reader)(fd)
+
+
+async def fd_read(fd: int) -> bytes:
+    """Read from a non-blocking fd; b"" at EOF (EIO is how a pty master says it)."""
+    while True:
+        try:
+            return os.read(fd, _CHUNK)
+        except BlockingIOError:
+            await wait_fd(fd, write=False)
+        except OSError as exc:
+            if exc.errno == errno.EIO:
+                return b""
+            raise
+
+
+async def fd_write(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            await wait_fd(fd, write=True)
+
+
+def set_winsize(fd: int, width: int, height: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
+
+
+async def _copy_out(read, out: Outbound | None) -> None:
+    while True:
+        data = await read()
+        if not data:
+            return
+        if out is not None:
+            await out.write(data)
+
+
+def _runc_error(path: str) -> str:
+    """The last error runc logged, or ""."""
+    message = ""
+    with contextlib.suppress(OSError), open(path, errors="replace") as f:
+        for line in f:
+            with contextlib.suppress(ValueError, AttributeError):
+                entry = json.loads(line)
+                if entry.get("level") in ("error", "fatal"):
+                    message = str(entry.get("msg", ""))
+    return message
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    """Ask runc to stop (it forwards SIGTERM to the command), then insist."""
+    if proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), _STOP_GRACE)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+
+
+async def run_exec(target: ContainerTarget, cmd: tuple[str, ...], tty: bool, io: Stdio) -> ExitCode:
+    """Run ``cmd`` in the container; returns its exit status or raises StreamError."""
+    state = await runc_status(target)
+    if state != "running":
+        what = f"is {state}" if state else "does not exist"
+        raise StreamError(f"container {target.container_id} {what}; cannot exec in it")
+    fd, logfile = tempfile.mkstemp(prefix="sycri-exec-", suffix=".json")
+    os.close(fd)
+    argv = [target.runtime, "--root", target.runtime_root, "--log", logfile]
+    argv += ["--log-format", "json", "exec"]
+    if tty:
+        argv.append("--tty")
+    argv += [target.runtime_id, *cmd]
+    try:
+        if tty:
+            code = await _exec_tty(argv, io)
+        else:
+            code = await _exec_pipes(argv, io)
+        if code == RUNC_FAILED:
+            error = _runc_error(logfile)
+            if error:
+                raise StreamError(error)
+        return ExitCode(code)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(logfile)
+
+
+async def _feed_stdin(inbox: Inbox, write, close) -> None:
+    while True:
+        data = await inbox.read()
+        if not data:
+            break
+        try:
+            await write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            inbox.discard()
+            return
+    await close()
+
+
+async def _exec_pipes(argv: list[str], io: Stdio) -> int:
+    pipe, null = asyncio.subprocess.PIPE, asyncio.subprocess.DEVNULL
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=pipe if io.stdin else null,
+        stdout=pipe if io.stdout else null,
+        stderr=pipe if io.stderr else null,
+        start_new_session=True,
+    )
+    tasks = []
+    try:
+        if io.stdin is not None and proc.stdin is not None:
+            stdin = proc.stdin
+
+            async def write(data: bytes) -> None:
+                stdin.write(data)
+                await stdin.drain()
+
+            async def close() -> None:
+                stdin.close()
+
+            tasks.append(asyncio.ensure_future(_feed_stdin(io.stdin, write, close)))
+        outputs = []
+        if proc.stdout is not None:
+            outputs.append(_copy_out(lambda: proc.stdout.read(_CHUNK), io.stdout))
+        if proc.stderr is not None:
+            outputs.append(_copy_out(lambda: proc.stderr.read(_CHUNK), io.stderr))
+        await asyncio.gather(*outputs)
+        return await proc.wait()
+    finally:
+        for t in tasks:
+            t.cancel()
+        await _stop(proc)
+        if io.stdin is not None:
+            io.stdin.discard()
+
+
+async def _exec_tty(argv: list[str], io: Stdio) -> int:
+    master, slave = pty.openpty()
+    os.set_blocking(master, False)
+    tasks: list[asyncio.Future] = []
+    try:
+        first = io.extra.get("initial_size")
+        if first is not None:
+            set_winsize(master, first.width, first.height)  # type: ignore[attr-defined]
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=slave, stdout=slave, stderr=slave, start_new_session=True
+        )
+    except BaseException:
+        os.close(master)
+        raise
+    finally:
+        os.close(slave)
+    try:
+        if io.stdin is not None:
+
+            async def write(data: bytes) -> None:
+                await fd_write(master, data)
+
+            async def eot() -> None:
+                # A terminal has no half-close: end-of-input is ^D, as a user types it.
+                with contextlib.suppress(OSError):
+                    await fd_write(master, b"\x04")
+
+            tasks.append(asyncio.ensure_future(_feed_stdin(io.stdin, write, eot)))
+        if io.resize is not None:
+
+            async def resize() -> None:
+                async for size in resize_events(io.resize):
+                    with contextlib.suppress(OSError):
+                        set_winsize(master, size.width, size.height)
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.send_signal(signal.SIGWINCH)
+
+            tasks.append(asyncio.ensure_future(resize()))
+        await _copy_out(lambda: fd_read(master), io.stdout)
+        return await proc.wait()
+    finally:
+        for t in tasks:
+            t.cancel()
+        await _stop(proc)
+        os.close(master)
+        for inbox in (io.stdin, io.resize):
+            if inbox is not None:
+                inbox.discard()
