@@ -33,6 +33,7 @@ log = logging.getLogger("sycri.streaming.exec")
 RUNC_FAILED = 255  # runc exec's own exit status when it could not run the command
 _STOP_GRACE = 2.0
 _CHUNK = 64 * 1024
+FIRST_SIZE_WAIT = 0.5  # seconds a TTY exec waits for the client's first window size
 
 
 class ExitCode(int):
@@ -197,14 +198,31 @@ async def _exec_tty(argv: list[str], io: Stdio) -> int:
     master, slave = pty.openpty()
     os.set_blocking(master, False)
     tasks: list[asyncio.Future] = []
+    proc: asyncio.subprocess.Process | None = None
+    sized = asyncio.Event()
+
+    async def resize(inbox: Inbox) -> None:
+        async for size in resize_events(inbox):
+            with contextlib.suppress(OSError):
+                set_winsize(master, size.width, size.height)
+            sized.set()
+            if proc is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGWINCH)
+
     try:
-        first = io.extra.get("initial_size")
-        if first is not None:
-            set_winsize(master, first.width, first.height)  # type: ignore[attr-defined]
+        if io.resize is not None:
+            tasks.append(asyncio.ensure_future(resize(io.resize)))
+            # Clients send the terminal's size as the session opens; start with it, so
+            # the command's first look at its terminal is not 0x0.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(sized.wait(), FIRST_SIZE_WAIT)
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=slave, stdout=slave, stderr=slave, start_new_session=True
         )
     except BaseException:
+        for t in tasks:
+            t.cancel()
         os.close(master)
         raise
     finally:
@@ -221,16 +239,6 @@ async def _exec_tty(argv: list[str], io: Stdio) -> int:
                     await fd_write(master, b"\x04")
 
             tasks.append(asyncio.ensure_future(_feed_stdin(io.stdin, write, eot)))
-        if io.resize is not None:
-
-            async def resize() -> None:
-                async for size in resize_events(io.resize):
-                    with contextlib.suppress(OSError):
-                        set_winsize(master, size.width, size.height)
-                    with contextlib.suppress(ProcessLookupError):
-                        proc.send_signal(signal.SIGWINCH)
-
-            tasks.append(asyncio.ensure_future(resize()))
         await _copy_out(lambda: fd_read(master), io.stdout)
         return await proc.wait()
     finally:

@@ -91,7 +91,8 @@ async def connect(netns: str, port: int) -> tuple[asyncio.StreamReader, asyncio.
             await asyncio.get_running_loop().sock_connect(sock, (host, port))
         except OSError as exc:
             sock.close()
-            last = last or exc
+            reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+            last = last or OSError(exc.errno, f"connect to {host}:{port}: {reason}")
             continue
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return await asyncio.open_connection(sock=sock, limit=_CHUNK * 4)
