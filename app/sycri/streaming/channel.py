@@ -53,6 +53,15 @@ class Inbox:
         self._chunks.clear()
         self._space.set()
 
+    async def peek(self) -> bytes:
+        """The next chunk without taking it (b"" at EOF)."""
+        while not self._chunks:
+            if self.eof:
+                return b""
+            self._readable.clear()
+            await self._readable.wait()
+        return self._chunks[0]
+
     async def read(self) -> bytes:
         while not self._chunks:
             if self.eof:

@@ -24,9 +24,18 @@ import signal
 import struct
 import tempfile
 import termios
+from tty import setraw
 
-from sycri.streaming.channel import Inbox, Outbound, Stdio, StreamError, resize_events
-from sycri.streaming.targets import ContainerTarget, runc_status
+from sycri.streaming.channel import (
+    Inbox,
+    Outbound,
+    Stdio,
+    StreamError,
+    TerminalSize,
+    parse_resizes,
+    resize_events,
+)
+from sycri.streaming.targets import ContainerTarget, runc_state
 
 log = logging.getLogger("sycri.streaming.exec")
 
@@ -118,30 +127,73 @@ async def _stop(proc: asyncio.subprocess.Process) -> None:
 
 async def run_exec(target: ContainerTarget, cmd: tuple[str, ...], tty: bool, io: Stdio) -> ExitCode:
     """Run ``cmd`` in the container; returns its exit status or raises StreamError."""
-    state = await runc_status(target)
-    if state != "running":
-        what = f"is {state}" if state else "does not exist"
+    state = await runc_state(target)
+    status = state.get("status", "")
+    if status != "running":
+        what = f"is {status}" if status else "does not exist"
         raise StreamError(f"container {target.container_id} {what}; cannot exec in it")
     fd, logfile = tempfile.mkstemp(prefix="sycri-exec-", suffix=".json")
     os.close(fd)
+    process_file = ""
     argv = [target.runtime, "--root", target.runtime_root, "--log", logfile]
     argv += ["--log-format", "json", "exec"]
-    if tty:
-        argv.append("--tty")
-    argv += [target.runtime_id, *cmd]
     try:
         if tty:
-            code = await _exec_tty(argv, io)
+            size = await _first_size(io)
+            process_file = _tty_process(state, cmd, size)
+            argv += ["--tty", "--process", process_file, target.runtime_id]
+            code = await _exec_tty(argv, io, size)
         else:
-            code = await _exec_pipes(argv, io)
+            code = await _exec_pipes([*argv, target.runtime_id, *cmd], io)
         if code == RUNC_FAILED:
             error = _runc_error(logfile)
             if error:
                 raise StreamError(error)
         return ExitCode(code)
     finally:
-        with contextlib.suppress(OSError):
-            os.unlink(logfile)
+        for path in (logfile, process_file):
+            if path:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+
+
+async def _first_size(io: Stdio) -> TerminalSize | None:
+    """The window size the client sends as the session opens (waiting briefly for it).
+
+    runc gives the command's terminal this size before the command starts; resizing
+    only afterwards would race with a command that asks for its size at once.
+    """
+    if io.resize is None:
+        return None
+    try:
+        chunk = await asyncio.wait_for(io.resize.peek(), FIRST_SIZE_WAIT)
+    except TimeoutError:
+        return None
+    sizes, _ = parse_resizes(chunk)
+    return sizes[-1] if sizes else None
+
+
+def _tty_process(state: dict, cmd: tuple[str, ...], size: TerminalSize | None) -> str:
+    """An OCI process for ``runc exec --process``: the container's own (env, user, cwd,
+    capabilities), running ``cmd`` on a terminal of the client's size."""
+    process: dict = {}
+    bundle = state.get("bundle", "")
+    if bundle:
+        config = os.path.join(bundle, "config.json")
+        with contextlib.suppress(OSError, ValueError), open(config) as f:
+            process = dict(json.load(f).get("process") or {})
+    process.setdefault("cwd", "/")
+    process.setdefault("user", {"uid": 0, "gid": 0})
+    process["args"] = list(cmd)
+    process["terminal"] = True
+    if size is not None:
+        process["consoleSize"] = {"height": size.height, "width": size.width}
+    else:
+        process.pop("consoleSize", None)
+    fd, path = tempfile.mkstemp(prefix="sycri-exec-", suffix=".process.json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(process, f)
+    return path
 
 
 async def _feed_stdin(inbox: Inbox, write, close) -> None:
@@ -194,18 +246,19 @@ async def _exec_pipes(argv: list[str], io: Stdio) -> int:
             io.stdin.discard()
 
 
-async def _exec_tty(argv: list[str], io: Stdio) -> int:
+async def _exec_tty(argv: list[str], io: Stdio, size: TerminalSize | None) -> int:
     master, slave = pty.openpty()
     os.set_blocking(master, False)
+    setraw(slave)  # runc does this too, but only once it runs: no echo of early input
+    if size is not None:
+        set_winsize(master, size.width, size.height)
     tasks: list[asyncio.Future] = []
     proc: asyncio.subprocess.Process | None = None
-    sized = asyncio.Event()
 
     async def resize(inbox: Inbox) -> None:
         async for size in resize_events(inbox):
             with contextlib.suppress(OSError):
                 set_winsize(master, size.width, size.height)
-            sized.set()
             if proc is not None:
                 with contextlib.suppress(ProcessLookupError):
                     proc.send_signal(signal.SIGWINCH)
@@ -213,10 +266,6 @@ async def _exec_tty(argv: list[str], io: Stdio) -> int:
     try:
         if io.resize is not None:
             tasks.append(asyncio.ensure_future(resize(io.resize)))
-            # Clients send the terminal's size as the session opens; start with it, so
-            # the command's first look at its terminal is not 0x0.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(sized.wait(), FIRST_SIZE_WAIT)
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=slave, stdout=slave, stderr=slave, start_new_session=True
         )

@@ -39,8 +39,8 @@ class Targets(Protocol):
         ...
 
 
-async def runc_status(target: ContainerTarget) -> str:
-    """runc's view of the container: "running", "stopped", ...; "" when runc does not know it."""
+async def runc_state(target: ContainerTarget) -> dict:
+    """runc's state of the container (status, bundle, ...); {} when runc does not know it."""
     result = await command.run(
         [target.runtime, "--root", target.runtime_root, "state", target.runtime_id],
         check=False,
@@ -48,11 +48,12 @@ async def runc_status(target: ContainerTarget) -> str:
         label="runc state",
     )
     if not result.ok:
-        return ""
+        return {}
     try:
-        return str(json.loads(result.stdout).get("status", ""))
+        state = json.loads(result.stdout)
     except ValueError:
-        return ""
+        return {}
+    return state if isinstance(state, dict) else {}
 
 
 @dataclass
