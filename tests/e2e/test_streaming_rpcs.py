@@ -5,10 +5,12 @@ root, found by the stand-in RuncTargets until the container registry is wired in
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pty
 import signal
+import socket
 import subprocess
 import time
 
@@ -22,6 +24,8 @@ from tests.support import streaming_env
 from tests.support.server import SycriServer
 
 pytestmark = pytest.mark.root
+
+MB = 1024 * 1024
 
 
 @pytest.fixture
@@ -145,3 +149,36 @@ def test_ws_exec_through_rpc_url(running):
     assert client.returncode == 0
     status = json.loads(client.read_channel(3) or '{"status": "Success"}')
     assert status["status"] == "Success"
+
+
+def _checksum_exchange(port: int, n_in: int, n_out: int) -> None:
+    """Send n_in bytes to the pod's checksum server, get n_out back; both intact."""
+    payload = os.urandom(n_in)
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+        s.sendall(f"{n_in} {n_out}\n".encode() + payload)
+        s.shutdown(socket.SHUT_WR)
+        reply = bytearray()
+        while chunk := s.recv(1 << 20):
+            reply += chunk
+    assert reply[:64].decode() == hashlib.sha256(payload).hexdigest()
+    assert len(reply) == 64 + n_out + 64
+    assert hashlib.sha256(reply[64:-64]).hexdigest() == reply[-64:].decode()
+
+
+def test_crictl_port_forward_10mb_each_way(sycri: SycriServer):
+    """client-go's SPDY port-forwarder (in crictl) to a server inside a pod's netns."""
+    with streaming_env.netns_with_server() as ns:
+        local = streaming_env.free_port()
+        proc = subprocess.Popen(
+            ["crictl", "--runtime-endpoint", sycri.endpoint, "port-forward", ns.name,
+             f"{local}:{ns.port}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            streaming_env.wait_listening(local)
+            _checksum_exchange(local, 10 * MB, 10 * MB)
+            _checksum_exchange(local, 1000, 1000)  # a second connection, same session
+        finally:
+            proc.terminate()
+            proc.wait(10)

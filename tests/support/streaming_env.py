@@ -294,3 +294,23 @@ class PtyReader:
             ok = self._cond.wait_for(lambda: needle in self.data or self.eof, timeout)
             if not ok or needle not in self.data:
                 raise AssertionError(f"{needle!r} not in terminal output {self.data[-2000:]!r}")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port: int, timeout: float = 20) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
