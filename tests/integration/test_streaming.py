@@ -41,9 +41,9 @@ def env(tmp_path_factory):
         made.append(streaming_env.run_conmon_container(tmp, root, ["sh", "-c", script], tty=False))
         made.append(streaming_env.run_container(tmp, root, ["true"]))
         made[2].kill()
-        targets = FixedTargets(
-            dict(zip(("plain", "attached", "stopped"), made, strict=True)), netns={}
-        )
+        made.append(streaming_env.run_conmon_container(tmp, root, ["sh"], tty=True))
+        names = ("plain", "attached", "stopped", "terminal")
+        targets = FixedTargets(dict(zip(names, made, strict=True)), netns={})
         with streaming_env.netns_with_server() as ns:
             targets.netns["pod"] = ns.path
             server = ServerThread(StreamingConfig(token_ttl_seconds=30), targets)
@@ -357,3 +357,105 @@ def test_bad_requests_get_http_errors(env):
             s.sendall(head)
             assert s.recv(100).split(b" ")[1] == status
     Path("/dev/null").exists()
+
+
+async def _spdy_attach_tty(url: str) -> bytes:
+    client, streams = await spdy_client.exec_session(
+        url, stdin=True, stdout=True, stderr=False, tty=True
+    )
+    try:
+        await streams["resize"].write(json.dumps({"Width": 77, "Height": 22}).encode())
+        await asyncio.sleep(0.3)
+        await streams["stdin"].write(b"stty size\n")
+        await streams["stdout"].wait_for(b"22 77")
+        await streams["resize"].write(json.dumps({"Width": 99, "Height": 33}).encode())
+        await asyncio.sleep(0.3)
+        await streams["stdin"].write(b"stty size\n")
+        await streams["stdout"].wait_for(b"33 99")
+        return bytes(streams["stdout"].data)
+    finally:
+        await client.close()
+
+
+def test_spdy_attach_tty_resize_through_conmon(env):
+    server, _ = env
+    req = AttachRequest("terminal", tty=True, stdin=True, stderr=False)
+    out = asyncio.run(_spdy_attach_tty(server.url(req)))
+    assert b"33 99" in out
+    # The session ended with the client; the container's shell keeps running.
+    assert server.server.targets.containers["terminal"].state() == "running"
+
+
+def test_attach_without_conmon_is_an_error(env):
+    server, _ = env
+    client = ws_exec(server, AttachRequest("plain", stdout=True))
+    status = json.loads(client.read_channel(3))
+    assert status["status"] == "Failure"
+    assert "attach socket" in status["message"]
+
+
+def _self_signed(tmp) -> tuple[str, str]:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / "tls.crt", tmp / "tls.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(cert_path), str(key_path)
+
+
+def test_tls_streaming(env, tmp_path):
+    import ssl
+
+    server, _ = env
+    cert, key = _self_signed(tmp_path)
+    tls = ServerThread(StreamingConfig(tls_cert=cert, tls_key=key), server.server.targets)
+    try:
+        url = tls.url(ExecRequest("plain", ("echo", "secret")))
+        assert url.startswith("https://")
+        ctx = ssl.create_default_context(cafile=cert)
+        ctx.check_hostname = False
+
+        async def run():
+            client, streams = await spdy_client.exec_session(
+                url, stdin=False, stdout=True, stderr=True, tty=False, ssl=ctx
+            )
+            try:
+                status = spdy_client.parse_status(await streams["error"].read_all())
+                return await streams["stdout"].read_all(), status
+            finally:
+                await client.close()
+
+        out, status = asyncio.run(run())
+        assert out == b"secret\n" and status["status"] == "Success"
+        # Plain HTTP to the TLS port gets nowhere.
+        plain = tls.url(ExecRequest("plain", ("true",))).replace("https://", "http://")
+        with pytest.raises(
+            (spdy_client.UpgradeRefused, ConnectionError, asyncio.IncompleteReadError)
+        ):
+            asyncio.run(spdy_client.SpdyClient.connect(plain, ["v4.channel.k8s.io"]))
+    finally:
+        tls.stop()

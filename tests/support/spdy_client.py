@@ -40,7 +40,10 @@ class ClientStream:
         async def scan() -> None:
             while needle not in self.data:
                 if self.fin.is_set():
-                    raise AssertionError(f"stream ended without {needle!r}: {bytes(self.data)!r}")
+                    raise AssertionError(
+                        f"stream ended without {needle!r}: {bytes(self.data)!r}; "
+                        f"other streams: {[bytes(s.data) for s in self.client.streams.values()]}"
+                    )
                 self.arrived.clear()
                 await self.arrived.wait()
 
@@ -156,10 +159,10 @@ class UpgradeRefused(Exception):
 
 
 async def exec_session(
-    url: str, *, stdin: bool, stdout: bool, stderr: bool, tty: bool
+    url: str, *, stdin: bool, stdout: bool, stderr: bool, tty: bool, ssl=None
 ) -> tuple[SpdyClient, dict[str, ClientStream]]:
     """Open the streams client-go opens for an exec/attach (error first)."""
-    client = await SpdyClient.connect(url, ["v4.channel.k8s.io"])
+    client = await SpdyClient.connect(url, ["v4.channel.k8s.io"], ssl=ssl)
     streams = {"error": await client.open_stream({"streamtype": "error"})}
     for name, want in (("stdin", stdin), ("stdout", stdout), ("stderr", stderr), ("resize", tty)):
         if want:
