@@ -127,7 +127,10 @@ import hashlib, os, socket, sys, threading
 def serve(conn):
     with conn:
         f = conn.makefile("rb")
-        want_in, want_out = (int(x) for x in f.readline().split())
+        head = f.readline().split()
+        if len(head) != 2:  # a probe that connected and left
+            return
+        want_in, want_out = (int(x) for x in head)
         h, got = hashlib.sha256(), 0
         while got < want_in:
             chunk = f.read1(min(1 << 20, want_in - got))

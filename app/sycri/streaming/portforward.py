@@ -20,7 +20,7 @@ from sycri.streaming.channel import Inbox, Outbound
 
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
-_CHUNK = 64 * 1024
+_CHUNK = 256 * 1024
 
 
 def _setns(fd: int) -> None:

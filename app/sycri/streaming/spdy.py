@@ -28,7 +28,7 @@ FLAG_FIN = 0x01
 RST_PROTOCOL_ERROR, RST_INVALID_STREAM, RST_REFUSED_STREAM, RST_CANCEL = 1, 2, 3, 5
 MAX_FRAME = 1 << 24  # the 24-bit length field's limit
 MAX_CONTROL = 1 << 20  # header blocks bigger than this are an attack, not a request
-DATA_CHUNK = 32 * 1024
+DATA_CHUNK = 128 * 1024
 
 # The SPDY/3 header-compression dictionary (draft 3, section 2.6.10.1): 4-byte
 # length-prefixed words, then a raw tail. Kept in this form instead of a hex table.
