@@ -22,7 +22,7 @@ from sycri.cri import runtime_info, streaming
 from sycri.cri.service import Dispatcher, Handler
 from sycri.node import Node
 from sycri.streaming.server import StreamingServer
-from sycri.streaming.targets import RuncTargets
+from sycri.streaming.targets import NodeTargets, RuncTargets
 
 log = logging.getLogger("sycri.server")
 
@@ -68,10 +68,9 @@ def assemble(cfg: Config) -> Node:
     for d in (cfg.root_dir, cfg.run_dir):
         Path(d).mkdir(parents=True, exist_ok=True, mode=0o711)
     node = Node(config=cfg, cgroup_driver=detect_cgroup_driver(cfg))
-    # Until the container and pod registries provide them, targets come from runc itself.
     handler = cfg.runtimes[cfg.default_runtime]
-    targets = RuncTargets(handler.binary, str(cfg.runtime_root(cfg.default_runtime)))
-    node.streaming = StreamingServer(cfg.streaming, targets)
+    direct = RuncTargets(handler.binary, str(cfg.runtime_root(cfg.default_runtime)))
+    node.streaming = StreamingServer(cfg.streaming, NodeTargets(node, direct))
     return node
 
 

@@ -135,8 +135,7 @@ async def run_exec(target: ContainerTarget, cmd: tuple[str, ...], tty: bool, io:
     fd, logfile = tempfile.mkstemp(prefix="sycri-exec-", suffix=".json")
     os.close(fd)
     process_file = ""
-    argv = [target.runtime, "--root", target.runtime_root, "--log", logfile]
-    argv += ["--log-format", "json", "exec"]
+    argv = target.runtime_argv("--log", logfile, "--log-format", "json", "exec")
     try:
         if tty:
             size = await _first_size(io)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from sycri import command
 from sycri.errors import NotFound, excerpt
@@ -27,6 +27,10 @@ class ContainerTarget:
     runtime_id: str  # the id runc knows the container by
     attach_socket: str = ""  # conmon's SOCK_SEQPACKET attach socket; "" when none
     ctl_fifo: str = ""  # conmon's control fifo (window resize); "" when none
+    runtime_flags: tuple[str, ...] = ()  # global flags after --root (--systemd-cgroup)
+
+    def runtime_argv(self, *args: str) -> list[str]:
+        return [self.runtime, "--root", self.runtime_root, *self.runtime_flags, *args]
 
 
 class Targets(Protocol):
@@ -42,7 +46,7 @@ class Targets(Protocol):
 async def runc_state(target: ContainerTarget) -> dict:
     """runc's state of the container (status, bundle, ...); {} when runc does not know it."""
     result = await command.run(
-        [target.runtime, "--root", target.runtime_root, "state", target.runtime_id],
+        target.runtime_argv("state", target.runtime_id),
         check=False,
         timeout=30,
         label="runc state",
@@ -54,6 +58,39 @@ async def runc_state(target: ContainerTarget) -> dict:
     except ValueError:
         return {}
     return state if isinstance(state, dict) else {}
+
+
+@dataclass
+class NodeTargets:
+    """Targets from the node's container and sandbox registries once they are attached
+    (``node.containers.stream_target(id)``, ``node.sandboxes.get(id).netns_path``);
+    ``fallback`` answers while one of them is missing."""
+
+    node: Any
+    fallback: Targets
+
+    def container(self, container_id: str) -> ContainerTarget:
+        containers = getattr(self.node, "containers", None)
+        if containers is None:
+            return self.fallback.container(container_id)
+        t = containers.stream_target(container_id)  # NotFound for an unknown id
+        runtime = t.runtime
+        flags = ("--systemd-cgroup",) if getattr(runtime, "systemd_cgroup", False) else ()
+        return ContainerTarget(
+            container_id=t.container_id,
+            runtime=runtime.binary,
+            runtime_root=runtime.root,
+            runtime_id=t.container_id,
+            attach_socket=str(t.attach_socket),
+            ctl_fifo=str(t.control_fifo),
+            runtime_flags=flags,
+        )
+
+    def sandbox_netns(self, sandbox_id: str) -> str:
+        sandboxes = getattr(self.node, "sandboxes", None)
+        if sandboxes is None:
+            return self.fallback.sandbox_netns(sandbox_id)
+        return sandboxes.get(sandbox_id).netns_path or ""  # NotFound for an unknown id
 
 
 @dataclass
