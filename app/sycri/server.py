@@ -78,6 +78,13 @@ async def serve(cfg: Config, observers: list | None = None) -> int:
     sock = Path(cfg.socket)
     prepare_socket(sock)
     node = assemble(cfg)
+    if node.streaming is not None:
+        try:
+            await node.streaming.start()
+        except OSError as exc:  # address in use, unreadable TLS key, ...
+            raise StartupError(
+                f"cannot start the streaming server on {cfg.streaming.address}: {exc}"
+            ) from None
     dispatcher = Dispatcher(node, handlers(), observers or [])
     server = grpc.aio.server(
         options=[
@@ -93,8 +100,6 @@ async def serve(cfg: Config, observers: list | None = None) -> int:
     finally:
         os.umask(old_umask)
     os.chmod(sock, 0o660)
-    if node.streaming is not None:
-        await node.streaming.start()
     log.info("sycri serving on unix://%s (root %s, run %s)", sock, cfg.root_dir, cfg.run_dir)
 
     stop = asyncio.Event()

@@ -182,3 +182,14 @@ def test_crictl_port_forward_10mb_each_way(sycri: SycriServer):
         finally:
             proc.terminate()
             proc.wait(10)
+
+
+def test_streaming_address_in_use_is_a_clear_startup_error(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        server = SycriServer(tmp_path / "sycri", flags=["--streaming-address", f"127.0.0.1:{port}"])
+        with pytest.raises(RuntimeError, match="cannot start the streaming server"):
+            server.start()
+        assert server.wait(10) != 0

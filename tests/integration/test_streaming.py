@@ -459,3 +459,59 @@ def test_tls_streaming(env, tmp_path):
             asyncio.run(spdy_client.SpdyClient.connect(plain, ["v4.channel.k8s.io"]))
     finally:
         tls.stop()
+
+
+def _alive_with(marker: str) -> bool:
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if marker.encode() in f.read():
+                        return True
+            except OSError:
+                pass
+    return False
+
+
+async def _start_then_leave(url: str, marker: str) -> None:
+    client, streams = await spdy_client.exec_session(
+        url, stdin=False, stdout=True, stderr=True, tty=False
+    )
+    await streams["stdout"].wait_for(b"started")
+    assert _alive_with(marker)
+    await client.close()  # the client goes away mid-command
+
+
+@pytest.mark.parametrize("trap", ["", "trap '' TERM; "])
+def test_client_leaving_stops_the_command(env, trap):
+    server, _ = env
+    marker = f"marker-{os.urandom(4).hex()}"
+    script = f"{trap}echo started; while true; do sleep 0.1; done # {marker}"
+    asyncio.run(_start_then_leave(server.url(ExecRequest("plain", ("sh", "-c", script))), marker))
+    deadline = time.monotonic() + 10
+    while _alive_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive_with(marker)
+
+
+def test_concurrent_execs(env):
+    server, _ = env
+
+    async def one(i: int) -> bytes:
+        url = server.url(ExecRequest("plain", ("sh", "-c", f"sleep 0.5; echo {i}")))
+        client, streams = await spdy_client.exec_session(
+            url, stdin=False, stdout=True, stderr=True, tty=False
+        )
+        try:
+            await streams["error"].read_all()
+            return await streams["stdout"].read_all()
+        finally:
+            await client.close()
+
+    async def all_of_them():
+        t0 = time.monotonic()
+        outs = await asyncio.gather(*(one(i) for i in range(12)))
+        return outs, time.monotonic() - t0
+
+    outs, _ = asyncio.run(all_of_them())
+    assert outs == [f"{i}\n".encode() for i in range(12)]

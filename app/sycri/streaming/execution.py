@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import pty
+import shutil
 import signal
 import struct
 import tempfile
@@ -111,18 +112,23 @@ def _runc_error(path: str) -> str:
     return message
 
 
-async def _stop(proc: asyncio.subprocess.Process) -> None:
-    """Ask runc to stop (it forwards SIGTERM to the command), then insist."""
+async def _stop(proc: asyncio.subprocess.Process, pidfile: str) -> None:
+    """The client left: SIGTERM to runc (which forwards it to the command), then
+    SIGKILL to the command itself (its pid from runc's --pid-file) and to runc."""
     if proc.returncode is not None:
         return
     with contextlib.suppress(ProcessLookupError):
         proc.send_signal(signal.SIGTERM)
     try:
-        await asyncio.wait_for(proc.wait(), _STOP_GRACE)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        await proc.wait()
+        await asyncio.shield(asyncio.wait_for(proc.wait(), _STOP_GRACE))
+        return
+    except (TimeoutError, asyncio.CancelledError):
+        pass
+    with contextlib.suppress(OSError, ValueError), open(pidfile) as f:
+        os.kill(int(f.read().strip()), signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    await asyncio.shield(proc.wait())
 
 
 async def run_exec(target: ContainerTarget, cmd: tuple[str, ...], tty: bool, io: Stdio) -> ExitCode:
@@ -132,28 +138,25 @@ async def run_exec(target: ContainerTarget, cmd: tuple[str, ...], tty: bool, io:
     if status != "running":
         what = f"is {status}" if status else "does not exist"
         raise StreamError(f"container {target.container_id} {what}; cannot exec in it")
-    fd, logfile = tempfile.mkstemp(prefix="sycri-exec-", suffix=".json")
-    os.close(fd)
-    process_file = ""
+    work = tempfile.mkdtemp(prefix="sycri-exec-")
+    logfile, pidfile = os.path.join(work, "log.json"), os.path.join(work, "pid")
     argv = target.runtime_argv("--log", logfile, "--log-format", "json", "exec")
+    argv += ["--pid-file", pidfile]
     try:
         if tty:
             size = await _first_size(io)
-            process_file = _tty_process(state, cmd, size)
+            process_file = _tty_process(work, state, cmd, size)
             argv += ["--tty", "--process", process_file, target.runtime_id]
-            code = await _exec_tty(argv, io, size)
+            code = await _exec_tty(argv, io, size, pidfile)
         else:
-            code = await _exec_pipes([*argv, target.runtime_id, *cmd], io)
+            code = await _exec_pipes([*argv, target.runtime_id, *cmd], io, pidfile)
         if code == RUNC_FAILED:
             error = _runc_error(logfile)
             if error:
                 raise StreamError(error)
         return ExitCode(code)
     finally:
-        for path in (logfile, process_file):
-            if path:
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 async def _first_size(io: Stdio) -> TerminalSize | None:
@@ -172,7 +175,7 @@ async def _first_size(io: Stdio) -> TerminalSize | None:
     return sizes[-1] if sizes else None
 
 
-def _tty_process(state: dict, cmd: tuple[str, ...], size: TerminalSize | None) -> str:
+def _tty_process(work: str, state: dict, cmd: tuple[str, ...], size: TerminalSize | None) -> str:
     """An OCI process for ``runc exec --process``: the container's own (env, user, cwd,
     capabilities), running ``cmd`` on a terminal of the client's size."""
     process: dict = {}
@@ -189,8 +192,8 @@ def _tty_process(state: dict, cmd: tuple[str, ...], size: TerminalSize | None) -
         process["consoleSize"] = {"height": size.height, "width": size.width}
     else:
         process.pop("consoleSize", None)
-    fd, path = tempfile.mkstemp(prefix="sycri-exec-", suffix=".process.json")
-    with os.fdopen(fd, "w") as f:
+    path = os.path.join(work, "process.json")
+    with open(path, "w") as f:
         json.dump(process, f)
     return path
 
@@ -208,7 +211,7 @@ async def _feed_stdin(inbox: Inbox, write, close) -> None:
     await close()
 
 
-async def _exec_pipes(argv: list[str], io: Stdio) -> int:
+async def _exec_pipes(argv: list[str], io: Stdio, pidfile: str) -> int:
     pipe, null = asyncio.subprocess.PIPE, asyncio.subprocess.DEVNULL
     proc = await asyncio.create_subprocess_exec(
         *argv,
@@ -240,12 +243,12 @@ async def _exec_pipes(argv: list[str], io: Stdio) -> int:
     finally:
         for t in tasks:
             t.cancel()
-        await _stop(proc)
+        await _stop(proc, pidfile)
         if io.stdin is not None:
             io.stdin.discard()
 
 
-async def _exec_tty(argv: list[str], io: Stdio, size: TerminalSize | None) -> int:
+async def _exec_tty(argv: list[str], io: Stdio, size: TerminalSize | None, pidfile: str) -> int:
     master, slave = pty.openpty()
     os.set_blocking(master, False)
     setraw(slave)  # runc does this too, but only once it runs: no echo of early input
@@ -292,7 +295,7 @@ async def _exec_tty(argv: list[str], io: Stdio, size: TerminalSize | None) -> in
     finally:
         for t in tasks:
             t.cancel()
-        await _stop(proc)
+        await _stop(proc, pidfile)
         os.close(master)
         for inbox in (io.stdin, io.resize):
             if inbox is not None:

@@ -63,6 +63,7 @@ class StreamingServer:
         self.tokens: TokenCache[StreamRequest] = TokenCache(config.token_ttl_seconds)
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task] = set()
+        self._backends: set[asyncio.Future] = set()  # running commands, reaped on stop
         self.base_url = ""
 
     # -- lifecycle -----------------------------------------------------------------
@@ -94,6 +95,8 @@ class StreamingServer:
             task.cancel()
         if self._connections:
             await asyncio.gather(*self._connections, return_exceptions=True)
+        if self._backends:  # commands whose clients went away: wait for their cleanup
+            await asyncio.gather(*self._backends, return_exceptions=True)
         await self._server.wait_closed()
         self._server = None
 
@@ -268,9 +271,14 @@ class StreamingServer:
     ) -> None:
         """Run the backend; report its status unless the client left first."""
         work = asyncio.ensure_future(backend(io))
-        await asyncio.wait({work, reading}, return_when="FIRST_COMPLETED")
+        self._backends.add(work)
+        work.add_done_callback(self._backends.discard)
+        try:
+            await asyncio.wait({work, reading}, return_when="FIRST_COMPLETED")
+        finally:
+            if not work.done():
+                work.cancel()  # the client is gone (or sycri stops): stop the command
         if not work.done():
-            work.cancel()  # the client is gone: stop the command
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await work
             return
