@@ -41,6 +41,8 @@ REMOTECOMMAND_WS = (websocket.V5, websocket.V4)
 PORTFORWARD_SPDY = ("portforward.k8s.io",)
 PORTFORWARD_WS = (websocket.V4,)
 STREAM_CREATION_TIMEOUT = 30.0
+HEAD_TIMEOUT = 30.0  # a client that never finishes its request head is dropped
+MAX_PENDING_PAIRS = 256  # half-opened port-forward requests per connection
 WS_STDIN, WS_STDOUT, WS_STDERR, WS_ERROR, WS_RESIZE = 0, 1, 2, 3, 4
 
 StreamRequest = ExecRequest | AttachRequest | PortForwardRequest
@@ -147,7 +149,10 @@ class StreamingServer:
     async def _serve(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, activity: _Activity
     ) -> None:
-        req = await read_request(reader)
+        try:
+            req = await asyncio.wait_for(read_request(reader), HEAD_TIMEOUT)
+        except TimeoutError:
+            raise BadRequest(408, "request head not received in time") from None
         activity.touch()
         parts = req.path.strip("/").split("/")
         if len(parts) != 2 or parts[0] not in ("exec", "attach", "portforward"):
@@ -177,14 +182,20 @@ class StreamingServer:
 
     def _backend(self, r: ExecRequest | AttachRequest) -> Callable[[Stdio], Awaitable[dict]]:
         async def run(io: Stdio) -> dict:
+            t0 = time.monotonic()
+            what = f"exec {r.cmd[0][:64]!r} in" if isinstance(r, ExecRequest) else "attach to"
             try:
                 target = self.targets.container(r.container_id)
                 if isinstance(r, ExecRequest):
                     code = await execution.run_exec(target, r.cmd, r.tty, io)
+                    log.info("%s %s: exit %d after %.3fs", what, r.container_id, code,
+                             time.monotonic() - t0)  # fmt: skip
                     return status_success() if code == 0 else status_exit(code, r.cmd)
                 await attach.run_attach(target, r.tty, io)
+                log.info("%s %s: ended after %.3fs", what, r.container_id, time.monotonic() - t0)
                 return status_success()
             except (StreamError, SycriError) as exc:
+                log.info("%s %s failed: %s", what, r.container_id, exc)
                 return status_error(str(exc))
 
         return run
@@ -298,6 +309,9 @@ class StreamingServer:
         def on_stream(stream: spdy.Stream) -> None:
             kind = stream.headers.get("streamtype", "")
             rid = stream.headers.get("requestid", "")
+            if rid not in pairs and len(pairs) >= MAX_PENDING_PAIRS:
+                stream.inbox.discard()
+                return
             pair = pairs.setdefault(rid, {})
             if kind not in ("error", "data") or kind in pair:
                 stream.inbox.discard()
