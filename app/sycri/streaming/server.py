@@ -16,6 +16,7 @@ import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from sycri.config import StreamingConfig
 from sycri.errors import SycriError
@@ -56,6 +57,19 @@ class _Activity:
 
     def touch(self) -> None:
         self.last = time.monotonic()
+
+
+@dataclass
+class _Conn:
+    """One accepted connection after its request head."""
+
+    req: Request
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    activity: _Activity
+
+
+Backend = Callable[[Stdio], Awaitable[dict]]
 
 
 class StreamingServer:
@@ -168,19 +182,20 @@ class StreamingServer:
         kind = {ExecRequest: "exec", AttachRequest: "attach", PortForwardRequest: "portforward"}
         if stream_req is None or kind[type(stream_req)] != parts[0]:
             raise BadRequest(404, "unknown, used or expired streaming token")
+        c = _Conn(req, reader, writer, activity)
         if isinstance(stream_req, PortForwardRequest):
             if is_ws:
-                await self._ws_portforward(req, reader, writer, activity, stream_req)
+                await self._ws_portforward(c, stream_req)
             else:
-                await self._spdy_portforward(req, reader, writer, activity, stream_req)
+                await self._spdy_portforward(c, stream_req)
             return
         backend = self._backend(stream_req)
         if is_ws:
-            await self._ws_remotecommand(req, reader, writer, activity, stream_req, backend)
+            await self._ws_remotecommand(c, stream_req, backend)
         else:
-            await self._spdy_remotecommand(req, reader, writer, activity, stream_req, backend)
+            await self._spdy_remotecommand(c, stream_req, backend)
 
-    def _backend(self, r: ExecRequest | AttachRequest) -> Callable[[Stdio], Awaitable[dict]]:
+    def _backend(self, r: ExecRequest | AttachRequest) -> Backend:
         async def run(io: Stdio) -> dict:
             t0 = time.monotonic()
             what = f"exec {r.cmd[0][:64]!r} in" if isinstance(r, ExecRequest) else "attach to"
@@ -226,8 +241,10 @@ class StreamingServer:
         await writer.drain()
         return chosen
 
-    async def _spdy_remotecommand(self, req, reader, writer, activity, r, backend) -> None:
-        await self._spdy_upgrade(req, writer, REMOTECOMMAND_SPDY)
+    async def _spdy_remotecommand(
+        self, c: _Conn, r: ExecRequest | AttachRequest, backend: Backend
+    ) -> None:
+        await self._spdy_upgrade(c.req, c.writer, REMOTECOMMAND_SPDY)
         expected = {"error"}
         for name in ("stdin", "stdout", "stderr"):
             if getattr(r, name):
@@ -246,7 +263,7 @@ class StreamingServer:
             else:  # a stream we did not ask for: nobody will read it
                 stream.inbox.discard()
 
-        conn = spdy.Connection(reader, writer, on_stream, activity.touch)
+        conn = spdy.Connection(c.reader, c.writer, on_stream, c.activity.touch)
         serving = asyncio.ensure_future(conn.serve())
         try:
             waiter = asyncio.ensure_future(ready.wait())
@@ -275,7 +292,7 @@ class StreamingServer:
 
     async def _run_command(
         self,
-        backend: Callable[[Stdio], Awaitable[dict]],
+        backend: Backend,
         io: Stdio,
         error: Outbound,
         reading: asyncio.Future,
@@ -300,9 +317,9 @@ class StreamingServer:
         await error.write(encode_status(status))
         await error.close()
 
-    async def _spdy_portforward(self, req, reader, writer, activity, r) -> None:
-        await self._spdy_upgrade(req, writer, PORTFORWARD_SPDY)
-        netns = self.targets.sandbox_netns(r.sandbox_id)
+    async def _spdy_portforward(self, c: _Conn, r: PortForwardRequest) -> None:
+        netns = self._netns(r.sandbox_id)
+        await self._spdy_upgrade(c.req, c.writer, PORTFORWARD_SPDY)
         pairs: dict[str, dict[str, spdy.Stream]] = {}
         tasks: set[asyncio.Task] = set()
 
@@ -323,7 +340,7 @@ class StreamingServer:
                 tasks.add(t)
                 t.add_done_callback(tasks.discard)
 
-        conn = spdy.Connection(reader, writer, on_stream, activity.touch)
+        conn = spdy.Connection(c.reader, c.writer, on_stream, c.activity.touch)
         try:
             await conn.serve()
         finally:
@@ -331,6 +348,12 @@ class StreamingServer:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await conn.close()
+
+    def _netns(self, sandbox_id: str) -> str:
+        try:
+            return self.targets.sandbox_netns(sandbox_id)
+        except SycriError as exc:  # the pod went away since the URL was issued
+            raise BadRequest(404, exc.message) from None
 
     async def _forward_pair(self, netns: str, sandbox: str, pair: dict[str, spdy.Stream]) -> None:
         error, data = pair["error"], pair["data"]
@@ -390,10 +413,12 @@ class StreamingServer:
         await writer.drain()
         return chosen
 
-    async def _ws_remotecommand(self, req, reader, writer, activity, r, backend) -> None:
-        chosen = await self._ws_upgrade(req, writer, REMOTECOMMAND_WS)
+    async def _ws_remotecommand(
+        self, c: _Conn, r: ExecRequest | AttachRequest, backend: Backend
+    ) -> None:
+        chosen = await self._ws_upgrade(c.req, c.writer, REMOTECOMMAND_WS)
         v5 = chosen == websocket.V5
-        ws = websocket.WebSocket(reader, writer, activity.touch)
+        ws = websocket.WebSocket(c.reader, c.writer, c.activity.touch)
         inboxes = {WS_STDIN: Inbox() if r.stdin else None, WS_RESIZE: Inbox() if r.tty else None}
 
         async def demux() -> None:
@@ -428,9 +453,9 @@ class StreamingServer:
         finally:
             reading.cancel()
 
-    async def _ws_portforward(self, req, reader, writer, activity, r) -> None:
+    async def _ws_portforward(self, c: _Conn, r: PortForwardRequest) -> None:
         ports: list[int] = []
-        for value in req.query.get("ports", []) or [",".join(map(str, r.ports))]:
+        for value in c.req.query.get("ports", []) or [",".join(map(str, r.ports))]:
             for item in value.split(","):
                 if not item:
                     continue
@@ -441,9 +466,9 @@ class StreamingServer:
             raise BadRequest(400, "port-forward over WebSocket needs a ports query parameter")
         if len(ports) > 64:
             raise BadRequest(400, "too many ports in one port-forward")
-        netns = self.targets.sandbox_netns(r.sandbox_id)
-        await self._ws_upgrade(req, writer, PORTFORWARD_WS)
-        ws = websocket.WebSocket(reader, writer, activity.touch)
+        netns = self._netns(r.sandbox_id)
+        await self._ws_upgrade(c.req, c.writer, PORTFORWARD_WS)
+        ws = websocket.WebSocket(c.reader, c.writer, c.activity.touch)
         inboxes = [Inbox() for _ in ports]
         for i, port in enumerate(ports):
             for channel in (2 * i, 2 * i + 1):  # each channel opens with its port number
