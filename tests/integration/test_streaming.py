@@ -515,3 +515,23 @@ def test_concurrent_execs(env):
 
     outs, _ = asyncio.run(all_of_them())
     assert outs == [f"{i}\n".encode() for i in range(12)]
+
+
+async def _unread_stdin(url: str) -> dict:
+    client, streams = await spdy_client.exec_session(
+        url, stdin=True, stdout=True, stderr=True, tty=False
+    )
+    try:
+        for _ in range(64):  # 4 MB the command never reads
+            await streams["stdin"].write(b"z" * 65536)
+        return spdy_client.parse_status(await streams["error"].read_all())
+    finally:
+        await client.close()
+
+
+def test_status_arrives_although_stdin_went_unread(env):
+    server, _ = env
+    for _ in range(3):
+        url = server.url(ExecRequest("plain", ("sh", "-c", "exit 6"), stdin=True))
+        status = asyncio.run(_unread_stdin(url))
+        assert status["details"]["causes"][0]["message"] == "6"

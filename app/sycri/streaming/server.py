@@ -15,7 +15,7 @@ import ipaddress
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from sycri.config import StreamingConfig
@@ -57,6 +57,16 @@ class _Activity:
 
     def touch(self) -> None:
         self.last = time.monotonic()
+
+
+async def _linger(reading: asyncio.Future, inboxes: Iterable[Inbox | None]) -> None:
+    """After our close frame: drop further input and wait (briefly) for the client's
+    close frame, the end of the RFC 6455 closing handshake."""
+    for box in inboxes:
+        if box is not None:
+            box.discard()
+    with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
+        await asyncio.wait_for(asyncio.shield(reading), spdy.LINGER)
 
 
 @dataclass
@@ -287,8 +297,7 @@ class StreamingServer:
             )
             await self._run_command(backend, io, streams["error"], serving)
         finally:
-            serving.cancel()
-            await conn.close()
+            await conn.close(serving)
 
     async def _run_command(
         self,
@@ -342,7 +351,7 @@ class StreamingServer:
 
         conn = spdy.Connection(c.reader, c.writer, on_stream, c.activity.touch)
         try:
-            await conn.serve()
+            await conn.serve()  # port-forward lasts until the client ends the session
         finally:
             for t in list(tasks):
                 t.cancel()
@@ -450,6 +459,7 @@ class StreamingServer:
             )
             await self._run_command(backend, io, websocket.ChannelOut(ws, WS_ERROR, False), reading)
             await ws.close()
+            await _linger(reading, inboxes.values())
         finally:
             reading.cancel()
 
@@ -501,6 +511,7 @@ class StreamingServer:
             if forwards.done():
                 forwards.result()
                 await ws.close()
+                await _linger(reading, inboxes)
         finally:
             reading.cancel()
             forwards.cancel()

@@ -29,6 +29,7 @@ RST_PROTOCOL_ERROR, RST_INVALID_STREAM, RST_REFUSED_STREAM, RST_CANCEL = 1, 2, 3
 MAX_FRAME = 1 << 24  # the 24-bit length field's limit
 MAX_CONTROL = 1 << 20  # header blocks bigger than this are an attack, not a request
 DATA_CHUNK = 128 * 1024
+LINGER = 2.0  # seconds a closing connection waits for the client's side to end
 
 # The SPDY/3 header-compression dictionary (draft 3, section 2.6.10.1): 4-byte
 # length-prefixed words, then a raw tail. Kept in this form instead of a hex table.
@@ -302,9 +303,22 @@ class Connection:
         # SETTINGS, WINDOW_UPDATE and unknown types: nothing to do.
         return True
 
-    async def close(self) -> None:
+    async def close(self, reading: asyncio.Future | None = None) -> None:
+        """GOAWAY, then a graceful end: shut our side and let ``reading`` (the serve
+        task) drain what the client still sends, so closing with unread bytes does not
+        turn into a reset that could destroy our last frames before the client reads them.
+        """
         with contextlib.suppress(ConnectionError, RuntimeError):
             await self.send(goaway(self._last_id))
+        if reading is not None and not reading.done():
+            for stream in self.streams.values():
+                stream.inbox.discard()
+            with contextlib.suppress(OSError, RuntimeError):
+                if self.writer.can_write_eof() and not self.writer.is_closing():
+                    self.writer.write_eof()
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(reading), LINGER)
+            reading.cancel()
         self.writer.close()
         with contextlib.suppress(Exception):
             await self.writer.wait_closed()
