@@ -47,6 +47,11 @@ MAX_PENDING_PAIRS = 256  # half-opened port-forward requests per connection
 WS_STDIN, WS_STDOUT, WS_STDERR, WS_ERROR, WS_RESIZE = 0, 1, 2, 3, 4
 
 StreamRequest = ExecRequest | AttachRequest | PortForwardRequest
+_PATHS: dict[type, str] = {
+    ExecRequest: "exec",
+    AttachRequest: "attach",
+    PortForwardRequest: "portforward",
+}
 
 
 class _Activity:
@@ -129,8 +134,7 @@ class StreamingServer:
     # -- URLs ------------------------------------------------------------------------
 
     def url_for(self, request: StreamRequest) -> str:
-        kind = {ExecRequest: "exec", AttachRequest: "attach", PortForwardRequest: "portforward"}
-        return f"{self.base_url}/{kind[type(request)]}/{self.tokens.issue(request)}"
+        return f"{self.base_url}/{_PATHS[type(request)]}/{self.tokens.issue(request)}"
 
     # -- connections -------------------------------------------------------------------
 
@@ -179,7 +183,7 @@ class StreamingServer:
             raise BadRequest(408, "request head not received in time") from None
         activity.touch()
         parts = req.path.strip("/").split("/")
-        if len(parts) != 2 or parts[0] not in ("exec", "attach", "portforward"):
+        if len(parts) != 2 or parts[0] not in _PATHS.values():
             raise BadRequest(404, f"no such streaming endpoint: {req.path[:80]}")
         if req.method not in ("GET", "POST"):
             raise BadRequest(405, f"method {req.method[:16]} not allowed")
@@ -189,8 +193,7 @@ class StreamingServer:
         if not (is_ws or is_spdy) or "upgrade" not in req.tokens("connection"):
             raise BadRequest(426, "this endpoint needs an upgrade to SPDY/3.1 or WebSocket")
         stream_req = self.tokens.take(parts[1])
-        kind = {ExecRequest: "exec", AttachRequest: "attach", PortForwardRequest: "portforward"}
-        if stream_req is None or kind[type(stream_req)] != parts[0]:
+        if stream_req is None or _PATHS[type(stream_req)] != parts[0]:
             raise BadRequest(404, "unknown, used or expired streaming token")
         c = _Conn(req, reader, writer, activity)
         if isinstance(stream_req, PortForwardRequest):
