@@ -158,33 +158,40 @@ class Netns:
     name: str
     path: str
     port: int  # the checksum server's port inside
-    proc: subprocess.Popen
 
 
 @contextlib.contextmanager
-def netns_with_server():
-    """A fresh network namespace (loopback up) running the checksum server.
+def checksum_server(netns_path: str):
+    """The checksum server on 127.0.0.1 inside the network namespace at ``netns_path``
+    (started with nsenter by the test; sycri itself never uses it). Yields its port.
 
     The server reads a line "IN OUT", then IN bytes; it answers with the sha256 hex of
     what it read, OUT random bytes, and the sha256 hex of those.
     """
+    proc = subprocess.Popen(
+        ["nsenter", f"--net={netns_path}", sys.executable, "-c", SERVER],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        yield int(proc.stdout.readline())
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@contextlib.contextmanager
+def netns_with_server():
+    """A fresh network namespace (loopback up) running the checksum server."""
     name = unique("sycri-st")
     subprocess.run(["ip", "netns", "add", name], check=True)
-    proc = None
     try:
         subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", name, sys.executable, "-c", SERVER],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert proc.stdout is not None
-        port = int(proc.stdout.readline())
-        yield Netns(name, f"/run/netns/{name}", port, proc)
+        path = f"/run/netns/{name}"
+        with checksum_server(path) as port:
+            yield Netns(name, path, port)
     finally:
-        if proc is not None:
-            proc.kill()
-            proc.wait()
         subprocess.run(["ip", "netns", "delete", name], check=False)
 
 
