@@ -1,9 +1,9 @@
 """Streaming benchmarks: exec round-trip latency and port-forward throughput.
 
 Run as root from the repository root: ``.venv/bin/python bench/streaming.py``.
-A real ``sycri serve`` on a temporary socket, a busybox container under plain runc,
-a network namespace with a checksum server inside. Prints figures; asserts nothing
-about time.
+A real ``sycri serve`` on a temporary socket running a pod with a busybox container
+(image from a local registry), and a checksum server started inside the pod's
+network namespace. Prints figures; asserts nothing about time.
 
 - exec latency: ``echo`` through the Exec RPC + the WebSocket stream (Python
   kubernetes client), through crictl (Go client-go SPDY, includes crictl start-up),
@@ -15,6 +15,7 @@ about time.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import statistics
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -32,7 +34,8 @@ from kubernetes.client import Configuration
 from kubernetes.stream.ws_client import WSClient
 from sycri.api import api_pb2
 
-from tests.support import streaming_env
+from tests.support import oci, registry, streaming_env
+from tests.support.pods import PodNet, pod_config, unmount_all
 from tests.support.server import SycriServer
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "30"))
@@ -98,19 +101,55 @@ def main() -> None:
         port, conns, n = (int(x) for x in sys.argv[2:5])
         print(f"{parallel(port, conns, n):.1f}")
         return
-    with tempfile.TemporaryDirectory(prefix="sycri-bench-") as tmpdir:
+    with tempfile.TemporaryDirectory(prefix="sycri-bench-", dir="/tmp") as tmpdir:
         tmp = Path(tmpdir)
-        sycri = SycriServer(tmp / "sycri").start()
-        root = str(sycri.base / "run" / "runtime" / "runc")
-        c = streaming_env.run_container(tmp, root, ["sleep", "3600"])
+        net = PodNet.new()
+        reg = registry.start(tmp / "registry")
+        sycri = SycriServer(tmp / "s", flags=net.flags()).start()
         try:
+            c = start_pod(sycri, reg)
             bench_exec(sycri, c)
-            with streaming_env.netns_with_server() as ns:
-                bench_portforward(sycri, ns)
+            with streaming_env.checksum_server(f"/proc/{c.pid}/ns/net") as port:
+                bench_portforward(sycri, c, port)
         finally:
-            c.kill()
-            c.delete()
+            rt = sycri.runtime()
+            for pod in rt.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items:
+                rt.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod.id))
+                rt.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod.id))
             sycri.stop()
+            unmount_all(tmp)
+            reg.stop()
+            net.cleanup()
+
+
+@dataclass
+class Running:
+    id: str
+    pod: str
+    pid: int
+    root: str
+
+
+def start_pod(sycri: SycriServer, reg) -> Running:
+    oci.push(reg, "bench/busybox", "v1", oci.busybox_image(entrypoint=["/bin/sh", "-c"]))
+    ref = f"{reg.host}/bench/busybox:v1"
+    sycri.images().PullImage(api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=ref)))
+    rt = sycri.runtime()
+    pod_cfg = pod_config("bench")
+    pod_cfg.log_directory = str(sycri.base / "pods" / "bench")
+    pod = rt.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=pod_cfg)).pod_sandbox_id
+    cfg = api_pb2.ContainerConfig(
+        metadata=api_pb2.ContainerMetadata(name="sleeper"),
+        image=api_pb2.ImageSpec(image=ref),
+        args=["sleep 3600"],
+        log_path="sleeper/0.log",
+    )
+    req = api_pb2.CreateContainerRequest(pod_sandbox_id=pod, config=cfg, sandbox_config=pod_cfg)
+    cid = rt.CreateContainer(req).container_id
+    rt.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+    root = str(sycri.base / "run" / "runtime" / "runc")
+    state = subprocess.run(["runc", "--root", root, "state", cid], capture_output=True, check=True)
+    return Running(cid, pod, json.loads(state.stdout)["pid"], root)
 
 
 def bench_exec(sycri: SycriServer, c) -> None:
@@ -143,11 +182,11 @@ def bench_exec(sycri: SycriServer, c) -> None:
     show("bare runc exec (floor)", timed(bare))
 
 
-def bench_portforward(sycri: SycriServer, ns) -> None:
+def bench_portforward(sycri: SycriServer, c: Running, port: int) -> None:
     local = streaming_env.free_port()
     proc = subprocess.Popen(
-        ["crictl", "--runtime-endpoint", sycri.endpoint, "port-forward", ns.name,
-         f"{local}:{ns.port}"],
+        ["crictl", "--runtime-endpoint", sycri.endpoint, "port-forward", c.pod,
+         f"{local}:{port}"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -157,8 +196,8 @@ def bench_portforward(sycri: SycriServer, ns) -> None:
         for conns, n in ((1, 100 * MB), (10, 20 * MB)):
             via = parallel(local, conns, n)
             direct = subprocess.run(
-                ["ip", "netns", "exec", ns.name, sys.executable, __file__, "--direct",
-                 str(ns.port), str(conns), str(n)],
+                ["nsenter", f"--net=/proc/{c.pid}/ns/net", sys.executable, __file__, "--direct",
+                 str(port), str(conns), str(n)],
                 check=True,
                 capture_output=True,
                 text=True,

@@ -11,6 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.registry import (  # noqa: F401
+    basic_registry,
+    registry,
+    tls_registry,
+    token_registry,
+)
 from tests.support.server import SycriServer
 
 

@@ -1,4 +1,4 @@
-"""The ``sycri`` command line: serve, config show, version."""
+"""The ``sycri`` command line: serve, config show, version, health."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import yaml
 from sycri import __version__, config
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="YAML config file")
     group = parser.add_argument_group("settings (each overrides the file and SYCRI_* variables)")
     for key, typ in config.keys().items():
@@ -28,7 +28,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         )
 
 
-def _load(opts: argparse.Namespace) -> config.Config:
+def load_config(opts: argparse.Namespace) -> config.Config:
     overrides = {k[4:]: v for k, v in vars(opts).items() if k.startswith("set:") and v is not None}
     return config.load(opts.config, overrides=overrides)
 
@@ -37,7 +37,7 @@ def _cmd_serve(opts: argparse.Namespace) -> int:
     from sycri.observability import logs
     from sycri.server import StartupError, serve
 
-    cfg = _load(opts)
+    cfg = load_config(opts)
     logs.configure(cfg.log.level, cfg.log.format)
     try:
         return asyncio.run(serve(cfg))
@@ -47,7 +47,7 @@ def _cmd_serve(opts: argparse.Namespace) -> int:
 
 
 def _cmd_config_show(opts: argparse.Namespace) -> int:
-    cfg = _load(opts)
+    cfg = load_config(opts)
     sys.stdout.write(yaml.safe_dump(cfg.as_dict(), sort_keys=False))
     return 0
 
@@ -61,12 +61,12 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sycri", description="A Kubernetes CRI runtime for SIF images")
     sub = p.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the CRI server")
-    _add_config_flags(serve)
+    add_config_flags(serve)
     serve.set_defaults(func=_cmd_serve)
     cfg = sub.add_parser("config", help="configuration")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
     show = cfg_sub.add_parser("show", help="print the effective configuration")
-    _add_config_flags(show)
+    add_config_flags(show)
     show.set_defaults(func=_cmd_config_show)
     ver = sub.add_parser("version", help="print the version")
     ver.set_defaults(func=_cmd_version)
@@ -77,7 +77,11 @@ def parser() -> argparse.ArgumentParser:
 
 def _extensions():
     """Subcommands contributed by the packages (``sif``, ``pull``, ...)."""
-    return []
+    from sycri import health
+    from sycri.images import cli as images_cli
+    from sycri.sif import cli as sif_cli
+
+    return [sif_cli.register, images_cli.register, health.register]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from sycri.errors import DeadlineExceeded, Internal
+from sycri.observability import tracing
 
 log = logging.getLogger("sycri.command")
 
@@ -69,16 +70,60 @@ async def run(
 ) -> Result:
     """Run ``argv`` to completion; raise CommandFailed on non-zero exit when ``check``."""
     name = label_of(argv, label)
+    with tracing.span(
+        f"exec {name}",
+        **{
+            "process.executable.name": os.path.basename(argv[0]),
+            "process.command_args": _args(argv),
+        },
+    ) as span:
+        result = await _run(argv, name, input=input, env=env, cwd=cwd, timeout=timeout)
+        span.set_attribute("process.exit.code", result.returncode)
+        if not result.ok:
+            tracing.set_error(span, f"{name} exited {result.returncode}")
+    if not result.ok:
+        log.warning(
+            "%s exited %d after %.3fs: %s",
+            " ".join(argv)[:500],
+            result.returncode,
+            result.seconds,
+            result.stderr.decode(errors="replace").strip()[-2000:],
+        )
+        if check:
+            raise CommandFailed(result, name)
+    else:
+        log.debug("%s took %.3fs", name, result.seconds)
+    return result
+
+
+def _args(argv: Sequence[str]) -> tuple[str, ...]:
+    """The command line for a span, bounded (arguments are paths and ids, not secrets)."""
+    return tuple(a[:200] for a in argv[:16])
+
+
+async def _run(
+    argv: Sequence[str],
+    name: str,
+    *,
+    input: bytes | None,
+    env: Mapping[str, str] | None,
+    cwd: str | None,
+    timeout: float | None,
+) -> Result:
     t0 = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=dict(env) if env is not None else None,
-        cwd=cwd,
-        start_new_session=True,
-    )
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            start_new_session=True,
+        )
+    except OSError:  # not found, not executable: a failure of that command too
+        _notify(name, False, time.monotonic() - t0)
+        raise
     try:
         out, err = await asyncio.wait_for(proc.communicate(input), timeout)
     except BaseException as exc:
@@ -90,18 +135,6 @@ async def run(
         raise
     result = Result(tuple(argv), proc.returncode or 0, out, err, time.monotonic() - t0)
     _notify(name, result.ok, result.seconds)
-    if not result.ok:
-        log.warning(
-            "%s exited %d after %.3fs: %s",
-            " ".join(argv)[:500],
-            result.returncode,
-            result.seconds,
-            err.decode(errors="replace").strip()[-2000:],
-        )
-        if check:
-            raise CommandFailed(result, name)
-    else:
-        log.debug("%s took %.3fs", name, result.seconds)
     return result
 
 

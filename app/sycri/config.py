@@ -60,6 +60,10 @@ class ImageConfig:
     squashfs_compression: str = "lz4"
     pull_progress_timeout_seconds: float = 300.0
     max_concurrent_downloads: int = 3
+    # Keep verified layer blobs so images sharing a layer do not download it again;
+    # a blob goes when the last image built from it is removed.
+    keep_layers: bool = True
+    library_url: str = "https://library.sylabs.io"  # Sylabs library API for library://
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,12 @@ class Config:
     default_runtime: str = "runc"
     runtimes: dict[str, RuntimeHandler] = field(default_factory=lambda: {"runc": RuntimeHandler()})
     conmon: str = "conmon"
+    # conmon's per-container log size limit in bytes (kubelet rotates logs itself); -1: none
+    container_log_max_bytes: int = -1
+    # Default ulimits for every container ("nofile=1048576:1048576"); pods may override
+    # them with the sycri.io/ulimits annotation (e.g. memlock=-1 for RDMA jobs).
+    default_ulimits: tuple[str, ...] = ()
+    apparmor_default_profile: str = ""  # a loaded profile for RuntimeDefault; "": none
     metrics_address: str = "127.0.0.1:9810"  # empty: no metrics endpoint
     shutdown_grace_seconds: float = 10.0
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
@@ -272,6 +282,13 @@ def validate(cfg: Config) -> Config:
     for name, handler in cfg.runtimes.items():
         if handler.root and not os.path.isabs(handler.root):
             raise ConfigError(f"runtimes.{name}.root: must be an absolute path")
+    from sycri.errors import InvalidArgument
+    from sycri.runtime.ocispec import rlimits
+
+    try:
+        rlimits(cfg.default_ulimits, {})
+    except InvalidArgument as exc:
+        raise ConfigError(exc.message) from None
     return cfg
 
 

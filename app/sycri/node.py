@@ -6,8 +6,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sycri.config import Config
+from sycri.k8s.agent import NodeAgent
 
 if TYPE_CHECKING:
+    from sycri.images.service import Images
+    from sycri.runtime.containers import Containers
+    from sycri.runtime.sandbox_manager import SandboxManager
     from sycri.streaming.server import StreamingServer
 
 
@@ -15,6 +19,11 @@ if TYPE_CHECKING:
 class Node:
     config: Config
     cgroup_driver: str
+    # Node labels and pod events in the Kubernetes API; a no-op outside a cluster.
+    node_agent: NodeAgent = field(default_factory=NodeAgent.disabled)
+    images: Images = None  # type: ignore[assignment]  # set by server.assemble
     # Components are attached by server assembly as they exist.
     components: dict[str, Any] = field(default_factory=dict)
+    sandboxes: SandboxManager | None = None
+    containers: Containers | None = None
     streaming: StreamingServer | None = None  # exec/attach/port-forward URLs

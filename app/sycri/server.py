@@ -18,11 +18,15 @@ from pathlib import Path
 import grpc
 
 from sycri.config import Config, detect_cgroup_driver
-from sycri.cri import runtime_info, streaming
+from sycri.cri import container, image, runtime_info, sandbox, streaming
 from sycri.cri.service import Dispatcher, Handler
+from sycri.k8s.agent import NodeAgent
 from sycri.node import Node
+from sycri.observability import telemetry
+from sycri.runtime import containers
+from sycri.runtime.sandbox_manager import SandboxManager
 from sycri.streaming.server import StreamingServer
-from sycri.streaming.targets import NodeTargets, RuncTargets
+from sycri.streaming.targets import NodeTargets
 
 log = logging.getLogger("sycri.server")
 
@@ -59,7 +63,7 @@ def prepare_socket(path: Path) -> None:
 
 def handlers() -> dict[str, Handler]:
     out: dict[str, Handler] = {}
-    for module in (runtime_info, streaming):
+    for module in (runtime_info, image, sandbox, container, streaming):
         out.update(module.RPCS)
     return out
 
@@ -67,10 +71,29 @@ def handlers() -> dict[str, Handler]:
 def assemble(cfg: Config) -> Node:
     for d in (cfg.root_dir, cfg.run_dir):
         Path(d).mkdir(parents=True, exist_ok=True, mode=0o711)
-    node = Node(config=cfg, cgroup_driver=detect_cgroup_driver(cfg))
-    handler = cfg.runtimes[cfg.default_runtime]
-    direct = RuncTargets(handler.binary, str(cfg.runtime_root(cfg.default_runtime)))
-    node.streaming = StreamingServer(cfg.streaming, NodeTargets(node, direct))
+    from sycri.images.registries import RegistriesConfError
+    from sycri.images.service import Images
+
+    try:
+        images = Images(cfg)
+    except RegistriesConfError as exc:
+        raise StartupError(str(exc)) from None
+    images.start()
+    node = Node(
+        config=cfg,
+        cgroup_driver=detect_cgroup_driver(cfg),
+        images=images,
+        node_agent=NodeAgent.from_environment(cfg),
+    )
+    node.sandboxes = SandboxManager(cfg, node.cgroup_driver)
+    node.containers = containers.from_config(
+        cfg,
+        node.cgroup_driver,
+        containers.PodSandboxes(node.sandboxes),
+        containers.StoredImages(images),
+    )
+    node.containers.follow_pods(node.sandboxes)
+    node.streaming = StreamingServer(cfg.streaming, NodeTargets(node))
     return node
 
 
@@ -85,12 +108,21 @@ async def serve(cfg: Config, observers: list | None = None) -> int:
             raise StartupError(
                 f"cannot start the streaming server on {cfg.streaming.address}: {exc}"
             ) from None
-    dispatcher = Dispatcher(node, handlers(), observers or [])
+    if node.sandboxes is not None:
+        await node.sandboxes.recover()
+    if node.containers is not None:
+        await node.containers.recover()
+    try:
+        obs = telemetry.start(cfg)
+    except telemetry.TelemetryError as exc:
+        raise StartupError(str(exc)) from None
+    dispatcher = Dispatcher(node, handlers(), [*obs.rpc_observers, *(observers or [])])
     server = grpc.aio.server(
+        interceptors=obs.interceptors,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
-        ]
+        ],
     )
     server.add_generic_rpc_handlers(dispatcher.generic_handlers())
     server.add_insecure_port(f"unix:{sock}")
@@ -101,6 +133,7 @@ async def serve(cfg: Config, observers: list | None = None) -> int:
         os.umask(old_umask)
     os.chmod(sock, 0o660)
     log.info("sycri serving on unix://%s (root %s, run %s)", sock, cfg.root_dir, cfg.run_dir)
+    node.node_agent.start()  # labels the Node from its own thread once the socket serves
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -120,6 +153,8 @@ async def serve(cfg: Config, observers: list | None = None) -> int:
     await server.stop(cfg.shutdown_grace_seconds)
     if node.streaming is not None:
         await node.streaming.stop()
+    obs.close()
+    await asyncio.to_thread(node.node_agent.close)
     with contextlib.suppress(FileNotFoundError):
         sock.unlink()
     log.info("sycri stopped; containers keep running")

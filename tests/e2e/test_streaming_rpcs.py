@@ -1,7 +1,6 @@
 """Exec / Attach / PortForward through the whole server: gRPC for the URL, then
 crictl (client-go's SPDY executor, the real Go client) and the Python WebSocket
-client against the URL. Containers are plain ``runc run -d`` under sycri's runtime
-root, found by the stand-in RuncTargets until the container registry is wired in."""
+client against the URL, into a pod and container sycri itself runs."""
 
 from __future__ import annotations
 
@@ -13,6 +12,7 @@ import signal
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 
 import grpc
 import pytest
@@ -20,7 +20,9 @@ from kubernetes.client import Configuration
 from kubernetes.stream.ws_client import WSClient
 from sycri.api import api_pb2
 
+from tests.e2e.test_containers_cri import container, node, pull  # noqa: F401
 from tests.support import streaming_env
+from tests.support.pods import pod_config
 from tests.support.server import SycriServer
 
 pytestmark = pytest.mark.root
@@ -28,15 +30,33 @@ pytestmark = pytest.mark.root
 MB = 1024 * 1024
 
 
+@dataclass
+class Running:
+    id: str  # the container
+    pod: str
+    pid: int  # the container's init, for its network namespace
+
+
 @pytest.fixture
-def running(sycri: SycriServer, tmp_path):
-    root = str(sycri.base / "run" / "runtime" / "runc")
-    c = streaming_env.run_container(tmp_path, root, ["sleep", "3600"])
-    try:
-        yield sycri, c
-    finally:
-        c.kill()
-        c.delete()
+def running(node, registry):  # noqa: F811
+    sycri, _net = node
+    rt = sycri.runtime()
+    image = pull(sycri, registry, entrypoint=["/bin/sh", "-c"], cmd=["sleep 3600"])
+    pod_cfg = pod_config("stream")
+    pod_cfg.log_directory = str(sycri.base / "pods" / "stream")
+    pod = rt.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=pod_cfg)).pod_sandbox_id
+    req = api_pb2.CreateContainerRequest(
+        pod_sandbox_id=pod,
+        config=container("sleeper", image, ["sleep 3600"]),
+        sandbox_config=pod_cfg,
+    )
+    cid = rt.CreateContainer(req).container_id
+    rt.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+    state = subprocess.run(
+        ["runc", "--root", str(sycri.base / "run" / "runtime" / "runc"), "state", cid],
+        capture_output=True, check=True,
+    )  # fmt: skip
+    yield sycri, Running(cid, pod, json.loads(state.stdout)["pid"])
 
 
 def crictl(sycri: SycriServer, *args: str, input: bytes | None = None, timeout: float = 60):
@@ -165,13 +185,14 @@ def _checksum_exchange(port: int, n_in: int, n_out: int) -> None:
     assert hashlib.sha256(reply[64:-64]).hexdigest() == reply[-64:].decode()
 
 
-def test_crictl_port_forward_10mb_each_way(sycri: SycriServer):
-    """client-go's SPDY port-forwarder (in crictl) to a server inside a pod's netns."""
-    with streaming_env.netns_with_server() as ns:
+def test_crictl_port_forward_10mb_each_way(running):
+    """client-go's SPDY port-forwarder (in crictl) to a server inside the pod's netns."""
+    sycri, c = running
+    with streaming_env.checksum_server(f"/proc/{c.pid}/ns/net") as port:
         local = streaming_env.free_port()
         proc = subprocess.Popen(
-            ["crictl", "--runtime-endpoint", sycri.endpoint, "port-forward", ns.name,
-             f"{local}:{ns.port}"],
+            ["crictl", "--runtime-endpoint", sycri.endpoint, "port-forward", c.pod,
+             f"{local}:{port}"],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -193,3 +214,29 @@ def test_streaming_address_in_use_is_a_clear_startup_error(tmp_path):
         with pytest.raises(RuntimeError, match="cannot start the streaming server"):
             server.start()
         assert server.wait(10) != 0
+
+
+def test_attach_to_a_container_with_stdin(node, registry):  # noqa: F811
+    """Attach through conmon's socket to a container sycri runs with stdin open."""
+    sycri, _net = node
+    rt = sycri.runtime()
+    image = pull(sycri, registry, entrypoint=["/bin/sh", "-c"], cmd=["true"])
+    pod_cfg = pod_config("attach")
+    pod_cfg.log_directory = str(sycri.base / "pods" / "attach")
+    pod = rt.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=pod_cfg)).pod_sandbox_id
+    cfg = container("talker", image, ['while read line; do echo "heard $line"; done'], stdin=True)
+    req = api_pb2.CreateContainerRequest(pod_sandbox_id=pod, config=cfg, sandbox_config=pod_cfg)
+    cid = rt.CreateContainer(req).container_id
+    rt.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+    url = rt.Attach(
+        api_pb2.AttachRequest(container_id=cid, stdin=True, stdout=True, stderr=True)
+    ).url
+    ws = WSClient(Configuration(), url.replace("http://", "ws://"), None, capture_all=True)
+    try:
+        ws.write_stdin("hi there\n")
+        deadline = time.monotonic() + 20
+        while "heard hi there" not in (ws.peek_stdout() or "") and time.monotonic() < deadline:
+            ws.update(timeout=1)
+        assert "heard hi there" in ws.peek_stdout()
+    finally:
+        ws.close()

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from sycri.errors import NotFound
-from sycri.streaming.targets import ContainerTarget, NodeTargets, RuncTargets
+from sycri.errors import NotFound, Unavailable
+from sycri.streaming.targets import ContainerTarget, NodeTargets
 
 
 @dataclass
@@ -54,8 +54,8 @@ class Node:
     sandboxes: object = None
 
 
-def test_registries_answer_when_attached(tmp_path):
-    t = NodeTargets(Node(Containers(), Sandboxes()), RuncTargets("runc", str(tmp_path)))
+def test_registries_answer_when_attached():
+    t = NodeTargets(Node(Containers(), Sandboxes()))
     assert t.container("abc") == ContainerTarget(
         "abc", "/usr/sbin/runc", "/run/r", "abc", "/s/a", "/b/ctl", ("--systemd-cgroup",)
     )
@@ -70,13 +70,9 @@ def test_registries_answer_when_attached(tmp_path):
         t.sandbox_netns("zzz")
 
 
-def test_fallback_finds_runc_containers_and_netns_files(tmp_path):
-    (tmp_path / "root" / "c1").mkdir(parents=True)
-    (tmp_path / "netns").mkdir()
-    (tmp_path / "netns" / "p1").touch()
-    t = NodeTargets(Node(), RuncTargets("runc", str(tmp_path / "root"), str(tmp_path / "netns")))
-    assert t.container("c1").runtime_id == "c1"
-    assert t.sandbox_netns("p1") == str(tmp_path / "netns" / "p1")
-    for bad in ("nope", "../root", "", "x" * 300):
-        with pytest.raises(NotFound):
-            t.container(bad)
+def test_missing_registries_are_unavailable():
+    t = NodeTargets(Node())
+    with pytest.raises(Unavailable):
+        t.container("abc")
+    with pytest.raises(Unavailable):
+        t.sandbox_netns("pod")

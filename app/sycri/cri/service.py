@@ -38,6 +38,9 @@ class RpcObserver(Protocol):
 
     def finished(self, method: str, code: grpc.StatusCode, seconds: float) -> None: ...
 
+    # Optional: ``failed(method, code, exc)`` is called, inside the RPC's server span,
+    # with the exception a handler raised (domain error or bug) before it is answered.
+
 
 def redacted(message: Message) -> Message:
     """A copy with every ``debug_redact`` field (passwords, tokens) replaced."""
@@ -111,6 +114,12 @@ class Dispatcher:
             obs.started(name)
         return time.monotonic()
 
+    def _notify_error(self, name: str, code: grpc.StatusCode, exc: BaseException) -> None:
+        for obs in self.observers:
+            failed = getattr(obs, "failed", None)
+            if failed is not None:
+                failed(name, code, exc)
+
     def _notify_end(self, name: str, code: grpc.StatusCode, t0: float) -> None:
         elapsed = time.monotonic() - t0
         for obs in self.observers:
@@ -135,6 +144,7 @@ class Dispatcher:
                     raise
                 except Exception as exc:
                     code, msg = _error_status(exc, name)
+                    self._notify_error(name, code, exc)
                     log.log(
                         logging.WARNING if code != grpc.StatusCode.INTERNAL else logging.ERROR,
                         "%s: %s: %s",
@@ -175,6 +185,7 @@ class Dispatcher:
                     raise
                 except Exception as exc:
                     code, msg = _error_status(exc, name)
+                    self._notify_error(name, code, exc)
                     await context.abort(code, msg)
             except BaseException as exc:
                 if code == grpc.StatusCode.OK:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from sycri.config import CniConfig
 
 CONFIG_SUFFIXES = (".conflist", ".conf", ".json")
-DEFAULT_PLUGINS = ("bridge", "host-local", "portmap", "loopback")
+DEFAULT_PLUGINS = ("bridge", "host-local", "portmap", "bandwidth", "loopback")
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,12 @@ def readiness(cni: CniConfig) -> NetworkReadiness:
                 "NetworkPluginNotReady",
                 f"no CNI config in {cni.conf_dir} and the built-in network's plugins "
                 f"({', '.join(missing)}) are missing from {', '.join(cni.bin_dirs)}",
+            )
+        if shutil.which("iptables") is None:
+            return NetworkReadiness(
+                False,
+                "NetworkPluginNotReady",
+                "the built-in network needs iptables (masquerade, hostPorts) and it is missing",
             )
         return NetworkReadiness(True)
     first = files[0]

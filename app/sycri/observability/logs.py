@@ -7,6 +7,8 @@ import logging
 import sys
 import time
 
+from sycri.observability.tracing import current_ids
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line; trace ids are added by the tracing filter when present."""
@@ -31,11 +33,42 @@ class JsonFormatter(logging.Formatter):
 PLAIN = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+class PlainFormatter(logging.Formatter):
+    """The plain line, with ``trace_id=... span_id=...`` appended inside a traced span."""
+
+    def __init__(self) -> None:
+        super().__init__(PLAIN)
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        trace_id = getattr(record, "trace_id", None)
+        if trace_id:
+            line += f" trace_id={trace_id} span_id={record.span_id}"
+        return line
+
+
+class TraceContextFilter(logging.Filter):
+    """Puts the current OpenTelemetry trace and span ids on every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ids = current_ids()
+        if ids and not getattr(record, "trace_id", None):
+            record.trace_id, record.span_id = ids
+        return True
+
+
+def handler(fmt: str, stream=None) -> logging.Handler:
+    """A stream handler writing ``fmt`` (plain or json) lines with trace ids."""
+    out = logging.StreamHandler(stream or sys.stderr)
+    out.setFormatter(JsonFormatter() if fmt == "json" else PlainFormatter())
+    out.addFilter(TraceContextFilter())
+    return out
+
+
 def configure(level: str, fmt: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(PLAIN))
+    handler_ = handler(fmt)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [handler_]
     root.setLevel(level.upper())
     # grpc and urllib3 are chatty at debug level and say nothing a sycri user needs.
     for noisy in ("grpc", "urllib3", "asyncio"):

@@ -1,0 +1,193 @@
+"""Container RPCs of the RuntimeService: proto in, ``runtime.containers`` call, proto out."""
+
+from __future__ import annotations
+
+import json
+
+from google.protobuf import json_format
+
+from sycri.api import api_pb2
+from sycri.errors import InvalidArgument, Unavailable
+from sycri.node import Node
+from sycri.runtime.container_store import STATE_PROTO, ContainerRecord
+from sycri.runtime.containers import Containers
+
+MAX_EXEC_TIMEOUT = 24 * 3600
+
+
+def _containers(node: Node) -> Containers:
+    comp = node.containers
+    if comp is None:
+        raise Unavailable("the container runtime is not available on this node")
+    return comp
+
+
+async def create_container(
+    node: Node, request: api_pb2.CreateContainerRequest
+) -> api_pb2.CreateContainerResponse:
+    if not request.pod_sandbox_id:
+        raise InvalidArgument("pod_sandbox_id is required")
+    if not request.HasField("config"):
+        raise InvalidArgument("config is required")
+    cid = await _containers(node).create(
+        request.pod_sandbox_id, request.config, request.sandbox_config
+    )
+    return api_pb2.CreateContainerResponse(container_id=cid)
+
+
+async def start_container(
+    node: Node, request: api_pb2.StartContainerRequest
+) -> api_pb2.StartContainerResponse:
+    await _containers(node).start(request.container_id)
+    return api_pb2.StartContainerResponse()
+
+
+async def stop_container(
+    node: Node, request: api_pb2.StopContainerRequest
+) -> api_pb2.StopContainerResponse:
+    if request.timeout < 0:
+        raise InvalidArgument(f"timeout {request.timeout} is negative")
+    await _containers(node).stop(request.container_id, float(request.timeout))
+    return api_pb2.StopContainerResponse()
+
+
+async def remove_container(
+    node: Node, request: api_pb2.RemoveContainerRequest
+) -> api_pb2.RemoveContainerResponse:
+    if not request.container_id:
+        raise InvalidArgument("container_id is empty")
+    await _containers(node).remove(request.container_id)
+    return api_pb2.RemoveContainerResponse()
+
+
+def _image_spec(rec: ContainerRecord, cfg: api_pb2.ContainerConfig) -> api_pb2.ImageSpec:
+    spec = api_pb2.ImageSpec()
+    spec.CopyFrom(cfg.image)
+    if not spec.image:
+        spec.image = rec.image_id
+    return spec
+
+
+def _listed(rec: ContainerRecord) -> api_pb2.Container:
+    cfg = rec.config
+    return api_pb2.Container(
+        id=rec.id,
+        pod_sandbox_id=rec.pod_id,
+        metadata=cfg.metadata,
+        image=_image_spec(rec, cfg),
+        image_ref=rec.image_ref,
+        image_id=rec.image_id,
+        state=STATE_PROTO[rec.state],
+        created_at=rec.created_at,
+        labels=cfg.labels,
+        annotations=cfg.annotations,
+    )
+
+
+async def list_containers(
+    node: Node, request: api_pb2.ListContainersRequest
+) -> api_pb2.ListContainersResponse:
+    f = request.filter
+    out = []
+    for rec in _containers(node).list():
+        if f.id and not rec.id.startswith(f.id):
+            continue
+        if f.pod_sandbox_id and not rec.pod_id.startswith(f.pod_sandbox_id):
+            continue
+        if f.HasField("state") and STATE_PROTO[rec.state] != f.state.state:
+            continue
+        labels = rec.config.labels
+        if any(labels.get(k) != v for k, v in f.label_selector.items()):
+            continue
+        out.append(_listed(rec))
+    return api_pb2.ListContainersResponse(containers=out)
+
+
+async def container_status(
+    node: Node, request: api_pb2.ContainerStatusRequest
+) -> api_pb2.ContainerStatusResponse:
+    comp = _containers(node)
+    rec = comp.get(request.container_id)
+    cfg = rec.config
+    resources = api_pb2.LinuxContainerResources()
+    json_format.ParseDict(rec.resources, resources)
+    status = api_pb2.ContainerStatus(
+        id=rec.id,
+        metadata=cfg.metadata,
+        state=STATE_PROTO[rec.state],
+        created_at=rec.created_at,
+        started_at=rec.started_at,
+        finished_at=rec.finished_at,
+        exit_code=rec.exit_code,
+        image=_image_spec(rec, cfg),
+        image_ref=rec.image_ref,
+        image_id=rec.image_id,
+        reason=rec.reason,
+        message=rec.message,
+        labels=cfg.labels,
+        annotations=cfg.annotations,
+        mounts=cfg.mounts,
+        log_path=rec.log_path,
+        resources=api_pb2.ContainerResources(linux=resources),
+        user=api_pb2.ContainerUser(
+            linux=api_pb2.LinuxContainerUser(
+                uid=rec.uid, gid=rec.gid, supplemental_groups=[rec.gid, *rec.groups]
+            )
+        ),
+        stop_signal=cfg.stop_signal,
+    )
+    info = {}
+    if request.verbose:
+        spec = comp.oci_spec(rec)
+        info["info"] = json.dumps(
+            {
+                "pid": rec.pid if rec.state == "running" else 0,
+                "sandboxID": rec.pod_id,
+                "runtimeHandler": rec.runtime_handler,
+                "bundle": rec.bundle,
+                "runtimeSpec": json.loads(spec) if spec else None,
+            }
+        )
+    return api_pb2.ContainerStatusResponse(status=status, info=info)
+
+
+async def update_container_resources(
+    node: Node, request: api_pb2.UpdateContainerResourcesRequest
+) -> api_pb2.UpdateContainerResourcesResponse:
+    if not request.HasField("linux"):
+        raise InvalidArgument("linux resources are required")
+    await _containers(node).update_resources(request.container_id, request.linux)
+    return api_pb2.UpdateContainerResourcesResponse()
+
+
+async def reopen_container_log(
+    node: Node, request: api_pb2.ReopenContainerLogRequest
+) -> api_pb2.ReopenContainerLogResponse:
+    await _containers(node).reopen_log(request.container_id)
+    return api_pb2.ReopenContainerLogResponse()
+
+
+async def exec_sync(node: Node, request: api_pb2.ExecSyncRequest) -> api_pb2.ExecSyncResponse:
+    if not request.cmd:
+        raise InvalidArgument("cmd is empty")
+    if request.timeout < 0 or request.timeout > MAX_EXEC_TIMEOUT:
+        raise InvalidArgument(f"timeout {request.timeout} is out of range")
+    result = await _containers(node).exec_sync(
+        request.container_id, list(request.cmd), float(request.timeout)
+    )
+    return api_pb2.ExecSyncResponse(
+        stdout=result.stdout, stderr=result.stderr, exit_code=result.exit_code
+    )
+
+
+RPCS = {
+    "CreateContainer": create_container,
+    "StartContainer": start_container,
+    "StopContainer": stop_container,
+    "RemoveContainer": remove_container,
+    "ListContainers": list_containers,
+    "ContainerStatus": container_status,
+    "UpdateContainerResources": update_container_resources,
+    "ReopenContainerLog": reopen_container_log,
+    "ExecSync": exec_sync,
+}

@@ -1,0 +1,118 @@
+"""The CRI ImageService: PullImage, ImageStatus, ListImages, RemoveImage, ImageFsInfo.
+
+Thin: validate the request, call ``node.images`` (sycri.images.service.Images), build
+the reply.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from sycri.api import api_pb2
+from sycri.errors import InvalidArgument
+from sycri.images.credentials import from_auth_config
+from sycri.images.store import Image
+from sycri.node import Node
+
+
+def _spec_image(spec: api_pb2.ImageSpec | None, rpc: str) -> str:
+    if spec is None or not spec.image.strip():
+        raise InvalidArgument(f"{rpc}: image.image is required")
+    return spec.image
+
+
+def to_cri(image: Image) -> api_pb2.Image:
+    out = api_pb2.Image(
+        id=image.id,
+        repo_tags=list(image.repo_tags),
+        repo_digests=list(image.repo_digests),
+        size=image.size,
+        spec=api_pb2.ImageSpec(image=image.id, user_specified_image=image.user_ref),
+        pinned=image.pinned,
+    )
+    user = image.config.user.split(":", 1)[0]
+    if user.isdigit():
+        out.uid.value = int(user)
+    elif user:
+        out.username = user
+    return out
+
+
+async def pull_image(node: Node, request: api_pb2.PullImageRequest) -> api_pb2.PullImageResponse:
+    text = _spec_image(request.image if request.HasField("image") else None, "PullImage")
+    auth = from_auth_config(request.auth) if request.HasField("auth") else None
+    image = await node.images.pull(text, auth)
+    return api_pb2.PullImageResponse(image_ref=image.id)
+
+
+async def image_status(
+    node: Node, request: api_pb2.ImageStatusRequest
+) -> api_pb2.ImageStatusResponse:
+    text = _spec_image(request.image if request.HasField("image") else None, "ImageStatus")
+    image = node.images.find(text)
+    if image is None:
+        return api_pb2.ImageStatusResponse()
+    resp = api_pb2.ImageStatusResponse(image=to_cri(image))
+    if request.verbose:
+        resp.info["info"] = json.dumps(
+            {
+                "sifPath": image.sif_path,
+                "local": image.local,
+                "userReference": image.user_ref,
+                "imageSpec": image.raw_config,
+                "labels": image.config.labels or {},
+            },
+            sort_keys=True,
+        )
+    return resp
+
+
+async def list_images(node: Node, request: api_pb2.ListImagesRequest) -> api_pb2.ListImagesResponse:
+    wanted = request.filter.image.image if request.HasField("filter") else ""
+    if wanted:
+        image = node.images.find(wanted)
+        images = [image] if image is not None else []
+    else:
+        images = node.images.list()
+    return api_pb2.ListImagesResponse(images=[to_cri(i) for i in images])
+
+
+async def remove_image(
+    node: Node, request: api_pb2.RemoveImageRequest
+) -> api_pb2.RemoveImageResponse:
+    text = _spec_image(request.image if request.HasField("image") else None, "RemoveImage")
+    await node.images.remove(text)
+    return api_pb2.RemoveImageResponse()
+
+
+def _usage(path: str, used: int, inodes: int) -> api_pb2.FilesystemUsage:
+    return api_pb2.FilesystemUsage(
+        timestamp=time.time_ns(),
+        fs_id=api_pb2.FilesystemIdentifier(mountpoint=path),
+        used_bytes=api_pb2.UInt64Value(value=used),
+        inodes_used=api_pb2.UInt64Value(value=inodes),
+    )
+
+
+async def image_fs_info(
+    node: Node, request: api_pb2.ImageFsInfoRequest
+) -> api_pb2.ImageFsInfoResponse:
+    import asyncio
+
+    root, used, inodes = await asyncio.to_thread(node.images.fs_usage)
+    resp = api_pb2.ImageFsInfoResponse(image_filesystems=[_usage(str(root), used, inodes)])
+    if node.images.container_usage is not None:
+        found = await asyncio.to_thread(node.images.container_usage)
+        if found is not None:
+            resp.container_filesystems.append(_usage(str(found[0]), found[1], found[2]))
+    return resp
+
+
+RPCS = {
+    "PullImage": pull_image,
+    "ImageStatus": image_status,
+    "ListImages": list_images,
+    "RemoveImage": remove_image,
+    "ImageFsInfo": image_fs_info,
+}

@@ -1,0 +1,157 @@
+"""RunPodSandbox, StopPodSandbox, RemovePodSandbox, PodSandboxStatus, ListPodSandbox and
+UpdateRuntimeConfig: proto in, the sandbox manager, proto out."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from sycri.api import api_pb2
+from sycri.errors import InvalidArgument
+from sycri.node import Node
+from sycri.runtime.sandbox import READY, Sandbox
+from sycri.runtime.sandbox_manager import SandboxManager
+
+_MODE = {"POD": api_pb2.POD, "CONTAINER": api_pb2.CONTAINER, "NODE": api_pb2.NODE}
+
+
+def _manager(node: Node) -> SandboxManager:
+    assert node.sandboxes is not None, "sandbox manager not assembled"
+    return node.sandboxes
+
+
+def _state(sb: Sandbox) -> int:
+    return api_pb2.SANDBOX_READY if sb.state == READY else api_pb2.SANDBOX_NOTREADY
+
+
+async def run_pod_sandbox(
+    node: Node, request: api_pb2.RunPodSandboxRequest
+) -> api_pb2.RunPodSandboxResponse:
+    if not request.HasField("config"):
+        raise InvalidArgument("RunPodSandbox needs a pod sandbox config")
+    sb = await _manager(node).run(request.config, request.runtime_handler)
+    return api_pb2.RunPodSandboxResponse(pod_sandbox_id=sb.id)
+
+
+async def stop_pod_sandbox(
+    node: Node, request: api_pb2.StopPodSandboxRequest
+) -> api_pb2.StopPodSandboxResponse:
+    await _manager(node).stop(request.pod_sandbox_id)
+    return api_pb2.StopPodSandboxResponse()
+
+
+async def remove_pod_sandbox(
+    node: Node, request: api_pb2.RemovePodSandboxRequest
+) -> api_pb2.RemovePodSandboxResponse:
+    await _manager(node).remove(request.pod_sandbox_id)
+    return api_pb2.RemovePodSandboxResponse()
+
+
+def status_of(sb: Sandbox) -> api_pb2.PodSandboxStatus:
+    cfg = sb.config
+    st = api_pb2.PodSandboxStatus(
+        id=sb.id,
+        metadata=sb.metadata,
+        state=_state(sb),
+        created_at=sb.created_at,
+        labels=dict(cfg.labels),
+        annotations=dict(cfg.annotations),
+        runtime_handler=sb.runtime_handler,
+    )
+    st.linux.namespaces.options.CopyFrom(
+        api_pb2.NamespaceOption(
+            network=_MODE[sb.net_mode], pid=_MODE[sb.pid_mode], ipc=_MODE[sb.ipc_mode]
+        )
+    )
+    if sb.net_mode == "POD" and sb.ips and sb.network_up:
+        st.network.ip = sb.ips[0]
+        st.network.additional_ips.extend(api_pb2.PodIP(ip=ip) for ip in sb.ips[1:])
+    return st
+
+
+def verbose_info(sb: Sandbox) -> dict[str, str]:
+    doc = {
+        "pid": sb.init_pid or 0,
+        "runtimeHandler": sb.runtime_handler,
+        "hostname": sb.hostname,
+        "namespaces": {
+            "network": sb.netns_path,
+            "ipc": sb.ipc_ns_path,
+            "uts": sb.uts_ns_path,
+            "pid": sb.pid_ns_path,
+        },
+        "cgroupParent": sb.cgroup_parent,
+        "cgroupPath": sb.cgroup_path,
+        "files": {
+            "hosts": sb.hosts_path,
+            "resolvConf": sb.resolv_path,
+            "hostname": sb.hostname_path,
+            "shm": sb.shm_path,
+        },
+        "network": (sb.network or {}).get("name"),
+        "cniResult": sb.cni_result,
+    }
+    return {"info": json.dumps(doc, sort_keys=True)}
+
+
+async def pod_sandbox_status(
+    node: Node, request: api_pb2.PodSandboxStatusRequest
+) -> api_pb2.PodSandboxStatusResponse:
+    manager = _manager(node)
+    sb = manager.check_alive(manager.get(request.pod_sandbox_id))
+    resp = api_pb2.PodSandboxStatusResponse(status=status_of(sb), timestamp=time.time_ns())
+    if request.verbose:
+        resp.info.update(verbose_info(sb))
+        resp.info["networkCheck"] = await manager.check_network(sb)
+    return resp
+
+
+def matches(sb: Sandbox, f: api_pb2.PodSandboxFilter) -> bool:
+    if f.id and not sb.id.startswith(f.id):
+        return False
+    if f.HasField("state") and f.state.state != _state(sb):
+        return False
+    if f.label_selector:
+        labels = sb.config.labels
+        return all(labels.get(k) == v for k, v in f.label_selector.items())
+    return True
+
+
+async def list_pod_sandbox(
+    node: Node, request: api_pb2.ListPodSandboxRequest
+) -> api_pb2.ListPodSandboxResponse:
+    items = []
+    for sb in _manager(node).list():
+        if request.HasField("filter") and not matches(sb, request.filter):
+            continue
+        cfg = sb.config
+        items.append(
+            api_pb2.PodSandbox(
+                id=sb.id,
+                metadata=sb.metadata,
+                state=_state(sb),
+                created_at=sb.created_at,
+                labels=dict(cfg.labels),
+                annotations=dict(cfg.annotations),
+                runtime_handler=sb.runtime_handler,
+            )
+        )
+    items.sort(key=lambda p: p.created_at)
+    return api_pb2.ListPodSandboxResponse(items=items)
+
+
+async def update_runtime_config(
+    node: Node, request: api_pb2.UpdateRuntimeConfigRequest
+) -> api_pb2.UpdateRuntimeConfigResponse:
+    _manager(node).set_pod_cidr(request.runtime_config.network_config.pod_cidr)
+    return api_pb2.UpdateRuntimeConfigResponse()
+
+
+RPCS = {
+    "RunPodSandbox": run_pod_sandbox,
+    "StopPodSandbox": stop_pod_sandbox,
+    "RemovePodSandbox": remove_pod_sandbox,
+    "PodSandboxStatus": pod_sandbox_status,
+    "ListPodSandbox": list_pod_sandbox,
+    "UpdateRuntimeConfig": update_runtime_config,
+}

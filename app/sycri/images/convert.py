@@ -1,0 +1,134 @@
+"""OCI image → SIF: fetch layers in parallel, apply them in order, squash, assemble.
+
+Layer N is applied (in a worker thread) as soon as it and layers before it are on disk,
+while later layers still download. The SIF holds the squashfs root filesystem and the
+image config, byte for byte as the registry served it, as ``oci-config.json``; its
+creation time is the config's ``created`` and its UUID derives from the image id, so the
+same image always gives the same file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sycri import sif
+from sycri.images import layout, squashfs
+from sycri.images import manifest as mf
+from sycri.images.registry import RegistryClient
+from sycri.images.unpack import Applier, apply_layer
+
+log = logging.getLogger("sycri.images.convert")
+
+CONFIG_OBJECT = "oci-config.json"
+T = TypeVar("T")
+
+
+async def in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Run blocking work in a thread; a cancelled caller still waits for the thread to end,
+    so nothing writes into a directory that the caller is about to remove."""
+    fut = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        await asyncio.wait([fut])
+        raise
+
+
+def created_epoch(created: str) -> int:
+    """Seconds since the epoch of an RFC 3339 ``created`` value; 0 when absent or odd."""
+    if not created:
+        return 0
+    try:
+        return max(0, int(datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp()))
+    except ValueError:
+        return 0
+
+
+async def fetch_and_apply(
+    client: RegistryClient,
+    layers: tuple[mf.Descriptor, ...],
+    work: Path,
+    applier: Applier,
+    parallel: int,
+    cache: Path | None = None,
+) -> None:
+    """Download (or take from ``cache``) every layer and apply them in order.
+
+    With a cache directory, a verified blob is also linked as ``cache/<hex>``, and a blob
+    already there is not downloaded again.
+    """
+    sem = asyncio.Semaphore(parallel)
+    n = len(layers)
+    for d in layers:
+        d.compression  # noqa: B018 - refuse unknown media types before downloading anything
+    tasks: dict[str, asyncio.Task] = {}
+
+    async def fetch(i: int, desc: mf.Descriptor) -> Path:
+        hexd = desc.digest.split(":", 1)[1]
+        path = work / f"blob-{hexd}"
+        if cache is not None:
+            # A link of our own: pruning the cache meanwhile cannot take the file away.
+            with contextlib.suppress(FileNotFoundError):
+                os.link(cache / hexd, path)
+                return path
+        async with sem:
+            await client.blob_to_file(desc, path, what=f"layer {i + 1}/{n}")
+        if cache is not None:
+            with contextlib.suppress(FileExistsError):
+                os.link(path, cache / hexd)
+        return path
+
+    for i, d in enumerate(layers):
+        if d.digest not in tasks:
+            tasks[d.digest] = asyncio.create_task(fetch(i, d))
+    try:
+        for i, d in enumerate(layers):
+            path = await tasks[d.digest]
+            await in_thread(
+                apply_layer, applier, path, d.compression, f"layer {i + 1}/{n} ({d.digest})"
+            )
+            if all(layers[j].digest != d.digest for j in range(i + 1, n)):
+                path.unlink(missing_ok=True)  # keep the disk peak low
+    finally:
+        for t in tasks.values():
+            t.cancel()
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
+
+
+async def build_sif(
+    *,
+    image_id: str,
+    config_bytes: bytes,
+    config: mf.ImageConfig,
+    rootfs: Path,
+    work: Path,
+    compression: str,
+    arch: str,
+) -> Path:
+    """Add the Singularity layout to ``rootfs``, squash it and write ``work/image.sif``."""
+    when = created_epoch(config.created)
+    await in_thread(layout.add, rootfs, config, when * 1_000_000_000)
+    os.utime(rootfs, ns=(when * 1_000_000_000,) * 2, follow_symlinks=False)
+    squash = work / "rootfs.squashfs"
+    await squashfs.build(rootfs, squash, compression, when)
+    out = work / "image.sif"
+    await in_thread(
+        lambda: sif.write_sif(
+            out,
+            [
+                sif.PartitionObject(str(squash), arch=arch),
+                sif.JsonObject(CONFIG_OBJECT, config_bytes),
+            ],
+            created=when,
+            sif_id=sif.sif_id_for(image_id),
+        )
+    )
+    squash.unlink(missing_ok=True)
+    return out

@@ -1,0 +1,176 @@
+"""A client of the Sylabs library API (``library://``), pull only.
+
+First the OCI-redirect route (``GET /v1/oci-redirect``): the library names an OCI
+registry, a bearer token and the mapped repository, and the SIF comes from there as
+an oras artifact. A library without that route gets the legacy pair: ``GET
+/v1/images/REF?arch=`` for the image's hash and size, then ``GET /v1/imagefile/REF?arch=``
+for the bytes, checked against both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from sycri.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+    excerpt,
+)
+from sycri.images.reference import Reference
+
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Redirect:
+    registry_url: str
+    token: str
+    name: str
+
+
+class LibraryClient:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        token: str = "",
+        *,
+        progress_timeout: float = 300.0,
+    ) -> None:
+        self.session = session
+        self.base = base_url.rstrip("/")
+        self.token = token
+        self.progress_timeout = progress_timeout
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def _check(self, status: int, what: str) -> None:
+        if status == 401:
+            raise Unauthenticated(
+                f"{what}: the library refused the token"
+                if self.token
+                else f"{what}: the library requires a token and none was given"
+            )
+        if status == 403:
+            raise PermissionDenied(f"{what}: the library refused access with this token")
+        if status == 404:
+            raise NotFound(f"{what}: not found in the library at {self.base}")
+        if status >= 500:
+            raise Unavailable(f"{what}: library {self.base} answered HTTP {status}")
+        if status >= 300:
+            raise InvalidArgument(f"{what}: library {self.base} answered HTTP {status}")
+
+    async def _json(self, url: str, what: str, params: dict[str, str]) -> dict:
+        try:
+            async with self.session.get(
+                url,
+                params=params,
+                headers=self._headers(),
+                timeout=aiohttp.ClientTimeout(total=self.progress_timeout),
+            ) as r:
+                self._check(r.status, what)
+                body = await r.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise Unavailable(f"{what}: library {self.base} unreachable: {exc}") from None
+        except ValueError:
+            raise InvalidArgument(f"{what}: library answer is not JSON") from None
+        if not isinstance(body, dict):
+            raise InvalidArgument(f"{what}: library answer is not a JSON object")
+        return body
+
+    async def oci_redirect(self, ref: Reference) -> Redirect | None:
+        """The OCI registry holding ``ref``, or None when the library has no such route."""
+        url = f"{self.base}/v1/oci-redirect"
+        params = {"namespace": ref.repository, "mapped": "1", "accessTypes": "pull"}
+        try:
+            async with self.session.get(
+                url,
+                params=params,
+                headers=self._headers(),
+                timeout=aiohttp.ClientTimeout(total=self.progress_timeout),
+            ) as r:
+                if r.status in (404, 405, 501):
+                    return None
+                self._check(r.status, f"library {ref.repository}")
+                body = await r.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise Unavailable(f"library {self.base} unreachable: {exc}") from None
+        except ValueError:
+            return None
+        if not isinstance(body, dict) or not body.get("url"):
+            return None
+        return Redirect(
+            str(body["url"]), str(body.get("token", "")), str(body.get("name") or ref.repository)
+        )
+
+    async def download(self, ref: Reference, arch: str, dest: Path) -> str:
+        """Legacy routes: fetch the SIF into ``dest``; returns its sha256 digest."""
+        path = f"{ref.repository}:{ref.tag}"
+        what = f"library image {path}"
+        meta = await self._json(f"{self.base}/v1/images/{path}", what, {"arch": arch})
+        data = meta.get("data") or {}
+        want = str(data.get("hash", ""))
+        if not want.startswith("sha256."):
+            raise InvalidArgument(f"{what}: library gives no sha256 hash ({excerpt(want)})")
+        want_hex = want.split(".", 1)[1]
+        size = data.get("size")
+        h = hashlib.sha256()
+        n = 0
+        try:
+            async with self.session.get(
+                f"{self.base}/v1/imagefile/{path}",
+                params={"arch": arch},
+                headers=self._headers(),
+                timeout=aiohttp.ClientTimeout(total=None, sock_read=self.progress_timeout),
+            ) as r:
+                self._check(r.status, what)
+                fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                try:
+                    while True:
+                        try:
+                            chunk = await asyncio.wait_for(
+                                r.content.read(CHUNK), self.progress_timeout
+                            )
+                        except TimeoutError:
+                            raise DeadlineExceeded(
+                                f"{what}: no progress for {self.progress_timeout:g}s"
+                            ) from None
+                        if not chunk:
+                            break
+                        n += len(chunk)
+                        h.update(chunk)
+                        view = memoryview(chunk)
+                        while view:
+                            view = view[os.write(fd, view) :]
+                finally:
+                    os.close(fd)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise Unavailable(f"{what}: download failed: {exc}") from None
+        if isinstance(size, int) and size and n != size:
+            raise InvalidArgument(f"{what}: got {n} bytes, the library says {size}")
+        if h.hexdigest() != want_hex:
+            raise InvalidArgument(
+                f"{what}: content has digest sha256:{h.hexdigest()}, library says {want}"
+            )
+        return "sha256:" + want_hex
+
+
+def redirect_endpoint(redirect: Redirect):
+    """The registry endpoint an OCI redirect names."""
+    from sycri.images.registries import Endpoint
+
+    parts = urlsplit(redirect.registry_url)
+    host = parts.netloc or parts.path
+    return Endpoint(host, redirect.name, insecure=parts.scheme == "http")

@@ -1,0 +1,408 @@
+"""An async client of the OCI distribution API v2 (what docker:// and oras:// speak).
+
+Auth is the registry's choice, discovered from its ``WWW-Authenticate`` challenge:
+anonymous, bearer tokens from the challenge's realm (with basic credentials or an
+OAuth2 refresh token), a registry token used as-is, or basic auth. Every blob is hashed
+and counted while it streams; a blob that is longer, shorter or different from its
+descriptor is refused. 5xx answers and dropped connections are retried a bounded number
+of times; a read that makes no progress for ``progress_timeout`` seconds fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from sycri.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    SycriError,
+    Unauthenticated,
+    Unavailable,
+    excerpt,
+)
+from sycri.images import manifest as mf
+from sycri.images.credentials import Credentials
+from sycri.images.registries import Endpoint
+
+log = logging.getLogger("sycri.images.registry")
+
+CHUNK = 1 << 20
+RETRIES = 3
+BACKOFF = (0.2, 0.6, 1.5)
+LOOPBACK = re.compile(r"^(localhost|127\.\d+\.\d+\.\d+|\[::1\])(:\d+)?$")
+
+
+class DigestMismatch(InvalidArgument):
+    """A blob's bytes do not match its descriptor: the image is rejected, nothing stored."""
+
+
+class _Retry(Exception):
+    """A transient failure worth another try."""
+
+
+def _challenge(header: str) -> tuple[str, dict[str, str]]:
+    scheme, _, rest = header.strip().partition(" ")
+    params = dict(re.findall(r'(\w+)="([^"]*)"', rest))
+    return scheme.lower(), params
+
+
+@dataclass
+class Fetched:
+    data: bytes
+    media_type: str
+    digest: str
+
+
+class RegistryClient:
+    """Talks to one endpoint (host + repository) with one set of credentials."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        endpoint: Endpoint,
+        credentials: Credentials | None = None,
+        *,
+        progress_timeout: float = 300.0,
+        retries: int = RETRIES,
+    ) -> None:
+        self.session = session
+        self.endpoint = endpoint
+        self.creds = credentials or Credentials()
+        self.progress_timeout = progress_timeout
+        self.retries = retries
+        self._auth_header: str | None = None
+        self._scheme: str | None = None
+        self._auth_lock = asyncio.Lock()
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    @property
+    def where(self) -> str:
+        return f"{self.endpoint.host}/{self.endpoint.repository}"
+
+    def _insecure(self) -> bool:
+        return self.endpoint.insecure or bool(LOOPBACK.match(self.endpoint.host))
+
+    def _ssl(self) -> ssl.SSLContext | bool:
+        return not self._insecure()
+
+    async def _base(self) -> str:
+        if self._scheme is None:
+            self._scheme = "https"
+            if self._insecure():
+                self._scheme = await self._probe_scheme()
+        return f"{self._scheme}://{self.endpoint.api_host}"
+
+    async def _probe_scheme(self) -> str:
+        """An insecure registry may speak plain HTTP: try TLS first (unverified), then HTTP."""
+        try:
+            async with self.session.get(
+                f"https://{self.endpoint.api_host}/v2/",
+                ssl=False,
+                timeout=aiohttp.ClientTimeout(total=10),
+            ) as r:
+                await r.read()
+                return "https"
+        except (TimeoutError, aiohttp.ClientError, ssl.SSLError):
+            return "http"
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: dict[str, str] | None = None,
+        what: str,
+        reauthed: bool = False,
+    ) -> aiohttp.ClientResponse:
+        """A response with status 2xx (caller must release it); auth and retries handled."""
+        url = await self._base() + path
+        last: str = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                await asyncio.sleep(BACKOFF[min(attempt - 1, len(BACKOFF) - 1)])
+            hdrs = dict(headers or {})
+            if self._auth_header:
+                hdrs["Authorization"] = self._auth_header
+            try:
+                resp = await self.session.request(
+                    method,
+                    url,
+                    headers=hdrs,
+                    ssl=self._ssl(),
+                    timeout=aiohttp.ClientTimeout(
+                        total=None, sock_connect=30, sock_read=self.progress_timeout
+                    ),
+                )
+            except TimeoutError:
+                last = f"no answer within {self.progress_timeout:g}s"
+                continue
+            except aiohttp.ClientConnectorCertificateError as exc:
+                raise Unavailable(
+                    f"{what}: the TLS certificate of registry {self.endpoint.host} is not "
+                    f"trusted ({exc.certificate_error}); if that is intended, mark it insecure "
+                    "in registries.conf"
+                ) from None
+            except aiohttp.ClientError as exc:
+                last = f"{type(exc).__name__}: {exc}"
+                continue
+            if resp.status == 401 and not reauthed:
+                challenge = resp.headers.get("WWW-Authenticate", "")
+                resp.release()
+                if await self._authenticate(challenge, hdrs.get("Authorization")):
+                    return await self._request(
+                        method, path, headers=headers, what=what, reauthed=True
+                    )
+                raise self._refused(401, what)
+            if resp.status in (401, 403):
+                resp.release()
+                raise self._refused(resp.status, what)
+            if resp.status == 404:
+                resp.release()
+                raise NotFound(f"{what} not found at {self.where}")
+            if resp.status == 429 or resp.status >= 500:
+                last = f"HTTP {resp.status}"
+                resp.release()
+                continue
+            if resp.status >= 300:
+                body = (await resp.read())[:300].decode(errors="replace")
+                raise InvalidArgument(
+                    f"{what}: registry {self.endpoint.host} answered HTTP {resp.status}: "
+                    f"{excerpt(body, 200)}"
+                )
+            return resp
+        raise Unavailable(
+            f"{what}: registry {self.endpoint.host} unavailable after {self.retries + 1} tries "
+            f"({last})"
+        )
+
+    def _refused(self, status: int, what: str) -> SycriError:
+        if self.creds:
+            msg = (
+                f"{what}: registry {self.endpoint.host} refused the credentials for "
+                f"{self.endpoint.repository} (HTTP {status})"
+            )
+        else:
+            msg = (
+                f"{what}: registry {self.endpoint.host} requires credentials for "
+                f"{self.endpoint.repository} and none were given (HTTP {status})"
+            )
+        return PermissionDenied(msg) if status == 403 else Unauthenticated(msg)
+
+    async def _authenticate(self, challenge: str, tried: str | None) -> bool:
+        """Set ``_auth_header`` from the challenge; False when there is nothing new to try."""
+        async with self._auth_lock:
+            if self._auth_header and self._auth_header != tried:
+                return True  # another request authenticated meanwhile
+            scheme, params = _challenge(challenge)
+            if scheme == "basic":
+                if not self.creds.username or (tried and tried.startswith("Basic")):
+                    return False
+                raw = f"{self.creds.username}:{self.creds.password}".encode()
+                self._auth_header = "Basic " + base64.b64encode(raw).decode()
+                return True
+            if scheme == "bearer":
+                if self.creds.registry_token:
+                    if tried == f"Bearer {self.creds.registry_token}":
+                        return False
+                    self._auth_header = f"Bearer {self.creds.registry_token}"
+                    return True
+                token = await self._fetch_token(params)
+                self._auth_header = f"Bearer {token}"
+                return True
+            return False
+
+    async def _fetch_token(self, params: dict[str, str]) -> str:
+        realm = params.get("realm")
+        if not realm or not realm.startswith(("http://", "https://")):
+            raise InvalidArgument(
+                f"registry {self.endpoint.host}: bad token realm {excerpt(realm)}"
+            )
+        scope = params.get("scope") or f"repository:{self.endpoint.repository}:pull"
+        query = {"scope": scope}
+        if params.get("service"):
+            query["service"] = params["service"]
+        what = f"token for {self.where}"
+        timeout = aiohttp.ClientTimeout(total=60)
+        for attempt in range(self.retries + 1):
+            if attempt:
+                await asyncio.sleep(BACKOFF[min(attempt - 1, len(BACKOFF) - 1)])
+            try:
+                if self.creds.identity_token:
+                    form = {
+                        "grant_type": "refresh_token",
+                        "refresh_token": self.creds.identity_token,
+                        "client_id": "sycri",
+                        **query,
+                    }
+                    req = self.session.post(realm, data=form, ssl=self._ssl(), timeout=timeout)
+                else:
+                    headers = {}
+                    if self.creds.username:
+                        raw = f"{self.creds.username}:{self.creds.password}".encode()
+                        headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
+                    req = self.session.get(
+                        realm, params=query, headers=headers, ssl=self._ssl(), timeout=timeout
+                    )
+                async with req as r:
+                    if r.status in (401, 403):
+                        raise self._refused(r.status, what)
+                    if r.status >= 500:
+                        continue
+                    if r.status != 200:
+                        raise InvalidArgument(f"{what}: token server answered HTTP {r.status}")
+                    body = await r.json(content_type=None)
+            except (TimeoutError, aiohttp.ClientError):
+                continue
+            except ValueError:
+                raise InvalidArgument(f"{what}: token server answer is not JSON") from None
+            token = (body or {}).get("token") or (body or {}).get("access_token")
+            if not isinstance(token, str) or not token:
+                raise InvalidArgument(f"{what}: token server answer holds no token")
+            return token
+        raise Unavailable(f"{what}: token server {excerpt(realm)} unavailable")
+
+    # -- API --------------------------------------------------------------------------------
+
+    async def manifest(self, ref: str) -> Fetched:
+        """The manifest or index named by tag or digest, digest-checked when named by one."""
+        what = f"manifest {self.where}:{ref}" if ":" not in ref else f"manifest {ref}"
+        resp = await self._request(
+            "GET",
+            f"/v2/{self.endpoint.repository}/manifests/{ref}",
+            headers={"Accept": mf.ACCEPT},
+            what=what,
+        )
+        try:
+            data = await _read_limited(resp, mf.MAX_MANIFEST, what, self.progress_timeout)
+        finally:
+            resp.release()
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        if ref.startswith("sha256:") and digest != ref:
+            raise DigestMismatch(f"{what}: content has digest {digest}, not {ref}")
+        return Fetched(data, mf.kind(data, resp.headers.get("Content-Type", "")), digest)
+
+    async def blob_bytes(self, desc: mf.Descriptor, limit: int, what: str) -> bytes:
+        if desc.size > limit:
+            raise InvalidArgument(f"{what} {desc.digest} is {desc.size} bytes, over {limit}")
+        resp = await self._request(
+            "GET", f"/v2/{self.endpoint.repository}/blobs/{desc.digest}", what=what
+        )
+        try:
+            data = await _read_limited(resp, desc.size, what, self.progress_timeout)
+        finally:
+            resp.release()
+        _verify(hashlib.sha256(data), len(data), desc, what)
+        return data
+
+    async def blob_to_file(
+        self,
+        desc: mf.Descriptor,
+        dest: Path,
+        what: str,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        """Stream a blob into ``dest``, hashing as it comes; retried from scratch on resets."""
+        last = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                await asyncio.sleep(BACKOFF[min(attempt - 1, len(BACKOFF) - 1)])
+            resp = await self._request(
+                "GET", f"/v2/{self.endpoint.repository}/blobs/{desc.digest}", what=what
+            )
+            h = hashlib.sha256()
+            n = 0
+            try:
+                fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                try:
+                    while True:
+                        try:
+                            chunk = await asyncio.wait_for(
+                                resp.content.read(CHUNK), self.progress_timeout
+                            )
+                        except TimeoutError:
+                            raise DeadlineExceeded(
+                                f"{what} {desc.digest}: no progress for "
+                                f"{self.progress_timeout:g}s after {n} of {desc.size} bytes"
+                            ) from None
+                        if not chunk:
+                            break
+                        n += len(chunk)
+                        if n > desc.size:
+                            raise DigestMismatch(
+                                f"{what} {desc.digest}: more than the {desc.size} bytes "
+                                "its descriptor says"
+                            )
+                        h.update(chunk)
+                        _write_all(fd, chunk)
+                        if progress:
+                            progress(len(chunk))
+                finally:
+                    os.close(fd)
+            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+                last = f"{type(exc).__name__}: {exc}"
+                log.info("%s: retrying after %s", what, last)
+                continue
+            finally:
+                resp.release()
+            _verify(h, n, desc, what)
+            return
+        raise Unavailable(
+            f"{what} {desc.digest}: download from {self.endpoint.host} failed "
+            f"{self.retries + 1} times ({last})"
+        )
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _verify(h, n: int, desc: mf.Descriptor, what: str) -> None:
+    if n != desc.size:
+        raise DigestMismatch(f"{what} {desc.digest}: got {n} bytes, descriptor says {desc.size}")
+    got = "sha256:" + h.hexdigest()
+    if got != desc.digest:
+        raise DigestMismatch(f"{what}: content has digest {got}, expected {desc.digest}")
+
+
+async def _read_limited(resp: aiohttp.ClientResponse, limit: int, what: str, timeout: float):
+    out = bytearray()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(resp.content.read(CHUNK), timeout)
+        except TimeoutError:
+            raise DeadlineExceeded(f"{what}: no progress for {timeout:g}s") from None
+        if not chunk:
+            return bytes(out)
+        out += chunk
+        if len(out) > limit:
+            raise InvalidArgument(f"{what}: larger than {limit} bytes")
+
+
+def new_session() -> aiohttp.ClientSession:
+    """One pooled session per pull; HTTP proxies from the environment are honoured."""
+    return aiohttp.ClientSession(
+        trust_env=True,
+        connector=aiohttp.TCPConnector(limit=16, ttl_dns_cache=60),
+        auto_decompress=False,
+    )
+
+
+with contextlib.suppress(Exception):  # keep aiohttp's own access logs quiet
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -1,0 +1,482 @@
+"""The image service: pull (docker://, oras://, library://, local SIF), look up, remove.
+
+This is what the CRI ImageService adapter and the containers code call (``node.images``):
+
+- ``await images.pull(text, credentials)`` -> :class:`Image` (shares in-flight pulls),
+- ``await images.resolve(text)`` -> :class:`Image` by id, id prefix, tag, digest or
+  reference; NotFound otherwise (``images.find`` returns None instead),
+- ``images.list()``, ``await images.remove(text)``, ``images.fs_usage()``,
+- ``images.users``: callables ``image_id -> str | None`` naming a container that uses the
+  image; RemoveImage refuses with FAILED_PRECONDITION when one answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from sycri import sif
+from sycri.config import Config
+from sycri.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    SycriError,
+    Unauthenticated,
+    Unavailable,
+    excerpt,
+)
+from sycri.images import credentials as creds_mod
+from sycri.images import manifest as mf
+from sycri.images import reference, registries
+from sycri.images.convert import CONFIG_OBJECT, build_sif, fetch_and_apply, in_thread
+from sycri.images.credentials import Credentials
+from sycri.images.library import LibraryClient, redirect_endpoint
+from sycri.images.reference import Reference
+from sycri.images.registry import RegistryClient, new_session
+from sycri.images.store import Image, Store, usage
+from sycri.images.unpack import Applier
+
+log = logging.getLogger("sycri.images")
+
+__all__ = ["Image", "Images"]
+
+
+def tag_key(ref: Reference) -> str:
+    """How a reference's tag is stored: ``registry/repo:tag`` (plus transport if not docker)."""
+    if ref.transport == "file":
+        return ref.path
+    key = f"{ref.name}:{ref.tag}"
+    return key if ref.transport == "docker" else f"{ref.transport}://{key}"
+
+
+def digest_key(ref: Reference, digest: str) -> str:
+    key = f"{ref.name}@{digest}"
+    return key if ref.transport == "docker" else f"{ref.transport}://{key}"
+
+
+def default_sif_config(arch: str) -> bytes:
+    """The OCI config given to a SIF that carries none: run its runscript."""
+    cfg = {
+        "architecture": arch,
+        "os": "linux",
+        "config": {
+            "Cmd": ["/.singularity.d/runscript"],
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+        },
+        "rootfs": {"type": "layers", "diff_ids": []},
+    }
+    return json.dumps(cfg, sort_keys=True).encode()
+
+
+def _sif_config(path: Path, arch: str) -> bytes:
+    """The ``oci-config.json`` object of a SIF, after checking it has a squashfs to run."""
+    try:
+        with sif.open_sif(path) as img:
+            part = img.primary_partition()
+            if part.fstype != sif.FsType.SQUASHFS:
+                raise InvalidArgument(f"SIF {path}: primary partition is not squashfs")
+            found = img.find(name=CONFIG_OBJECT)
+            if found:
+                data = img.read_object(found[0], limit=mf.MAX_CONFIG)
+                mf.parse_config(data)
+                return data
+    except sif.SifError as exc:
+        raise InvalidArgument(f"{path} is not a usable SIF file: {exc}") from None
+    return default_sif_config(arch)
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+class Images:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.store = Store(Path(cfg.root_dir) / "images")
+        self.registries = registries.load(cfg.images.registries_conf)
+        self.arch, self.variant = reference.node_arch()
+        self.users: list[Callable[[str], str | None]] = []
+        self.container_usage: Callable[[], tuple[Path, int, int] | None] | None = None
+        self._pulls: dict[str, asyncio.Task] = {}
+        self._converting: dict[str, asyncio.Task] = {}
+
+    def start(self) -> None:
+        """Remove what unfinished pulls left (kill -9, crash) before serving."""
+        self.store.recover()
+
+    def close(self) -> None:
+        self.store.close()
+
+    # -- lookups ----------------------------------------------------------------------------
+
+    def find(self, text: str) -> Image | None:
+        text = text.strip()
+        if not text:
+            raise InvalidArgument("image name is empty")
+        if reference.is_image_id(text):
+            return self.store.get(text if text.startswith("sha256:") else "sha256:" + text)
+        hexpart = text.removeprefix("sha256:")
+        if 6 <= len(hexpart) < 64 and all(c in "0123456789abcdef" for c in hexpart):
+            ids = self.store.by_id_prefix(hexpart)
+            if len(ids) == 1:
+                return self.store.get(ids[0])
+            if len(ids) > 1:
+                raise InvalidArgument(f"image id prefix {excerpt(text)} is ambiguous")
+        ref = reference.parse(text)
+        if ref.digest:
+            return self.store.by_digest(digest_key(ref, ref.digest))
+        return self.store.by_tag(tag_key(ref))
+
+    async def resolve(self, text: str) -> Image:
+        image = self.find(text)
+        if image is None:
+            raise NotFound(f"image {excerpt(text)} is not present on this node")
+        return image
+
+    def list(self) -> list[Image]:
+        return self.store.list()
+
+    # -- removal -----------------------------------------------------------------------------
+
+    async def remove(self, text: str) -> Image | None:
+        """Remove by id, tag or digest. A tag shared with other tags only untags; an image a
+        container uses is refused. Returns the image removed (None if it was not there)."""
+        image = self.find(text)
+        if image is None:
+            return None
+        by_tag = not reference.is_image_id(text) and text.strip() not in image.id
+        try:
+            ref = reference.parse(text) if by_tag else None
+        except SycriError:
+            ref = None
+        if ref is not None and not ref.digest and len(image.repo_tags) > 1:
+            self.store.untag(tag_key(ref))
+            return image
+        for user in self.users:
+            who = user(image.id)
+            if who:
+                raise FailedPrecondition(
+                    f"image {image.id} is in use by container {who}; remove the container first"
+                )
+        return await in_thread(self.store.remove, image.id)
+
+    # -- file system usage ------------------------------------------------------------------
+
+    def fs_usage(self) -> tuple[Path, int, int]:
+        """(mountpoint dir, bytes, inodes) of the image store."""
+        used, inodes = usage(self.store.root)
+        return self.store.root, used, inodes
+
+    # -- pull --------------------------------------------------------------------------------
+
+    async def pull(self, text: str, auth: Credentials | None = None) -> Image:
+        """Pull ``text`` (shares a pull of the same reference already in flight)."""
+        ref = reference.parse(text)
+        if ref.transport == "file":
+            return await self._import_local(ref, text)
+        # Pulls share a download only when they would show the registry the same credentials.
+        key = str(ref) + "\0" + _fingerprint(auth)
+        task = self._pulls.get(key)
+        if task is None:
+            task = asyncio.create_task(self._pull(ref, text, auth), name=f"pull {key}")
+            self._pulls[key] = task
+            task.add_done_callback(lambda _t: self._pulls.pop(key, None))
+        return await asyncio.shield(task)
+
+    async def _once(
+        self,
+        image_id: str,
+        make: Callable[[], Awaitable[Image]],
+        text: str,
+        tags: list[str],
+        digests: list[str],
+    ) -> Image:
+        """One conversion per image id, shared by pulls of different names (each adds its
+        own tags and digests once the image is stored)."""
+        task = self._converting.get(image_id)
+        if task is None:
+            task = asyncio.ensure_future(make())
+            self._converting[image_id] = task
+            task.add_done_callback(lambda _t: self._converting.pop(image_id, None))
+            return await asyncio.shield(task)
+        image = await asyncio.shield(task)
+        return await self._tag(image, text, tags, digests)
+
+    async def _tag(self, image: Image, text: str, tags: list[str], digests: list[str]) -> Image:
+        return await in_thread(
+            lambda: self.store.add(
+                image.id,
+                image.sif_path,
+                image.size,
+                _raw(image),
+                tags=tags,
+                digests=digests,
+                user_ref=text,
+                now=time.time(),
+            )
+        )
+
+    def _credentials(self, host: str, auth: Credentials | None) -> Credentials | None:
+        if auth:
+            return auth
+        return creds_mod.from_docker_config(self.cfg.images.docker_config, host)
+
+    async def _pull(self, ref: Reference, text: str, auth: Credentials | None) -> Image:
+        t0 = time.monotonic()
+        async with new_session() as session:
+            if ref.transport == "library":
+                image = await self._pull_library(session, ref, text, auth)
+            else:
+                image = await self._pull_registry(session, ref, text, auth)
+        log.info("pulled %s as %s in %.2fs", text, image.id, time.monotonic() - t0)
+        return image
+
+    async def _pull_registry(self, session, ref: Reference, text: str, auth) -> Image:
+        errors: list[SycriError] = []
+        endpoints = self.registries.endpoints(ref)
+        for i, ep in enumerate(endpoints):
+            client = RegistryClient(
+                session,
+                ep,
+                self._credentials(ep.host, auth),
+                progress_timeout=self.cfg.images.pull_progress_timeout_seconds,
+            )
+            try:
+                return await self._pull_from(client, ref, text)
+            except (NotFound, Unavailable, Unauthenticated) as exc:
+                if i == len(endpoints) - 1 or not ep.mirror:
+                    if errors and isinstance(exc, NotFound):
+                        raise type(exc)(
+                            f"{exc.message} (also tried: {'; '.join(e.message for e in errors)})"
+                        ) from None
+                    raise
+                log.info("mirror %s failed for %s: %s; trying the next", ep.host, text, exc)
+                errors.append(exc)
+        raise AssertionError("no endpoint")  # pragma: no cover - endpoints is never empty
+
+    async def _pull_from(self, client: RegistryClient, ref: Reference, text: str) -> Image:
+        top = await client.manifest(ref.digest or ref.tag)
+        fetched = top
+        if top.media_type in mf.INDEXES:
+            chosen = mf.choose_platform(mf.parse_index(top.data), self.arch, self.variant)
+            fetched = await client.manifest(chosen.digest)
+            if fetched.media_type in mf.INDEXES:
+                raise InvalidArgument(f"{text}: an index inside an index is not supported")
+        manifest = mf.parse_manifest(fetched.data, fetched.media_type)
+        tags = [tag_key(ref)] if ref.tag else []
+        digests = [digest_key(ref, top.digest)]
+        image_id = manifest.config.digest
+        existing = self.store.get(image_id)
+        if existing is not None:
+            return await self._tag(existing, text, tags, digests)
+        if manifest.config.media_type == mf.SIF_CONFIG:
+            make = lambda: self._store_sif_artifact(client, manifest, text, tags, digests)  # noqa: E731
+        elif ref.transport == "oras":
+            raise InvalidArgument(
+                f"{text}: oras:// expects a SIF artifact (config {mf.SIF_CONFIG}), "
+                f"got {excerpt(manifest.config.media_type)}"
+            )
+        else:
+            make = lambda: self._convert(client, manifest, text, tags, digests)  # noqa: E731
+        return await self._once(image_id, make, text, tags, digests)
+
+    def _workdir(self, image_id: str) -> Path:
+        return Path(
+            tempfile.mkdtemp(prefix=image_id.split(":")[-1][:16] + ".", dir=self.store.tmp_dir)
+        )
+
+    async def _commit(
+        self,
+        image_id: str,
+        built: Path,
+        config: bytes,
+        text: str,
+        tags: list[str],
+        digests: list[str],
+        layers: list[str] = (),  # type: ignore[assignment]
+    ) -> Image:
+        final = self.store.sif_path_for(image_id)
+        os.chmod(built, 0o644)
+        os.replace(built, final)
+        size = os.stat(final).st_size
+        return await in_thread(
+            lambda: self.store.add(
+                image_id,
+                str(final),
+                size,
+                config,
+                tags=tags,
+                digests=digests,
+                user_ref=text,
+                layers=layers,
+                now=time.time(),
+            )
+        )
+
+    async def _convert(
+        self,
+        client: RegistryClient,
+        manifest: mf.Manifest,
+        text: str,
+        tags: list[str],
+        digests: list[str],
+    ) -> Image:
+        image_id = manifest.config.digest
+        config_bytes = await client.blob_bytes(manifest.config, mf.MAX_CONFIG, "image config")
+        _, config = mf.parse_config(config_bytes)
+        if config.os and config.os != "linux":
+            raise InvalidArgument(f"{text}: image is for {excerpt(config.os)}, not linux")
+        work = self._workdir(image_id)
+        try:
+            rootfs = work / "rootfs"
+            rootfs.mkdir(mode=0o755)
+            applier = Applier(rootfs)
+            await fetch_and_apply(
+                client,
+                manifest.layers,
+                work,
+                applier,
+                self.cfg.images.max_concurrent_downloads,
+                self.store.blob_dir if self.cfg.images.keep_layers else None,
+            )
+            await in_thread(applier.finish)
+            built = await build_sif(
+                image_id=image_id,
+                config_bytes=config_bytes,
+                config=config,
+                rootfs=rootfs,
+                work=work,
+                compression=self.cfg.images.squashfs_compression,
+                arch=config.architecture or self.arch,
+            )
+            return await self._commit(
+                image_id,
+                built,
+                config_bytes,
+                text,
+                tags,
+                digests,
+                [d.digest for d in manifest.layers] if self.cfg.images.keep_layers else [],
+            )
+        except BaseException:
+            await in_thread(self.store.prune_blobs)  # no image was built from them
+            raise
+        finally:
+            await in_thread(shutil.rmtree, work, True)
+
+    async def _store_sif_artifact(
+        self,
+        client: RegistryClient,
+        manifest: mf.Manifest,
+        text: str,
+        tags: list[str],
+        digests: list[str],
+    ) -> Image:
+        if len(manifest.layers) != 1 or manifest.layers[0].media_type != mf.SIF_LAYER:
+            raise InvalidArgument(
+                f"{text}: a SIF artifact has exactly one layer of type {mf.SIF_LAYER}"
+            )
+        image_id = manifest.config.digest
+        work = self._workdir(image_id)
+        try:
+            path = work / "image.sif"
+            await client.blob_to_file(manifest.layers[0], path, what="SIF")
+            config = await in_thread(_sif_config, path, self.arch)
+            return await self._commit(image_id, path, config, text, tags, digests)
+        finally:
+            await in_thread(shutil.rmtree, work, True)
+
+    async def _pull_library(self, session, ref: Reference, text: str, auth) -> Image:
+        token = (auth.registry_token or auth.password) if auth else ""
+        base = f"https://{ref.registry}" if ref.registry else self.cfg.images.library_url
+        lib = LibraryClient(
+            session, base, token, progress_timeout=self.cfg.images.pull_progress_timeout_seconds
+        )
+        tags = [tag_key(ref)]
+        redirect = await lib.oci_redirect(ref)
+        if redirect is not None:
+            ep = redirect_endpoint(redirect)
+            client = RegistryClient(
+                session,
+                ep,
+                Credentials(registry_token=redirect.token) if redirect.token else None,
+                progress_timeout=self.cfg.images.pull_progress_timeout_seconds,
+            )
+            oref = Reference("oras", ep.host, ep.repository, ref.tag)
+            top = await client.manifest(ref.tag)
+            fetched = top
+            if top.media_type in mf.INDEXES:
+                chosen = mf.choose_platform(mf.parse_index(top.data), self.arch, self.variant)
+                fetched = await client.manifest(chosen.digest)
+            manifest = mf.parse_manifest(fetched.data, fetched.media_type)
+            digests = [digest_key(oref, top.digest)]
+            existing = self.store.get(manifest.config.digest)
+            if existing is not None:
+                return await self._tag(existing, text, tags, digests)
+            return await self._once(
+                manifest.config.digest,
+                lambda: self._store_sif_artifact(client, manifest, text, tags, digests),
+                text,
+                tags,
+                digests,
+            )
+        work = self._workdir("library")
+        try:
+            path = work / "image.sif"
+            digest = await lib.download(ref, self.arch, path)
+            existing = self.store.get(digest)
+            if existing is not None:
+                return await self._tag(existing, text, tags, [])
+            config = await in_thread(_sif_config, path, self.arch)
+            return await self._commit(digest, path, config, text, tags, [])
+        finally:
+            await in_thread(shutil.rmtree, work, True)
+
+    async def _import_local(self, ref: Reference, text: str) -> Image:
+        """A local SIF is used in place: indexed by its path, never copied or deleted."""
+        path = Path(ref.path)
+        if not path.is_file():
+            raise NotFound(f"local SIF {excerpt(ref.path)} does not exist or is not a file")
+        config = await in_thread(_sif_config, path, self.arch)
+        image_id = await in_thread(_sha256_file, path)
+        existing = self.store.get(image_id)
+        if existing is not None and not existing.local:
+            raise FailedPrecondition(
+                f"{ref.path} is identical to stored image {image_id}; use that image"
+            )
+        return await in_thread(
+            lambda: self.store.add(
+                image_id,
+                str(path),
+                path.stat().st_size,
+                config,
+                tags=[ref.path],
+                user_ref=text,
+                local=True,
+                now=time.time(),
+            )
+        )
+
+
+def _fingerprint(auth: Credentials | None) -> str:
+    if not auth:
+        return ""
+    raw = "\0".join((auth.username, auth.password, auth.identity_token, auth.registry_token))
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def _raw(image: Image) -> bytes:
+    return json.dumps(image.raw_config, sort_keys=True).encode()

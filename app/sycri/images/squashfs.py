@@ -1,0 +1,39 @@
+"""Build the SIF's squashfs partition from a root filesystem directory.
+
+Debian's mksquashfs with a fast compressor (lz4 by default; gzip costs ~20x the time for
+~10 % less space, see DESIGN.md). Reproducible: fixed filesystem and root times, sorted
+directories (mksquashfs' default ``-reproducible``), so the same tree gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sycri import command
+
+COMPRESSORS = ("gzip", "lz4", "lzo", "xz", "zstd", "lzma")
+
+
+def argv(source: Path, dest: Path, compression: str, mkfs_time: int) -> list[str]:
+    if compression not in COMPRESSORS:
+        raise ValueError(f"unknown squashfs compressor {compression!r}")
+    out = [
+        "mksquashfs",
+        str(source),
+        str(dest),
+        "-noappend",
+        "-no-progress",
+        "-quiet",
+        "-comp",
+        compression,
+        "-mkfs-time",
+        str(mkfs_time),
+        "-processors",
+        str(max(1, os.cpu_count() or 1)),
+    ]
+    return out
+
+
+async def build(source: Path, dest: Path, compression: str, mkfs_time: int) -> None:
+    await command.run(argv(source, dest, compression, mkfs_time), label="mksquashfs")

@@ -1,0 +1,306 @@
+"""The image store: one SIF per image under ``<root>/images/sif``, indexed in SQLite (WAL).
+
+An image is named by its id, the digest of its OCI image config. The index holds repo
+tags, repo digests, size, the reference the user asked for and the pinned flag. Every
+change is one transaction; a SIF file is renamed into place before its row is committed,
+so a crash leaves at worst an unindexed file, which :meth:`Store.recover` removes at the
+next start together with the temporary directory of unfinished pulls. Images that are
+local SIF files are indexed with their own path and never deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sycri.images.manifest import ImageConfig, parse_config
+
+log = logging.getLogger("sycri.images.store")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS images (
+    id TEXT PRIMARY KEY,
+    sif_path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    config BLOB NOT NULL,
+    user_ref TEXT NOT NULL DEFAULT '',
+    pinned INTEGER NOT NULL DEFAULT 0,
+    local INTEGER NOT NULL DEFAULT 0,
+    added_at REAL NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS tags (
+    tag TEXT PRIMARY KEY,
+    image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE
+);
+CREATE TABLE IF NOT EXISTS digests (
+    digest TEXT PRIMARY KEY,
+    image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE
+);
+CREATE INDEX IF NOT EXISTS tags_by_image ON tags(image_id);
+CREATE INDEX IF NOT EXISTS digests_by_image ON digests(image_id);
+CREATE TABLE IF NOT EXISTS layers (
+    image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    digest TEXT NOT NULL,
+    PRIMARY KEY (image_id, digest)
+);
+CREATE INDEX IF NOT EXISTS layers_by_digest ON layers(digest);
+"""
+
+
+@dataclass(frozen=True)
+class Image:
+    """One stored image, as the runtime and the CRI see it."""
+
+    id: str  # sha256:<hex> of the OCI image config
+    sif_path: str
+    size: int
+    repo_tags: tuple[str, ...]
+    repo_digests: tuple[str, ...]
+    config: ImageConfig
+    raw_config: dict[str, Any] = field(repr=False, compare=False)
+    user_ref: str = ""
+    pinned: bool = False
+    local: bool = False  # a SIF used in place: never deleted
+
+    @property
+    def hex(self) -> str:
+        return self.id.split(":", 1)[-1]
+
+
+class Store:
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.sif_dir = self.root / "sif"
+        self.tmp_dir = self.root / "tmp"
+        self.blob_dir = self.root / "blobs"
+        for d in (self.root, self.sif_dir, self.tmp_dir, self.blob_dir):
+            d.mkdir(parents=True, exist_ok=True, mode=0o711)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(
+            self.root / "index.db", check_same_thread=False, isolation_level=None
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextlib.contextmanager
+    def _tx(self):
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def sif_path_for(self, image_id: str) -> Path:
+        return self.sif_dir / (image_id.split(":", 1)[-1] + ".sif")
+
+    # -- start-up -------------------------------------------------------------------------
+
+    def recover(self) -> list[str]:
+        """Remove what unfinished pulls left behind; returns the paths removed."""
+        removed = []
+        for entry in self.tmp_dir.iterdir():
+            removed.append(str(entry))
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        with self._lock:
+            known = {r[0] for r in self._db.execute("SELECT sif_path FROM images WHERE local=0")}
+        for f in self.sif_dir.iterdir():
+            if str(f) not in known:
+                removed.append(str(f))
+                f.unlink(missing_ok=True)
+        with self._tx() as db:
+            for image_id, path in db.execute(
+                "SELECT id, sif_path FROM images WHERE local=0"
+            ).fetchall():
+                if not os.path.exists(path):
+                    log.warning(
+                        "image %s lost its SIF %s; dropping it from the index", image_id, path
+                    )
+                    db.execute("DELETE FROM images WHERE id=?", (image_id,))
+        removed += self.prune_blobs()
+        if removed:
+            log.info("removed %d leftovers of unfinished pulls", len(removed))
+        return removed
+
+    def prune_blobs(self) -> list[str]:
+        """Delete cached layer blobs that no stored image was built from."""
+        with self._lock:
+            used = {
+                r[0].split(":", 1)[-1]
+                for r in self._db.execute("SELECT DISTINCT digest FROM layers")
+            }
+        removed = []
+        for f in self.blob_dir.iterdir():
+            if f.name not in used:
+                removed.append(str(f))
+                f.unlink(missing_ok=True)
+        return removed
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def _image(self, db: sqlite3.Connection, row: tuple) -> Image:
+        image_id, sif_path, size, config, user_ref, pinned, local = row
+        tags = tuple(
+            r[0]
+            for r in db.execute("SELECT tag FROM tags WHERE image_id=? ORDER BY tag", (image_id,))
+        )
+        digests = tuple(
+            r[0]
+            for r in db.execute(
+                "SELECT digest FROM digests WHERE image_id=? ORDER BY digest", (image_id,)
+            )
+        )
+        raw, typed = parse_config(config)
+        return Image(
+            image_id, sif_path, size, tags, digests, typed, raw, user_ref, bool(pinned), bool(local)
+        )
+
+    _COLS = "id, sif_path, size, config, user_ref, pinned, local"
+
+    def get(self, image_id: str) -> Image | None:
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {self._COLS} FROM images WHERE id=?", (image_id,)
+            ).fetchone()
+            return self._image(self._db, row) if row else None
+
+    def by_tag(self, tag: str) -> Image | None:
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {self._COLS} FROM images WHERE id=(SELECT image_id FROM tags WHERE tag=?)",
+                (tag,),
+            ).fetchone()
+            return self._image(self._db, row) if row else None
+
+    def by_digest(self, digest: str) -> Image | None:
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {self._COLS} FROM images WHERE id="
+                "(SELECT image_id FROM digests WHERE digest=?)",
+                (digest,),
+            ).fetchone()
+            return self._image(self._db, row) if row else None
+
+    def by_id_prefix(self, prefix: str) -> list[str]:
+        with self._lock:
+            return [
+                r[0]
+                for r in self._db.execute(
+                    "SELECT id FROM images WHERE id LIKE ? ESCAPE '\\'",
+                    ("sha256:" + prefix.replace("%", "\\%").replace("_", "\\_") + "%",),
+                )
+            ]
+
+    def list(self) -> list[Image]:
+        with self._lock:
+            rows = self._db.execute(f"SELECT {self._COLS} FROM images ORDER BY id").fetchall()
+            return [self._image(self._db, r) for r in rows]
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def add(
+        self,
+        image_id: str,
+        sif_path: str,
+        size: int,
+        config: bytes,
+        *,
+        tags: list[str] = (),  # type: ignore[assignment]
+        digests: list[str] = (),  # type: ignore[assignment]
+        user_ref: str = "",
+        pinned: bool = False,
+        local: bool = False,
+        layers: list[str] = (),  # type: ignore[assignment]
+        now: float = 0.0,
+    ) -> Image:
+        """Index an image (or add tags/digests to a known one); a tag moves to this image."""
+        parse_config(config)
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO images (id, sif_path, size, config, user_ref, pinned, local, added_at)"
+                " VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET"
+                " user_ref=excluded.user_ref, pinned=max(pinned, excluded.pinned)",
+                (image_id, sif_path, size, config, user_ref, int(pinned), int(local), now),
+            )
+            for t in tags:
+                db.execute(
+                    "INSERT INTO tags (tag, image_id) VALUES (?,?) "
+                    "ON CONFLICT(tag) DO UPDATE SET image_id=excluded.image_id",
+                    (t, image_id),
+                )
+            for d in layers:
+                db.execute(
+                    "INSERT OR IGNORE INTO layers (image_id, digest) VALUES (?,?)", (image_id, d)
+                )
+            for d in digests:
+                db.execute(
+                    "INSERT INTO digests (digest, image_id) VALUES (?,?) "
+                    "ON CONFLICT(digest) DO UPDATE SET image_id=excluded.image_id",
+                    (d, image_id),
+                )
+        image = self.get(image_id)
+        assert image is not None
+        return image
+
+    def untag(self, tag: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM tags WHERE tag=?", (tag,))
+
+    def remove(self, image_id: str) -> Image | None:
+        """Drop an image from the index, then delete its SIF unless it is a local file."""
+        image = self.get(image_id)
+        if image is None:
+            return None
+        with self._tx() as db:
+            db.execute("DELETE FROM images WHERE id=?", (image_id,))
+        if not image.local:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(image.sif_path)
+        self.prune_blobs()
+        return image
+
+    def set_pinned(self, image_id: str, pinned: bool) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE images SET pinned=? WHERE id=?", (int(pinned), image_id))
+
+
+def usage(path: Path) -> tuple[int, int]:
+    """(bytes, inodes) used under ``path``, counting hard-linked files once."""
+    seen: set[tuple[int, int]] = set()
+    total = inodes = 0
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except FileNotFoundError:
+                continue
+            key = (st.st_dev, st.st_ino)
+            if key in seen:
+                continue
+            seen.add(key)
+            inodes += 1
+            total += st.st_blocks * 512
+    return total, inodes
+
+
+def config_json(raw: dict[str, Any]) -> str:
+    return json.dumps(raw, sort_keys=True)

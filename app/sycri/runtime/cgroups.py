@@ -1,0 +1,234 @@
+"""Pod cgroups: where a cgroup parent lives for each driver and cgroup version, and limits.
+
+kubelet names the pod's cgroup parent: a path (``/kubepods/burstable/pod<uid>``) with
+the cgroupfs driver, a slice (``kubepods-burstable-pod<uid>.slice``) with systemd. The
+path functions are pure; :class:`PodCgroup` creates only the directories that do not
+exist yet (kubelet normally made them) and removes only those it created.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from sycri.errors import InvalidArgument, excerpt
+
+log = logging.getLogger("sycri.cgroups")
+
+CGROUP_ROOT = "/sys/fs/cgroup"
+V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "pids", "blkio", "devices", "freezer")
+_SLICE = re.compile(r"^[A-Za-z0-9_.:\\-]+\.slice$")
+_PATH_PART = re.compile(r"^[A-Za-z0-9_.:@+-]+$")
+
+
+def detect_version(root: str = CGROUP_ROOT) -> int:
+    """2 on a unified hierarchy, 1 otherwise (hybrid hosts count as 1)."""
+    return 2 if os.path.exists(os.path.join(root, "cgroup.controllers")) else 1
+
+
+def systemd_slice_path(slice_name: str) -> str:
+    """``a-b-c.slice`` → ``/a.slice/a-b.slice/a-b-c.slice`` as systemd expands it."""
+    if slice_name == "-.slice":
+        return "/"
+    if not _SLICE.match(slice_name) or "/" in slice_name:
+        raise InvalidArgument(f"cgroup_parent {excerpt(slice_name)} is not a systemd slice name")
+    stem = slice_name[: -len(".slice")]
+    if not stem or stem.startswith("-") or stem.endswith("-") or "--" in stem:
+        raise InvalidArgument(f"cgroup_parent {excerpt(slice_name)} is not a valid slice name")
+    parts = stem.split("-")
+    path = ""
+    for i in range(len(parts)):
+        path += "/" + "-".join(parts[: i + 1]) + ".slice"
+    return path
+
+
+def relative_path(driver: str, parent: str) -> str:
+    """The cgroup path (from the hierarchy root, leading ``/``) of a pod's cgroup parent."""
+    if driver == "systemd":
+        # runc also accepts "slice:prefix:name"; only the slice names a pod's parent.
+        return systemd_slice_path(parent.split(":", 1)[0] if ":" in parent else parent)
+    if not parent.startswith("/"):
+        parent = "/" + parent
+    parts = [p for p in parent.split("/") if p]
+    for p in parts:
+        if p in (".", "..") or not _PATH_PART.match(p):
+            raise InvalidArgument(f"cgroup_parent {excerpt(parent)} is not a cgroup path")
+    return "/" + "/".join(parts)
+
+
+def directories(version: int, rel: str, root: str = CGROUP_ROOT) -> list[str]:
+    """Every directory that holds the cgroup: one per v1 controller, one on v2."""
+    rel = rel.strip("/")
+    if version == 2:
+        return [os.path.join(root, rel)]
+    return [os.path.join(root, c, rel) for c in V1_CONTROLLERS]
+
+
+@dataclass(frozen=True)
+class Limits:
+    cpu_period: int = 0
+    cpu_quota: int = 0
+    cpu_shares: int = 0
+    memory: int = 0
+    cpuset_cpus: str = ""
+    cpuset_mems: str = ""
+
+    def plus_overhead(self, overhead: Limits) -> Limits:
+        """Pod resources plus pod overhead; an unlimited quota or memory stays unlimited."""
+        return Limits(
+            cpu_period=self.cpu_period or overhead.cpu_period,
+            cpu_quota=self.cpu_quota + max(overhead.cpu_quota, 0) if self.cpu_quota > 0 else 0,
+            cpu_shares=self.cpu_shares + overhead.cpu_shares if self.cpu_shares > 0 else 0,
+            memory=self.memory + overhead.memory if self.memory > 0 else 0,
+            cpuset_cpus=self.cpuset_cpus,
+            cpuset_mems=self.cpuset_mems,
+        )
+
+
+def shares_to_weight(shares: int) -> int:
+    """cgroup v1 cpu.shares → v2 cpu.weight, the conversion runc and kubelet use."""
+    if shares <= 0:
+        return 0
+    return 1 + ((shares - 2) * 9999) // 262142
+
+
+def limit_files(version: int, limits: Limits) -> dict[str, str]:
+    """Controller file → value for ``limits`` (relative to the cgroup directory)."""
+    out: dict[str, str] = {}
+    if version == 2:
+        if limits.cpu_quota > 0:
+            out["cpu.max"] = f"{limits.cpu_quota} {limits.cpu_period or 100000}"
+        if limits.cpu_shares > 0:
+            out["cpu.weight"] = str(shares_to_weight(limits.cpu_shares))
+        if limits.memory > 0:
+            out["memory.max"] = str(limits.memory)
+        if limits.cpuset_cpus:
+            out["cpuset.cpus"] = limits.cpuset_cpus
+        if limits.cpuset_mems:
+            out["cpuset.mems"] = limits.cpuset_mems
+        return out
+    if limits.cpu_period > 0:
+        out["cpu/cpu.cfs_period_us"] = str(limits.cpu_period)
+    if limits.cpu_quota > 0:
+        out["cpu/cpu.cfs_quota_us"] = str(limits.cpu_quota)
+    if limits.cpu_shares > 0:
+        out["cpu/cpu.shares"] = str(limits.cpu_shares)
+    if limits.memory > 0:
+        out["memory/memory.limit_in_bytes"] = str(limits.memory)
+    if limits.cpuset_cpus:
+        out["cpuset/cpuset.cpus"] = limits.cpuset_cpus
+    if limits.cpuset_mems:
+        out["cpuset/cpuset.mems"] = limits.cpuset_mems
+    return out
+
+
+@dataclass
+class PodCgroup:
+    """The pod's cgroup parent on this host; remembers which directories sycri made."""
+
+    version: int
+    rel: str
+    created: list[str]
+    root: str = CGROUP_ROOT
+
+    @staticmethod
+    def missing(version: int, rel: str, root: str = CGROUP_ROOT) -> list[str]:
+        """The directories :meth:`ensure` would create (recorded before creating them)."""
+        out = []
+        for top in _hierarchies(version, root):
+            if not os.path.isdir(top):
+                continue
+            cur = top
+            for part in [p for p in rel.split("/") if p]:
+                cur = os.path.join(cur, part)
+                if not os.path.isdir(cur):
+                    out.append(cur)
+        return out
+
+    @classmethod
+    def ensure(cls, version: int, rel: str, root: str = CGROUP_ROOT) -> PodCgroup:
+        """Create missing directories of ``rel`` (parents first); blocking."""
+        created: list[str] = []
+        try:
+            for top in _hierarchies(version, root):
+                if not os.path.isdir(top):
+                    continue
+                cur = top
+                for part in [p for p in rel.split("/") if p]:
+                    parent, cur = cur, os.path.join(cur, part)
+                    if os.path.isdir(cur):
+                        continue
+                    os.mkdir(cur)
+                    created.append(cur)
+                    _inherit(version, top, parent, cur)
+        except BaseException:
+            remove_dirs(created)
+            raise
+        return cls(version, rel, created, root)
+
+    def apply(self, limits: Limits) -> None:
+        base = self.root
+        for rel_file, value in limit_files(self.version, limits).items():
+            if self.version == 2:
+                path = os.path.join(base, self.rel.strip("/"), rel_file)
+            else:
+                ctrl, name = rel_file.split("/", 1)
+                path = os.path.join(base, ctrl, self.rel.strip("/"), name)
+            try:
+                Path(path).write_text(value)
+            except OSError as exc:
+                raise InvalidArgument(
+                    f"pod cgroup {self.rel}: cannot set {rel_file} to {value}: {exc.strerror}"
+                ) from None
+
+    def add_process(self, pid: int) -> None:
+        for d in directories(self.version, self.rel, self.root):
+            procs = os.path.join(d, "cgroup.procs")
+            if os.path.exists(procs):
+                with contextlib.suppress(OSError):
+                    Path(procs).write_text(str(pid))
+
+    def remove(self) -> None:
+        remove_dirs(self.created)
+        self.created = []
+
+
+def _hierarchies(version: int, root: str) -> list[str]:
+    return [root] if version == 2 else [os.path.join(root, c) for c in V1_CONTROLLERS]
+
+
+def _inherit(version: int, top: str, parent: str, child: str) -> None:
+    """A new v1 cpuset cgroup is empty and takes no process; copy the parent's sets."""
+    if version == 1 and os.path.basename(top) == "cpuset":
+        for name in ("cpuset.cpus", "cpuset.mems"):
+            with contextlib.suppress(OSError):
+                Path(child, name).write_text(Path(parent, name).read_text().strip() or "\n")
+    if version == 2:
+        want = {"cpu", "memory", "pids", "cpuset"}
+        with contextlib.suppress(OSError):
+            have = set(Path(parent, "cgroup.controllers").read_text().split())
+            enable = " ".join(f"+{c}" for c in sorted(want & have))
+            if enable:
+                Path(parent, "cgroup.subtree_control").write_text(enable)
+
+
+def remove_dirs(dirs: list[str]) -> None:
+    """rmdir deepest first; a cgroup still holding processes is logged and left."""
+    for d in sorted(dirs, key=len, reverse=True):
+        try:
+            os.rmdir(d)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("cannot remove cgroup %s: %s", d, exc.strerror)
+
+
+def limits_from(resources: Mapping[str, int | str] | None) -> Limits:
+    if not resources:
+        return Limits()
+    return Limits(**{k: v for k, v in resources.items() if k in Limits.__dataclass_fields__})

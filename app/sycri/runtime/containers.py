@@ -1,0 +1,691 @@
+"""The container lifecycle: create (spec, rootfs, conmon + runc create), start, stop,
+remove, status, exec-sync, resource updates and log reopening.
+
+Collaborators are small Protocols so this component does not depend on how pods and
+images are implemented: ``SandboxLookup`` gives a pod's namespaces and files,
+``ImageLookup`` resolves an image reference to its SIF. Every state change is written
+to disk before the call returns; one lock per container serialises changes to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from google.protobuf import json_format
+
+from sycri import command
+from sycri.api import api_pb2
+from sycri.config import Config
+from sycri.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    SycriError,
+    excerpt,
+)
+from sycri.fsutil import atomic_write, confined
+from sycri.runtime import conmon, hostfacts, ocispec, rootfs
+from sycri.runtime.container_store import (
+    CREATED,
+    EXITED,
+    RUNNING,
+    ContainerRecord,
+    ContainerStore,
+    new_id,
+)
+from sycri.runtime.runc import Runc
+
+log = logging.getLogger("sycri.containers")
+
+MAX_NAME = 253
+MAX_IMAGE_FILE = 4 * 1024 * 1024
+EXEC_OUTPUT_LIMIT = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SandboxInfo:
+    """What a container needs of its pod."""
+
+    id: str
+    config: api_pb2.PodSandboxConfig
+    namespaces: ocispec.Sandbox
+    log_directory: str = ""
+    runtime_handler: str = ""
+    ready: bool = True
+
+
+class SandboxLookup(Protocol):
+    def sandbox_info(self, pod_id: str) -> SandboxInfo:
+        """The pod, or NotFound."""
+        ...
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """A resolved image: its SIF, the squashfs partition in it, and its OCI config."""
+
+    id: str
+    ref: str  # the digest reference reported as image_ref
+    source: rootfs.ImageSource
+    oci_config: dict[str, Any] = field(default_factory=dict)
+
+
+class ImageLookup(Protocol):
+    async def image_info(self, image: str) -> ImageInfo:
+        """The image by id or reference, or NotFound."""
+        ...
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    stdout: bytes
+    stderr: bytes
+    exit_code: int
+
+
+@dataclass(frozen=True)
+class StreamTarget:
+    """What the streaming server needs to exec into or attach to a container."""
+
+    container_id: str
+    pod_id: str
+    state: str
+    runtime: Runc
+    attach_socket: Path  # conmon's attach socket (SOCK_SEQPACKET)
+    control_fifo: Path  # conmon's ctl FIFO: "1 H W\n" resizes the tty
+    tty: bool
+    stdin: bool
+
+
+@dataclass(frozen=True)
+class Paths:
+    containers: Path  # <root_dir>/containers/<id>/{state.json,config.json,rootfs,upper,work}
+    image_mounts: Path  # <run_dir>/images/<image id>
+    exits: Path  # <run_dir>/exits/<id>
+    sockets: Path  # <run_dir>/sockets/<id>/attach
+
+
+def now_ns() -> int:
+    return time.time_ns()
+
+
+class Containers:
+    def __init__(
+        self,
+        paths: Paths,
+        runtimes: dict[str, Runc],
+        default_runtime: str,
+        sandboxes: SandboxLookup,
+        images: ImageLookup,
+        conmon_binary: str = "conmon",
+        cgroup_driver: str = "cgroupfs",
+        settings: ocispec.Settings | None = None,
+        log_size_max: int = -1,
+        cdi_dirs: tuple[str, ...] = ("/etc/cdi", "/var/run/cdi"),
+    ) -> None:
+        self.paths = paths
+        self.runtimes = runtimes
+        self.default_runtime = default_runtime
+        self.sandboxes = sandboxes
+        self.images = images
+        self.conmon_binary = conmon_binary
+        self.cgroup_driver = cgroup_driver
+        self.settings = settings or ocispec.Settings()
+        self.log_size_max = log_size_max
+        self.cdi_dirs = cdi_dirs
+        self.store = ContainerStore(paths.containers)
+        self.image_mounts = rootfs.ImageMounts(paths.image_mounts)
+        self._locks: dict[str, asyncio.Lock] = {}
+        # Told (image_id, container_id, in_use) when a container starts/stops using an image.
+        self.image_users: list[Callable[[str, str, bool], None]] = []
+
+    # --- helpers ---------------------------------------------------------------------
+
+    def _lock(self, container_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(container_id, asyncio.Lock())
+
+    def runtime(self, handler: str) -> Runc:
+        name = handler or self.default_runtime
+        try:
+            return self.runtimes[name]
+        except KeyError:
+            raise InvalidArgument(f"runtime handler {excerpt(name)} is not configured") from None
+
+    def _exit_file(self, container_id: str) -> Path:
+        return self.paths.exits / container_id
+
+    def _tell_images(self, image_id: str, container_id: str, in_use: bool) -> None:
+        for hook in self.image_users:
+            try:
+                hook(image_id, container_id, in_use)
+            except Exception:  # a hook must never break the lifecycle
+                log.exception("image-use hook failed")
+
+    def refresh(self, rec: ContainerRecord) -> ContainerRecord:
+        """Fold conmon's exit file into a running container's record (and persist it)."""
+        if rec.state != RUNNING:
+            return rec
+        exit_file = self._exit_file(rec.id)
+        try:
+            st = exit_file.stat()
+            text = exit_file.read_text().strip()
+        except FileNotFoundError:
+            return rec
+        try:
+            code = int(text)
+        except ValueError:
+            return rec  # conmon is still writing it
+        rec.state = EXITED
+        rec.exit_code = code
+        rec.finished_at = st.st_mtime_ns
+        bundle = Path(rec.bundle)
+        oom = (bundle / "oom").exists() or (bundle / "persist" / "oom").exists()
+        if oom:
+            rec.reason, rec.message = "OOMKilled", "the container exceeded its memory limit"
+        else:
+            rec.reason = "Completed" if code == 0 else "Error"
+        self.store.save(rec)
+        return rec
+
+    # --- create ----------------------------------------------------------------------
+
+    async def create(
+        self, pod_id: str, cfg: api_pb2.ContainerConfig, sandbox_config: api_pb2.PodSandboxConfig
+    ) -> str:
+        if not cfg.HasField("metadata") or not cfg.metadata.name:
+            raise InvalidArgument("config.metadata.name is required")
+        name = cfg.metadata.name
+        if len(name) > MAX_NAME or "/" in name or "\x00" in name:
+            raise InvalidArgument(f"config.metadata.name {excerpt(name)} is not a valid name")
+        if not cfg.image.image:
+            raise InvalidArgument("config.image.image is required")
+        sandbox = self.sandboxes.sandbox_info(pod_id)
+        if not sandbox.ready:
+            raise FailedPrecondition(f"pod {sandbox.id} is not ready")
+        if not sandbox_config.HasField("metadata"):
+            sandbox_config = sandbox.config
+        runc = self.runtime(sandbox.runtime_handler)
+        cid = new_id()
+        self.store.reserve(sandbox.id, name, cfg.metadata.attempt, cid)
+        bundle = self.paths.containers / cid
+        log_path = self._log_path(sandbox, cfg, bundle)
+        acquired: ImageInfo | None = None
+        overlay = False
+        try:
+            image = await self.images.image_info(cfg.image.image)
+            lower = await self.image_mounts.acquire(image.source, cid)
+            acquired = image
+            self._tell_images(image.id, cid, True)
+            passwd = _read_image_file(lower, "etc/passwd")
+            group = _read_image_file(lower, "etc/group")
+            facts = await asyncio.to_thread(
+                hostfacts.gather, cfg, self.cgroup_driver, self.cdi_dirs
+            )
+            built = ocispec.build(
+                ocispec.SpecInput(
+                    container_id=cid,
+                    rootfs=str(bundle / "rootfs"),
+                    config=cfg,
+                    sandbox_config=sandbox_config,
+                    sandbox=sandbox.namespaces,
+                    image=ocispec.ImageConfig.from_oci(image.oci_config),
+                    passwd=passwd,
+                    group=group,
+                    host=facts,
+                    settings=self.settings,
+                )
+            )
+            bundle.mkdir(parents=True, exist_ok=True, mode=0o700)
+            await rootfs.mount_overlay(lower, bundle)
+            overlay = True
+            atomic_write(bundle / "config.json", built.json(), mode=0o600)
+            rec = ContainerRecord(
+                id=cid,
+                pod_id=sandbox.id,
+                name=name,
+                attempt=cfg.metadata.attempt,
+                image_id=image.id,
+                image_ref=image.ref,
+                runtime_handler=sandbox.runtime_handler or self.default_runtime,
+                bundle=str(bundle),
+                log_path=log_path,
+                config_b64=ContainerRecord.encode_config(cfg),
+                created_at=now_ns(),
+                stop_signal=built.stop_signal,
+                uid=built.user.uid,
+                gid=built.user.gid,
+                groups=list(built.user.additional_gids),
+                resources=json_format.MessageToDict(cfg.linux.resources),
+                cgroup_path=built.cgroup_path,
+            )
+            Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+            rec.pid = await conmon.create(
+                conmon.Launch(
+                    conmon=self.conmon_binary,
+                    runtime=shutil.which(runc.binary) or runc.binary,
+                    runtime_root=runc.root,
+                    container_id=cid,
+                    name=name,
+                    bundle=bundle,
+                    log_path=log_path,
+                    exit_dir=self.paths.exits,
+                    socket_dir=self.paths.sockets,
+                    persist_dir=bundle / "persist",
+                    log_size_max=self.log_size_max,
+                    tty=cfg.tty,
+                    stdin=cfg.stdin,
+                    stdin_once=cfg.stdin_once,
+                    systemd_cgroup=self.cgroup_driver == "systemd",
+                )
+            )
+            self.store.save(rec)
+        except BaseException:
+            await self._undo_create(cid, runc, bundle, acquired, overlay)
+            self.store.unreserve(sandbox.id, name, cfg.metadata.attempt, cid)
+            raise
+        log.info("created container %s (%s) in pod %s", cid, name, sandbox.id[:12])
+        return cid
+
+    async def _undo_create(
+        self, cid: str, runc: Runc, bundle: Path, image: ImageInfo | None, overlay: bool
+    ) -> None:
+        """Leave nothing behind of a failed create: runc state, overlay, image mount, files."""
+        with contextlib.suppress(Exception):
+            await runc.delete(cid)
+        try:
+            if overlay or bundle.exists():
+                await rootfs.remove_overlay(bundle)
+            if image is not None:
+                await self.image_mounts.release(image.id, cid)
+                self._tell_images(image.id, cid, False)
+        except Exception:
+            log.exception("cleaning up failed create of %s", cid)
+        with contextlib.suppress(FileNotFoundError):
+            self._exit_file(cid).unlink()
+
+    def _log_path(self, sandbox: SandboxInfo, cfg: api_pb2.ContainerConfig, bundle: Path) -> str:
+        if sandbox.log_directory and cfg.log_path:
+            if not os.path.isabs(sandbox.log_directory):
+                raise InvalidArgument("sandbox log_directory is not an absolute path")
+            return str(confined(sandbox.log_directory, cfg.log_path, "log_path"))
+        return str(bundle.with_name(bundle.name + ".log"))
+
+    # --- start / stop / remove -------------------------------------------------------
+
+    async def start(self, ref: str) -> None:
+        rec = self.store.get(ref)
+        async with self._lock(rec.id):
+            if rec.state != CREATED:
+                raise FailedPrecondition(f"container {rec.id} is {rec.state}, not created")
+            runc = self.runtime(rec.runtime_handler)
+            try:
+                await runc.start(rec.id)
+            except SycriError as exc:
+                rec.state, rec.exit_code = EXITED, 128
+                rec.reason, rec.message = "ContainerCannotRun", exc.message[-1000:]
+                rec.finished_at = now_ns()
+                self.store.save(rec)
+                raise
+            rec.state, rec.started_at = RUNNING, now_ns()
+            self.store.save(rec)
+
+    async def stop(self, ref: str, timeout: float) -> None:
+        """StopSignal, wait ``timeout`` seconds, then SIGKILL; already stopped is fine."""
+        rec = self.store.get(ref)
+        async with self._lock(rec.id):
+            await self._stop_locked(rec, timeout)
+
+    async def _stop_locked(self, rec: ContainerRecord, timeout: float) -> None:
+        self.refresh(rec)
+        runc = self.runtime(rec.runtime_handler)
+        if rec.state == CREATED:
+            # Never started: there is no process to signal but runc's init; kill it.
+            await runc.kill(rec.id, 9, all_processes=True)
+            rec.state, rec.finished_at, rec.exit_code = EXITED, now_ns(), 0
+            rec.reason = rec.reason or "Completed"
+            self.store.save(rec)
+            return
+        if rec.state != RUNNING:
+            return
+        if timeout > 0 and await runc.kill(rec.id, rec.stop_signal):
+            await self._wait_exit(rec, timeout)
+        if self.refresh(rec).state == RUNNING:
+            killed = await runc.kill(rec.id, 9, all_processes=True)
+            if (
+                not killed
+                and await runc.state(rec.id) is None
+                and not await self._wait_exit(rec, 1)
+            ):
+                # runc has no such container and conmon wrote no exit file (both lost,
+                # e.g. to a reboot): it is not running, with an unknown exit code.
+                rec.state, rec.exit_code, rec.finished_at = EXITED, 255, now_ns()
+                rec.reason, rec.message = "Error", "the container disappeared"
+                self.store.save(rec)
+                return
+            if not await self._wait_exit(rec, 30):
+                raise DeadlineExceeded(f"container {rec.id} did not die after SIGKILL")
+
+    async def _wait_exit(self, rec: ContainerRecord, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.refresh(rec).state == RUNNING:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    async def remove(self, ref: str) -> None:
+        """Stop if needed, then delete runc state, overlay, bundle; the log stays."""
+        rec = self.store.find(ref)
+        if rec is None:
+            return  # RemoveContainer is idempotent
+        async with self._lock(rec.id):
+            if self.store.find(rec.id) is None:
+                return
+            await self._stop_locked(rec, 0)
+            await self.runtime(rec.runtime_handler).delete(rec.id)
+            await rootfs.unmount(Path(rec.bundle) / "rootfs")
+            await self.image_mounts.release(rec.image_id, rec.id)
+            self._tell_images(rec.image_id, rec.id, False)
+            self.store.delete(rec)
+            await rootfs.remove_overlay(Path(rec.bundle))
+            with contextlib.suppress(FileNotFoundError):
+                self._exit_file(rec.id).unlink()
+            with contextlib.suppress(OSError):
+                (self.paths.sockets / rec.id).unlink()
+        self._locks.pop(rec.id, None)
+        log.info("removed container %s", rec.id)
+
+    # --- queries ---------------------------------------------------------------------
+
+    def get(self, ref: str) -> ContainerRecord:
+        return self.refresh(self.store.get(ref))
+
+    def list(self) -> list[ContainerRecord]:
+        return [self.refresh(r) for r in self.store.all()]
+
+    def in_pod(self, pod_id: str) -> list[ContainerRecord]:
+        return [r for r in self.store.all() if r.pod_id == pod_id]
+
+    def stream_target(self, ref: str) -> StreamTarget:
+        """For the streaming server: how to exec into / attach to this container."""
+        rec = self.get(ref)
+        cfg = rec.config
+        return StreamTarget(
+            container_id=rec.id,
+            pod_id=rec.pod_id,
+            state=rec.state,
+            runtime=self.runtime(rec.runtime_handler),
+            attach_socket=self.paths.sockets / rec.id / "attach",
+            control_fifo=Path(rec.bundle) / "ctl",
+            tty=cfg.tty,
+            stdin=cfg.stdin,
+        )
+
+    def oci_spec(self, rec: ContainerRecord) -> str:
+        try:
+            return (Path(rec.bundle) / "config.json").read_text()
+        except OSError:
+            return ""
+
+    # --- exec, update, logs ----------------------------------------------------------
+
+    async def exec_sync(self, ref: str, cmd: list[str], timeout: float) -> ExecResult:
+        """Run ``cmd`` in the container; at ``timeout`` the process is killed (exit 137)."""
+        rec = self.get(ref)
+        if rec.state != RUNNING:
+            raise FailedPrecondition(f"container {rec.id} is not running")
+        if not cmd or not cmd[0]:
+            raise InvalidArgument("cmd is empty")
+        runc = self.runtime(rec.runtime_handler)
+        pid_file = Path(rec.bundle) / f"exec-{new_id()[:16]}.pid"
+        argv = runc.argv("exec", "--pid-file", str(pid_file), rec.id, *cmd)
+        task = asyncio.create_task(command.run(argv, check=False, label="runc exec"))
+        timed_out = False
+        try:
+            done, _ = await asyncio.wait({task}, timeout=timeout if timeout > 0 else None)
+            if not done:
+                timed_out = True
+                _kill_pid_file(pid_file)
+                try:
+                    await asyncio.wait_for(asyncio.shield(task), 10)
+                except TimeoutError:
+                    task.cancel()
+            result = await task
+        except asyncio.CancelledError:
+            _kill_pid_file(pid_file)
+            task.cancel()
+            raise
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                pid_file.unlink()
+        if timed_out:
+            raise DeadlineExceeded(
+                f"command {excerpt(' '.join(cmd))} timed out after {timeout:g}s and was killed"
+            )
+        code = result.returncode
+        if code != 0 and b"exec failed" in result.stderr and not result.stdout:
+            raise Internal(
+                f"exec in {rec.id[:12]} failed: {result.stderr.decode(errors='replace')[-500:]}"
+            )
+        return ExecResult(
+            result.stdout[:EXEC_OUTPUT_LIMIT], result.stderr[:EXEC_OUTPUT_LIMIT], code
+        )
+
+    async def update_resources(self, ref: str, resources: api_pb2.LinuxContainerResources) -> None:
+        rec = self.store.get(ref)
+        async with self._lock(rec.id):
+            self.refresh(rec)
+            if rec.state not in (CREATED, RUNNING):
+                raise FailedPrecondition(f"container {rec.id} is {rec.state}")
+            oci = ocispec.cgroup_resources(
+                resources, os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+            )
+            await self.runtime(rec.runtime_handler).update(rec.id, oci)
+            merged = api_pb2.LinuxContainerResources()
+            json_format.ParseDict(rec.resources, merged)
+            merged.MergeFrom(resources)
+            rec.resources = json_format.MessageToDict(merged)
+            self.store.save(rec)
+
+    async def reopen_log(self, ref: str) -> None:
+        rec = self.get(ref)
+        if rec.state != RUNNING:
+            raise FailedPrecondition(f"container {rec.id} is not running")
+        await asyncio.to_thread(conmon.reopen_log, Path(rec.bundle))
+        # conmon reopens asynchronously; wait (briefly) for the file to exist again.
+        for _ in range(100):
+            if os.path.exists(rec.log_path):
+                return
+            await asyncio.sleep(0.02)
+        raise Internal(f"conmon did not reopen {rec.log_path}")
+
+    # --- pods ------------------------------------------------------------------------
+
+    async def stop_pod(self, pod_id: str, timeout: float = 0) -> None:
+        await asyncio.gather(*(self.stop(r.id, timeout) for r in self.in_pod(pod_id)))
+
+    async def remove_pod(self, pod_id: str) -> None:
+        for r in self.in_pod(pod_id):
+            await self.remove(r.id)
+
+    def follow_pods(self, manager: Any) -> None:
+        """Stop a pod's containers when it stops (SIGKILL: kubelet already stopped them
+        gracefully) and remove them when it is removed."""
+
+        async def on_stop(pod_id: str) -> None:
+            await self.stop_pod(pod_id, 0)
+
+        manager.on_stop.append(on_stop)
+        manager.on_remove.append(self.remove_pod)
+
+    # --- recovery --------------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Start-up: reload records, count image mounts, drop half-removed leftovers."""
+        records = self.store.load()
+        for rec in records:
+            self.image_mounts.adopt(rec.image_id, rec.id)
+            self._tell_images(rec.image_id, rec.id, True)
+            self.refresh(rec)
+        known = {r.id for r in records}
+        for entry in list(self.paths.containers.iterdir()):
+            if entry.is_dir() and entry.name not in known:
+                # A create or remove interrupted by a crash: its runc container (if
+                # runc got that far) and overlay go; nothing was promised to kubelet.
+                log.warning("removing leftovers of container %s", entry.name)
+                for runc in self.runtimes.values():
+                    with contextlib.suppress(Exception):
+                        await runc.delete(entry.name)
+                await rootfs.remove_overlay(entry)
+                with contextlib.suppress(FileNotFoundError):
+                    self._exit_file(entry.name).unlink()
+        await self.image_mounts.sweep()
+
+
+def _read_image_file(root: Path, rel: str) -> str:
+    """A small text file of the image (symlinks resolved inside the image), or ''."""
+    try:
+        path = confined(root, rel)
+        with open(path, "rb") as f:
+            return f.read(MAX_IMAGE_FILE).decode(errors="replace")
+    except (OSError, InvalidArgument):
+        return ""
+
+
+def _kill_pid_file(path: Path) -> None:
+    try:
+        pid = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, 9)
+
+
+class PodSandboxes:
+    """SandboxLookup over the pods component (``runtime.sandbox_manager``)."""
+
+    def __init__(self, manager: Any) -> None:
+        self.manager = manager
+
+    def sandbox_info(self, pod_id: str) -> SandboxInfo:
+        sb = self.manager.get(pod_id)
+        driver = getattr(self.manager, "cgroup_driver", "cgroupfs")
+        parent = sb.cgroup_parent if driver == "systemd" else sb.cgroup_path
+        return SandboxInfo(
+            id=sb.id,
+            config=sb.config,
+            namespaces=ocispec.Sandbox(
+                id=sb.id,
+                netns=sb.netns_path or "",
+                ipcns=sb.ipc_ns_path or "",
+                utsns=sb.uts_ns_path or "",
+                pidns=(sb.pid_ns_path or "") if sb.pid_mode == "POD" else "",
+                hosts=sb.hosts_path,
+                resolv=sb.resolv_path,
+                hostname_file=sb.hostname_path,
+                shm=sb.shm_path,
+                cgroup_parent=parent,
+                hostname=sb.hostname,
+            ),
+            log_directory=sb.log_directory,
+            runtime_handler=sb.runtime_handler,
+            ready=sb.ready,
+        )
+
+
+class StoredImages:
+    """ImageLookup over the images component (``images.service.Images``); it also tells
+    that component which container uses an image, so RemoveImage can refuse."""
+
+    def __init__(self, images: Any) -> None:
+        self.images = images
+        self.users: dict[str, set[str]] = {}
+        images.users.append(self.user_of)
+
+    def user_of(self, image_id: str) -> str | None:
+        return next(iter(sorted(self.users.get(image_id, ()))), None)
+
+    def track(self, image_id: str, container_id: str, in_use: bool) -> None:
+        users = self.users.setdefault(image_id, set())
+        if in_use:
+            users.add(container_id)
+        else:
+            users.discard(container_id)
+
+    async def image_info(self, image: str) -> ImageInfo:
+        from sycri import sif
+
+        img = await self.images.resolve(image)
+        try:
+            loc = await asyncio.to_thread(sif.partition_location, img.sif_path)
+        except (OSError, sif.SifError) as exc:
+            raise FailedPrecondition(f"image {img.id}: its SIF cannot be used: {exc}") from None
+        ref = img.repo_digests[0] if img.repo_digests else img.id
+        return ImageInfo(
+            id=img.id,
+            ref=ref,
+            source=rootfs.ImageSource(img.id, loc.path, loc.offset, loc.size),
+            oci_config=img.raw_config,
+        )
+
+
+class _NoSandboxes:
+    """Until a pods component is attached: every pod is unknown."""
+
+    def sandbox_info(self, pod_id: str) -> SandboxInfo:
+        raise NotFound(f"pod sandbox {excerpt(pod_id)} not found")
+
+
+class _NoImages:
+    async def image_info(self, image: str) -> ImageInfo:
+        raise NotFound(f"image {excerpt(image)} not found")
+
+
+def from_config(
+    cfg: Config,
+    cgroup_driver: str,
+    sandboxes: SandboxLookup | None = None,
+    images: ImageLookup | None = None,
+) -> Containers:
+    """The container component of a node, with its directories under sycri's own."""
+    root, run = Path(cfg.root_dir), Path(cfg.run_dir)
+    runtimes = {}
+    for name in cfg.runtimes:
+        runtime_root = cfg.runtime_root(name)
+        runtime_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        runtimes[name] = Runc(
+            cfg.runtimes[name].binary, str(runtime_root), cgroup_driver == "systemd"
+        )
+    component = Containers(
+        Paths(
+            containers=root / "containers",
+            image_mounts=run / "images",
+            exits=run / "exits",
+            sockets=run / "s",
+        ),
+        runtimes,
+        cfg.default_runtime,
+        sandboxes or _NoSandboxes(),
+        images or _NoImages(),
+        conmon_binary=cfg.conmon,
+        cgroup_driver=cgroup_driver,
+        settings=ocispec.Settings(
+            default_ulimits=cfg.default_ulimits,
+            apparmor_default_profile=cfg.apparmor_default_profile,
+        ),
+        log_size_max=cfg.container_log_max_bytes,
+    )
+    if isinstance(images, StoredImages):
+        component.image_users.append(images.track)
+    return component

@@ -1,0 +1,114 @@
+"""The edge of ``ocispec``: read from the host exactly what a request's spec depends on."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from sycri.api import api_pb2
+from sycri.runtime import cdi
+from sycri.runtime.ocispec import DeviceNode, HostFacts
+
+MAX_PROFILE_BYTES = 1024 * 1024
+
+
+def _kind(path: str) -> str:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "missing"
+    if stat.S_ISDIR(st.st_mode):
+        return "dir"
+    return "file" if stat.S_ISREG(st.st_mode) else "other"
+
+
+def device(path: str) -> DeviceNode | None:
+    """The device node at ``path`` (symlinks followed), or None if it is not one."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if stat.S_ISCHR(st.st_mode):
+        kind = "c"
+    elif stat.S_ISBLK(st.st_mode):
+        kind = "b"
+    else:
+        return None
+    return DeviceNode(
+        path, kind, os.major(st.st_rdev), os.minor(st.st_rdev), stat.S_IMODE(st.st_mode),
+        st.st_uid, st.st_gid,
+    )  # fmt: skip
+
+
+def host_devices(root: str = "/dev") -> tuple[DeviceNode, ...]:
+    """Every device node under /dev for privileged containers (not /dev/pts, /dev/shm...)."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in ("pts", "shm", "mqueue", "fd")]
+        for name in filenames:
+            p = os.path.join(dirpath, name)
+            if os.path.islink(p) or p == "/dev/console":
+                continue
+            d = device(p)
+            if d is not None:
+                out.append(d)
+    return tuple(out)
+
+
+def own_oom_score_adj() -> int:
+    try:
+        return int(Path("/proc/self/oom_score_adj").read_text().strip())
+    except (OSError, ValueError):
+        return 0
+
+
+def cgroup_v2() -> bool:
+    return os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+
+
+def apparmor_enabled() -> bool:
+    try:
+        return Path("/sys/module/apparmor/parameters/enabled").read_text().strip() == "Y"
+    except OSError:
+        return False
+
+
+def gather(
+    cfg: api_pb2.ContainerConfig, cgroup_driver: str, cdi_dirs: tuple[str, ...] = cdi.SPEC_DIRS
+) -> HostFacts:
+    """Facts for one container: its host paths, devices, CDI specs and seccomp file."""
+    sc = cfg.linux.security_context
+    paths = {m.host_path: _kind(m.host_path) for m in cfg.mounts if m.host_path.startswith("/")}
+    devices = {d.host_path: device(d.host_path) for d in cfg.devices}
+    specs = tuple(cdi.load(cdi_dirs)) if cfg.CDI_devices else ()
+    for spec in specs:
+        for dev in [spec.edits, *(d.get("containerEdits") or {} for d in spec.devices.values())]:
+            for node in (dev or {}).get("deviceNodes") or []:
+                if isinstance(node, dict):
+                    hp = node.get("hostPath") or node.get("path")
+                    if isinstance(hp, str):
+                        devices[hp] = device(hp)
+    profiles: dict[str, str] = {}
+    ref = ""
+    if sc.HasField("seccomp") and sc.seccomp.profile_type == api_pb2.SecurityProfile.Localhost:
+        ref = sc.seccomp.localhost_ref
+    elif sc.seccomp_profile_path.startswith("localhost/"):
+        ref = sc.seccomp_profile_path.removeprefix("localhost/")
+    if ref.startswith("/"):
+        try:
+            with open(ref, "rb") as f:
+                profiles[ref] = f.read(MAX_PROFILE_BYTES).decode(errors="replace")
+        except OSError:
+            pass
+    return HostFacts(
+        paths=paths,
+        devices=devices,
+        all_devices=host_devices() if sc.privileged else (),
+        cdi_specs=specs,
+        seccomp_profiles=profiles,
+        apparmor=apparmor_enabled(),
+        own_oom_score_adj=own_oom_score_adj(),
+        cgroup_driver=cgroup_driver,
+        cgroup_v2=cgroup_v2(),
+    )

@@ -1,0 +1,145 @@
+"""Container root filesystems: the image SIF's squashfs partition mounted read-only once
+per image (in place, by offset: no copy), shared by all its containers, under a
+per-container overlay with its own upper and work directories.
+
+The image mount is reference counted by container id (so a retried acquire or release
+is harmless) and goes away with the last container of that image. After a restart the
+counts are rebuilt from the container store with ``adopt``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from sycri import command
+from sycri.errors import Internal
+
+log = logging.getLogger("sycri.rootfs")
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """Where an image's root filesystem is: a squashfs at ``offset`` in ``path``."""
+
+    image_id: str
+    path: str
+    offset: int
+    size: int
+
+
+def mounted_targets() -> set[str]:
+    """Every mount point in our mount namespace (octal escapes decoded)."""
+    out = set()
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            parts = line.split(" ")
+            if len(parts) > 4:
+                out.add(_unescape(parts[4]))
+    return out
+
+
+def _unescape(text: str) -> str:
+    return text.encode().decode("unicode_escape") if "\\" in text else text
+
+
+def is_mounted(path: str | os.PathLike[str]) -> bool:
+    return str(path) in mounted_targets()
+
+
+async def unmount(target: str | os.PathLike[str]) -> None:
+    """Unmount ``target`` if mounted; a busy mount is detached lazily rather than leaked."""
+    target = str(target)
+    if not is_mounted(target):
+        return
+    result = await command.run(["umount", target], check=False, label="umount")
+    if not result.ok and is_mounted(target):
+        await command.run(["umount", "-l", target], label="umount")
+
+
+class ImageMounts:
+    """One read-only mount per image, shared by reference."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self._users: dict[str, set[str]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def target(self, image_id: str) -> Path:
+        # "sha256:<hex>" -> "<hex>": a colon cannot appear in an overlay lowerdir.
+        return self.base / image_id.rsplit(":", 1)[-1]
+
+    def users(self, image_id: str) -> set[str]:
+        return set(self._users.get(image_id, ()))
+
+    def _lock(self, image_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(image_id, asyncio.Lock())
+
+    async def acquire(self, src: ImageSource, container_id: str) -> Path:
+        """The image's mount point, mounting it if this is its first container."""
+        async with self._lock(src.image_id):
+            target = self.target(src.image_id)
+            if not is_mounted(target):
+                target.mkdir(parents=True, exist_ok=True)
+                opts = f"ro,loop,offset={src.offset},sizelimit={src.size}"
+                await command.run(
+                    ["mount", "-t", "squashfs", "-o", opts, src.path, str(target)],
+                    label="mount squashfs",
+                    timeout=60,
+                )
+            self._users.setdefault(src.image_id, set()).add(container_id)
+            return target
+
+    async def release(self, image_id: str, container_id: str) -> None:
+        """Forget one user; unmount when none is left."""
+        async with self._lock(image_id):
+            users = self._users.get(image_id, set())
+            users.discard(container_id)
+            if users:
+                return
+            self._users.pop(image_id, None)
+            target = self.target(image_id)
+            await unmount(target)
+            with contextlib.suppress(OSError):
+                target.rmdir()
+
+    def adopt(self, image_id: str, container_id: str) -> None:
+        """Recovery: count a container found on disk as a user of its image's mount."""
+        self._users.setdefault(image_id, set()).add(container_id)
+
+    async def sweep(self) -> None:
+        """Recovery: unmount image mounts that no container uses any more."""
+        if not self.base.is_dir():
+            return
+        used = {self.target(i).name for i in self._users}
+        for entry in self.base.iterdir():
+            if entry.name not in used:
+                await self.release(entry.name, "")
+
+
+async def mount_overlay(lower: Path, bundle: Path) -> Path:
+    """``bundle/rootfs`` = overlay of ``lower`` with ``bundle/upper`` and ``bundle/work``."""
+    upper, work, rootfs = bundle / "upper", bundle / "work", bundle / "rootfs"
+    for d in (upper, work, rootfs):
+        d.mkdir(parents=True, exist_ok=True)
+    for p in (lower, upper, work):
+        if any(c in str(p) for c in ",:\n"):
+            raise Internal(f"overlay path {p} holds a character mount options cannot carry")
+    opts = f"lowerdir={lower},upperdir={upper},workdir={work}"
+    await command.run(
+        ["mount", "-t", "overlay", "overlay", "-o", opts, str(rootfs)], label="mount overlay"
+    )
+    return rootfs
+
+
+async def remove_overlay(bundle: Path) -> None:
+    """Unmount the container's overlay and delete its upper/work dirs and the bundle."""
+    await unmount(bundle / "rootfs")
+    if is_mounted(bundle / "rootfs"):  # never delete through a mount
+        raise Internal(f"{bundle / 'rootfs'} is still mounted; not deleting the bundle")
+    await asyncio.to_thread(shutil.rmtree, bundle, True)

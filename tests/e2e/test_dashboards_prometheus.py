@@ -1,0 +1,158 @@
+"""Every dashboard query, evaluated by Debian's real Prometheus scraping a live sycri.
+
+The test drives sycri (RPCs now; pulls and pods through ``WORKLOAD`` as those RPCs
+land) while Prometheus scrapes it every second, then evaluates each panel query the
+way Grafana sends it (variables substituted, with this node and instance chosen).
+
+Which queries must return data is decided from what happened, never from a fixed
+list alone: a query is *required* when every metric selector in it has a sample
+above zero in Prometheus (something was counted, observed or exists). A required
+query passes only if it returns at least one non-NaN value; one that returns
+nothing fails the test. Queries about things that did not happen yet (no pull, no
+pod) are reported as not checked. A floor of RPC and process panels must always be
+required, so the test cannot pass by checking nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import secrets
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable
+
+import grpc
+import pytest
+from sycri.api import api_pb2
+
+from tests.support.server import SycriServer
+from tests.support.telemetry import (
+    Prometheus,
+    dashboards,
+    expand,
+    metrics_url,
+    panel_queries,
+    selectors,
+    wait_until,
+)
+
+pytestmark = pytest.mark.slow
+
+# Panels whose data the current server always produces; the test fails if any of
+# them is not required and passing.
+FLOOR = {
+    "RPC rate by method",
+    "RPC errors by method and code",
+    "RPC error ratio",
+    "RPC latency",
+    "RPC latency p99 by method",
+    "CPU",
+    "Resident memory",
+    "Open file descriptors",
+    "Versions",
+}
+
+
+def _rpc_traffic(server: SycriServer) -> None:
+    rt = server.runtime()
+    rt.Version(api_pb2.VersionRequest())
+    rt.Status(api_pb2.StatusRequest())
+    rt.RuntimeConfig(api_pb2.RuntimeConfigRequest())
+    # a container that does not exist: an error answer whatever is implemented
+    with contextlib.suppress(grpc.RpcError):
+        rt.ContainerStatus(api_pb2.ContainerStatusRequest(container_id="e" * 64))
+
+
+def _inventory_reads(server: SycriServer) -> None:
+    """List calls: harmless, and they exercise the pod/container/image indexes once wired."""
+    for call in (
+        lambda: server.runtime().ListPodSandbox(api_pb2.ListPodSandboxRequest()),
+        lambda: server.runtime().ListContainers(api_pb2.ListContainersRequest()),
+        lambda: server.images().ListImages(api_pb2.ListImagesRequest()),
+    ):
+        try:
+            call()
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise
+
+
+# What the test does to sycri while Prometheus watches, repeated for a few seconds.
+# When PullImage and RunPodSandbox/CreateContainer/StartContainer land, add a step
+# here that pulls an image from the test registry and runs a short-lived pod: the
+# image and runtime queries then become required automatically.
+WORKLOAD: list[Callable[[SycriServer], None]] = [_rpc_traffic, _inventory_reads]
+
+
+def _drive(server: SycriServer, stop: threading.Event, errors: list[BaseException]) -> None:
+    try:
+        while not stop.is_set():
+            for step in WORKLOAD:
+                step(server)
+            time.sleep(0.05)
+    except BaseException as exc:  # reported by the test thread
+        errors.append(exc)
+
+
+def test_every_dashboard_query_returns_data_from_prometheus(tmp_path):
+    server = SycriServer(tmp_path / "sycri", flags=["--metrics-address", "127.0.0.1:0"]).start()
+    prom = None
+    try:
+        target = urllib.parse.urlsplit(metrics_url(server)).netloc
+        node = f"node-{secrets.token_hex(4)}"
+        prom = Prometheus(tmp_path / "prometheus", [target], {"node": node})
+        stop, errors = threading.Event(), []
+        driver = threading.Thread(target=_drive, args=(server, stop, errors), daemon=True)
+        driver.start()
+        try:
+            # Rates over 1m need two scrapes seeing the workload; allow a few more.
+            wait_until(lambda: prom.scrapes() >= 6, 60, "six successful scrapes of sycri")
+        finally:
+            stop.set()
+            driver.join(30)
+        assert not errors, errors
+        wait_until(lambda: prom.scrapes() >= 7, 30, "a scrape after the workload")
+
+        # the dashboards' node and instance variables offer this node and target
+        nodes = prom.api("label/node/values", **{"match[]": "sycri_build_info"})
+        assert node in nodes
+        instances = prom.api(
+            "label/instance/values", **{"match[]": f'sycri_build_info{{node=~"{node}"}}'}
+        )
+        assert instances == [target]
+
+        report = []
+        failures = []
+        for q in panel_queries():
+            promql = expand(q.expr, node=node, instance=target)
+            required = all(prom.query(f"({s}) > 0") for s in selectors(promql))
+            values = [float(s["value"][1]) for s in prom.query(promql)]
+            has_data = any(not math.isnan(v) for v in values)
+            status = "data" if has_data else ("empty" if not values else "NaN only")
+            report.append((q.label, required, status, values[:3]))
+            if required and not has_data:
+                failures.append(f"{q.label}: {status}\n    {promql}")
+
+        checked = [label for label, req, status, _ in report if req and status == "data"]
+        unchecked = [label for label, req, _, _ in report if not req]
+        print("\nchecked (returned data):\n  " + "\n  ".join(checked))
+        print("not checked yet (nothing of theirs happened):\n  " + "\n  ".join(unchecked))
+        assert not failures, "queries returned no data:\n" + "\n".join(failures)
+        required_titles = {label.split(" / ")[1].rsplit(" [", 1)[0] for label in checked}
+        assert required_titles >= FLOOR, f"not checked: {FLOOR - required_titles}"
+        # a selector that names this node but another instance finds nothing
+        q = expand(panel_queries()[0].expr, node=node, instance="10.255.255.1:1")
+        assert prom.query(q) == []
+    finally:
+        if prom is not None:
+            prom.close()
+        server.stop()
+
+
+def test_dashboards_use_the_rate_window_grafana_provides():
+    for board in dashboards().values():
+        for panel in board["panels"]:
+            for t in panel["targets"]:
+                assert "[5m]" not in t["expr"] and "[1m]" not in t["expr"], t["expr"]

@@ -1,0 +1,359 @@
+"""Containers with real runc and conmon, from a busybox squashfs mounted by offset."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sycri.api import api_pb2
+from sycri.errors import DeadlineExceeded, Internal, InvalidArgument, NotFound
+from sycri.runtime import rootfs
+from sycri.runtime.containers import Containers, SandboxInfo
+
+from tests.support.containers import IMAGE_CONFIG, Pods, StaticImages, containers, squashfs_image
+
+pytestmark = pytest.mark.root
+
+SIF_PREFIX = b"SIF-like header " * 256  # the squashfs sits at a non-zero offset, as in a SIF
+CRI_LINE = re.compile(r"^(\S+) (stdout|stderr) ([FP]) (.*)$")
+
+
+@dataclass
+class Env:
+    loop: asyncio.AbstractEventLoop
+    ctrs: Containers
+    pods: Pods
+    pod: SandboxInfo
+    images: StaticImages
+    base: Path
+
+    def run(self, coro):
+        return self.loop.run_until_complete(coro)
+
+    def config(self, name: str, args: list[str], **kw) -> api_pb2.ContainerConfig:
+        cfg = api_pb2.ContainerConfig(
+            metadata=api_pb2.ContainerMetadata(name=name),
+            image=api_pb2.ImageSpec(image="busybox"),
+            args=args,
+            log_path=f"{name}/0.log",
+        )
+        for k, v in kw.items():
+            if k == "sc":
+                cfg.linux.security_context.CopyFrom(v)
+            elif k == "res":
+                cfg.linux.resources.CopyFrom(v)
+            elif isinstance(v, list):
+                getattr(cfg, k).extend(v)
+            else:
+                setattr(cfg, k, v)
+        return cfg
+
+    def create(self, cfg: api_pb2.ContainerConfig) -> str:
+        return self.run(self.ctrs.create(self.pod.id, cfg, self.pod.config))
+
+    def start(self, name: str, args: list[str], **kw) -> str:
+        cid = self.create(self.config(name, args, **kw))
+        self.run(self.ctrs.start(cid))
+        return cid
+
+    def wait_exit(self, cid: str, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while self.ctrs.get(cid).state != "exited":
+            assert time.monotonic() < deadline, f"{cid} still {self.ctrs.get(cid).state}"
+            self.run(asyncio.sleep(0.05))
+
+    def log_lines(self, cid: str) -> list[tuple[str, str]]:
+        out = []
+        for line in Path(self.ctrs.get(cid).log_path).read_text().splitlines():
+            m = CRI_LINE.match(line)
+            assert m, f"not CRI log format: {line!r}"
+            out.append((m.group(2), m.group(4)))
+        return out
+
+
+@pytest.fixture(scope="module")
+def image_file(tmp_path_factory) -> Path:
+    return squashfs_image(tmp_path_factory.mktemp("image"), prefix=SIF_PREFIX)
+
+
+@pytest.fixture
+def env(tmp_path: Path, image_file: Path) -> Iterator[Env]:
+    loop = asyncio.new_event_loop()
+    images = StaticImages()
+    images.add("busybox", image_file, len(SIF_PREFIX), IMAGE_CONFIG)
+    pods = Pods(tmp_path / "logs")
+    pod = pods.add("pod1")
+    ctrs = containers(tmp_path / "state", images, pods)
+    e = Env(loop, ctrs, pods, pod, images, tmp_path)
+    try:
+        yield e
+    finally:
+        for rec in e.ctrs.list():
+            with contextlib.suppress(Exception):
+                e.run(e.ctrs.remove(rec.id))
+        leftover = [m for m in rootfs.mounted_targets() if m.startswith(str(tmp_path))]
+        for m in leftover:
+            os.system(f"umount -l {m}")
+        parent = e.ctrs.settings.default_cgroup_parent
+        for ctl in Path("/sys/fs/cgroup").iterdir():
+            with contextlib.suppress(OSError):
+                (ctl / parent.lstrip("/")).rmdir()
+        loop.close()
+        assert not leftover, f"mounts left behind: {leftover}"
+
+
+def test_prints_args_env_user_mounts_into_cri_log(env: Env, tmp_path: Path):
+    host_dir = tmp_path / "hostdir"
+    host_dir.mkdir()
+    (host_dir / "note").write_text("from the host")
+    script = (
+        'echo "args: $0 $1"; echo "env: $IMAGE_VAR $REQ_VAR"; echo "user: $(id -u):$(id -g)"; '
+        'echo "cwd: $(pwd)"; echo "mount: $(cat /mnt/host/note)"; '
+        "grep -q ' /mnt/host ro,' /proc/self/mountinfo && echo 'mount ro: yes'; "
+        "echo to-stderr >&2"
+    )
+    cid = env.start(
+        "printer",
+        [script, "first", "second"],
+        envs=[api_pb2.KeyValue(key="REQ_VAR", value=b"from-request")],
+        mounts=[api_pb2.Mount(container_path="/mnt/host", host_path=str(host_dir), readonly=True)],
+        sc=api_pb2.LinuxContainerSecurityContext(run_as_username="alice"),
+    )
+    env.wait_exit(cid)
+    lines = env.log_lines(cid)
+    # conmon reads the two pipes separately: order is kept within a stream only.
+    assert [t for s, t in lines if s == "stdout"] == [
+        "args: first second",
+        "env: from-image from-request",
+        "user: 1000:1000",
+        "cwd: /data",
+        "mount: from the host",
+        "mount ro: yes",
+    ]
+    assert [t for s, t in lines if s == "stderr"] == ["to-stderr"]
+    rec = env.ctrs.get(cid)
+    assert (rec.state, rec.exit_code, rec.reason) == ("exited", 0, "Completed")
+    assert rec.created_at <= rec.started_at <= rec.finished_at
+    assert Path(rec.log_path).parent.parent == Path(env.pod.log_directory)
+
+
+def test_exit_code_reported_as_error(env: Env):
+    cid = env.start("fails", ["exit 3"])
+    env.wait_exit(cid)
+    rec = env.ctrs.get(cid)
+    assert (rec.exit_code, rec.reason) == (3, "Error")
+
+
+def test_exec_sync_output_exit_code_and_timeout(env: Env):
+    cid = env.start("sleeper", ["sleep 600"])
+    res = env.run(env.ctrs.exec_sync(cid, ["sh", "-c", "echo out; echo err >&2; exit 7"], 10))
+    assert (res.stdout, res.stderr, res.exit_code) == (b"out\n", b"err\n", 7)
+    res = env.run(env.ctrs.exec_sync(cid[:12], ["cat", "/data/hello.txt"], 0))
+    assert res.stdout == b"hello from the image\n" and res.exit_code == 0
+    t0 = time.monotonic()
+    with pytest.raises(DeadlineExceeded):
+        env.run(env.ctrs.exec_sync(cid, ["sleep", "300"], 1))
+    assert time.monotonic() - t0 < 15
+    ps = env.run(env.ctrs.exec_sync(cid, ["ps", "-o", "args"], 10)).stdout.decode()
+    assert "sleep 300" not in ps, ps  # the timed-out process is gone
+    assert "sleep 600" in ps
+
+
+def test_stream_target_names_conmon_attach_socket(env: Env):
+    cid = env.start("attachable", ["sleep 600"], stdin=True)
+    target = env.ctrs.stream_target(cid[:10])
+    assert target.container_id == cid and target.pod_id == env.pod.id
+    assert target.state == "running" and target.stdin
+    assert stat.S_ISSOCK(os.stat(target.attach_socket).st_mode)
+    state = env.run(target.runtime.state(cid))
+    assert state is not None and state["status"] == "running"
+
+
+def test_log_size_limit(env: Env):
+    env.ctrs.log_size_max = 4096
+    cid = env.start("chatty", ["i=0; while [ $i -lt 2000 ]; do echo line-$i; i=$((i+1)); done"])
+    env.wait_exit(cid)
+    size = os.path.getsize(env.ctrs.get(cid).log_path)
+    assert 0 < size <= 4096 + 512, size
+
+
+def test_stop_honours_grace_period_then_kills(env: Env):
+    graceful = env.start("graceful", ["trap 'sleep 1; exit 0' TERM; while :; do sleep 0.1; done"])
+    stubborn = env.start("stubborn", ["trap '' TERM; while :; do sleep 0.1; done"])
+    time.sleep(0.3)  # let the shells install their traps
+    t0 = time.monotonic()
+    env.run(env.ctrs.stop(graceful, 10))
+    took = time.monotonic() - t0
+    rec = env.ctrs.get(graceful)
+    assert rec.state == "exited" and rec.exit_code == 0, rec
+    assert 0.9 <= took < 8
+    t0 = time.monotonic()
+    env.run(env.ctrs.stop(stubborn, 1))
+    took = time.monotonic() - t0
+    rec = env.ctrs.get(stubborn)
+    assert rec.state == "exited" and rec.exit_code == 137, rec
+    assert 0.9 <= took < 8
+
+
+def test_memory_limit_oom_killed(env: Env):
+    limit = 24 * 1024 * 1024
+    res = api_pb2.LinuxContainerResources(
+        memory_limit_in_bytes=limit, memory_swap_limit_in_bytes=limit
+    )
+    cid = env.start("hog", ["tail /dev/zero"], res=res)
+    env.wait_exit(cid, 60)
+    rec = env.ctrs.get(cid)
+    assert rec.reason == "OOMKilled", rec
+    assert rec.exit_code == 137
+
+
+def test_readonly_rootfs_refuses_writes(env: Env):
+    sc = api_pb2.LinuxContainerSecurityContext(readonly_rootfs=True)
+    cid = env.start("ro", ["touch /data/new && echo wrote || echo refused"], sc=sc)
+    env.wait_exit(cid)
+    lines = env.log_lines(cid)
+    assert [t for s, t in lines if s == "stdout"] == ["refused"]
+    assert any("Read-only file system" in t for s, t in lines if s == "stderr")
+
+
+def test_run_as_user_and_capabilities_take_effect(env: Env):
+    sc = api_pb2.LinuxContainerSecurityContext()
+    sc.run_as_user.value = 1234
+    sc.supplemental_groups.append(777)
+    cid = env.start("uid", ["id -u; id -G"], sc=sc)
+    env.wait_exit(cid)
+    assert [t for _, t in env.log_lines(cid)] == ["1234", "0 777"]
+
+    def bnd(cid: str) -> int:
+        env.wait_exit(cid)
+        (line,) = [t for _, t in env.log_lines(cid) if t.startswith("CapBnd")]
+        return int(line.split()[1], 16)
+
+    caps = api_pb2.LinuxContainerSecurityContext()
+    caps.capabilities.drop_capabilities.append("ALL")
+    caps.capabilities.add_capabilities.append("NET_ADMIN")
+    assert bnd(env.start("caps", ["grep CapBnd /proc/self/status"], sc=caps)) == 1 << 12
+    # Without CAP_CHOWN (default set minus CHOWN) chown fails even for root.
+    nochown = api_pb2.LinuxContainerSecurityContext()
+    nochown.capabilities.drop_capabilities.append("CHOWN")
+    cid = env.start("nochown", ["chown 5 /tmp && echo chowned || echo denied"], sc=nochown)
+    env.wait_exit(cid)
+    lines = env.log_lines(cid)
+    assert [t for s, t in lines if s == "stdout"] == ["denied"]
+    assert any("Operation not permitted" in t for s, t in lines if s == "stderr")
+
+
+def test_two_containers_share_one_image_mount(env: Env):
+    image = env.images.images["busybox"]
+    target = str(env.ctrs.image_mounts.target(image.id))
+    a = env.start("a", ["sleep 600"])
+    b = env.start("b", ["sleep 600"])
+    mounts = [m for m in _mountinfo_targets() if m == target]
+    assert mounts == [target]
+    assert env.ctrs.image_mounts.users(image.id) == {a, b}
+    env.run(env.ctrs.remove(a))
+    assert target in _mountinfo_targets()
+    env.run(env.ctrs.remove(b))
+    assert target not in _mountinfo_targets()
+    with pytest.raises(NotFound):
+        env.ctrs.get(b)
+
+
+def test_update_resources_reaches_the_live_cgroup(env: Env):
+    cid = env.start("upd", ["sleep 600"])
+    env.run(
+        env.ctrs.update_resources(
+            cid, api_pb2.LinuxContainerResources(memory_limit_in_bytes=100 * 1024 * 1024)
+        )
+    )
+    rec = env.ctrs.get(cid)
+    res = env.run(
+        env.ctrs.exec_sync(cid, ["cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes"], 10)
+    )
+    if not os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+        assert res.stdout.strip() == str(100 * 1024 * 1024).encode()
+    assert rec.resources["memoryLimitInBytes"] == str(100 * 1024 * 1024)
+
+
+def test_reopen_log_after_rotation(env: Env):
+    cid = env.start("logger", ["while :; do echo tick; sleep 0.1; done"])
+    log_path = Path(env.ctrs.get(cid).log_path)
+    time.sleep(0.3)
+    log_path.rename(log_path.with_suffix(".1"))
+    env.run(env.ctrs.reopen_log(cid))
+    time.sleep(0.4)
+    assert "stdout F tick" in log_path.read_text()
+
+
+def test_bad_command_fails_cleanly(env: Env):
+    with pytest.raises(Internal, match="nonexistent"):
+        env.create(env.config("bad", [], command=["/nonexistent"]))
+    assert env.ctrs.list() == []
+    assert not [m for m in _mountinfo_targets() if m.startswith(str(env.base))]
+    # The name is free again after the failure.
+    cid = env.create(env.config("bad", ["true"]))
+    assert env.ctrs.get(cid).state == "created"
+
+
+def test_bad_mount_and_duplicate_name(env: Env):
+    with pytest.raises(InvalidArgument, match="does not exist"):
+        env.create(
+            env.config(
+                "m", ["true"], mounts=[api_pb2.Mount(container_path="/x", host_path="/no/such")]
+            )
+        )
+    env.create(env.config("dup", ["true"]))
+    with pytest.raises(Exception, match="already used"):
+        env.create(env.config("dup", ["true"]))
+    with pytest.raises(NotFound):
+        env.run(env.ctrs.create("0" * 64, env.config("x", ["true"]), env.pod.config))
+
+
+def _mountinfo_targets() -> list[str]:
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            out.append(line.split(" ")[4])
+    return out
+
+
+def test_restart_recovers_running_containers_and_sweeps_leftovers(env: Env):
+    running = env.start("survivor", ["sleep 600"])
+    exited = env.start("done", ["exit 5"])
+    env.wait_exit(exited)
+    image = env.images.images["busybox"]
+    # A create interrupted by a crash: a bundle with a mounted overlay but no record.
+    half = env.ctrs.paths.containers / ("f" * 64)
+    lower = env.ctrs.image_mounts.target(image.id)
+    env.run(rootfs.mount_overlay(lower, half))
+
+    fresh = containers(env.base / "state", env.images, env.pods)
+    fresh.settings = env.ctrs.settings
+    env.run(fresh.recover())
+    stale, env.ctrs = env.ctrs, fresh
+    assert fresh.get(running).state == "running"
+    assert (fresh.get(exited).exit_code, fresh.get(exited).reason) == (5, "Error")
+    assert not half.exists()
+    assert str(half / "rootfs") not in _mountinfo_targets()
+    assert fresh.image_mounts.users(image.id) == {running, exited}
+    env.run(fresh.stop(running, 0))
+    assert fresh.get(running).exit_code == 137
+    env.run(fresh.remove(running))
+    env.run(fresh.remove(exited))
+    assert str(lower) not in _mountinfo_targets()
+    # An index that outlived its container (runc and conmon know nothing) does not hang.
+    t0 = time.monotonic()
+    env.run(stale.stop(running, 0))
+    assert time.monotonic() - t0 < 5
+    assert (stale.get(running).state, stale.get(running).message) == (
+        "exited",
+        "the container disappeared",
+    )

@@ -1,0 +1,86 @@
+"""Pod cgroup parents for both drivers and both cgroup versions (pure)."""
+
+from __future__ import annotations
+
+import pytest
+from sycri.errors import InvalidArgument
+from sycri.runtime import cgroups
+
+
+def test_cgroupfs_parent_is_a_path():
+    assert cgroups.relative_path("cgroupfs", "/kubepods/burstable/pod123") == (
+        "/kubepods/burstable/pod123"
+    )
+    assert cgroups.relative_path("cgroupfs", "kubepods/pod1") == "/kubepods/pod1"
+
+
+def test_systemd_slice_expands_like_systemd():
+    assert cgroups.relative_path("systemd", "kubepods-burstable-pod123.slice") == (
+        "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod123.slice"
+    )
+    assert cgroups.relative_path("systemd", "system.slice") == "/system.slice"
+    assert cgroups.relative_path("systemd", "-.slice") == "/"
+
+
+@pytest.mark.parametrize(
+    ("driver", "parent"),
+    [
+        ("cgroupfs", "/kubepods/../../etc"),
+        ("cgroupfs", "/a b"),
+        ("systemd", "/kubepods/pod1"),
+        ("systemd", "kubepods--x.slice"),
+        ("systemd", "kubepods-.slice"),
+        ("systemd", "nope"),
+    ],
+)
+def test_bad_parents_are_refused(driver, parent):
+    with pytest.raises(InvalidArgument, match="cgroup_parent"):
+        cgroups.relative_path(driver, parent)
+
+
+def test_directories_per_version():
+    v1 = cgroups.directories(1, "/kubepods/pod1", "/cg")
+    assert "/cg/memory/kubepods/pod1" in v1 and "/cg/cpu/kubepods/pod1" in v1
+    assert cgroups.directories(2, "/kubepods.slice/x.slice", "/cg") == [
+        "/cg/kubepods.slice/x.slice"
+    ]
+
+
+def test_limits_plus_overhead_and_files_per_version():
+    res = cgroups.Limits(cpu_period=100000, cpu_quota=50000, cpu_shares=512, memory=256 << 20)
+    over = cgroups.Limits(cpu_quota=10000, cpu_shares=2, memory=64 << 20)
+    total = res.plus_overhead(over)
+    assert (total.cpu_quota, total.memory, total.cpu_shares) == (60000, 320 << 20, 514)
+    assert cgroups.limit_files(1, total) == {
+        "cpu/cpu.cfs_period_us": "100000",
+        "cpu/cpu.cfs_quota_us": "60000",
+        "cpu/cpu.shares": "514",
+        "memory/memory.limit_in_bytes": str(320 << 20),
+    }
+    v2 = cgroups.limit_files(2, total)
+    assert v2["cpu.max"] == "60000 100000"
+    assert v2["memory.max"] == str(320 << 20)
+    assert v2["cpu.weight"] == str(cgroups.shares_to_weight(514))
+
+
+def test_unlimited_stays_unlimited():
+    total = cgroups.Limits().plus_overhead(cgroups.Limits(cpu_quota=1000, memory=1 << 20))
+    assert cgroups.limit_files(1, total) == {}
+    assert cgroups.limit_files(2, total) == {}
+
+
+def test_shares_to_weight_matches_runc():
+    assert cgroups.shares_to_weight(2) == 1
+    assert cgroups.shares_to_weight(1024) == 39
+    assert cgroups.shares_to_weight(262144) == 10000
+
+
+def test_missing_directories_are_listed_parents_first(tmp_path):
+    (tmp_path / "memory" / "kubepods").mkdir(parents=True)
+    (tmp_path / "cpu").mkdir()
+    missing = cgroups.PodCgroup.missing(1, "/kubepods/pod1", str(tmp_path))
+    assert missing == [
+        str(tmp_path / "cpu" / "kubepods"),
+        str(tmp_path / "cpu" / "kubepods" / "pod1"),
+        str(tmp_path / "memory" / "kubepods" / "pod1"),
+    ]
