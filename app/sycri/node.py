@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from sycri.images.service import Images
     from sycri.runtime.containers import Containers
     from sycri.runtime.sandbox_manager import SandboxManager
+    from sycri.streaming.server import StreamingServer
 
 
 @dataclass
@@ -23,3 +24,4 @@ class Node:
     images: Images = None  # type: ignore[assignment]  # set by server.assemble
     sandboxes: SandboxManager | None = None
     containers: Containers | None = None
+    streaming: StreamingServer | None = None  # exec/attach/port-forward URLs

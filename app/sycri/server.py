@@ -18,13 +18,15 @@ from pathlib import Path
 import grpc
 
 from sycri.config import Config, detect_cgroup_driver
-from sycri.cri import container, image, runtime_info, sandbox
+from sycri.cri import container, image, runtime_info, sandbox, streaming
 from sycri.cri.service import Dispatcher, Handler
 from sycri.k8s.agent import NodeAgent
 from sycri.node import Node
 from sycri.observability import telemetry
 from sycri.runtime import containers
 from sycri.runtime.sandbox_manager import SandboxManager
+from sycri.streaming.server import StreamingServer
+from sycri.streaming.targets import NodeTargets
 
 log = logging.getLogger("sycri.server")
 
@@ -61,7 +63,7 @@ def prepare_socket(path: Path) -> None:
 
 def handlers() -> dict[str, Handler]:
     out: dict[str, Handler] = {}
-    for module in (runtime_info, image, sandbox, container):
+    for module in (runtime_info, image, sandbox, container, streaming):
         out.update(module.RPCS)
     return out
 
@@ -91,6 +93,7 @@ def assemble(cfg: Config) -> Node:
         containers.StoredImages(images),
     )
     node.containers.follow_pods(node.sandboxes)
+    node.streaming = StreamingServer(cfg.streaming, NodeTargets(node))
     return node
 
 
@@ -98,6 +101,13 @@ async def serve(cfg: Config, observers: list | None = None) -> int:
     sock = Path(cfg.socket)
     prepare_socket(sock)
     node = assemble(cfg)
+    if node.streaming is not None:
+        try:
+            await node.streaming.start()
+        except OSError as exc:  # address in use, unreadable TLS key, ...
+            raise StartupError(
+                f"cannot start the streaming server on {cfg.streaming.address}: {exc}"
+            ) from None
     if node.sandboxes is not None:
         await node.sandboxes.recover()
     if node.containers is not None:
@@ -141,6 +151,8 @@ async def serve(cfg: Config, observers: list | None = None) -> int:
         loop.add_signal_handler(signum, on_signal, signum)
     await stop.wait()
     await server.stop(cfg.shutdown_grace_seconds)
+    if node.streaming is not None:
+        await node.streaming.stop()
     obs.close()
     await asyncio.to_thread(node.node_agent.close)
     with contextlib.suppress(FileNotFoundError):
