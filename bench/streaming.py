@@ -6,17 +6,21 @@ A real ``sycri serve`` on a temporary socket running a pod with a busybox contai
 network namespace. Prints figures; asserts nothing about time.
 
 - exec latency: ``echo`` through the Exec RPC + the WebSocket stream (Python
-  kubernetes client), through crictl (Go client-go SPDY, includes crictl start-up),
-  against bare ``runc exec`` (the floor).
-- port-forward MB/s: crictl port-forward (client-go SPDY) carrying N MB each way on
-  1 and on 10 parallel connections, against the same client run inside the
-  namespace talking to the server directly (the floor).
+  kubernetes client), + SPDY (the protocol client in tests/support), through crictl
+  (Go client-go SPDY, includes crictl start-up) when crictl is on PATH, against bare
+  ``runc exec`` (the floor).
+- port-forward MB/s: the SPDY client carrying N MB each way on 1 and on 10 parallel
+  streams of one session, crictl port-forward (client-go SPDY, local TCP port) when
+  crictl is on PATH, against the same TCP client run inside the namespace talking to
+  the server directly (the floor).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -34,12 +38,13 @@ from kubernetes.client import Configuration
 from kubernetes.stream.ws_client import WSClient
 from sycri.api import api_pb2
 
-from tests.support import oci, registry, streaming_env
+from tests.support import oci, registry, spdy_client, streaming_env
 from tests.support.pods import PodNet, pod_config, unmount_all
 from tests.support.server import SycriServer
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "30"))
 MB = 1024 * 1024
+HAVE_CRICTL = shutil.which("crictl") is not None
 
 
 def exchange(port: int, n_in: int, n_out: int) -> None:
@@ -165,6 +170,14 @@ def bench_exec(sycri: SycriServer, c) -> None:
         if client.read_stdout() != "hi\n" or client.returncode != 0:
             raise RuntimeError("exec failed")
 
+    def spdy() -> None:
+        url = rt.Exec(
+            api_pb2.ExecRequest(container_id=c.id, cmd=["echo", "hi"], stdout=True, stderr=True)
+        ).url
+        out, status = asyncio.run(spdy_exec(url))
+        if out != b"hi\n" or spdy_client.exit_code(status) != 0:
+            raise RuntimeError("exec failed")
+
     def crictl() -> None:
         subprocess.run(
             ["crictl", "--runtime-endpoint", sycri.endpoint, "exec", c.id, "echo", "hi"],
@@ -178,23 +191,80 @@ def bench_exec(sycri: SycriServer, c) -> None:
         )
 
     show("Exec RPC + WebSocket (python kubernetes)", timed(ws))
-    show("crictl exec (client-go SPDY, with start-up)", timed(crictl))
+    show("Exec RPC + SPDY (tests/support client)", timed(spdy))
+    if HAVE_CRICTL:
+        show("crictl exec (client-go SPDY, with start-up)", timed(crictl))
+    else:
+        print(f"  {'crictl exec':<44} not measured: crictl is not on PATH")
     show("bare runc exec (floor)", timed(bare))
 
 
-def bench_portforward(sycri: SycriServer, c: Running, port: int) -> None:
-    local = streaming_env.free_port()
-    proc = subprocess.Popen(
-        ["crictl", "--runtime-endpoint", sycri.endpoint, "port-forward", c.pod,
-         f"{local}:{port}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+async def spdy_exec(url: str) -> tuple[bytes, dict]:
+    client, streams = await spdy_client.exec_session(
+        url, stdin=False, stdout=True, stderr=True, tty=False
+    )
     try:
-        streaming_env.wait_listening(local)
-        print("port-forward throughput (MB/s, both directions together)")
+        status = spdy_client.parse_status(await streams["error"].read_all())
+        return await streams["stdout"].read_all(), status
+    finally:
+        await client.close()
+
+
+async def spdy_parallel(url: str, port: int, conns: int, n: int) -> float:
+    """MB/s moved (both directions together) by ``conns`` streams of one SPDY session."""
+    client = await spdy_client.SpdyClient.connect(url, ["portforward.k8s.io"])
+    try:
+        pairs = []
+        for rid in range(conns):
+            headers = {"port": str(port), "requestid": str(rid)}
+            error = await client.open_stream({"streamtype": "error", **headers})
+            pairs.append((error, await client.open_stream({"streamtype": "data", **headers})))
+        block = os.urandom(32 * 1024)
+
+        async def one(data: spdy_client.ClientStream) -> None:
+            await data.write(f"{n} {n}\n".encode())
+            sent = 0
+            while sent < n:
+                piece = block[: min(len(block), n - sent)]
+                await data.write(piece)
+                sent += len(piece)
+            await data.close()
+            reply = await data.read_all(timeout=300)
+            if len(reply) != 128 + n:
+                raise RuntimeError(f"short reply: {len(reply)} of {128 + n} bytes")
+            data.data.clear()  # a benchmark, not a test: do not keep 100 MB replies
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(data) for _error, data in pairs))
+        elapsed = time.perf_counter() - t0
+        for error, _data in pairs:
+            if err := await error.read_all(timeout=10):
+                raise RuntimeError(f"port-forward error: {err!r}")
+        return 2 * conns * n / MB / elapsed
+    finally:
+        await client.close()
+
+
+def bench_portforward(sycri: SycriServer, c: Running, port: int) -> None:
+    rt = sycri.runtime()
+    print("port-forward throughput (MB/s, both directions together)")
+    proc = None
+    local = 0
+    if HAVE_CRICTL:
+        local = streaming_env.free_port()
+        proc = subprocess.Popen(
+            ["crictl", "--runtime-endpoint", sycri.endpoint, "port-forward", c.pod,
+             f"{local}:{port}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+    try:
+        if proc:
+            streaming_env.wait_listening(local)
         for conns, n in ((1, 100 * MB), (10, 20 * MB)):
-            via = parallel(local, conns, n)
+            url = rt.PortForward(api_pb2.PortForwardRequest(pod_sandbox_id=c.pod)).url
+            spdy = asyncio.run(spdy_parallel(url, port, conns, n))
+            via = f"{parallel(local, conns, n):7.1f}" if proc else "not measured (no crictl)"
             direct = subprocess.run(
                 ["nsenter", f"--net=/proc/{c.pid}/ns/net", sys.executable, __file__, "--direct",
                  str(port), str(conns), str(n)],
@@ -203,10 +273,14 @@ def bench_portforward(sycri: SycriServer, c: Running, port: int) -> None:
                 text=True,
             ).stdout.strip()  # fmt: skip
             label = f"{conns} connection{'s' if conns > 1 else ''}, {n // MB} MB each way"
-            print(f"  {label:<32} crictl port-forward {via:7.1f}   direct in netns {direct:>7}")
+            print(
+                f"  {label:<32} SPDY client {spdy:7.1f}   crictl port-forward {via}"
+                f"   direct in netns {direct:>7}"
+            )
     finally:
-        proc.terminate()
-        proc.wait(10)
+        if proc:
+            proc.terminate()
+            proc.wait(10)
 
 
 if __name__ == "__main__":

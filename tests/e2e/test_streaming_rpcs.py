@@ -1,14 +1,13 @@
-"""Exec / Attach / PortForward through the whole server: gRPC for the URL, then
-crictl (client-go's SPDY executor, the real Go client) and the Python WebSocket
-client against the URL, into a pod and container sycri itself runs."""
+"""Exec / Attach / PortForward through the whole server: gRPC for the URL, then the
+SPDY client in tests/support (written from the protocol client-go speaks) and the
+Python WebSocket client against the URL, into a pod and container sycri itself runs."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
-import pty
-import signal
 import socket
 import subprocess
 import time
@@ -21,7 +20,7 @@ from kubernetes.stream.ws_client import WSClient
 from sycri.api import api_pb2
 
 from tests.e2e.test_containers_cri import container, node, pull  # noqa: F401
-from tests.support import streaming_env
+from tests.support import spdy_client, streaming_env
 from tests.support.pods import pod_config
 from tests.support.server import SycriServer
 
@@ -59,13 +58,28 @@ def running(node, registry):  # noqa: F811
     yield sycri, Running(cid, pod, json.loads(state.stdout)["pid"])
 
 
-def crictl(sycri: SycriServer, *args: str, input: bytes | None = None, timeout: float = 60):
-    return subprocess.run(
-        ["crictl", "--runtime-endpoint", sycri.endpoint, "--timeout", "20s", *args],
-        input=input,
-        capture_output=True,
-        timeout=timeout,
+def exec_url(sycri: SycriServer, cid: str, cmd: list[str], *, stdin=False, tty=False) -> str:
+    """The URL the real Exec RPC hands out, for the streams a kubectl/crictl exec asks for."""
+    req = api_pb2.ExecRequest(
+        container_id=cid, cmd=cmd, stdin=stdin, stdout=True, stderr=not tty, tty=tty
     )
+    return sycri.runtime().Exec(req).url
+
+
+async def _spdy_exec(url: str, stdin: bytes | None = None) -> tuple[bytes, bytes, dict]:
+    """An exec over SPDY with pipes, as client-go runs one: stdin sent then half-closed."""
+    client, streams = await spdy_client.exec_session(
+        url, stdin=stdin is not None, stdout=True, stderr=True, tty=False
+    )
+    try:
+        if stdin is not None:
+            for i in range(0, len(stdin), 1024):
+                await streams["stdin"].write(stdin[i : i + 1024])
+            await streams["stdin"].close()
+        status = spdy_client.parse_status(await streams["error"].read_all())
+        return await streams["stdout"].read_all(), await streams["stderr"].read_all(), status
+    finally:
+        await client.close()
 
 
 def test_exec_rpc_returns_single_use_url(running):
@@ -103,57 +117,60 @@ def test_exec_rpc_validates(running):
     assert err.value.code().name == "INVALID_ARGUMENT"
 
 
-def test_crictl_exec_over_spdy(running):
+def test_spdy_exec_pipes_exit_code(running):
     sycri, c = running
-    r = crictl(sycri, "exec", c.id, "sh", "-c", "echo from-crictl; exit 4")
-    assert r.stdout == b"from-crictl\n", r.stderr
-    assert r.returncode != 0
-    assert b"command terminated with exit code 4" in r.stderr
+    url = exec_url(sycri, c.id, ["sh", "-c", "echo from-spdy; echo to-err >&2; exit 4"])
+    out, err, status = asyncio.run(_spdy_exec(url))
+    assert out == b"from-spdy\n"
+    assert err == b"to-err\n"
+    assert status["reason"] == "NonZeroExitCode"
+    assert spdy_client.exit_code(status) == 4  # kubectl: "command terminated with exit code 4"
 
 
-def test_crictl_exec_stdin(running):
+def test_spdy_exec_stdin(running):
     sycri, c = running
-    r = crictl(sycri, "exec", "-i", c.id, "wc", "-c", input=b"y" * 5000)
-    assert r.stdout.strip() == b"5000", r.stderr
-    assert r.returncode == 0
+    url = exec_url(sycri, c.id, ["wc", "-c"], stdin=True)
+    out, err, status = asyncio.run(_spdy_exec(url, stdin=b"y" * 5000))
+    assert out.strip() == b"5000", err
+    assert spdy_client.exit_code(status) == 0
 
 
-def test_crictl_exec_tty_sizes(running):
-    """crictl on a real terminal: its size goes along, and a resize follows SIGWINCH."""
-    sycri, c = running
-    master, slave = pty.openpty()
-    streaming_env.set_size(slave, 91, 27)
-    proc = subprocess.Popen(
-        ["crictl", "--runtime-endpoint", sycri.endpoint, "exec", "-i", "-t", c.id, "sh"],
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        start_new_session=True,
+async def _spdy_tty_sizes(url: str) -> tuple[bytes, dict]:
+    """A terminal session: the initial size first (as client-go sends it), then a resize."""
+    client, streams = await spdy_client.exec_session(
+        url, stdin=True, stdout=True, stderr=False, tty=True
     )
-    os.close(slave)
     try:
-        out = streaming_env.PtyReader(master)
-        os.write(master, b"stty size\n")
-        out.wait_for(b"27 91")
-        streaming_env.set_size(master, 140, 45)
-        proc.send_signal(signal.SIGWINCH)
-        time.sleep(0.5)
-        os.write(master, b"stty size; exit 3\n")
-        out.wait_for(b"45 140")
-        assert proc.wait(30) != 0  # crictl reports the non-zero exit
-        out.wait_for(b"exit code 3")
+        await streams["resize"].write(json.dumps({"Width": 91, "Height": 27}).encode())
+        await streams["stdin"].write(b"stty size\n")
+        await streams["stdout"].wait_for(b"27 91")
+        await streams["resize"].write(json.dumps({"Width": 140, "Height": 45}).encode())
+        await asyncio.sleep(0.5)  # the resize and stdin are separate streams
+        await streams["stdin"].write(b"stty size; tty; exit 3\n")
+        await streams["stdout"].wait_for(b"45 140")
+        status = spdy_client.parse_status(await streams["error"].read_all())
+        return bytes(streams["stdout"].data), status
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        os.close(master)
+        await client.close()
 
 
-def test_crictl_exec_missing_command(running):
+def test_spdy_exec_tty_sizes(running):
+    """A TTY exec gets the client's initial size, then follows a resize."""
     sycri, c = running
-    r = crictl(sycri, "exec", c.id, "no-such-binary")
-    assert r.returncode != 0
-    assert b"no-such-binary" in r.stderr
+    out, status = asyncio.run(_spdy_tty_sizes(exec_url(sycri, c.id, ["sh"], stdin=True, tty=True)))
+    assert b"27 91" in out
+    assert b"45 140" in out
+    assert b"/dev/pts/" in out  # a real terminal, not a pipe
+    assert spdy_client.exit_code(status) == 3
+
+
+def test_spdy_exec_missing_command(running):
+    sycri, c = running
+    out, _err, status = asyncio.run(_spdy_exec(exec_url(sycri, c.id, ["no-such-binary"])))
+    assert out == b""
+    assert status["status"] == "Failure"
+    with pytest.raises(spdy_client.ExecFailed, match="no-such-binary"):
+        spdy_client.exit_code(status)  # an error naming the command, not an exit code
 
 
 def test_ws_exec_through_rpc_url(running):
@@ -171,38 +188,42 @@ def test_ws_exec_through_rpc_url(running):
     assert status["status"] == "Success"
 
 
-def _checksum_exchange(port: int, n_in: int, n_out: int) -> None:
-    """Send n_in bytes to the pod's checksum server, get n_out back; both intact."""
-    payload = os.urandom(n_in)
-    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
-        s.sendall(f"{n_in} {n_out}\n".encode() + payload)
-        s.shutdown(socket.SHUT_WR)
-        reply = bytearray()
-        while chunk := s.recv(1 << 20):
-            reply += chunk
-    assert reply[:64].decode() == hashlib.sha256(payload).hexdigest()
-    assert len(reply) == 64 + n_out + 64
-    assert hashlib.sha256(reply[64:-64]).hexdigest() == reply[-64:].decode()
+async def _spdy_forward(url: str, port: int, exchanges: list[int]) -> list[tuple]:
+    """One port-forward session; each exchange is one connection (its own request id)
+    sending n bytes to the pod's checksum server and reading n back."""
+    client = await spdy_client.SpdyClient.connect(url, ["portforward.k8s.io"])
+    results = []
+    try:
+        assert client.protocol == "portforward.k8s.io"
+        for rid, n in enumerate(exchanges):
+            headers = {"port": str(port), "requestid": str(rid)}
+            error = await client.open_stream({"streamtype": "error", **headers})
+            data = await client.open_stream({"streamtype": "data", **headers})
+            payload = os.urandom(n)
+            await data.write(f"{n} {n}\n".encode())
+            for i in range(0, n, 32 * 1024):
+                await data.write(payload[i : i + 32 * 1024])
+            await data.close()
+            reply = await data.read_all(timeout=120)
+            err = await error.read_all(timeout=10)
+            results.append((n, hashlib.sha256(payload).hexdigest(), reply, err))
+        return results
+    finally:
+        await client.close()
 
 
-def test_crictl_port_forward_10mb_each_way(running):
-    """client-go's SPDY port-forwarder (in crictl) to a server inside the pod's netns."""
+def test_spdy_port_forward_10mb_each_way(running):
+    """SPDY port-forward through the real PortForward RPC to a server in the pod's netns."""
     sycri, c = running
+    url = sycri.runtime().PortForward(api_pb2.PortForwardRequest(pod_sandbox_id=c.pod)).url
     with streaming_env.checksum_server(f"/proc/{c.pid}/ns/net") as port:
-        local = streaming_env.free_port()
-        proc = subprocess.Popen(
-            ["crictl", "--runtime-endpoint", sycri.endpoint, "port-forward", c.pod,
-             f"{local}:{port}"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        try:
-            streaming_env.wait_listening(local)
-            _checksum_exchange(local, 10 * MB, 10 * MB)
-            _checksum_exchange(local, 1000, 1000)  # a second connection, same session
-        finally:
-            proc.terminate()
-            proc.wait(10)
+        # 10 MB each way, then a second connection in the same session.
+        results = asyncio.run(_spdy_forward(url, port, [10 * MB, 1000]))
+    for n, sent_digest, reply, err in results:
+        assert err == b""
+        assert reply[:64].decode() == sent_digest  # the pod received exactly what we sent
+        assert len(reply) == 64 + n + 64
+        assert hashlib.sha256(reply[64:-64]).hexdigest() == reply[-64:].decode()
 
 
 def test_streaming_address_in_use_is_a_clear_startup_error(tmp_path):

@@ -172,3 +172,22 @@ async def exec_session(
 
 def parse_status(raw: bytes) -> dict:
     return json.loads(raw)
+
+
+def exit_code(status: dict) -> int:
+    """The exit code client-go (kubectl, crictl) reports for an exec's final Status.
+
+    Success is 0; a NonZeroExitCode Status carries the code in its ExitCode cause;
+    anything else is an error the user sees as the Status message.
+    """
+    if status.get("status") == "Success":
+        return 0
+    if status.get("reason") == "NonZeroExitCode":
+        for cause in status.get("details", {}).get("causes", []):
+            if cause.get("reason") == "ExitCode":
+                return int(cause["message"])
+    raise ExecFailed(status.get("message", json.dumps(status)))
+
+
+class ExecFailed(Exception):
+    """An exec that did not run to an exit code (missing command, gone container)."""

@@ -264,48 +264,6 @@ class ServerThread:
         self.thread.join(10)
 
 
-def set_size(fd: int, cols: int, rows: int) -> None:
-    import fcntl
-    import struct
-    import termios
-
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-
-
-class PtyReader:
-    """Collects what a program writes to a terminal, in a thread."""
-
-    def __init__(self, master: int) -> None:
-        import threading
-
-        self.master = master
-        self.data = b""
-        self._cond = threading.Condition()
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self) -> None:
-        while True:
-            try:
-                chunk = os.read(self.master, 65536)
-            except OSError:
-                chunk = b""
-            with self._cond:
-                if not chunk:
-                    self.eof = True
-                    self._cond.notify_all()
-                    return
-                self.data += chunk
-                self._cond.notify_all()
-
-    eof = False
-
-    def wait_for(self, needle: bytes, timeout: float = 20) -> None:
-        with self._cond:
-            ok = self._cond.wait_for(lambda: needle in self.data or self.eof, timeout)
-            if not ok or needle not in self.data:
-                raise AssertionError(f"{needle!r} not in terminal output {self.data[-2000:]!r}")
-
-
 def free_port() -> int:
     import socket
 
