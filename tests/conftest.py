@@ -11,7 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.registry import basic_registry, registry, token_registry  # noqa: F401
+from tests.support.registry import (  # noqa: F401
+    basic_registry,
+    registry,
+    tls_registry,
+    token_registry,
+)
 from tests.support.server import SycriServer
 
 

@@ -60,6 +60,9 @@ class ImageConfig:
     squashfs_compression: str = "lz4"
     pull_progress_timeout_seconds: float = 300.0
     max_concurrent_downloads: int = 3
+    # Keep verified layer blobs so images sharing a layer do not download it again;
+    # a blob goes when the last image built from it is removed.
+    keep_layers: bool = True
     library_url: str = "https://library.sylabs.io"  # Sylabs library API for library://
 
 

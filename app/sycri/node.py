@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sycri.config import Config
 from sycri.k8s.agent import NodeAgent
@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from sycri.runtime.events import EventBus
     from sycri.runtime.sandbox_manager import SandboxManager
     from sycri.runtime.stats import StatsCollector
+    from sycri.streaming.server import StreamingServer
 
 
 @dataclass
@@ -23,9 +24,8 @@ class Node:
     # Node labels and pod events in the Kubernetes API; a no-op outside a cluster.
     node_agent: NodeAgent = field(default_factory=NodeAgent.disabled)
     images: Images = None  # type: ignore[assignment]  # set by server.assemble
-    # Components are attached by server assembly as they exist.
-    components: dict[str, Any] = field(default_factory=dict)
     sandboxes: SandboxManager | None = None
     containers: Containers | None = None
     events: EventBus | None = None  # container lifecycle events (GetContainerEvents)
     stats: StatsCollector | None = None  # cgroup/netns/disk usage with CPU baselines
+    streaming: StreamingServer | None = None  # exec/attach/port-forward URLs

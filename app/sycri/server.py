@@ -27,6 +27,7 @@ from sycri.cri import (
     runtime_info,
     sandbox,
     stats,
+    streaming,
 )
 from sycri.cri.service import Dispatcher, Handler
 from sycri.k8s.agent import NodeAgent
@@ -36,6 +37,8 @@ from sycri.runtime import containers
 from sycri.runtime.events import EventBus
 from sycri.runtime.sandbox_manager import SandboxManager
 from sycri.runtime.stats import StatsCollector
+from sycri.streaming.server import StreamingServer
+from sycri.streaming.targets import NodeTargets
 
 log = logging.getLogger("sycri.server")
 
@@ -72,7 +75,16 @@ def prepare_socket(path: Path) -> None:
 
 def handlers() -> dict[str, Handler]:
     out: dict[str, Handler] = {}
-    for module in (runtime_info, image, sandbox, container, stats, pod_metrics, events):
+    for module in (
+        runtime_info,
+        image,
+        sandbox,
+        container,
+        streaming,
+        stats,
+        pod_metrics,
+        events,
+    ):
         out.update(module.RPCS)
     out.update(listing.stream_variants(out))
     return out
@@ -106,6 +118,7 @@ def assemble(cfg: Config) -> Node:
     node.events = EventBus(cfg.event_buffer, on_drop=metrics.event_dropped)
     events.connect(node, node.events)
     node.stats = StatsCollector(node.cgroup_driver, disk_max_age=cfg.stats_disk_max_age_seconds)
+    node.streaming = StreamingServer(cfg.streaming, NodeTargets(node))
     return node
 
 
@@ -113,6 +126,13 @@ async def serve(cfg: Config, observers: list | None = None) -> int:
     sock = Path(cfg.socket)
     prepare_socket(sock)
     node = assemble(cfg)
+    if node.streaming is not None:
+        try:
+            await node.streaming.start()
+        except OSError as exc:  # address in use, unreadable TLS key, ...
+            raise StartupError(
+                f"cannot start the streaming server on {cfg.streaming.address}: {exc}"
+            ) from None
     if node.sandboxes is not None:
         await node.sandboxes.recover()
     if node.containers is not None:
@@ -162,6 +182,8 @@ async def serve(cfg: Config, observers: list | None = None) -> int:
     await server.stop(cfg.shutdown_grace_seconds)
     if exit_watch is not None:
         exit_watch.cancel()
+    if node.streaming is not None:
+        await node.streaming.stop()
     obs.close()
     await asyncio.to_thread(node.node_agent.close)
     with contextlib.suppress(FileNotFoundError):

@@ -177,6 +177,7 @@ def test_hostile_layers_are_refused_and_nothing_is_stored(registry, tmp_path, en
     assert images.list() == []
     assert os.listdir(images.store.sif_dir) == []
     assert os.listdir(images.store.tmp_dir) == []
+    assert os.listdir(images.store.blob_dir) == []
     assert not Path("/tmp/pwned").exists()
 
 
@@ -401,3 +402,153 @@ def test_restart_removes_leftovers_of_a_killed_pull(registry, tmp_path):
     again = make_images(tmp_path)
     assert not junk.exists() and not orphan.exists()
     assert again.list() == []
+
+
+def test_hostile_singularity_layout_links_are_replaced_not_followed(registry, tmp_path):
+    outside = tmp_path / "host-dir"
+    outside.mkdir()
+    victim = tmp_path / "host-file"
+    victim.write_text("untouched")
+    img = oci.Image(
+        layers=[
+            oci.layer(oci.busybox_entries()),
+            oci.layer(
+                [oci.symlink(".singularity.d", str(outside)), oci.symlink("proc", str(outside))]
+            ),
+        ]
+    )
+    r = repo()
+    oci.push(registry, r, "latest", img)
+    got = pull(make_images(tmp_path / "a"), f"{registry.host}/{r}")
+    assert list(outside.iterdir()) == []
+    with mounted(got.sif_path) as root:
+        assert (root / ".singularity.d").is_dir() and not (root / ".singularity.d").is_symlink()
+        assert (root / ".singularity.d/runscript").is_file()
+    img2 = oci.Image(
+        layers=[
+            oci.layer(oci.busybox_entries()),
+            oci.layer(
+                [
+                    oci.directory(".singularity.d"),
+                    oci.symlink(".singularity.d/runscript", str(victim)),
+                    oci.symlink(".singularity.d/env", str(outside)),
+                ]
+            ),
+        ]
+    )
+    oci.push(registry, r, "two", img2)
+    got2 = pull(make_images(tmp_path / "b"), f"{registry.host}/{r}:two")
+    assert victim.read_text() == "untouched"
+    assert list(outside.iterdir()) == []
+    with mounted(got2.sif_path) as root:
+        assert not (root / ".singularity.d/runscript").is_symlink()
+        assert (root / ".singularity.d/env/10-docker2singularity.sh").is_file()
+
+
+def test_a_pull_killed_with_sigkill_leaves_nothing_visible_and_is_cleaned_at_start(
+    registry, tmp_path
+):
+    import random
+    import signal
+    import time
+
+    from tests.support.server import sycri_cmd, sycri_env
+
+    rng = random.Random(7)
+    big = [oci.file(f"blob{i}", rng.randbytes(8 << 20)) for i in range(8)]
+    img = oci.Image(layers=[oci.layer(oci.busybox_entries()), oci.layer(big, compression="none")])
+    r = repo()
+    oci.push(registry, r, "latest", img)
+    root = tmp_path / "root"
+    proc = subprocess.Popen(
+        sycri_cmd("pull", "--root-dir", str(root), f"{registry.host}/{r}"),
+        env=sycri_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    tmp = root / "images" / "tmp"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any(tmp.glob("*/rootfs/bin")):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert any(tmp.iterdir()), "the pull finished before it could be killed"
+    images = make_images(tmp_path)
+    assert images.list() == []
+    assert list(images.store.tmp_dir.iterdir()) == []
+    assert list(images.store.sif_dir.iterdir()) == []
+    got = pull(images, f"{registry.host}/{r}")  # and a new pull works
+    assert got.id == img.id
+
+
+def test_token_auth_with_identity_token_and_registry_token(token_registry, tmp_path):
+    r = repo()
+    img = oci.busybox_image(cmd=["identity"])
+    oci.push(token_registry, r, "latest", img)
+    ref = f"{token_registry.host}/{r}"
+    got = pull(
+        make_images(tmp_path / "a"), ref, Credentials(identity_token=token_registry.refresh_token)
+    )
+    assert got.id == img.id
+    assert any(
+        q.startswith("POST ") and "refresh_token" in q for q in token_registry.token_requests
+    )
+    with pytest.raises(errors.Unauthenticated, match="refused"):
+        pull(make_images(tmp_path / "b"), ref, Credentials(identity_token="stale"))
+    bearer = token_registry.auth_header(r, "pull")["Authorization"].removeprefix("Bearer ")
+    got = pull(make_images(tmp_path / "c"), ref, Credentials(registry_token=bearer))
+    assert got.id == img.id
+
+
+def test_a_layer_present_locally_is_not_downloaded_again_and_goes_with_its_last_image(
+    registry, tmp_path, monkeypatch
+):
+    from sycri.images.registry import RegistryClient
+
+    base = oci.layer(oci.busybox_entries())
+    a = oci.Image(layers=[base, oci.layer([oci.file("which", "a")])])
+    b = oci.Image(layers=[base, oci.layer([oci.file("which", "b")])])
+    r = repo()
+    oci.push(registry, r, "a", a)
+    oci.push(registry, r, "b", b)
+    fetched: list[str] = []
+    real = RegistryClient.blob_to_file
+
+    async def recording(self, desc, dest, what, progress=None):
+        fetched.append(desc.digest)
+        return await real(self, desc, dest, what, progress)
+
+    monkeypatch.setattr(RegistryClient, "blob_to_file", recording)
+    images = make_images(tmp_path)
+    pull(images, f"{registry.host}/{r}:a")
+    assert fetched == [base.digest, a.layers[1].digest]
+    fetched.clear()
+    got_b = pull(images, f"{registry.host}/{r}:b")
+    assert fetched == [b.layers[1].digest]
+    with mounted(got_b.sif_path) as root:
+        assert (root / "which").read_text() == "b"
+        assert (root / "bin/busybox").exists()
+    blobs = images.store.blob_dir
+    asyncio.run(images.remove(a.id))
+    assert (blobs / base.digest.split(":")[1]).exists()
+    assert not (blobs / a.layers[1].digest.split(":")[1]).exists()
+    asyncio.run(images.remove(b.id))
+    assert list(blobs.iterdir()) == []
+
+
+def test_self_signed_tls_registry_marked_insecure(tls_registry, tmp_path):
+    r = repo()
+    img = oci.busybox_image(cmd=["tls"])
+    oci.push(tls_registry, r, "latest", img)
+    host = tls_registry.host.replace("127.0.0.1", "localhost")
+    conf = tmp_path / "registries.conf"
+    conf.write_text(f'[[registry]]\nlocation = "{host}"\ninsecure = true\n')
+    got = pull(make_images(tmp_path, registries_conf=str(conf)), f"{host}/{r}")
+    assert got.id == img.id
+
+
+def test_untrusted_tls_certificate_is_a_clear_error(tls_registry, tmp_path, monkeypatch):
+    import re
+
+    # loopback registries count as insecure (as with docker); take that away for this test
+    monkeypatch.setattr("sycri.images.registry.LOOPBACK", re.compile("^$"))
+    with pytest.raises(errors.Unavailable, match=r"TLS certificate .* is not trusted"):
+        pull(make_images(tmp_path), f"{tls_registry.host}/test/any:latest")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from sycri.config import Config, ImageConfig
 from sycri.images.service import Images
-from sycri.sif import partition_location
+from sycri.sif import mount_partition, unmount
 
 
 def make_images(base: Path, **image_settings) -> Images:
@@ -35,17 +36,10 @@ def siftool_list(path: str) -> str:
 
 @contextlib.contextmanager
 def mounted(sif_path: str) -> Iterator[Path]:
-    """The SIF's squashfs mounted read-only (kernel loop mount at the partition offset)."""
-    loc = partition_location(sif_path)
+    """The SIF's squashfs mounted read-only in place, with sycri's own SIF mount code."""
     with tempfile.TemporaryDirectory(prefix="sycri-test-mnt.") as target:
-        subprocess.run(
-            [
-                "mount", "-t", "squashfs", "-o",
-                f"loop,ro,offset={loc.offset},sizelimit={loc.size}", sif_path, target,
-            ],
-            check=True, capture_output=True, timeout=60,
-        )  # fmt: skip
+        asyncio.run(mount_partition(sif_path, target))
         try:
             yield Path(target)
         finally:
-            subprocess.run(["umount", target], check=True, timeout=60)
+            asyncio.run(unmount(target))

@@ -51,6 +51,19 @@ def free_subnet() -> str:
     raise RuntimeError("no free 10.2xx subnet on this host")
 
 
+def free_subnet6() -> str:
+    """A /64 in fd00::/8 that no interface or route on the host uses."""
+    out = subprocess.run(["ip", "-6", "route"], capture_output=True, text=True).stdout
+    used = []
+    for line in out.splitlines():
+        with contextlib.suppress(ValueError):
+            used.append(ipaddress.ip_network(line.split()[0], strict=False))
+    while True:
+        net = ipaddress.ip_network(f"fd{random.randint(16, 255):02x}:{secrets.token_hex(2)}::/64")
+        if not any(net.overlaps(u) for u in used if u.version == 6):
+            return str(net)
+
+
 @dataclass
 class PodNet:
     """A test's own bridge and subnet."""
@@ -131,11 +144,13 @@ if ctypes.CDLL(None, use_errno=True).setns(fd, 0x40000000) != 0:
     sys.exit("setns failed")
 mode = sys.argv[2]
 if mode == "listen":
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", int(sys.argv[3]))); s.listen(8)
+    s = socket.socket(socket.AF_INET6); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.bind(("::", int(sys.argv[3]))); s.listen(8)
     print("ready", flush=True)
     while True:
-        c, addr = s.accept(); c.sendall(sys.argv[4].encode() + b" " + addr[0].encode()); c.close()
+        c, addr = s.accept(); peer = addr[0].removeprefix("::ffff:")
+        c.sendall(sys.argv[4].encode() + b" " + peer.encode()); c.close()
 elif mode == "connect":
     deadline = time.monotonic() + 10
     while True:
@@ -223,8 +238,12 @@ def footprint(run_dir: Path, net: PodNet, ids: set[str], cgroup_rel: str = "") -
         if line.startswith("-A")
         and (net.prefix() in line or any(i in line for i in ids) or net.bridge in line)
     ]
+    # Chains our rules live in or jump to (other runs' CNI chains are not ours to count).
     chains = frozenset(
-        line.split()[0][1:] for line in rules.splitlines() if line.startswith(":CNI-")
+        word
+        for line in mine
+        for word in line.split()
+        if word.startswith("CNI-") and not word.startswith("CNI-HOSTPORT")
     )
     veths = subprocess.run(
         ["ip", "-o", "link", "show", "master", net.bridge], capture_output=True, text=True

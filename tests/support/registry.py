@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 BINARY = "/usr/bin/docker-registry"
+_NO_VERIFY = __import__("ssl")._create_unverified_context()
 SERVICE = "sycri-test-registry"
 ISSUER = "sycri-test-issuer"
 
@@ -100,13 +101,15 @@ class Registry:
     auth: str = ""  # "", "basic" or "token"
     username: str = "sycri"
     password: str = field(default_factory=lambda: secrets.token_hex(8))
+    refresh_token: str = field(default_factory=lambda: secrets.token_hex(12))
     proc: subprocess.Popen | None = None
     token_server: http.server.ThreadingHTTPServer | None = None
     token_requests: list[str] = field(default_factory=list)
+    scheme: str = "http"
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return f"{self.scheme}://{self.host}"
 
     @property
     def storage(self) -> Path:
@@ -171,7 +174,28 @@ def _token_server(reg: Registry, issuer: TokenIssuer) -> http.server.ThreadingHT
                 kind, _, rest = scope.partition(":")
                 name, _, actions = rest.rpartition(":")
                 access.append({"type": kind, "name": name, "actions": actions.split(",")})
-            body = json.dumps({"token": issuer.token(reg.username, access)}).encode()
+            self._answer({"token": issuer.token(reg.username, access)})
+
+        def do_POST(self) -> None:
+            """The OAuth2 refresh-token grant (docker's identity tokens)."""
+            length = int(self.headers.get("Content-Length", "0"))
+            form = urllib.parse.parse_qs(self.rfile.read(length).decode())
+            reg.token_requests.append("POST " + " ".join(sorted(form)))
+            if form.get("grant_type") != ["refresh_token"] or form.get("refresh_token") != [
+                reg.refresh_token
+            ]:
+                self.send_response(401)
+                self.end_headers()
+                return
+            access = []
+            for scope in form.get("scope", []):
+                kind, _, rest = scope.partition(":")
+                name, _, actions = rest.rpartition(":")
+                access.append({"type": kind, "name": name, "actions": actions.split(",")})
+            self._answer({"access_token": issuer.token(reg.username, access)})
+
+        def _answer(self, obj: dict) -> None:
+            body = json.dumps(obj).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -191,7 +215,45 @@ def _htpasswd(user: str, password: str) -> str:
     return f"{user}:{crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=1 << 4))}\n"
 
 
-def start(workdir: Path, auth: str = "") -> Registry:
+def _tls_files(workdir: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    crt, pem = workdir / "tls.crt", workdir / "tls.key"
+    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return crt, pem
+
+
+def start(workdir: Path, auth: str = "", tls: bool = False) -> Registry:
     """Start a registry; raises (never skips) when the binary is missing or it fails."""
     if not os.access(BINARY, os.X_OK):
         raise RuntimeError(f"{BINARY} not found: apt-get install docker-registry")
@@ -202,8 +264,13 @@ def start(workdir: Path, auth: str = "") -> Registry:
         "version: 0.1",
         "log: {level: warn, accesslog: {disabled: true}}",
         f"storage: {{filesystem: {{rootdirectory: {reg.storage}}}, delete: {{enabled: true}}}}",
-        f"http: {{addr: {reg.host}}}",
     ]
+    if tls:
+        crt, pem = _tls_files(workdir)
+        conf.append(f"http: {{addr: {reg.host}, tls: {{certificate: {crt}, key: {pem}}}}}")
+        reg.scheme = "https"
+    else:
+        conf.append(f"http: {{addr: {reg.host}}}")
     if auth == "basic":
         (workdir / "htpasswd").write_text(_htpasswd(reg.username, reg.password))
         conf.append(f"auth: {{htpasswd: {{realm: sycri-test, path: {workdir / 'htpasswd'}}}}}")
@@ -229,7 +296,7 @@ def start(workdir: Path, auth: str = "") -> Registry:
             break
         with contextlib.suppress(OSError):
             try:
-                urllib.request.urlopen(reg.url + "/v2/", timeout=1).close()
+                urllib.request.urlopen(reg.url + "/v2/", timeout=1, context=_NO_VERIFY).close()
                 return reg
             except urllib.error.HTTPError as exc:
                 if exc.code == 401:
@@ -245,10 +312,10 @@ def start(workdir: Path, auth: str = "") -> Registry:
 import pytest  # noqa: E402
 
 
-def _fixture(auth: str):
+def _fixture(auth: str, tls: bool = False):
     @pytest.fixture(scope="session")
     def fixture(tmp_path_factory):
-        reg = start(tmp_path_factory.mktemp(f"registry-{auth or 'anon'}"), auth)
+        reg = start(tmp_path_factory.mktemp(f"registry-{auth or 'anon'}"), auth, tls)
         try:
             yield reg
         finally:
@@ -260,3 +327,4 @@ def _fixture(auth: str):
 registry = _fixture("")
 basic_registry = _fixture("basic")
 token_registry = _fixture("token")
+tls_registry = _fixture("", tls=True)

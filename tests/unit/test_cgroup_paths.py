@@ -73,3 +73,14 @@ def test_shares_to_weight_matches_runc():
     assert cgroups.shares_to_weight(2) == 1
     assert cgroups.shares_to_weight(1024) == 39
     assert cgroups.shares_to_weight(262144) == 10000
+
+
+def test_missing_directories_are_listed_parents_first(tmp_path):
+    (tmp_path / "memory" / "kubepods").mkdir(parents=True)
+    (tmp_path / "cpu").mkdir()
+    missing = cgroups.PodCgroup.missing(1, "/kubepods/pod1", str(tmp_path))
+    assert missing == [
+        str(tmp_path / "cpu" / "kubepods"),
+        str(tmp_path / "cpu" / "kubepods" / "pod1"),
+        str(tmp_path / "memory" / "kubepods" / "pod1"),
+    ]

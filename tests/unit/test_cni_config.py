@@ -76,7 +76,9 @@ def test_default_network_dual_stack():
     assert bridge["bridge"] == "br-x" and bridge["ipMasq"] is True
     assert bridge["ipam"]["ranges"] == [[{"subnet": "10.77.0.0/24"}], [{"subnet": "fd00:77::/64"}]]
     assert {"dst": "::/0"} in bridge["ipam"]["routes"]
-    assert [p["type"] for p in net.plugins] == ["bridge", "portmap", "bandwidth"]
+    assert [p["type"] for p in net.plugins] == ["bridge", "portmap"]
+    shaped = cni.default_network(["10.77.0.0/24"], "br-x", "/x", bandwidth=True)
+    assert shaped.plugins[-1] == {"type": "bandwidth", "capabilities": {"bandwidth": True}}
 
 
 def test_check_only_from_cni_0_4_0():

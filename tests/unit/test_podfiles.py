@@ -54,3 +54,9 @@ def test_bandwidth_annotations_become_the_cni_capability():
     assert bw["ingressRate"] == 10**7 and bw["egressRate"] == 2**20
     assert bw["ingressBurst"] > 0 and bw["egressBurst"] > 0
     assert podfiles.bandwidth({}) == {}
+
+
+def test_default_hostname_from_any_pod_name():
+    assert podfiles.default_hostname("My_Pod.v2") == "my-pod-v2"
+    assert podfiles.default_hostname("___") == "pod"
+    assert len(podfiles.default_hostname("a" * 200)) == 63

@@ -97,10 +97,12 @@ def verbose_info(sb: Sandbox) -> dict[str, str]:
 async def pod_sandbox_status(
     node: Node, request: api_pb2.PodSandboxStatusRequest
 ) -> api_pb2.PodSandboxStatusResponse:
-    sb = _manager(node).get(request.pod_sandbox_id)
+    manager = _manager(node)
+    sb = manager.check_alive(manager.get(request.pod_sandbox_id))
     resp = api_pb2.PodSandboxStatusResponse(status=status_of(sb), timestamp=time.time_ns())
     if request.verbose:
         resp.info.update(verbose_info(sb))
+        resp.info["networkCheck"] = await manager.check_network(sb)
     return resp
 
 

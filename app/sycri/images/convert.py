@@ -10,6 +10,7 @@ same image always gives the same file.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -56,7 +57,13 @@ async def fetch_and_apply(
     work: Path,
     applier: Applier,
     parallel: int,
+    cache: Path | None = None,
 ) -> None:
+    """Download (or take from ``cache``) every layer and apply them in order.
+
+    With a cache directory, a verified blob is also linked as ``cache/<hex>``, and a blob
+    already there is not downloaded again.
+    """
     sem = asyncio.Semaphore(parallel)
     n = len(layers)
     for d in layers:
@@ -64,9 +71,18 @@ async def fetch_and_apply(
     tasks: dict[str, asyncio.Task] = {}
 
     async def fetch(i: int, desc: mf.Descriptor) -> Path:
-        path = work / f"blob-{desc.digest.split(':', 1)[1]}"
+        hexd = desc.digest.split(":", 1)[1]
+        path = work / f"blob-{hexd}"
+        if cache is not None:
+            # A link of our own: pruning the cache meanwhile cannot take the file away.
+            with contextlib.suppress(FileNotFoundError):
+                os.link(cache / hexd, path)
+                return path
         async with sem:
             await client.blob_to_file(desc, path, what=f"layer {i + 1}/{n}")
+        if cache is not None:
+            with contextlib.suppress(FileExistsError):
+                os.link(path, cache / hexd)
         return path
 
     for i, d in enumerate(layers):

@@ -32,7 +32,7 @@ class Credentials:
         return bool(self.username or self.identity_token or self.registry_token)
 
     def __repr__(self) -> str:  # never print secrets
-        return f"Credentials(username={self.username!r}, secrets=<redacted>)"
+        return f"Credentials(username={self.username!r}, password=<redacted>)"
 
 
 def decode_auth(auth: str, where: str) -> tuple[str, str]:

@@ -48,7 +48,7 @@ class Reference:
     @property
     def name(self) -> str:
         """``registry/repository``: the repo part of repo tags and repo digests."""
-        return f"{self.registry}/{self.repository}"
+        return f"{self.registry}/{self.repository}" if self.registry else self.repository
 
     @property
     def tagged(self) -> str:

@@ -151,6 +151,12 @@ class RegistryClient:
             except TimeoutError:
                 last = f"no answer within {self.progress_timeout:g}s"
                 continue
+            except aiohttp.ClientConnectorCertificateError as exc:
+                raise Unavailable(
+                    f"{what}: the TLS certificate of registry {self.endpoint.host} is not "
+                    f"trusted ({exc.certificate_error}); if that is intended, mark it insecure "
+                    "in registries.conf"
+                ) from None
             except aiohttp.ClientError as exc:
                 last = f"{type(exc).__name__}: {exc}"
                 continue

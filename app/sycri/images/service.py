@@ -187,7 +187,8 @@ class Images:
         ref = reference.parse(text)
         if ref.transport == "file":
             return await self._import_local(ref, text)
-        key = str(ref)
+        # Pulls share a download only when they would show the registry the same credentials.
+        key = str(ref) + "\0" + _fingerprint(auth)
         task = self._pulls.get(key)
         if task is None:
             task = asyncio.create_task(self._pull(ref, text, auth), name=f"pull {key}")
@@ -305,6 +306,7 @@ class Images:
         text: str,
         tags: list[str],
         digests: list[str],
+        layers: list[str] = (),  # type: ignore[assignment]
     ) -> Image:
         final = self.store.sif_path_for(image_id)
         os.chmod(built, 0o644)
@@ -319,6 +321,7 @@ class Images:
                 tags=tags,
                 digests=digests,
                 user_ref=text,
+                layers=layers,
                 now=time.time(),
             )
         )
@@ -342,7 +345,12 @@ class Images:
             rootfs.mkdir(mode=0o755)
             applier = Applier(rootfs)
             await fetch_and_apply(
-                client, manifest.layers, work, applier, self.cfg.images.max_concurrent_downloads
+                client,
+                manifest.layers,
+                work,
+                applier,
+                self.cfg.images.max_concurrent_downloads,
+                self.store.blob_dir if self.cfg.images.keep_layers else None,
             )
             await in_thread(applier.finish)
             built = await build_sif(
@@ -354,7 +362,18 @@ class Images:
                 compression=self.cfg.images.squashfs_compression,
                 arch=config.architecture or self.arch,
             )
-            return await self._commit(image_id, built, config_bytes, text, tags, digests)
+            return await self._commit(
+                image_id,
+                built,
+                config_bytes,
+                text,
+                tags,
+                digests,
+                [d.digest for d in manifest.layers] if self.cfg.images.keep_layers else [],
+            )
+        except BaseException:
+            await in_thread(self.store.prune_blobs)  # no image was built from them
+            raise
         finally:
             await in_thread(shutil.rmtree, work, True)
 
@@ -450,6 +469,13 @@ class Images:
                 now=time.time(),
             )
         )
+
+
+def _fingerprint(auth: Credentials | None) -> str:
+    if not auth:
+        return ""
+    raw = "\0".join((auth.username, auth.password, auth.identity_token, auth.registry_token))
+    return hashlib.sha256(raw.encode()).hexdigest()
 
 
 def _raw(image: Image) -> bytes:

@@ -46,6 +46,12 @@ CREATE TABLE IF NOT EXISTS digests (
 );
 CREATE INDEX IF NOT EXISTS tags_by_image ON tags(image_id);
 CREATE INDEX IF NOT EXISTS digests_by_image ON digests(image_id);
+CREATE TABLE IF NOT EXISTS layers (
+    image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    digest TEXT NOT NULL,
+    PRIMARY KEY (image_id, digest)
+);
+CREATE INDEX IF NOT EXISTS layers_by_digest ON layers(digest);
 """
 
 
@@ -74,7 +80,8 @@ class Store:
         self.root = Path(root)
         self.sif_dir = self.root / "sif"
         self.tmp_dir = self.root / "tmp"
-        for d in (self.root, self.sif_dir, self.tmp_dir):
+        self.blob_dir = self.root / "blobs"
+        for d in (self.root, self.sif_dir, self.tmp_dir, self.blob_dir):
             d.mkdir(parents=True, exist_ok=True, mode=0o711)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(
@@ -129,8 +136,23 @@ class Store:
                         "image %s lost its SIF %s; dropping it from the index", image_id, path
                     )
                     db.execute("DELETE FROM images WHERE id=?", (image_id,))
+        removed += self.prune_blobs()
         if removed:
             log.info("removed %d leftovers of unfinished pulls", len(removed))
+        return removed
+
+    def prune_blobs(self) -> list[str]:
+        """Delete cached layer blobs that no stored image was built from."""
+        with self._lock:
+            used = {
+                r[0].split(":", 1)[-1]
+                for r in self._db.execute("SELECT DISTINCT digest FROM layers")
+            }
+        removed = []
+        for f in self.blob_dir.iterdir():
+            if f.name not in used:
+                removed.append(str(f))
+                f.unlink(missing_ok=True)
         return removed
 
     # -- reads ------------------------------------------------------------------------------
@@ -207,6 +229,7 @@ class Store:
         user_ref: str = "",
         pinned: bool = False,
         local: bool = False,
+        layers: list[str] = (),  # type: ignore[assignment]
         now: float = 0.0,
     ) -> Image:
         """Index an image (or add tags/digests to a known one); a tag moves to this image."""
@@ -223,6 +246,10 @@ class Store:
                     "INSERT INTO tags (tag, image_id) VALUES (?,?) "
                     "ON CONFLICT(tag) DO UPDATE SET image_id=excluded.image_id",
                     (t, image_id),
+                )
+            for d in layers:
+                db.execute(
+                    "INSERT OR IGNORE INTO layers (image_id, digest) VALUES (?,?)", (image_id, d)
                 )
             for d in digests:
                 db.execute(
@@ -248,6 +275,7 @@ class Store:
         if not image.local:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(image.sif_path)
+        self.prune_blobs()
         return image
 
     def set_pinned(self, image_id: str, pinned: bool) -> None:

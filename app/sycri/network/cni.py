@@ -93,8 +93,14 @@ def load_first(conf_dir: str) -> Network | None:
     return parse(doc, str(first))
 
 
-def default_network(subnets: Sequence[str], bridge: str, ipam_dir: str) -> Network:
-    """sycri's built-in network: a bridge with host-local IPAM, masquerade and hostPorts."""
+def default_network(
+    subnets: Sequence[str], bridge: str, ipam_dir: str, *, bandwidth: bool = False
+) -> Network:
+    """sycri's built-in network: a bridge with host-local IPAM, masquerade and hostPorts.
+
+    The bandwidth plugin joins the chain only for pods that ask for shaping: it costs a
+    process per ADD/DEL, and Debian's build panics on CHECK when it has no limits to check.
+    """
     nets = [ipaddress.ip_network(s, strict=False) for s in subnets]
     routes = [{"dst": "0.0.0.0/0" if n.version == 4 else "::/0"} for n in nets]
     plugins = (
@@ -112,8 +118,9 @@ def default_network(subnets: Sequence[str], bridge: str, ipam_dir: str) -> Netwo
             },
         },
         {"type": "portmap", "capabilities": {"portMappings": True}},
-        {"type": "bandwidth", "capabilities": {"bandwidth": True}},
     )
+    if bandwidth:
+        plugins = (*plugins, {"type": "bandwidth", "capabilities": {"bandwidth": True}})
     return Network(DEFAULT_NAME, "1.0.0", plugins, "built-in")
 
 

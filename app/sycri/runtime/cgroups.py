@@ -136,6 +136,20 @@ class PodCgroup:
     created: list[str]
     root: str = CGROUP_ROOT
 
+    @staticmethod
+    def missing(version: int, rel: str, root: str = CGROUP_ROOT) -> list[str]:
+        """The directories :meth:`ensure` would create (recorded before creating them)."""
+        out = []
+        for top in _hierarchies(version, root):
+            if not os.path.isdir(top):
+                continue
+            cur = top
+            for part in [p for p in rel.split("/") if p]:
+                cur = os.path.join(cur, part)
+                if not os.path.isdir(cur):
+                    out.append(cur)
+        return out
+
     @classmethod
     def ensure(cls, version: int, rel: str, root: str = CGROUP_ROOT) -> PodCgroup:
         """Create missing directories of ``rel`` (parents first); blocking."""

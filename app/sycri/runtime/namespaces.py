@@ -11,10 +11,13 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 from sycri.runtime import linux
+
+T = TypeVar("T")
 
 FLAGS = {"net": linux.CLONE_NEWNET, "ipc": linux.CLONE_NEWIPC, "uts": linux.CLONE_NEWUTS}
 
@@ -66,6 +69,17 @@ def enter(paths: Mapping[str, str]) -> None:
             linux.setns(fd, FLAGS[kind])
         finally:
             os.close(fd)
+
+
+async def call_in(paths: Mapping[str, str], fn: Callable[[], T]) -> T:
+    """Run blocking ``fn`` inside the namespaces at ``paths`` (e.g. a pod's netns, for
+    port-forward), in a throw-away thread so no pooled thread is left inside."""
+
+    def body() -> T:
+        enter(paths)
+        return fn()
+
+    return await linux.in_fresh_thread(body)
 
 
 def pin_process(pid: int, kind: str, target: Path) -> None:

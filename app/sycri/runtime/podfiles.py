@@ -46,6 +46,12 @@ def check_hostname(name: str) -> str:
     return name
 
 
+def default_hostname(pod_name: str) -> str:
+    """A valid hostname derived from a pod name when the request names none."""
+    cleaned = re.sub(r"[^a-z0-9-]+", "-", pod_name.lower())[:63].strip("-")
+    return cleaned or "pod"
+
+
 def _tokens(kind: str, values: Sequence[str]) -> list[str]:
     if len(values) > MAX_DNS_ITEMS:
         raise InvalidArgument(f"dns_config: more than {MAX_DNS_ITEMS} {kind}")

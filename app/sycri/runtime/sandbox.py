@@ -71,8 +71,7 @@ class Sandbox:
     ips: list[str] = field(default_factory=list)
     network: dict[str, Any] | None = None  # the conflist used for ADD, reused by DEL
     cni_result: dict[str, Any] | None = None
-    network_up: bool = False
-    loopback_up: bool = False
+    network_up: bool = False  # an ADD was (or may have been) made: a DEL is owed
 
     @property
     def config(self) -> api_pb2.PodSandboxConfig:

@@ -164,12 +164,13 @@ class SandboxManager:
                 raise InvalidArgument(f"pod CIDR {p} is too small for pods")
         atomic_write(self.cidr_file, ",".join(str(n) for n in nets).encode())
 
-    def network(self) -> cni.Network:
+    def network(self, bandwidth: bool = False) -> cni.Network:
+        """The lexically first config in the conf dir, else the built-in network."""
         found = cni.load_first(self.config.cni.conf_dir)
         if found is not None:
             return found
         return cni.default_network(
-            self.pod_subnets(), self.config.cni.default_bridge, self.ipam_dir
+            self.pod_subnets(), self.config.cni.default_bridge, self.ipam_dir, bandwidth=bandwidth
         )
 
     # ----- create -------------------------------------------------------------
@@ -187,6 +188,13 @@ class SandboxManager:
                 await self._create(sb, cfg, plan)
                 sb.state = READY
                 self.store.save(sb)
+                log.info(
+                    "pod sandbox %s (%s/%s) ready, ips %s",
+                    sb.id[:12],
+                    sb.namespace,
+                    sb.name,
+                    ",".join(sb.ips) or "-",
+                )
             except BaseException:
                 with contextlib.suppress(Exception):
                     await self._teardown(sb)
@@ -221,7 +229,7 @@ class SandboxManager:
         if host_net:
             hostname = socket.gethostname()
         else:
-            hostname = podfiles.check_hostname(cfg.hostname or md.name[:63].rstrip("-."))
+            hostname = podfiles.check_hostname(cfg.hostname or podfiles.default_hostname(md.name))
         plan = _Plan(
             sysctls=sysctls.plan(dict(cfg.linux.sysctls), host_net, host_ipc),
             shm_bytes=podfiles.shm_size(dict(cfg.annotations)) if not host_ipc else 0,
@@ -241,8 +249,13 @@ class SandboxManager:
         log_dir = cfg.log_directory
         if log_dir and not os.path.isabs(log_dir):
             raise InvalidArgument(f"log_directory {excerpt(log_dir)} must be an absolute path")
+        net = self.network(bool(plan.bandwidth)) if modes["network"] == "POD" else None
+        plan.builtin = net is not None and net.source == "built-in"
         sandbox_id = idindex.new_id()
         run_dir = self.pods_run / sandbox_id
+        ns_dir = run_dir / "ns"
+        pod_net = modes["network"] == "POD"
+        pod_ipc = modes["ipc"] == "POD"
         sb = Sandbox(
             id=sandbox_id,
             name=md.name,
@@ -265,31 +278,39 @@ class SandboxManager:
             resolv_path=str(run_dir / "resolv.conf"),
             hostname_path=str(run_dir / "hostname"),
             shm_path="/dev/shm" if host_ipc else str(run_dir / "shm"),
+            shm_mounted=pod_ipc,
             log_directory=log_dir,
+            netns_path=str(ns_dir / "net") if pod_net else None,
+            uts_ns_path=str(ns_dir / "uts") if pod_net else None,
+            ipc_ns_path=str(ns_dir / "ipc") if pod_ipc else None,
+            # Saved with the first record: a crash at any later point still owes a DEL.
+            network=net.document() if net is not None else None,
+            network_up=net is not None,
         )
         return sb, plan
 
     def _ensure_shared(self) -> None:
         if not self._shared:
-            namespaces.ensure_shared(self.pods_run)
+            # Done at the first pod, not at start-up: a node that never runs a pod
+            # (and every test server) leaves the host's mount table alone.
+            namespaces.ensure_shared(Path(self.config.run_dir))
+            self.pods_run.mkdir(mode=0o711, exist_ok=True)
             self._shared = True
 
     async def _create(self, sb: Sandbox, cfg: api_pb2.PodSandboxConfig, plan: _Plan) -> None:
         self._ensure_shared()
         run_dir = Path(sb.run_dir)
         run_dir.mkdir(mode=0o711, exist_ok=True)
-        ns_dir = run_dir / "ns"
-        targets: dict[str, Path] = {}
-        if sb.net_mode == "POD":
-            targets["net"] = ns_dir / "net"
-            targets["uts"] = ns_dir / "uts"
-        if sb.ipc_mode == "POD":
-            targets["ipc"] = ns_dir / "ipc"
+        targets = {
+            kind: Path(path)
+            for kind, path in (
+                ("net", sb.netns_path),
+                ("uts", sb.uts_ns_path),
+                ("ipc", sb.ipc_ns_path),
+            )
+            if path
+        }
         if targets:
-            sb.netns_path = str(targets["net"]) if "net" in targets else None
-            sb.uts_ns_path = str(targets["uts"]) if "uts" in targets else None
-            sb.ipc_ns_path = str(targets["ipc"]) if "ipc" in targets else None
-            self.store.save(sb)  # record the pins before making them
             hostname = sb.hostname if "uts" in targets else None
             await linux.in_fresh_thread(lambda: namespaces.create_pinned(targets, hostname))
         if plan.sysctls:
@@ -302,11 +323,14 @@ class SandboxManager:
 
             await linux.in_fresh_thread(apply)
         if sb.cgroup_path:
+            # Recorded before the mkdirs, so a crash in between leaks no cgroup.
+            sb.cgroup_created = cgroups.PodCgroup.missing(sb.cgroup_version, sb.cgroup_path)
+            if sb.cgroup_created:
+                self.store.save(sb)
             pc = await asyncio.to_thread(
                 cgroups.PodCgroup.ensure, sb.cgroup_version, sb.cgroup_path
             )
-            sb.cgroup_created = pc.created
-            self.store.save(sb)
+            sb.cgroup_created = sorted(set(sb.cgroup_created) | set(pc.created))
             leaf_created = any(
                 d.rstrip("/").endswith(sb.cgroup_path.rstrip("/")) for d in pc.created
             )
@@ -315,8 +339,6 @@ class SandboxManager:
         if sb.ipc_mode == "POD":
             shm = Path(sb.shm_path)
             shm.mkdir(mode=0o1777, exist_ok=True)
-            sb.shm_mounted = True
-            self.store.save(sb)
             linux.mount(
                 "shm",
                 shm,
@@ -360,23 +382,19 @@ class SandboxManager:
         )
 
     async def _network_up(self, sb: Sandbox, plan: _Plan) -> None:
-        net = self.network()
+        assert sb.network is not None
+        net = cni.parse(sb.network, f"sandbox {sb.id[:12]}")
         caps: dict = {}
         if plan.ports:
             caps["portMappings"] = plan.ports
         if plan.bandwidth:
             caps["bandwidth"] = plan.bandwidth
-        if net.source == "built-in":
+        if plan.builtin:
             _enable_forwarding(net)
-        sb.loopback_up = True
         await self.cni.add(cni.LOOPBACK, self._attachment(sb, "lo"))
-        sb.network = net.document()
-        sb.network_up = True
-        self.store.save(sb)  # DEL must run even if ADD fails half-way
         result = await self.cni.add(net, self._attachment(sb, "eth0", caps))
         sb.cni_result = result
         sb.ips = cni.result_ips(result)
-        self.store.save(sb)
 
     def _write_files(self, sb: Sandbox, plan: _Plan) -> None:
         if sb.net_mode == "NODE":
@@ -384,14 +402,28 @@ class SandboxManager:
         else:
             hosts_text = podfiles.hosts(sb.hostname, sb.ips)
         resolv = plan.resolv if plan.resolv else _read_or("/etc/resolv.conf", "")
-        atomic_write(sb.hosts_path, hosts_text.encode())
-        atomic_write(sb.resolv_path, resolv.encode())
-        atomic_write(sb.hostname_path, (sb.hostname + "\n").encode())
+        # Run-dir files die with the node, so they skip fsync (a pod start pays ~4 ms each).
+        _replace(sb.hosts_path, hosts_text)
+        _replace(sb.resolv_path, resolv)
+        _replace(sb.hostname_path, sb.hostname + "\n")
         if sb.log_directory:
             log_root = Path(self.config.pod_log_dir).resolve()
             target = Path(sb.log_directory).resolve()
             if target == log_root or log_root in target.parents:
                 target.mkdir(parents=True, exist_ok=True, mode=0o755)
+
+    async def check_network(self, sb: Sandbox) -> str:
+        """CNI CHECK of a pod's attachment: "ok", "not attached", or the plugin's error."""
+        if not (sb.ready and sb.network_up and sb.network and sb.cni_result):
+            return "not attached"
+        net = cni.parse(sb.network, f"sandbox {sb.id[:12]}")
+        try:
+            await self.cni.check(
+                net, self._attachment(sb, "eth0", self._caps_of(sb)), sb.cni_result
+            )
+        except cni.CniError as exc:
+            return exc.message
+        return "ok"
 
     # ----- stop and remove ----------------------------------------------------
 
@@ -414,11 +446,11 @@ class SandboxManager:
             net = cni.parse(sb.network, f"sandbox {sb.id[:12]}")
             att = self._attachment(sb, "eth0", self._caps_of(sb))
             await self.cni.delete(net, att, sb.cni_result)
-        if sb.network_up or sb.loopback_up:
+        if sb.network_up:
             sb.network_up = False
-            sb.loopback_up = False
             sb.ips = []
-            self.store.save(sb)
+            if sb.state != CREATING:
+                self.store.save(sb)
 
     def _caps_of(self, sb: Sandbox) -> dict:
         cfg = sb.config
@@ -447,6 +479,7 @@ class SandboxManager:
             await self._teardown(sb)
             self.store.delete(sb)
         self._locks.pop(sb.id, None)
+        log.info("pod sandbox %s (%s/%s) removed", sb.id[:12], sb.namespace, sb.name)
         return True
 
     async def _teardown(self, sb: Sandbox) -> None:
@@ -486,6 +519,14 @@ class SandboxManager:
                 sb.state = NOTREADY
                 self.store.save(sb)
 
+    def check_alive(self, sb: Sandbox) -> Sandbox:
+        """Mark a READY pod NOTREADY when its init died (kubelet then replaces the pod)."""
+        if sb.ready and sb.pid_mode == "POD" and not pod_init.alive(sb.init_pid, sb.init_start):
+            log.warning("pod sandbox %s lost its init process: NOTREADY", sb.id[:12])
+            sb.state = NOTREADY
+            self.store.save(sb)
+        return sb
+
     def _alive(self, sb: Sandbox) -> bool:
         for p in (sb.netns_path, sb.ipc_ns_path, sb.uts_ns_path):
             if p and not linux.is_mountpoint(p):
@@ -503,6 +544,15 @@ class _Plan:
     bandwidth: dict[str, int]
     limits: cgroups.Limits
     resolv: str = ""
+    builtin: bool = False  # the built-in network (needs IP forwarding on the host)
+
+
+def _replace(path: str, text: str) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
 
 
 def _read_or(path: str, default: str) -> str:

@@ -1,0 +1,217 @@
+"""library:// against a local server speaking the Sylabs library API, and registry
+misbehaviour (5xx, stalls) from a small HTTP server that speaks the distribution API."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import secrets
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from sycri import errors
+from sycri.images.credentials import Credentials
+
+from tests.support import oci
+from tests.support.images import make_images, mounted, siftool_list
+
+pytestmark = pytest.mark.root
+SEEN = web.AppKey("seen", list)
+
+
+@pytest.fixture(scope="module")
+def sif_bytes(registry, tmp_path_factory) -> bytes:
+    r = "test/" + secrets.token_hex(4)
+    oci.push(registry, r, "latest", oci.busybox_image(cmd=["from-library"]))
+    images = make_images(tmp_path_factory.mktemp("lib-src"))
+    image = asyncio.run(images.pull(f"{registry.host}/{r}"))
+    return Path(image.sif_path).read_bytes()
+
+
+async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+def library_app(sif: bytes, token: str = "", redirect: dict | None = None) -> web.Application:
+    digest = hashlib.sha256(sif).hexdigest()
+    seen: list[str] = []
+
+    def authorised(request: web.Request) -> bool:
+        return not token or request.headers.get("Authorization") == f"Bearer {token}"
+
+    async def oci_redirect(request: web.Request):
+        seen.append(f"redirect {request.query.get('namespace')}")
+        if redirect is None:
+            raise web.HTTPNotFound()
+        return web.json_response(redirect)
+
+    async def image(request: web.Request):
+        seen.append(f"image {request.match_info['ref']} arch={request.query.get('arch')}")
+        if not authorised(request):
+            raise web.HTTPUnauthorized()
+        if request.match_info["ref"] != "alice/tools/busybox:1.0":
+            raise web.HTTPNotFound()
+        return web.json_response({"data": {"hash": f"sha256.{digest}", "size": len(sif)}})
+
+    async def imagefile(request: web.Request):
+        if not authorised(request):
+            raise web.HTTPUnauthorized()
+        return web.Response(body=sif, content_type="application/octet-stream")
+
+    app = web.Application()
+    app[SEEN] = seen
+    app.router.add_get("/v1/oci-redirect", oci_redirect)
+    app.router.add_get("/v1/images/{ref:.+}", image)
+    app.router.add_get("/v1/imagefile/{ref:.+}", imagefile)
+    return app
+
+
+def _pull_library(tmp_path, app, ref, creds=None):
+    async def go():
+        runner, url = await _serve(app)
+        try:
+            images = make_images(tmp_path, library_url=url)
+            return images, await images.pull(ref, creds)
+        finally:
+            await runner.cleanup()
+
+    return asyncio.run(go())
+
+
+def test_library_legacy_routes_with_token(tmp_path, sif_bytes):
+    app = library_app(sif_bytes, token="s3cret")
+    _, got = _pull_library(
+        tmp_path, app, "library://alice/tools/busybox:1.0", Credentials(registry_token="s3cret")
+    )
+    assert Path(got.sif_path).read_bytes() == sif_bytes
+    assert got.id == "sha256:" + hashlib.sha256(sif_bytes).hexdigest()
+    assert got.config.cmd == ("from-library",)
+    assert got.repo_tags == ("library://alice/tools/busybox:1.0",)
+    assert "image alice/tools/busybox:1.0 arch=amd64" in app[SEEN]
+    siftool_list(got.sif_path)
+    with mounted(got.sif_path) as root:
+        assert (root / "bin/busybox").exists()
+
+
+def test_library_without_token_is_refused_clearly(tmp_path, sif_bytes):
+    with pytest.raises(errors.Unauthenticated, match="requires a token"):
+        _pull_library(
+            tmp_path, library_app(sif_bytes, token="x"), "library://alice/tools/busybox:1.0"
+        )
+
+
+def test_library_unknown_image_is_not_found(tmp_path, sif_bytes):
+    with pytest.raises(errors.NotFound):
+        _pull_library(tmp_path, library_app(sif_bytes), "library://alice/tools/other:1.0")
+
+
+def test_library_oci_redirect_pulls_the_sif_artifact_from_the_registry(
+    registry, tmp_path, sif_bytes
+):
+    repo = "library/" + secrets.token_hex(4)
+    _, cfg_digest = oci.push_sif(registry, repo, "1.0", sif_bytes)
+    app = library_app(sif_bytes, redirect={"url": registry.url, "token": "", "name": repo})
+    _, got = _pull_library(tmp_path, app, "library://alice/tools/busybox:1.0")
+    assert got.id == cfg_digest
+    assert Path(got.sif_path).read_bytes() == sif_bytes
+    assert app[SEEN] == ["redirect alice/tools/busybox"]
+
+
+# -- a misbehaving registry -------------------------------------------------------------------
+
+
+def flaky_registry(img: oci.Image, failures: int, stall: bool) -> web.Application:
+    blobs = {oci.sha256(img.config()): img.config()}
+    blobs.update({layer.digest: layer.blob for layer in img.layers})
+    state = {"failures": failures}
+
+    async def ping(request):
+        return web.json_response({})
+
+    async def manifest(request):
+        if state["failures"] > 0:
+            state["failures"] -= 1
+            raise web.HTTPServiceUnavailable()
+        return web.Response(body=img.manifest(), content_type=img.media_type)
+
+    async def blob(request):
+        data = blobs[request.match_info["digest"]]
+        if stall and data != img.config():
+            resp = web.StreamResponse(headers={"Content-Length": str(len(data))})
+            await resp.prepare(request)
+            await resp.write(data[:100])
+            await asyncio.sleep(3)
+            return resp
+        return web.Response(body=data)
+
+    app = web.Application()
+    app.router.add_get("/v2/", ping)
+    app.router.add_get("/v2/x/y/manifests/{ref}", manifest)
+    app.router.add_get("/v2/x/y/blobs/{digest}", blob)
+    return app
+
+
+def _pull_flaky(tmp_path, app, **settings):
+    async def go():
+        runner, url = await _serve(app)
+        try:
+            images = make_images(tmp_path, **settings)
+            return await images.pull(url.removeprefix("http://") + "/x/y:t")
+        finally:
+            await runner.cleanup()
+
+    return asyncio.run(go())
+
+
+def test_registry_5xx_is_retried_then_succeeds(tmp_path):
+    img = oci.busybox_image(cmd=["retried"])
+    got = _pull_flaky(tmp_path, flaky_registry(img, failures=2, stall=False))
+    assert got.id == img.id
+
+
+def test_registry_5xx_beyond_the_retries_is_unavailable(tmp_path):
+    img = oci.busybox_image()
+    with pytest.raises(errors.Unavailable, match="HTTP 503"):
+        _pull_flaky(tmp_path, flaky_registry(img, failures=10, stall=False))
+
+
+def test_a_stalled_layer_download_fails_naming_the_layer(tmp_path):
+    img = oci.busybox_image()
+    with pytest.raises(
+        errors.DeadlineExceeded, match=r"layer 1/1 sha256:[0-9a-f]{64}: no progress"
+    ):
+        _pull_flaky(
+            tmp_path, flaky_registry(img, failures=0, stall=True), pull_progress_timeout_seconds=0.5
+        )
+    images = make_images(tmp_path)
+    assert images.list() == [] and list(images.store.tmp_dir.iterdir()) == []
+
+
+def test_cli_pull_prints_the_image(registry, tmp_path):
+    import subprocess
+
+    from tests.support.server import sycri_cmd, sycri_env
+
+    r = "test/" + secrets.token_hex(4)
+    img = oci.busybox_image(cmd=["cli"])
+    oci.push(registry, r, "latest", img)
+    out = subprocess.run(
+        sycri_cmd("pull", "--json", "--root-dir", str(tmp_path / "root"), f"{registry.host}/{r}"),
+        env=sycri_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    shown = json.loads(out.stdout)
+    assert shown["id"] == img.id
+    assert Path(shown["sif"]).is_file()
+    bad = subprocess.run(
+        sycri_cmd("pull", "--root-dir", str(tmp_path / "root"), "Not A Ref"),
+        env=sycri_env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr
