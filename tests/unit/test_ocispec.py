@@ -201,6 +201,8 @@ def test_run_as_user_and_group_override_image():
 def test_run_as_username():
     u = user_of(config(sc=sc(run_as_username="alice")))
     assert (u["uid"], u["gid"]) == (1000, 1000)
+    u = user_of(config(sc=sc(run_as_username="alice", run_as_group=60)))
+    assert (u["uid"], u["gid"]) == (1000, 60)
 
 
 def test_supplemental_groups_merge_and_strict():
@@ -220,6 +222,7 @@ def test_supplemental_groups_merge_and_strict():
         ({}, "mallory", "mallory"),
         ({}, "alice:nogroup", "nogroup"),
         ({}, "99999999999", "out of range"),
+        ({"run_as_group": 60}, "alice", "run_as_group is set without run_as_user"),
     ],
 )
 def test_unknown_users_are_invalid(kw, image_user, match):
