@@ -251,6 +251,27 @@ def test_run_as_user_and_capabilities_take_effect(env: Env):
     assert any("Operation not permitted" in t for s, t in lines if s == "stderr")
 
 
+def test_privileged_and_add_all_get_exactly_sycris_bounding_set(env: Env):
+    """Here sycri lacks CAP_SYS_RESOURCE: asking runc for it failed with 'unable to apply caps'."""
+    own = next(
+        int(line.split()[1], 16)
+        for line in Path("/proc/self/status").read_text().splitlines()
+        if line.startswith("CapBnd:")
+    )
+    pod = env.pods.add("privileged")
+    pod.config.linux.security_context.privileged = True
+    priv = env.config("priv", ["grep CapBnd /proc/self/status"])
+    priv.linux.security_context.privileged = True
+    all_ = env.config("all", ["grep CapBnd /proc/self/status"])
+    all_.linux.security_context.capabilities.add_capabilities.append("ALL")
+    for cfg in (priv, all_):
+        cid = env.run(env.ctrs.create(pod.id, cfg, pod.config))
+        env.run(env.ctrs.start(cid))
+        env.wait_exit(cid)
+        (line,) = [t for _, t in env.log_lines(cid) if t.startswith("CapBnd")]
+        assert int(line.split()[1], 16) == own, cfg.metadata.name
+
+
 def test_two_containers_share_one_image_mount(env: Env):
     image = env.images.images["busybox"]
     target = str(env.ctrs.image_mounts.target(image.id))

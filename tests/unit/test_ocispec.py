@@ -7,7 +7,7 @@ import json
 import pytest
 from sycri.api import api_pb2
 from sycri.errors import InvalidArgument
-from sycri.runtime import cdi, ocispec, users
+from sycri.runtime import cdi, hostfacts, ocispec, users
 from sycri.runtime.ocispec import DeviceNode, HostFacts, ImageConfig, Sandbox, SpecInput
 
 PASSWD = """root:x:0:0:root:/root:/bin/sh
@@ -640,3 +640,27 @@ def test_spec_is_deterministic_json():
     b = build_full(config(sc=seccomp_sc(api_pb2.SecurityProfile.RuntimeDefault)))
     assert a.json() == b.json()
     assert json.loads(a.json())["ociVersion"] == "1.0.2"
+
+
+# This machine's real CapBnd: everything but CAP_SYS_RESOURCE (bit 24).
+NO_SYS_RESOURCE = "Name:\tsycri\nCapInh:\t0000000000000000\nCapBnd:\t000001fffeffffff\n"
+
+
+def test_bounding_set_read_by_bit_order():
+    held = hostfacts.bounding_caps(NO_SYS_RESOURCE)
+    assert held == frozenset(ocispec.ALL_CAPS) - {"CAP_SYS_RESOURCE"}
+    assert hostfacts.bounding_caps("CapBnd:\t0000000000200001\n") == {"CAP_CHOWN", "CAP_SYS_ADMIN"}
+
+
+def test_privileged_and_add_all_stay_inside_the_bounding_set():
+    """runc fails with 'unable to apply caps' when asked for more than sycri holds."""
+    host = HostFacts(bounding_caps=hostfacts.bounding_caps(NO_SYS_RESOURCE))
+    spec = build(config(sc=sc(privileged=True)), pod=privileged_pod(), host=host)
+    assert "CAP_SYS_RESOURCE" not in caps(spec) and "CAP_SYS_ADMIN" in caps(spec)
+    assert len(caps(spec)) == len(ocispec.ALL_CAPS) - 1
+    c = api_pb2.Capability(add_capabilities=["ALL"])
+    got = caps(build(config(sc=api_pb2.LinuxContainerSecurityContext(capabilities=c)), host=host))
+    assert "CAP_SYS_RESOURCE" not in got and "CAP_SYS_ADMIN" in got
+    c = api_pb2.Capability(add_capabilities=["SYS_RESOURCE"])
+    with pytest.raises(InvalidArgument, match="CAP_SYS_RESOURCE is not in the node's bounding"):
+        build(config(sc=api_pb2.LinuxContainerSecurityContext(capabilities=c)), host=host)

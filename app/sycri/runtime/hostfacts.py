@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sycri.api import api_pb2
 from sycri.runtime import cdi
-from sycri.runtime.ocispec import DeviceNode, HostFacts
+from sycri.runtime.ocispec import ALL_CAPS, DeviceNode, HostFacts
 
 MAX_PROFILE_BYTES = 1024 * 1024
 
@@ -63,6 +63,27 @@ def own_oom_score_adj() -> int:
         return 0
 
 
+def bounding_caps(status: str | None = None) -> frozenset[str]:
+    """sycri's own capability bounding set (CapBnd of /proc/self/status), by name.
+
+    A privileged container gets exactly these: in a container or under a restricted
+    service manager some (here CAP_SYS_RESOURCE) are missing, and runc cannot add them.
+    """
+    if status is None:
+        try:
+            status = Path("/proc/self/status").read_text()
+        except OSError:
+            return frozenset(ALL_CAPS)
+    for line in status.splitlines():
+        if line.startswith("CapBnd:"):
+            try:
+                mask = int(line.split(":", 1)[1].strip(), 16)
+            except ValueError:
+                break
+            return frozenset(c for i, c in enumerate(ALL_CAPS) if mask >> i & 1)
+    return frozenset(ALL_CAPS)
+
+
 def cgroup_v2() -> bool:
     return os.path.exists("/sys/fs/cgroup/cgroup.controllers")
 
@@ -111,4 +132,5 @@ def gather(
         own_oom_score_adj=own_oom_score_adj(),
         cgroup_driver=cgroup_driver,
         cgroup_v2=cgroup_v2(),
+        bounding_caps=bounding_caps(),
     )

@@ -29,6 +29,7 @@ DEFAULT_CAPS = (
     "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
 )  # fmt: skip
 
+# Every capability, in kernel bit order (CAP_CHOWN is bit 0): /proc's CapBnd maps by index.
 ALL_CAPS = (
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
     "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE",
@@ -159,6 +160,7 @@ class HostFacts:
     own_oom_score_adj: int = 0
     cgroup_driver: str = "cgroupfs"
     cgroup_v2: bool = False
+    bounding_caps: frozenset[str] = frozenset(ALL_CAPS)  # sycri's own CapBnd
 
 
 @dataclass(frozen=True)
@@ -208,7 +210,7 @@ def build(inp: SpecInput) -> BuiltSpec:
         )
 
     user = users.resolve(_user_request(sc), inp.image.user, inp.passwd, inp.group)
-    caps = capabilities(sc.capabilities, privileged)
+    caps = capabilities(sc.capabilities, privileged, inp.host.bounding_caps)
     cdi_edits = cdi.edits_for([d.name for d in cfg.CDI_devices], list(inp.host.cdi_specs))
     process: dict[str, Any] = {
         "terminal": cfg.tty,
@@ -341,10 +343,17 @@ def _cap_name(raw: str) -> str:
     return name
 
 
-def capabilities(spec: api_pb2.Capability, privileged: bool) -> list[str]:
-    """Default set, then add (ALL: everything), then drop (ALL: nothing but the adds)."""
+def capabilities(
+    spec: api_pb2.Capability, privileged: bool, bounding: frozenset[str] = frozenset(ALL_CAPS)
+) -> list[str]:
+    """Default set, then add (ALL: everything), then drop (ALL: nothing but the adds).
+
+    Never more than ``bounding``, sycri's own bounding set: runc cannot grant what its
+    parent lacks (``unable to apply caps``). Privileged and ALL mean all *of those*, as
+    containerd does; naming one the node lacks is an error, not a silent drop.
+    """
     if privileged:
-        return list(ALL_CAPS)
+        return [c for c in ALL_CAPS if c in bounding]
     adds = [c for c in spec.add_capabilities]
     drops = [c for c in spec.drop_capabilities]
     add_all = any(c.upper() in ("ALL", "CAP_ALL") for c in adds)
@@ -354,8 +363,13 @@ def capabilities(spec: api_pb2.Capability, privileged: bool) -> list[str]:
     held = set(ALL_CAPS) if add_all else set(DEFAULT_CAPS)
     if drop_all:
         held = set()
+    lacking = sorted(add_set - drop_set - bounding)
+    if lacking:
+        raise InvalidArgument(
+            f"capabilities: {lacking[0]} is not in the node's bounding set; it cannot be granted"
+        )
     held = (held | add_set) - drop_set
-    return [c for c in ALL_CAPS if c in held]
+    return [c for c in ALL_CAPS if c in held and c in bounding]
 
 
 def _ambient(spec: api_pb2.Capability, held: list[str]) -> list[str]:
