@@ -272,6 +272,16 @@ def test_privileged_and_add_all_get_exactly_sycris_bounding_set(env: Env):
         assert int(line.split()[1], 16) == own, cfg.metadata.name
 
 
+def test_runtime_default_seccomp_is_applied_by_runc(env: Env):
+    """runc must accept the built-in profile on this node and the process runs filtered."""
+    sc = api_pb2.LinuxContainerSecurityContext()
+    sc.seccomp.profile_type = api_pb2.SecurityProfile.RuntimeDefault
+    cid = env.start("seccomp", ["grep Seccomp: /proc/self/status"], sc=sc)
+    env.wait_exit(cid)
+    out = [t for s, t in env.log_lines(cid) if s == "stdout"]
+    assert [t.split() for t in out] == [["Seccomp:", "2"]]  # 2: filter mode
+
+
 def test_two_containers_share_one_image_mount(env: Env):
     image = env.images.images["busybox"]
     target = str(env.ctrs.image_mounts.target(image.id))

@@ -463,6 +463,21 @@ def test_seccomp_runtime_default_is_an_allowlist():
     assert not {"mount", "kexec_load", "init_module", "reboot"} & allowed
 
 
+@pytest.mark.parametrize(
+    ("machine", "arches"),
+    [
+        ("x86_64", ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]),
+        ("aarch64", ["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"]),
+        ("mystery", []),
+    ],
+)
+def test_seccomp_runtime_default_lists_only_the_nodes_architectures(machine, arches):
+    """runc 1.1.5's libseccomp refused the whole profile over SCMP_ARCH_RISCV64."""
+    sc_ = seccomp_sc(api_pb2.SecurityProfile.RuntimeDefault)
+    profile = build(config(sc=sc_), host=HostFacts(machine=machine))["linux"]["seccomp"]
+    assert profile["architectures"] == arches
+
+
 def test_seccomp_runtime_default_follows_capabilities():
     s = seccomp_sc(api_pb2.SecurityProfile.RuntimeDefault)
     s.capabilities.add_capabilities.append("SYS_ADMIN")

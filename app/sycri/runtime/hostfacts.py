@@ -133,4 +133,5 @@ def gather(
         cgroup_driver=cgroup_driver,
         cgroup_v2=cgroup_v2(),
         bounding_caps=bounding_caps(),
+        machine=os.uname().machine,
     )

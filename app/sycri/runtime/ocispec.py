@@ -161,6 +161,7 @@ class HostFacts:
     cgroup_driver: str = "cgroupfs"
     cgroup_v2: bool = False
     bounding_caps: frozenset[str] = frozenset(ALL_CAPS)  # sycri's own CapBnd
+    machine: str = "x86_64"  # uname -m: the seccomp profile's architectures
 
 
 @dataclass(frozen=True)
@@ -451,7 +452,7 @@ def seccomp_profile(
     if privileged or kind == "Unconfined":
         return None
     if kind == "RuntimeDefault":
-        return seccomp.default_profile(caps)
+        return seccomp.default_profile(caps, host.machine)
     if not ref.startswith("/"):
         raise InvalidArgument(f"seccomp: localhost profile {excerpt(ref)} is not an absolute path")
     text = host.seccomp_profiles.get(ref)
