@@ -7,6 +7,7 @@ import contextlib
 import os
 import re
 import stat
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -280,6 +281,38 @@ def test_runtime_default_seccomp_is_applied_by_runc(env: Env):
     env.wait_exit(cid)
     out = [t for s, t in env.log_lines(cid) if s == "stdout"]
     assert [t.split() for t in out] == [["Seccomp:", "2"]]  # 2: filter mode
+
+
+def test_bidirectional_volume_mount_reaches_the_host(env: Env, tmp_path: Path):
+    """A mount made inside a Bidirectional volume shows on the host (runc's default rslave
+    root kept it inside), and a private volume's does not."""
+    shared, private = tmp_path / "shared", tmp_path / "private"
+    made: list[Path] = []
+    try:
+        for src, flag in ((shared, "--make-rshared"), (private, "--make-rprivate")):
+            (src / "sub").mkdir(parents=True)
+            for argv in (["mount", "--bind", src, src], ["mount", flag, src]):
+                subprocess.run([str(a) for a in argv], check=True)
+            made.append(src)
+        pod = env.pods.add("propagation")
+        pod.config.linux.security_context.privileged = True
+        for name, src, kind in (
+            ("rshared", shared, api_pb2.PROPAGATION_BIDIRECTIONAL),
+            ("rprivate", private, api_pb2.PROPAGATION_PRIVATE),
+        ):
+            cfg = env.config(name, [f"mount -t tmpfs {name} /vol/sub && echo mounted"])
+            cfg.linux.security_context.privileged = True
+            cfg.mounts.add(host_path=str(src), container_path="/vol", propagation=kind)
+            cid = env.run(env.ctrs.create(pod.id, cfg, pod.config))
+            env.run(env.ctrs.start(cid))
+            env.wait_exit(cid)
+            assert [t for s, t in env.log_lines(cid) if s == "stdout"] == ["mounted"], name
+        targets = _mountinfo_targets()
+        assert str(shared / "sub") in targets
+        assert str(private / "sub") not in targets
+    finally:
+        for src in made:
+            subprocess.run(["umount", "-R", "-l", str(src)], check=False)
 
 
 def test_two_containers_share_one_image_mount(env: Env):

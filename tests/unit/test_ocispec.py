@@ -679,3 +679,22 @@ def test_privileged_and_add_all_stay_inside_the_bounding_set():
     c = api_pb2.Capability(add_capabilities=["SYS_RESOURCE"])
     with pytest.raises(InvalidArgument, match="CAP_SYS_RESOURCE is not in the node's bounding"):
         build(config(sc=api_pb2.LinuxContainerSecurityContext(capabilities=c)), host=host)
+
+
+@pytest.mark.parametrize(
+    ("kinds", "expected"),
+    [
+        ([], None),
+        ([api_pb2.PROPAGATION_PRIVATE], None),
+        ([api_pb2.PROPAGATION_HOST_TO_CONTAINER], "rslave"),
+        ([api_pb2.PROPAGATION_HOST_TO_CONTAINER, api_pb2.PROPAGATION_BIDIRECTIONAL], "rshared"),
+    ],
+)
+def test_rootfs_propagation_follows_the_volumes(kinds, expected):
+    """runc's default rslave root would keep a Bidirectional volume's mounts from the host."""
+    cfg = config()
+    for i, kind in enumerate(kinds):
+        cfg.mounts.add(host_path=f"/h{i}", container_path=f"/c{i}", propagation=kind)
+    host = HostFacts(paths={f"/h{i}": "dir" for i in range(len(kinds))})
+    spec = build(cfg, host=host)
+    assert spec["linux"].get("rootfsPropagation") == expected

@@ -259,6 +259,9 @@ def build(inp: SpecInput) -> BuiltSpec:
         "annotations": _annotations(inp),
         "linux": linux,
     }
+    propagation = rootfs_propagation(cfg)
+    if propagation:
+        linux["rootfsPropagation"] = propagation
     if cdi_edits.hooks:
         spec["hooks"] = _hooks(cdi_edits.hooks)
     return BuiltSpec(spec, user, stop_signal(cfg, inp.image), cgroup_path)
@@ -687,6 +690,20 @@ def _container_path(path: str, what: str) -> str:
     if not path.startswith("/") or "\x00" in path:
         raise InvalidArgument(f"{what}: container path {excerpt(path)} is not absolute")
     return posixpath.normpath(path)
+
+
+def rootfs_propagation(cfg: api_pb2.ContainerConfig) -> str:
+    """``rshared`` when a mount is Bidirectional, else ``rslave`` for HostToContainer.
+
+    runc turns the container's whole mount tree slave by default, so a mount made
+    inside a Bidirectional volume would never reach the host; containerd does the same.
+    """
+    kinds = {m.propagation for m in cfg.mounts}
+    if api_pb2.PROPAGATION_BIDIRECTIONAL in kinds:
+        return "rshared"
+    if api_pb2.PROPAGATION_HOST_TO_CONTAINER in kinds:
+        return "rslave"
+    return ""
 
 
 def mounts(
