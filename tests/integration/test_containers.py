@@ -315,6 +315,26 @@ def test_bidirectional_volume_mount_reaches_the_host(env: Env, tmp_path: Path):
             subprocess.run(["umount", "-R", "-l", str(src)], check=False)
 
 
+def test_recursive_read_only_mount_covers_submounts(env: Env, tmp_path: Path):
+    """With rro a tmpfs mounted under the volume is read-only too; with plain ro it is not."""
+    vol = tmp_path / "vol"
+    (vol / "tmpfs").mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "none", str(vol / "tmpfs")], check=True)
+    try:
+        for name, rro in (("plain", False), ("recursive", True)):
+            cfg = env.config(name, ["touch /mnt/tmpfs/f && echo wrote || echo refused"])
+            cfg.mounts.add(
+                host_path=str(vol), container_path="/mnt", readonly=True, recursive_read_only=rro
+            )
+            cid = env.create(cfg)
+            env.run(env.ctrs.start(cid))
+            env.wait_exit(cid)
+            out = [t for s, t in env.log_lines(cid) if s == "stdout"]
+            assert out == (["refused"] if rro else ["wrote"]), name
+    finally:
+        subprocess.run(["umount", "-l", str(vol / "tmpfs")], check=False)
+
+
 def test_two_containers_share_one_image_mount(env: Env):
     image = env.images.images["busybox"]
     target = str(env.ctrs.image_mounts.target(image.id))

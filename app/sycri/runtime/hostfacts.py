@@ -96,7 +96,10 @@ def apparmor_enabled() -> bool:
 
 
 def gather(
-    cfg: api_pb2.ContainerConfig, cgroup_driver: str, cdi_dirs: tuple[str, ...] = cdi.SPEC_DIRS
+    cfg: api_pb2.ContainerConfig,
+    cgroup_driver: str,
+    cdi_dirs: tuple[str, ...] = cdi.SPEC_DIRS,
+    recursive_read_only: bool = False,
 ) -> HostFacts:
     """Facts for one container: its host paths, devices, CDI specs and seccomp file."""
     sc = cfg.linux.security_context
@@ -134,4 +137,5 @@ def gather(
         cgroup_v2=cgroup_v2(),
         bounding_caps=bounding_caps(),
         machine=os.uname().machine,
+        recursive_read_only=recursive_read_only,
     )

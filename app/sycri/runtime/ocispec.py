@@ -162,6 +162,7 @@ class HostFacts:
     cgroup_v2: bool = False
     bounding_caps: frozenset[str] = frozenset(ALL_CAPS)  # sycri's own CapBnd
     machine: str = "x86_64"  # uname -m: the seccomp profile's architectures
+    recursive_read_only: bool = False  # the runtime handler can do rro mounts here
 
 
 @dataclass(frozen=True)
@@ -692,6 +693,21 @@ def _container_path(path: str, what: str) -> str:
     return posixpath.normpath(path)
 
 
+def _check_rro(m: api_pb2.Mount, target: str, host: HostFacts) -> None:
+    """kubelet's rules for recursive read-only: read-only, private, and a runtime that can."""
+    if not m.readonly:
+        raise InvalidArgument(f"mounts: {excerpt(target)} is recursive_read_only but not readonly")
+    if m.propagation != api_pb2.PROPAGATION_PRIVATE:
+        raise InvalidArgument(
+            f"mounts: {excerpt(target)} is recursive_read_only, which needs private propagation"
+        )
+    if not host.recursive_read_only:
+        raise InvalidArgument(
+            f"mounts: {excerpt(target)} is recursive_read_only, which this runtime handler "
+            "cannot do on this node"
+        )
+
+
 def rootfs_propagation(cfg: api_pb2.ContainerConfig) -> str:
     """``rshared`` when a mount is Bidirectional, else ``rslave`` for HostToContainer.
 
@@ -729,8 +745,10 @@ def mounts(
             raise InvalidArgument(
                 f"mounts: host path {excerpt(m.host_path)} for {excerpt(target)} does not exist"
             )
+        if m.recursive_read_only:
+            _check_rro(m, target, host)
         opts = ["rbind", _PROPAGATION.get(m.propagation, "rprivate")]
-        opts.append("ro" if m.readonly or m.recursive_read_only else "rw")
+        opts.append("ro" if m.readonly else "rw")
         if m.recursive_read_only:
             opts.append("rro")
         user.append({"destination": target, "type": "bind", "source": m.host_path, "options": opts})
