@@ -310,6 +310,15 @@ def test_bidirectional_volume_mount_reaches_the_host(env: Env, tmp_path: Path):
         targets = _mountinfo_targets()
         assert str(shared / "sub") in targets
         assert str(private / "sub") not in targets
+        # Bidirectional on a private host mount could never propagate: refused up front.
+        cfg = env.config("refused", ["true"])
+        cfg.mounts.add(
+            host_path=str(private),
+            container_path="/vol",
+            propagation=api_pb2.PROPAGATION_BIDIRECTIONAL,
+        )
+        with pytest.raises(InvalidArgument, match="needs a shared mount"):
+            env.create(cfg)
     finally:
         for src in made:
             subprocess.run(["umount", "-R", "-l", str(src)], check=False)

@@ -698,3 +698,48 @@ def test_rootfs_propagation_follows_the_volumes(kinds, expected):
     host = HostFacts(paths={f"/h{i}": "dir" for i in range(len(kinds))})
     spec = build(cfg, host=host)
     assert spec["linux"].get("rootfsPropagation") == expected
+
+
+MOUNTINFO = """\
+22 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw
+40 22 0:5 / /tmp/shared rw shared:7 - tmpfs none rw
+41 40 0:6 / /tmp/shared/sub rw master:7 - tmpfs none rw
+42 22 0:7 / /tmp/with\\040space rw shared:9 - tmpfs none rw
+43 40 0:8 / /tmp/shared rw - tmpfs none rw
+"""
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/var/lib/x", ("/", "private")),
+        ("/tmp/sharedX", ("/", "private")),
+        ("/tmp/shared/sub/deeper", ("/tmp/shared/sub", "slave")),
+        ("/tmp/with space/v", ("/tmp/with space", "shared")),
+        ("/tmp/shared/a", ("/tmp/shared", "private")),  # line 43 is mounted over line 40
+    ],
+)
+def test_propagation_of_the_mount_holding_a_path(path, expected):
+    assert hostfacts.propagation_of(path, MOUNTINFO) == expected
+
+
+@pytest.mark.parametrize(
+    ("kind", "on", "match"),
+    [
+        (api_pb2.PROPAGATION_BIDIRECTIONAL, "slave", "needs a shared mount"),
+        (api_pb2.PROPAGATION_BIDIRECTIONAL, "private", "needs a shared mount"),
+        (api_pb2.PROPAGATION_HOST_TO_CONTAINER, "private", "shared or slave"),
+        (api_pb2.PROPAGATION_HOST_TO_CONTAINER, "slave", None),
+        (api_pb2.PROPAGATION_BIDIRECTIONAL, "shared", None),
+    ],
+)
+def test_propagation_needs_a_host_mount_that_propagates(kind, on, match):
+    """containerd's rule: otherwise the volume would silently propagate nothing."""
+    cfg = config()
+    cfg.mounts.add(host_path="/h/v", container_path="/v", propagation=kind)
+    host = HostFacts(paths={"/h/v": "dir"}, propagation={"/h/v": ("/h", on)})
+    if match is None:
+        assert build(cfg, host=host)["linux"]["rootfsPropagation"]
+    else:
+        with pytest.raises(InvalidArgument, match=match):
+            build(cfg, host=host)

@@ -163,6 +163,8 @@ class HostFacts:
     bounding_caps: frozenset[str] = frozenset(ALL_CAPS)  # sycri's own CapBnd
     machine: str = "x86_64"  # uname -m: the seccomp profile's architectures
     recursive_read_only: bool = False  # the runtime handler can do rro mounts here
+    # host path -> (mount point, shared/slave/private), for non-private volumes
+    propagation: Mapping[str, tuple[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -708,6 +710,24 @@ def _check_rro(m: api_pb2.Mount, target: str, host: HostFacts) -> None:
         )
 
 
+def _check_propagation(m: api_pb2.Mount, target: str, host: HostFacts) -> None:
+    """As containerd: Bidirectional needs a shared host mount, HostToContainer a shared or
+    slave one; otherwise the volume would silently propagate nothing."""
+    if m.host_path not in host.propagation:
+        return
+    point, kind = host.propagation[m.host_path]
+    if m.propagation == api_pb2.PROPAGATION_BIDIRECTIONAL and kind != "shared":
+        need = "a shared mount (Bidirectional)"
+    elif m.propagation == api_pb2.PROPAGATION_HOST_TO_CONTAINER and kind == "private":
+        need = "a shared or slave mount (HostToContainer)"
+    else:
+        return
+    raise InvalidArgument(
+        f"mounts: host path {excerpt(m.host_path)} for {excerpt(target)} is on the {kind} "
+        f"mount {excerpt(point)}, but its propagation needs {need}"
+    )
+
+
 def rootfs_propagation(cfg: api_pb2.ContainerConfig) -> str:
     """``rshared`` when a mount is Bidirectional, else ``rslave`` for HostToContainer.
 
@@ -747,6 +767,7 @@ def mounts(
             )
         if m.recursive_read_only:
             _check_rro(m, target, host)
+        _check_propagation(m, target, host)
         opts = ["rbind", _PROPAGATION.get(m.propagation, "rprivate")]
         opts.append("ro" if m.readonly else "rw")
         if m.recursive_read_only:
