@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 from google.protobuf import json_format
 
 from sycri.api import api_pb2
-from sycri.errors import InvalidArgument, Unavailable
+from sycri.errors import InvalidArgument, NotFound, Unavailable
 from sycri.node import Node
 from sycri.runtime.container_store import STATE_PROTO, ContainerRecord
 from sycri.runtime.containers import Containers
@@ -47,7 +48,10 @@ async def stop_container(
 ) -> api_pb2.StopContainerResponse:
     if request.timeout < 0:
         raise InvalidArgument(f"timeout {request.timeout} is negative")
-    await _containers(node).stop(request.container_id, float(request.timeout))
+    # Idempotent, as in containerd and CRI-O: kubelet retries stops of containers
+    # that are already gone and must not see an error for them.
+    with contextlib.suppress(NotFound):
+        await _containers(node).stop(request.container_id, float(request.timeout))
     return api_pb2.StopContainerResponse()
 
 

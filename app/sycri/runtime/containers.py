@@ -35,7 +35,7 @@ from sycri.errors import (
     excerpt,
 )
 from sycri.fsutil import atomic_write, confined
-from sycri.runtime import conmon, hostfacts, ocispec, rootfs, statsview
+from sycri.runtime import conmon, features, hostfacts, ocispec, rootfs, statsview
 from sycri.runtime.container_store import (
     CREATED,
     EXITED,
@@ -240,8 +240,9 @@ class Containers:
             self._tell_images(image.id, cid, True)
             passwd = _read_image_file(lower, "etc/passwd")
             group = _read_image_file(lower, "etc/group")
+            feats = await features.probe(runc.binary)
             facts = await asyncio.to_thread(
-                hostfacts.gather, cfg, self.cgroup_driver, self.cdi_dirs
+                hostfacts.gather, cfg, self.cgroup_driver, self.cdi_dirs, feats.recursive_read_only
             )
             built = ocispec.build(
                 ocispec.SpecInput(
