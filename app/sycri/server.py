@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import stat
+from collections import Counter
 from pathlib import Path
 
 import grpc
@@ -22,7 +23,7 @@ from sycri.cri import container, image, runtime_info, sandbox
 from sycri.cri.service import Dispatcher, Handler
 from sycri.k8s.agent import NodeAgent
 from sycri.node import Node
-from sycri.observability import telemetry
+from sycri.observability import metrics, telemetry
 from sycri.runtime import containers
 from sycri.runtime.sandbox_manager import SandboxManager
 
@@ -91,7 +92,21 @@ def assemble(cfg: Config) -> Node:
         containers.StoredImages(images),
     )
     node.containers.follow_pods(node.sandboxes)
+    watch(node)
     return node
+
+
+def watch(node: Node) -> None:
+    """Let the metrics endpoint count what the node holds. The sources run in the metrics
+    thread at scrape time, so they read in-memory indexes only (no disk, no awaiting)."""
+    metrics.inventory.images = node.images.store.stats
+    pods, conts = node.sandboxes, node.containers
+    if pods is not None:
+        metrics.inventory.pods = lambda: Counter(
+            "ready" if sb.ready else "notready" for sb in pods.list()
+        )
+    if conts is not None:
+        metrics.inventory.containers = lambda: Counter(r.state for r in conts.store.all())
 
 
 async def serve(cfg: Config, observers: list | None = None) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -47,11 +48,13 @@ class LibraryClient:
         token: str = "",
         *,
         progress_timeout: float = 300.0,
+        on_bytes: Callable[[int], None] | None = None,
     ) -> None:
         self.session = session
         self.base = base_url.rstrip("/")
         self.token = token
         self.progress_timeout = progress_timeout
+        self.on_bytes = on_bytes or (lambda n: None)  # told of every SIF byte received
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
@@ -150,6 +153,7 @@ class LibraryClient:
                         if not chunk:
                             break
                         n += len(chunk)
+                        self.on_bytes(len(chunk))
                         h.update(chunk)
                         view = memoryview(chunk)
                         while view:
