@@ -123,3 +123,60 @@ def test_metrics_follow_pulls_pods_and_container_lifecycles(registry):
         assert m.now("sycri_pod_sandboxes", state="ready") == 0
         assert m.now("sycri_pod_sandboxes", state="notready") == 0
         assert m.now("sycri_containers", state="exited") == 0
+
+
+class Seen:
+    """An RPC observer remembering which answers it was told of."""
+
+    def __init__(self) -> None:
+        self.answers: list[tuple[str, grpc.StatusCode]] = []
+
+    def started(self, method: str) -> None:
+        pass
+
+    def finished(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
+        self.answers.append((method, code))
+
+
+def test_a_failed_rpc_is_counted_before_the_client_has_its_answer(tmp_path):
+    """A client that scrapes right after an error must already see it counted."""
+    import asyncio
+
+    from sycri import config, server
+    from sycri.api import api_pb2_grpc
+    from sycri.cri.service import Dispatcher
+
+    seen = Seen()
+    cfg = config.build(
+        {"socket": str(tmp_path / "s.sock"), "root_dir": str(tmp_path / "root"),
+         "run_dir": str(tmp_path / "run"), "metrics_address": ""}
+    )  # fmt: skip
+
+    async def main() -> list[bool]:
+        node = server.assemble(cfg)
+        srv = grpc.aio.server()
+        srv.add_generic_rpc_handlers(Dispatcher(node, server.handlers(), [seen]).generic_handlers())
+        srv.add_insecure_port(f"unix:{cfg.socket}")
+        await srv.start()
+        counted = []
+        try:
+            async with grpc.aio.insecure_channel(f"unix:{cfg.socket}") as ch:
+                stub = api_pb2_grpc.RuntimeServiceStub(ch)
+                for i in range(50):
+                    rpc = "ContainerStatus" if i % 2 else "CheckpointContainer"
+                    with pytest.raises(grpc.aio.AioRpcError):
+                        if i % 2:
+                            await stub.ContainerStatus(
+                                api_pb2.ContainerStatusRequest(container_id="f" * 64)
+                            )
+                        else:
+                            await stub.CheckpointContainer(
+                                api_pb2.CheckpointContainerRequest(container_id="x")
+                            )
+                    counted.append(len(seen.answers) == i + 1 and seen.answers[-1][0] == rpc)
+        finally:
+            await srv.stop(1)
+            node.images.close()
+        return counted
+
+    assert all(asyncio.run(main()))
