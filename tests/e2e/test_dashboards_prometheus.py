@@ -1,8 +1,8 @@
 """Every dashboard query, evaluated by Debian's real Prometheus scraping a live sycri.
 
 The test drives sycri (RPCs, and through ``WORKLOAD`` rounds of real work: pulls from
-the test registry, one that fails, a pod with containers that complete, fail and are
-OOM-killed) while Prometheus scrapes it every second, then evaluates each panel query
+the test registry, one that fails, a pod with containers that complete, fail, are
+OOM-killed or cannot start) while Prometheus scrapes it every second, then evaluates each panel query
 the way Grafana sends it (variables substituted, with this node and instance chosen).
 
 Which queries must return data is decided from what happened, never from a fixed
@@ -20,6 +20,7 @@ import contextlib
 import functools
 import math
 import secrets
+import socket
 import threading
 import time
 import urllib.parse
@@ -59,6 +60,7 @@ FLOOR = {
 # Panels the real work below must make checkable (their counters moved during the test).
 WORKED = {
     "Pulls by source and result",
+    "Pulls in progress",
     "Pull failure ratio",
     "Download rate",
     "Layers downloaded vs reused",
@@ -69,6 +71,8 @@ WORKED = {
     "Pods by state",
     "Containers by state",
     "Container starts",
+    "Container start failures",
+    "Command failures by command",
     "OOM kills",
     "Container exits by reason",
     "Commands run by command",
@@ -105,7 +109,8 @@ def _inventory_reads(server: SycriServer) -> None:
 def _real_work(registry, node: workload.Node, state: dict) -> None:
     """One round: pull a new image (one layer new, busybox reused after the first round)
     and fail to pull another; replace the previous round's pod by a new one whose
-    containers complete, fail and are OOM-killed. The last pod stays for the queries."""
+    containers complete, fail, are OOM-killed or cannot start. The last pod stays for
+    the queries."""
     ref = node.push(registry, workload.two_layer_image(secrets.token_hex(8)))
     node.pull(ref)
     with contextlib.suppress(grpc.RpcError):
@@ -118,7 +123,11 @@ def _real_work(registry, node: workload.Node, state: dict) -> None:
         node.run(pod, "failed", ref, "exit 3"),
         node.run(pod, "hog", ref, "tail /dev/zero", memory=workload.OOM_LIMIT),
     ]
-    for cid in ids:
+    doomed = node.create(pod, "doomed", ref, "sleep 60")
+    node.kill_before_start(doomed)  # its start fails: a start failure, a failed runc start
+    with contextlib.suppress(grpc.RpcError):
+        node.start(doomed)
+    for cid in [*ids, doomed]:
         node.wait_exited(cid)
 
 
@@ -145,7 +154,7 @@ def test_every_dashboard_query_returns_data_from_prometheus(tmp_path, registry):
 
 def _check_dashboards(tmp_path, n: workload.Node, registry) -> None:
     server = n.server
-    prom = None
+    prom = stall = stalled = None
     rounds: dict = {}
     work = functools.partial(_real_work, registry, n, rounds)
     try:
@@ -164,7 +173,19 @@ def _check_dashboards(tmp_path, n: workload.Node, registry) -> None:
             stop.set()
             driver.join(120)
         assert not errors, errors
-        wait_until(lambda: prom.scrapes() >= 7, 30, "a scrape after the workload")
+        # A pull from a registry that never answers stays in progress while Prometheus looks.
+        stall = socket.create_server(("127.0.0.1", 0))
+        stalled = server.images().PullImage.future(
+            api_pb2.PullImageRequest(
+                image=api_pb2.ImageSpec(image=f"127.0.0.1:{stall.getsockname()[1]}/stall/x:v1")
+            ),
+            timeout=120,
+        )
+        wait_until(
+            lambda: prom.query(f'sycri_image_pulls_in_progress{{node="{node}"}} > 0'),
+            30,
+            "a scrape during the stalled pull",
+        )
 
         # the dashboards' node and instance variables offer this node and target
         nodes = prom.api("label/node/values", **{"match[]": "sycri_build_info"})
@@ -200,6 +221,10 @@ def _check_dashboards(tmp_path, n: workload.Node, registry) -> None:
         q = expand(panel_queries()[0].expr, node=node, instance="10.255.255.1:1")
         assert prom.query(q) == []
     finally:
+        if stalled is not None:
+            stalled.cancel()
+        if stall is not None:
+            stall.close()
         if prom is not None:
             prom.close()
 

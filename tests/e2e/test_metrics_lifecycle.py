@@ -108,6 +108,17 @@ def test_metrics_follow_pulls_pods_and_container_lifecycles(registry):
         assert m.now("sycri_containers", state="exited") == 3
         assert m.now("sycri_containers", state="running") == 0
 
+        # A container whose process died before StartContainer: a start failure.
+        doomed = n.create(pod, "doomed", ref, "sleep 60")
+        n.kill_before_start(doomed)
+        with pytest.raises(grpc.RpcError):
+            n.start(doomed)
+        assert n.wait_exited(doomed).reason == "ContainerCannotRun"
+        m.step()
+        assert m.delta("sycri_container_start_failures_total") == 1
+        assert m.delta("sycri_container_starts_total") == 0
+        assert m.delta("sycri_container_exits_total", reason="ContainerCannotRun") == 1
+
         # Asking about the exits again (as kubelet does every second) counts nothing twice.
         for cid in (done, failed, hog):
             n.wait_exited(cid)

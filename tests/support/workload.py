@@ -6,8 +6,11 @@ Everything goes through sycri's socket, as kubelet would drive it.
 
 from __future__ import annotations
 
+import json
+import os
 import secrets
 import shutil
+import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -105,6 +108,12 @@ class Node:
 
     def start(self, cid: str, metadata=()) -> None:
         self.rt.StartContainer(api_pb2.StartContainerRequest(container_id=cid), metadata=metadata)
+
+    def kill_before_start(self, cid: str) -> None:
+        """Kill a created container's process (runc's init, waiting for start) from outside."""
+        req = api_pb2.ContainerStatusRequest(container_id=cid, verbose=True)
+        bundle = Path(json.loads(self.rt.ContainerStatus(req).info["info"])["bundle"])
+        os.kill(int((bundle / "pidfile").read_text()), signal.SIGKILL)
 
     def run(self, pod, name: str, image: str, script: str, memory: int = 0) -> str:
         cid = self.create(pod, name, image, script, memory)
