@@ -90,6 +90,8 @@ class Config:
     apparmor_default_profile: str = ""  # a loaded profile for RuntimeDefault; "": none
     metrics_address: str = "127.0.0.1:9810"  # empty: no metrics endpoint
     shutdown_grace_seconds: float = 10.0
+    event_buffer: int = 1000  # container events held per GetContainerEvents client
+    stats_disk_max_age_seconds: float = 2.0  # how stale a writable-layer walk may be
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
     cni: CniConfig = field(default_factory=CniConfig)
     images: ImageConfig = field(default_factory=ImageConfig)
@@ -114,6 +116,7 @@ _CHOICES = {
 _ABSOLUTE = {"socket", "root_dir", "run_dir", "pod_log_dir", "cni.conf_dir"}
 _POSITIVE = {
     "shutdown_grace_seconds",
+    "event_buffer",
     "streaming.token_ttl_seconds",
     "streaming.idle_timeout_seconds",
     "images.pull_progress_timeout_seconds",

@@ -11,7 +11,10 @@ from sycri.k8s.agent import NodeAgent
 if TYPE_CHECKING:
     from sycri.images.service import Images
     from sycri.runtime.containers import Containers
+    from sycri.runtime.events import EventBus
     from sycri.runtime.sandbox_manager import SandboxManager
+    from sycri.runtime.stats import StatsCollector
+    from sycri.streaming.server import StreamingServer
 
 
 @dataclass
@@ -23,3 +26,6 @@ class Node:
     images: Images = None  # type: ignore[assignment]  # set by server.assemble
     sandboxes: SandboxManager | None = None
     containers: Containers | None = None
+    events: EventBus | None = None  # container lifecycle events (GetContainerEvents)
+    stats: StatsCollector | None = None  # cgroup/netns/disk usage with CPU baselines
+    streaming: StreamingServer | None = None  # exec/attach/port-forward URLs

@@ -19,13 +19,27 @@ from pathlib import Path
 import grpc
 
 from sycri.config import Config, detect_cgroup_driver
-from sycri.cri import container, image, runtime_info, sandbox
+from sycri.cri import (
+    container,
+    events,
+    image,
+    listing,
+    pod_metrics,
+    runtime_info,
+    sandbox,
+    stats,
+    streaming,
+)
 from sycri.cri.service import Dispatcher, Handler
 from sycri.k8s.agent import NodeAgent
 from sycri.node import Node
 from sycri.observability import metrics, telemetry
 from sycri.runtime import containers
+from sycri.runtime.events import EventBus
 from sycri.runtime.sandbox_manager import SandboxManager
+from sycri.runtime.stats import StatsCollector
+from sycri.streaming.server import StreamingServer
+from sycri.streaming.targets import NodeTargets
 
 log = logging.getLogger("sycri.server")
 
@@ -62,8 +76,18 @@ def prepare_socket(path: Path) -> None:
 
 def handlers() -> dict[str, Handler]:
     out: dict[str, Handler] = {}
-    for module in (runtime_info, image, sandbox, container):
+    for module in (
+        runtime_info,
+        image,
+        sandbox,
+        container,
+        streaming,
+        stats,
+        pod_metrics,
+        events,
+    ):
         out.update(module.RPCS)
+    out.update(listing.stream_variants(out))
     return out
 
 
@@ -92,6 +116,10 @@ def assemble(cfg: Config) -> Node:
         containers.StoredImages(images),
     )
     node.containers.follow_pods(node.sandboxes)
+    node.events = EventBus(cfg.event_buffer, on_drop=metrics.event_dropped)
+    events.connect(node, node.events)
+    node.stats = StatsCollector(node.cgroup_driver, disk_max_age=cfg.stats_disk_max_age_seconds)
+    node.streaming = StreamingServer(cfg.streaming, NodeTargets(node))
     watch(node)
     return node
 
@@ -113,6 +141,13 @@ async def serve(cfg: Config, observers: list | None = None) -> int:
     sock = Path(cfg.socket)
     prepare_socket(sock)
     node = assemble(cfg)
+    if node.streaming is not None:
+        try:
+            await node.streaming.start()
+        except OSError as exc:  # address in use, unreadable TLS key, ...
+            raise StartupError(
+                f"cannot start the streaming server on {cfg.streaming.address}: {exc}"
+            ) from None
     if node.sandboxes is not None:
         await node.sandboxes.recover()
     if node.containers is not None:
@@ -154,8 +189,16 @@ async def serve(cfg: Config, observers: list | None = None) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    # Containers that exit on their own are seen (and their STOPPED event sent) at once.
+    exit_watch = (
+        asyncio.create_task(node.containers.watch_exits()) if node.containers is not None else None
+    )
     await stop.wait()
     await server.stop(cfg.shutdown_grace_seconds)
+    if exit_watch is not None:
+        exit_watch.cancel()
+    if node.streaming is not None:
+        await node.streaming.stop()
     obs.close()
     await asyncio.to_thread(node.node_agent.close)
     with contextlib.suppress(FileNotFoundError):

@@ -106,15 +106,12 @@ async def list_containers(
     return api_pb2.ListContainersResponse(containers=out)
 
 
-async def container_status(
-    node: Node, request: api_pb2.ContainerStatusRequest
-) -> api_pb2.ContainerStatusResponse:
-    comp = _containers(node)
-    rec = comp.get(request.container_id)
+def status_of(rec: ContainerRecord) -> api_pb2.ContainerStatus:
+    """The CRI status of a container record (ContainerStatus, container events)."""
     cfg = rec.config
     resources = api_pb2.LinuxContainerResources()
     json_format.ParseDict(rec.resources, resources)
-    status = api_pb2.ContainerStatus(
+    return api_pb2.ContainerStatus(
         id=rec.id,
         metadata=cfg.metadata,
         state=STATE_PROTO[rec.state],
@@ -139,6 +136,14 @@ async def container_status(
         ),
         stop_signal=cfg.stop_signal,
     )
+
+
+async def container_status(
+    node: Node, request: api_pb2.ContainerStatusRequest
+) -> api_pb2.ContainerStatusResponse:
+    comp = _containers(node)
+    rec = comp.get(request.container_id)
+    status = status_of(rec)
     info = {}
     if request.verbose:
         spec = comp.oci_spec(rec)

@@ -198,8 +198,16 @@ class PodCgroup:
         self.created = []
 
 
+# Hierarchies without controllers that runc still places containers in on a v1 host
+# (the name=systemd one, and the cgroup2 one of a hybrid host): the pod's parent must be
+# made and removed there too, or every pod leaves an empty directory behind in them.
+V1_EXTRA_HIERARCHIES = ("systemd", "unified")
+
+
 def _hierarchies(version: int, root: str) -> list[str]:
-    return [root] if version == 2 else [os.path.join(root, c) for c in V1_CONTROLLERS]
+    if version == 2:
+        return [root]
+    return [os.path.join(root, c) for c in (*V1_CONTROLLERS, *V1_EXTRA_HIERARCHIES)]
 
 
 def _inherit(version: int, top: str, parent: str, child: str) -> None:

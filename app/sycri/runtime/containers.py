@@ -36,7 +36,7 @@ from sycri.errors import (
 )
 from sycri.fsutil import atomic_write, confined
 from sycri.observability import metrics
-from sycri.runtime import conmon, hostfacts, ocispec, rootfs
+from sycri.runtime import conmon, hostfacts, ocispec, rootfs, statsview
 from sycri.runtime.container_store import (
     CREATED,
     EXITED,
@@ -45,6 +45,7 @@ from sycri.runtime.container_store import (
     ContainerStore,
     new_id,
 )
+from sycri.runtime.events import ContainerEventType
 from sycri.runtime.runc import Runc
 
 log = logging.getLogger("sycri.containers")
@@ -150,6 +151,8 @@ class Containers:
         self._locks: dict[str, asyncio.Lock] = {}
         # Told (image_id, container_id, in_use) when a container starts/stops using an image.
         self.image_users: list[Callable[[str, str, bool], None]] = []
+        # Told (record, event) on every lifecycle change: the GetContainerEvents bus.
+        self.event_hooks: list[Callable[[ContainerRecord, ContainerEventType], None]] = []
 
     # --- helpers ---------------------------------------------------------------------
 
@@ -172,6 +175,13 @@ class Containers:
                 hook(image_id, container_id, in_use)
             except Exception:  # a hook must never break the lifecycle
                 log.exception("image-use hook failed")
+
+    def _emit(self, rec: ContainerRecord, kind: ContainerEventType) -> None:
+        for hook in self.event_hooks:
+            try:
+                hook(rec, kind)
+            except Exception:  # a hook must never break the lifecycle
+                log.exception("container event hook failed")
 
     def refresh(self, rec: ContainerRecord) -> ContainerRecord:
         """Fold conmon's exit file into a running container's record (and persist it)."""
@@ -197,6 +207,7 @@ class Containers:
         else:
             rec.reason = "Completed" if code == 0 else "Error"
         self.store.save(rec)
+        self._emit(rec, ContainerEventType.STOPPED)
         return rec
 
     # --- create ----------------------------------------------------------------------
@@ -295,6 +306,7 @@ class Containers:
             await self._undo_create(cid, runc, bundle, acquired, overlay)
             self.store.unreserve(sandbox.id, name, cfg.metadata.attempt, cid)
             raise
+        self._emit(rec, ContainerEventType.CREATED)
         log.info("created container %s (%s) in pod %s", cid, name, sandbox.id[:12])
         return cid
 
@@ -338,10 +350,12 @@ class Containers:
                 rec.reason, rec.message = "ContainerCannotRun", exc.message[-1000:]
                 rec.finished_at = now_ns()
                 self.store.save(rec)
+                self._emit(rec, ContainerEventType.STOPPED)
                 raise
             metrics.container_started()
             rec.state, rec.started_at = RUNNING, now_ns()
             self.store.save(rec)
+            self._emit(rec, ContainerEventType.STARTED)
 
     async def stop(self, ref: str, timeout: float) -> None:
         """StopSignal, wait ``timeout`` seconds, then SIGKILL; already stopped is fine."""
@@ -358,6 +372,7 @@ class Containers:
             rec.state, rec.finished_at, rec.exit_code = EXITED, now_ns(), 0
             rec.reason = rec.reason or "Completed"
             self.store.save(rec)
+            self._emit(rec, ContainerEventType.STOPPED)
             return
         if rec.state != RUNNING:
             return
@@ -375,6 +390,7 @@ class Containers:
                 rec.state, rec.exit_code, rec.finished_at = EXITED, 255, now_ns()
                 rec.reason, rec.message = "Error", "the container disappeared"
                 self.store.save(rec)
+                self._emit(rec, ContainerEventType.STOPPED)
                 return
             if not await self._wait_exit(rec, 30):
                 raise DeadlineExceeded(f"container {rec.id} did not die after SIGKILL")
@@ -406,6 +422,8 @@ class Containers:
                 self._exit_file(rec.id).unlink()
             with contextlib.suppress(OSError):
                 (self.paths.sockets / rec.id).unlink()
+            statsview.forget(rec.id)
+            self._emit(rec, ContainerEventType.DELETED)
         self._locks.pop(rec.id, None)
         log.info("removed container %s", rec.id)
 
@@ -419,6 +437,37 @@ class Containers:
 
     def in_pod(self, pod_id: str) -> list[ContainerRecord]:
         return [r for r in self.store.all() if r.pod_id == pod_id]
+
+    def stats_containers(self) -> list[statsview.ContainerInfo]:
+        """Every container as stats see it (the ContainerSource protocol)."""
+        return statsview.container_infos(self.list())
+
+    def reap_exits(self) -> int:
+        """Fold every exit file conmon wrote into its running container's record.
+
+        One directory listing, then a read only for the containers that have exited:
+        cheap enough to run several times a second, so a container that exits on its
+        own is reported STOPPED (a GetContainerEvents event) within a fraction of it.
+        """
+        try:
+            with os.scandir(self.paths.exits) as it:
+                exited = {e.name for e in it}
+        except FileNotFoundError:
+            return 0
+        n = 0
+        for rec in self.store.all():
+            if rec.state == RUNNING and rec.id in exited and self.refresh(rec).state != RUNNING:
+                n += 1
+        return n
+
+    async def watch_exits(self, interval: float = 0.2) -> None:
+        """Run :meth:`reap_exits` every ``interval`` seconds until cancelled."""
+        while True:
+            try:
+                self.reap_exits()
+            except Exception:
+                log.exception("watching conmon exit files failed")
+            await asyncio.sleep(interval)
 
     def stream_target(self, ref: str) -> StreamTarget:
         """For the streaming server: how to exec into / attach to this container."""
@@ -534,12 +583,34 @@ class Containers:
 
     # --- recovery --------------------------------------------------------------------
 
+    async def _reconcile_created(self, rec: ContainerRecord) -> None:
+        """A record still "created" whose start reached runc before a crash: runc wins.
+
+        sycri saves RUNNING only after ``runc start`` returns; killed in between, the
+        record says created while the process runs (or already ran, and conmon wrote
+        its exit file, which :meth:`refresh` folds in next).
+        """
+        try:
+            st = await self.runtime(rec.runtime_handler).state(rec.id)
+        except SycriError as exc:
+            log.warning("runc state of %s at recovery: %s", rec.id, exc.message)
+            return
+        if st is None or st.get("status") not in ("running", "paused", "stopped"):
+            return
+        rec.state = RUNNING
+        rec.started_at = _process_start_ns(int(st.get("pid") or 0)) or now_ns()
+        self.store.save(rec)
+        log.info("container %s was started before the restart; runc says %s", rec.id, st["status"])
+        self._emit(rec, ContainerEventType.STARTED)
+
     async def recover(self) -> None:
         """Start-up: reload records, count image mounts, drop half-removed leftovers."""
         records = self.store.load()
         for rec in records:
             self.image_mounts.adopt(rec.image_id, rec.id)
             self._tell_images(rec.image_id, rec.id, True)
+            if rec.state == CREATED:
+                await self._reconcile_created(rec)
             self.refresh(rec)
         known = {r.id for r in records}
         for entry in list(self.paths.containers.iterdir()):
@@ -553,7 +624,33 @@ class Containers:
                 await rootfs.remove_overlay(entry)
                 with contextlib.suppress(FileNotFoundError):
                     self._exit_file(entry.name).unlink()
+        # conmon's attach-socket links and exit files of containers that are not ours
+        # any more (a create killed half way, a remove killed after the record went).
+        for d in (self.paths.sockets, self.paths.exits):
+            with contextlib.suppress(FileNotFoundError), os.scandir(d) as it:
+                for e in it:
+                    if e.name not in known:
+                        log.warning("removing stale %s", e.path)
+                        with contextlib.suppress(OSError):
+                            if e.is_dir(follow_symlinks=False):
+                                shutil.rmtree(e.path)
+                            else:
+                                os.unlink(e.path)
         await self.image_mounts.sweep()
+
+
+def _process_start_ns(pid: int) -> int:
+    """When process ``pid`` started (ns since the epoch), from /proc; 0 if unknown."""
+    if pid <= 0:
+        return 0
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat") as f:
+            btime = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return 0
+    return btime * 1_000_000_000 + ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
 
 def _read_image_file(root: Path, rel: str) -> str:

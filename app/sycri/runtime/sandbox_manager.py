@@ -131,6 +131,12 @@ class SandboxManager:
     def list(self) -> list[Sandbox]:
         return [sb for sb in self.store.all() if sb.state != CREATING]
 
+    def stats_pods(self) -> list:
+        """Every pod as stats see it (the PodSource protocol of ``runtime.stats``)."""
+        from sycri.runtime import statsview
+
+        return statsview.pod_infos(self.list())
+
     def _lock(self, sandbox_id: str) -> asyncio.Lock:
         return self._locks.setdefault(sandbox_id, asyncio.Lock())
 

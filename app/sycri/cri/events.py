@@ -1,0 +1,121 @@
+"""GetContainerEvents: the container event bus as a CRI server stream (evented PLEG).
+
+Each event carries the pod's status and the statuses of the pod's containers as they
+were when it was published (:func:`snapshotter` is the bus's snapshot hook), which is
+what kubelet puts in its cache keyed by the event's ``created_at``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from sycri.api import api_pb2
+from sycri.errors import SycriError, Unavailable
+from sycri.runtime.events import ContainerEvent, EventBus
+
+
+class PodStatusSource(Protocol):
+    """``node.sandboxes`` as events see it."""
+
+    def pod_sandbox_status(self, pod_sandbox_id: str) -> api_pb2.PodSandboxStatus | None: ...
+
+
+class ContainerStatusSource(Protocol):
+    """``node.containers`` as events see it."""
+
+    def container_statuses(self, pod_sandbox_id: str) -> list[api_pb2.ContainerStatus]: ...
+
+
+class EventsNode(Protocol):
+    events: EventBus
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    pod: api_pb2.PodSandboxStatus | None
+    containers: tuple[api_pb2.ContainerStatus, ...]
+
+
+def snapshotter(
+    pods: PodStatusSource, containers: ContainerStatusSource
+) -> Callable[[ContainerEvent], Snapshot]:
+    """The bus hook: statuses of the event's pod and its containers, taken now."""
+
+    def snap(event: ContainerEvent) -> Snapshot:
+        return Snapshot(
+            pods.pod_sandbox_status(event.pod_sandbox_id),
+            tuple(containers.container_statuses(event.pod_sandbox_id)),
+        )
+
+    return snap
+
+
+class NodeStatuses:
+    """Both status sources over the node's real stores (``node.sandboxes``/``containers``).
+
+    Records are read as they are (no refresh): a snapshot is taken inside a lifecycle
+    change, and refreshing there could start another change.
+    """
+
+    def __init__(self, node: object):
+        self.node = node
+
+    def pod_sandbox_status(self, pod_sandbox_id: str) -> api_pb2.PodSandboxStatus | None:
+        from sycri.cri.sandbox import status_of
+
+        sandboxes = getattr(self.node, "sandboxes", None)
+        if sandboxes is None:
+            return None
+        try:
+            return status_of(sandboxes.get(pod_sandbox_id))
+        except SycriError:
+            return None
+
+    def container_statuses(self, pod_sandbox_id: str) -> list[api_pb2.ContainerStatus]:
+        from sycri.cri.container import status_of
+
+        containers = getattr(self.node, "containers", None)
+        if containers is None:
+            return []
+        return [status_of(r) for r in containers.in_pod(pod_sandbox_id)]
+
+
+def connect(node: object, bus: EventBus) -> None:
+    """Publish the node's container lifecycle on ``bus``, with status snapshots."""
+    statuses = NodeStatuses(node)
+    bus.snapshot = snapshotter(statuses, statuses)
+    containers = getattr(node, "containers", None)
+    if containers is not None:
+        containers.event_hooks.append(
+            lambda rec, kind: bus.publish(ContainerEvent(rec.id, kind, rec.pod_id))
+        )
+
+
+def event_response(event: ContainerEvent) -> api_pb2.ContainerEventResponse:
+    out = api_pb2.ContainerEventResponse(
+        container_id=event.container_id,
+        container_event_type=int(event.type),
+        created_at=event.created_at,
+    )
+    snap = event.snapshot
+    if isinstance(snap, Snapshot):
+        if snap.pod is not None:
+            out.pod_sandbox_status.CopyFrom(snap.pod)
+        out.containers_statuses.extend(snap.containers)
+    return out
+
+
+async def get_container_events(
+    node: EventsNode, request: api_pb2.GetEventsRequest
+) -> AsyncIterator[api_pb2.ContainerEventResponse]:
+    bus = getattr(node, "events", None)
+    if bus is None:
+        raise Unavailable("the container event bus is not running")
+    with bus.subscribe() as sub:
+        async for event in sub:
+            yield event_response(event)
+
+
+RPCS = {"GetContainerEvents": get_container_events}

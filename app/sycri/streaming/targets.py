@@ -1,0 +1,89 @@
+"""Where a stream goes: the small interface streaming needs from containers and pods.
+
+Streaming needs no more than the runc invocation, conmon's attach socket and control
+fifo of a container, and a pod's network namespace; :class:`NodeTargets` gets them
+from the container and sandbox registries. Tests may pass any other :class:`Targets`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sycri import command
+from sycri.errors import Unavailable
+
+
+@dataclass(frozen=True)
+class ContainerTarget:
+    """How to reach one container's processes and stdio."""
+
+    container_id: str  # the CRI id, for messages
+    runtime: str  # the OCI runtime binary (runc)
+    runtime_root: str  # its --root
+    runtime_id: str  # the id runc knows the container by
+    attach_socket: str = ""  # conmon's SOCK_SEQPACKET attach socket; "" when none
+    ctl_fifo: str = ""  # conmon's control fifo (window resize); "" when none
+    runtime_flags: tuple[str, ...] = ()  # global flags after --root (--systemd-cgroup)
+
+    def runtime_argv(self, *args: str) -> list[str]:
+        return [self.runtime, "--root", self.runtime_root, *self.runtime_flags, *args]
+
+
+class Targets(Protocol):
+    def container(self, container_id: str) -> ContainerTarget:
+        """The container, or NotFound naming it."""
+        ...
+
+    def sandbox_netns(self, sandbox_id: str) -> str:
+        """The pod's network namespace path ("" for a host-network pod), or NotFound."""
+        ...
+
+
+async def runc_state(target: ContainerTarget) -> dict:
+    """runc's state of the container (status, bundle, ...); {} when runc does not know it."""
+    result = await command.run(
+        target.runtime_argv("state", target.runtime_id),
+        check=False,
+        timeout=30,
+        label="runc state",
+    )
+    if not result.ok:
+        return {}
+    try:
+        state = json.loads(result.stdout)
+    except ValueError:
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+@dataclass
+class NodeTargets:
+    """Targets from the node's container and sandbox registries
+    (``node.containers.stream_target(id)``, ``node.sandboxes.get(id).netns_path``)."""
+
+    node: Any
+
+    def container(self, container_id: str) -> ContainerTarget:
+        containers = getattr(self.node, "containers", None)
+        if containers is None:
+            raise Unavailable("the container registry is not running")
+        t = containers.stream_target(container_id)  # NotFound for an unknown id
+        runtime = t.runtime
+        flags = ("--systemd-cgroup",) if getattr(runtime, "systemd_cgroup", False) else ()
+        return ContainerTarget(
+            container_id=t.container_id,
+            runtime=runtime.binary,
+            runtime_root=runtime.root,
+            runtime_id=t.container_id,
+            attach_socket=str(t.attach_socket),
+            ctl_fifo=str(t.control_fifo),
+            runtime_flags=flags,
+        )
+
+    def sandbox_netns(self, sandbox_id: str) -> str:
+        sandboxes = getattr(self.node, "sandboxes", None)
+        if sandboxes is None:
+            raise Unavailable("the pod sandbox registry is not running")
+        return sandboxes.get(sandbox_id).netns_path or ""  # NotFound for an unknown id
