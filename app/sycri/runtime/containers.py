@@ -35,6 +35,7 @@ from sycri.errors import (
     excerpt,
 )
 from sycri.fsutil import atomic_write, confined
+from sycri.observability import metrics
 from sycri.runtime import conmon, features, hostfacts, ocispec, rootfs, statsview
 from sycri.runtime.container_store import (
     CREATED,
@@ -345,12 +346,14 @@ class Containers:
             try:
                 await runc.start(rec.id)
             except SycriError as exc:
+                metrics.container_start_failed()
                 rec.state, rec.exit_code = EXITED, 128
                 rec.reason, rec.message = "ContainerCannotRun", exc.message[-1000:]
                 rec.finished_at = now_ns()
                 self.store.save(rec)
                 self._emit(rec, ContainerEventType.STOPPED)
                 raise
+            metrics.container_started()
             rec.state, rec.started_at = RUNNING, now_ns()
             self.store.save(rec)
             self._emit(rec, ContainerEventType.STARTED)
