@@ -36,7 +36,7 @@ from sycri.errors import (
 )
 from sycri.fsutil import atomic_write, confined
 from sycri.observability import metrics
-from sycri.runtime import conmon, features, hostfacts, ocispec, rootfs, statsview
+from sycri.runtime import conmon, features, hostfacts, ocispec, rootfs, statsview, userns
 from sycri.runtime.container_store import (
     CREATED,
     EXITED,
@@ -259,8 +259,11 @@ class Containers:
                     settings=self.settings,
                 )
             )
-            bundle.mkdir(parents=True, exist_ok=True, mode=0o700)
-            await rootfs.mount_overlay(lower, bundle)
+            ns = sandbox.namespaces
+            # In a pod user namespace runc mounts the rootfs as the pod's root, an
+            # unmapped stranger to sycri's dirs: it needs search (not read) permission.
+            bundle.mkdir(parents=True, exist_ok=True, mode=0o711 if ns.userns else 0o700)
+            await rootfs.mount_overlay(lower, bundle, rootfs.idmap_for(ns.userns, ns.userns_maps))
             overlay = True
             atomic_write(bundle / "config.json", built.json(), mode=0o600)
             rec = ContainerRecord(
@@ -415,6 +418,7 @@ class Containers:
             await self._stop_locked(rec, 0)
             await self.runtime(rec.runtime_handler).delete(rec.id)
             await rootfs.unmount(Path(rec.bundle) / "rootfs")
+            await rootfs.unmount(Path(rec.bundle) / "lower")
             await self.image_mounts.release(rec.image_id, rec.id)
             self._tell_images(rec.image_id, rec.id, False)
             self.store.delete(rec)
@@ -698,6 +702,8 @@ class PodSandboxes:
                 shm=sb.shm_path,
                 cgroup_parent=parent,
                 hostname=sb.hostname,
+                userns=sb.userns_path or "",
+                userns_maps=userns.Mappings.from_json(sb.userns_maps) if sb.userns_maps else None,
             ),
             log_directory=sb.log_directory,
             runtime_handler=sb.runtime_handler,

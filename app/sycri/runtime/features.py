@@ -2,8 +2,10 @@
 
 Reported only when it really works: recursive read-only mounts need the runtime to
 know the ``rro`` mount option (``runc features``, runc >= 1.1) and the kernel to have
-``mount_setattr`` (5.12). User namespaces for pods are not offered: sycri cannot yet
-create a pod's namespaces inside a user namespace, so it never claims them.
+``mount_setattr`` (5.12). Pod user namespaces need the runtime to join a user
+namespace (``user`` among its namespaces), overlayfs to take an idmapped lower layer
+(5.19) and this kernel to idmap a squashfs mount, which is tried for real once
+(:func:`sycri.runtime.userns.idmap_works`).
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from dataclasses import dataclass
 
 from sycri import command
 from sycri.errors import DeadlineExceeded
+from sycri.runtime import userns
 
 MOUNT_SETATTR_KERNEL = (5, 12)
+IDMAPPED_OVERLAY_LOWER_KERNEL = (5, 19)
 
 
 @dataclass(frozen=True)
@@ -31,17 +35,23 @@ def kernel_version(release: str) -> tuple[int, int]:
     return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
-def parse(features_json: str, kernel_release: str) -> HandlerFeatures:
+def parse(features_json: str, kernel_release: str, idmap_works: bool = False) -> HandlerFeatures:
     """The features of a runtime from its ``features`` output (OCI runtime-spec
-    features document); an empty or unreadable document means none."""
+    features document); an empty or unreadable document means none. ``idmap_works``:
+    this node can idmap the image layer (probed at the edge)."""
     try:
         doc = json.loads(features_json) if features_json.strip() else {}
     except ValueError:
         doc = {}
     options = doc.get("mountOptions") if isinstance(doc, dict) else None
     rro = isinstance(options, list) and "rro" in options
+    linux = doc.get("linux") if isinstance(doc, dict) else None
+    kinds = linux.get("namespaces") if isinstance(linux, dict) else None
+    joins_user = isinstance(kinds, list) and "user" in kinds
+    kernel = kernel_version(kernel_release)
     return HandlerFeatures(
-        recursive_read_only=rro and kernel_version(kernel_release) >= MOUNT_SETATTR_KERNEL,
+        recursive_read_only=rro and kernel >= MOUNT_SETATTR_KERNEL,
+        user_namespaces=joins_user and idmap_works and kernel >= IDMAPPED_OVERLAY_LOWER_KERNEL,
     )
 
 
@@ -59,5 +69,5 @@ async def probe(binary: str) -> HandlerFeatures:
         except (OSError, DeadlineExceeded):
             return HandlerFeatures()  # missing or hung: not cached, it may be fixed later
         text = result.stdout.decode(errors="replace") if result.ok else ""
-        _cache[binary] = parse(text, os.uname().release)
+        _cache[binary] = parse(text, os.uname().release, await userns.idmap_works())
     return _cache[binary]

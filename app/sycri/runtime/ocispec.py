@@ -18,7 +18,7 @@ from typing import Any
 
 from sycri.api import api_pb2
 from sycri.errors import InvalidArgument, excerpt
-from sycri.runtime import cdi, seccomp, users
+from sycri.runtime import cdi, seccomp, userns, users
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -134,6 +134,8 @@ class Sandbox:
     shm: str = ""
     cgroup_parent: str = ""
     hostname: str = ""
+    userns: str = ""  # the pod's pinned user namespace; empty: the host's
+    userns_maps: userns.Mappings | None = None
 
 
 @dataclass(frozen=True)
@@ -214,6 +216,12 @@ def build(inp: SpecInput) -> BuiltSpec:
         )
 
     user = users.resolve(_user_request(sc), inp.image.user, inp.passwd, inp.group)
+    id_maps = inp.sandbox.userns_maps if inp.sandbox.userns else None
+    userns.container_mode_ok(
+        id_maps, sc.namespace_options if sc.HasField("namespace_options") else None
+    )
+    if id_maps is not None:
+        _check_mapped(user, id_maps)
     caps = capabilities(sc.capabilities, privileged, inp.host.bounding_caps)
     cdi_edits = cdi.edits_for([d.name for d in cfg.CDI_devices], list(inp.host.cdi_specs))
     process: dict[str, Any] = {
@@ -247,6 +255,10 @@ def build(inp: SpecInput) -> BuiltSpec:
         "devices": devices,
         "sysctl": sysctls(inp.sandbox_config),
     }
+    if id_maps is not None:
+        # runc joins the pod's user namespace by path; it still wants the mappings.
+        linux["uidMappings"] = [id_maps.uids.oci()]
+        linux["gidMappings"] = [id_maps.gids.oci()]
     if not privileged:
         linux["maskedPaths"] = list(sc.masked_paths) or list(DEFAULT_MASKED)
         linux["readonlyPaths"] = list(sc.readonly_paths) or list(DEFAULT_READONLY)
@@ -526,6 +538,14 @@ def namespaces(
     network = ns.network if ns else pod_ns.network
     ipc = ns.ipc if ns else pod_ns.ipc
     pid = ns.pid if ns else pod_ns.pid
+    if sandbox.userns:
+        for kind, mode in (("network", network), ("ipc", ipc), ("pid", pid)):
+            if mode == api_pb2.NODE:
+                raise InvalidArgument(
+                    f"namespace_options.{kind}: a container in a pod user namespace "
+                    "cannot use the host's"
+                )
+        out.append({"type": "user", "path": sandbox.userns})
     if network != api_pb2.NODE:
         out.append(_ns("network", sandbox.netns))
     if ipc != api_pb2.NODE:
@@ -541,6 +561,20 @@ def namespaces(
     if cgroup_v2:
         out.append({"type": "cgroup"})
     return out
+
+
+def _check_mapped(user: users.ResolvedUser, maps: userns.Mappings) -> None:
+    """The process's ids must exist in the pod's user namespace (runc fails late otherwise)."""
+    if not 0 <= user.uid < maps.uids.size:
+        raise InvalidArgument(
+            f"user {user.uid} is not mapped in the pod's user namespace (uids 0-{maps.uids.size - 1})"
+        )
+    for gid in (user.gid, *user.additional_gids):
+        if not 0 <= gid < maps.gids.size:
+            raise InvalidArgument(
+                f"group {gid} is not mapped in the pod's user namespace "
+                f"(gids 0-{maps.gids.size - 1})"
+            )
 
 
 def _ns(kind: str, path: str) -> dict[str, str]:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from sycri import command
 from sycri.errors import Internal
+from sycri.runtime import userns
 
 log = logging.getLogger("sycri.rootfs")
 
@@ -122,11 +123,36 @@ class ImageMounts:
                 await self.release(entry.name, "")
 
 
-async def mount_overlay(lower: Path, bundle: Path) -> Path:
-    """``bundle/rootfs`` = overlay of ``lower`` with ``bundle/upper`` and ``bundle/work``."""
+@dataclass(frozen=True)
+class Idmap:
+    """Map the image's ids through a pod's user namespace (see :mod:`sycri.runtime.userns`)."""
+
+    userns_path: str
+    root_uid: int  # the host ids of the namespace's root, owner of the upper directory
+    root_gid: int
+
+
+def idmap_for(userns_path: str, maps: userns.Mappings | None) -> Idmap | None:
+    if not userns_path or maps is None:
+        return None
+    return Idmap(userns_path, maps.root_uid, maps.root_gid)
+
+
+async def mount_overlay(lower: Path, bundle: Path, idmap: Idmap | None = None) -> Path:
+    """``bundle/rootfs`` = overlay of ``lower`` with ``bundle/upper`` and ``bundle/work``.
+
+    With ``idmap`` the lower layer is ``bundle/lower``, an idmapped clone of ``lower``,
+    and the upper directory belongs to the namespace's root, so the container's root
+    owns (and can write) its root filesystem."""
     upper, work, rootfs = bundle / "upper", bundle / "work", bundle / "rootfs"
     for d in (upper, work, rootfs):
         d.mkdir(parents=True, exist_ok=True)
+    if idmap is not None:
+        clone = bundle / "lower"
+        clone.mkdir(exist_ok=True)
+        await asyncio.to_thread(userns.mount_idmapped, lower, clone, idmap.userns_path)
+        os.chown(upper, idmap.root_uid, idmap.root_gid)
+        lower = clone
     for p in (lower, upper, work):
         if any(c in str(p) for c in ",:\n"):
             raise Internal(f"overlay path {p} holds a character mount options cannot carry")
@@ -138,8 +164,10 @@ async def mount_overlay(lower: Path, bundle: Path) -> Path:
 
 
 async def remove_overlay(bundle: Path) -> None:
-    """Unmount the container's overlay and delete its upper/work dirs and the bundle."""
-    await unmount(bundle / "rootfs")
-    if is_mounted(bundle / "rootfs"):  # never delete through a mount
-        raise Internal(f"{bundle / 'rootfs'} is still mounted; not deleting the bundle")
+    """Unmount the container's overlay (and idmapped lower layer, if any) and delete its
+    upper/work dirs and the bundle."""
+    for mnt in (bundle / "rootfs", bundle / "lower"):
+        await unmount(mnt)
+        if is_mounted(mnt):  # never delete through a mount
+            raise Internal(f"{mnt} is still mounted; not deleting the bundle")
     await asyncio.to_thread(shutil.rmtree, bundle, True)

@@ -54,6 +54,8 @@ class Sandbox:
     ipc_ns_path: str | None = None
     uts_ns_path: str | None = None
     pid_ns_path: str | None = None
+    userns_path: str | None = None  # the pod's own user namespace (hostUsers: false)
+    userns_maps: dict[str, list[int]] | None = None  # userns.Mappings.to_json()
     init_pid: int | None = None  # catatonit, PID 1 of the pod's PID namespace
     init_start: int | None = None  # its start time (clock ticks), guards against pid reuse
     holder_pid: int | None = None  # the `unshare --fork` parent of catatonit

@@ -26,7 +26,17 @@ from sycri.config import Config
 from sycri.errors import FailedPrecondition, InvalidArgument, NotFound, excerpt
 from sycri.fsutil import atomic_write
 from sycri.network import cni
-from sycri.runtime import cgroups, idindex, linux, namespaces, pod_init, podfiles, sysctls
+from sycri.runtime import (
+    cgroups,
+    features,
+    idindex,
+    linux,
+    namespaces,
+    pod_init,
+    podfiles,
+    sysctls,
+    userns,
+)
 from sycri.runtime.sandbox import (
     CREATING,
     NOTREADY,
@@ -177,6 +187,13 @@ class SandboxManager:
 
     async def run(self, cfg: api_pb2.PodSandboxConfig, handler: str) -> Sandbox:
         sb, plan = self._plan(cfg, handler)
+        if sb.userns_maps:
+            binary = self.config.runtimes[sb.runtime_handler].binary
+            if not (await features.probe(binary)).user_namespaces:
+                raise InvalidArgument(
+                    f"runtime handler {excerpt(sb.runtime_handler)} cannot run pods in a "
+                    "user namespace on this node"
+                )
         self.store.reserve(sb.name_key, sb.id)
         try:
             self.store.save(sb)  # state "creating": a crash now is cleaned up at start
@@ -222,8 +239,7 @@ class SandboxManager:
             if value not in _MODES or (kind != "pid" and value == api_pb2.CONTAINER):
                 raise InvalidArgument(f"namespace mode {value} is not supported for {kind}")
             modes[kind] = _MODES[value]
-        if nsopt.HasField("userns_options") and nsopt.userns_options.mode != api_pb2.NODE:
-            raise InvalidArgument("pod user namespaces are not supported by sycri")
+        id_maps = userns.plan(nsopt)
         host_net = modes["network"] == "NODE"
         host_ipc = modes["ipc"] == "NODE"
         if host_net:
@@ -283,6 +299,8 @@ class SandboxManager:
             netns_path=str(ns_dir / "net") if pod_net else None,
             uts_ns_path=str(ns_dir / "uts") if pod_net else None,
             ipc_ns_path=str(ns_dir / "ipc") if pod_ipc else None,
+            userns_path=str(ns_dir / "user") if id_maps else None,
+            userns_maps=id_maps.to_json() if id_maps else None,
             # Saved with the first record: a crash at any later point still owes a DEL.
             network=net.document() if net is not None else None,
             network_up=net is not None,
@@ -310,7 +328,18 @@ class SandboxManager:
             )
             if path
         }
-        if targets:
+        if sb.userns_path and sb.userns_maps:
+            # userns.plan made net, ipc and uts the pod's own: all are owned by its userns.
+            targets["user"] = Path(sb.userns_path)
+            await userns.create_pinned(userns.Mappings.from_json(sb.userns_maps), targets)
+            uts, name = {"uts": str(targets["uts"])}, sb.hostname
+
+            def set_hostname() -> None:
+                namespaces.enter(uts)
+                socket.sethostname(name)
+
+            await linux.in_fresh_thread(set_hostname)
+        elif targets:
             hostname = sb.hostname if "uts" in targets else None
             await linux.in_fresh_thread(lambda: namespaces.create_pinned(targets, hostname))
         if plan.sysctls:
@@ -490,7 +519,7 @@ class SandboxManager:
         if sb.shm_mounted:
             with contextlib.suppress(OSError):
                 linux.umount(sb.shm_path, linux.MNT_DETACH)
-        for kind in ("pid", "net", "ipc", "uts"):
+        for kind in ("pid", "net", "ipc", "uts", "user"):
             namespaces.release(run_dir / "ns" / kind)
         if sb.cgroup_created:
             await asyncio.to_thread(cgroups.remove_dirs, sb.cgroup_created)
@@ -528,7 +557,7 @@ class SandboxManager:
         return sb
 
     def _alive(self, sb: Sandbox) -> bool:
-        for p in (sb.netns_path, sb.ipc_ns_path, sb.uts_ns_path):
+        for p in (sb.netns_path, sb.ipc_ns_path, sb.uts_ns_path, sb.userns_path):
             if p and not linux.is_mountpoint(p):
                 return False
         return not (sb.pid_mode == "POD" and not pod_init.alive(sb.init_pid, sb.init_start))

@@ -1,0 +1,352 @@
+"""Pod user namespaces (Kubernetes ``hostUsers: false``).
+
+The CRI asks for one uid and one gid mapping per pod (kubelet allocates a 64 Ki-aligned
+range of host ids; container id 0 must be mapped). The pure half validates the request
+and says what a container's OCI spec needs; the edge half creates the namespaces and
+idmapped mounts.
+
+Why a child process: sycri's pod namespaces are unshared in a thread of a
+multi-threaded process, where the kernel refuses ``CLONE_NEWUSER``. So a short-lived
+``unshare --user --net --ipc --uts`` child creates the user namespace and the pod's
+network, IPC and UTS namespaces together (the kernel creates the user namespace first,
+so it owns the others: sysfs, mqueue and network sysctls then work inside it); sycri
+writes the child's ``uid_map``/``gid_map`` from outside (root in the parent namespace
+needs no ``newuidmap``), pins all four by bind mount and lets the child go.
+
+Why idmapped mounts: the image's files are owned by host root, which the pod's user
+namespace does not map, so its root could neither write its root filesystem nor own
+anything in it. runc 1.1 cannot make idmapped mounts (``idmap`` came in runc 1.2), and
+an overlay mount cannot be idmapped itself; so sycri clones the image's squashfs mount
+with ``open_tree(OPEN_TREE_CLONE)``, idmaps the clone with ``mount_setattr`` against
+the pod's user namespace and uses it as the overlay's lower layer (overlayfs takes
+idmapped layers since Linux 5.19), with an upper directory owned by the mapped root.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sycri.api import api_pb2
+from sycri.errors import Internal, InvalidArgument
+
+log = logging.getLogger("sycri.userns")
+
+MAX_ID = 2**32 - 1
+
+
+@dataclass(frozen=True)
+class IDMap:
+    """One ``container_id host_id size`` line of a uid_map or gid_map."""
+
+    container_id: int
+    host_id: int
+    size: int
+
+    def line(self) -> str:
+        return f"{self.container_id} {self.host_id} {self.size}\n"
+
+    def oci(self) -> dict[str, int]:
+        return {"containerID": self.container_id, "hostID": self.host_id, "size": self.size}
+
+
+@dataclass(frozen=True)
+class Mappings:
+    """A pod user namespace's one uid and one gid mapping."""
+
+    uids: IDMap
+    gids: IDMap
+
+    @property
+    def root_uid(self) -> int:
+        """The host uid of the namespace's root (owner of the container's upper dir)."""
+        return self.uids.host_id
+
+    @property
+    def root_gid(self) -> int:
+        return self.gids.host_id
+
+    def to_json(self) -> dict[str, list[int]]:
+        return {
+            "uids": [self.uids.container_id, self.uids.host_id, self.uids.size],
+            "gids": [self.gids.container_id, self.gids.host_id, self.gids.size],
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, list[int]]) -> Mappings:
+        return cls(IDMap(*doc["uids"]), IDMap(*doc["gids"]))
+
+
+def _one(kind: str, maps: Sequence[api_pb2.IDMapping]) -> IDMap:
+    if len(maps) != 1:
+        raise InvalidArgument(
+            f"userns_options.{kind}: exactly one mapping is supported, got {len(maps)}"
+        )
+    m = maps[0]
+    if m.container_id != 0:
+        raise InvalidArgument(
+            f"userns_options.{kind}: container id 0 must be mapped (the mapping starts at "
+            f"{m.container_id})"
+        )
+    if m.length < 1 or m.host_id + m.length - 1 > MAX_ID:
+        raise InvalidArgument(
+            f"userns_options.{kind}: mapping of length {m.length} from host id {m.host_id} "
+            "is empty or out of range"
+        )
+    if m.host_id == 0:
+        raise InvalidArgument(
+            f"userns_options.{kind}: the mapping must not include host id 0 (host root)"
+        )
+    return IDMap(m.container_id, m.host_id, m.length)
+
+
+def plan(nsopt: api_pb2.NamespaceOption) -> Mappings | None:
+    """The pod's user namespace mappings; None for the host's (NODE, or unset).
+
+    Pure: InvalidArgument for modes and mappings sycri cannot honour, and for the
+    host namespaces Kubernetes forbids with ``hostUsers: false`` (the pod's network,
+    IPC and PID namespaces must be owned by its user namespace).
+    """
+    if not nsopt.HasField("userns_options"):
+        return None
+    opts = nsopt.userns_options
+    if opts.mode == api_pb2.NODE:
+        if opts.uids or opts.gids:
+            raise InvalidArgument("userns_options: NODE mode takes no uid or gid mappings")
+        return None
+    if opts.mode != api_pb2.POD:
+        name = api_pb2.NamespaceMode.Name(opts.mode) if opts.mode in (1, 2, 3) else opts.mode
+        raise InvalidArgument(f"userns_options.mode {name} is not supported (POD or NODE)")
+    for kind, mode in (("network", nsopt.network), ("ipc", nsopt.ipc), ("pid", nsopt.pid)):
+        if mode == api_pb2.NODE:
+            raise InvalidArgument(
+                f"userns_options: a pod user namespace cannot use the host's {kind} namespace"
+            )
+    return Mappings(_one("uids", opts.uids), _one("gids", opts.gids))
+
+
+def container_mode_ok(pod: Mappings | None, sc_opts: api_pb2.NamespaceOption | None) -> None:
+    """A container must use its pod's user namespace (CONTAINER/TARGET are not offered)."""
+    if sc_opts is None or not sc_opts.HasField("userns_options"):
+        return
+    mode = sc_opts.userns_options.mode
+    want = api_pb2.NODE if pod is None else api_pb2.POD
+    if mode != want:
+        raise InvalidArgument(
+            "security_context.namespace_options.userns_options: a container must use its "
+            f"pod's user namespace ({api_pb2.NamespaceMode.Name(want)})"
+        )
+
+
+# --- edge: namespaces ------------------------------------------------------------------
+
+KINDS = ("user", "net", "ipc", "uts")
+
+
+@contextlib.asynccontextmanager
+async def _holder(mappings: Mappings, *kinds: str) -> AsyncIterator[int]:
+    """A child in a new user namespace (plus new ``kinds``: net, ipc, uts) whose id
+    maps sycri has written; yields its pid and ends it afterwards (no zombie)."""
+    flags = [f"--{k}" for k in kinds]
+    # Not command.run: this child must stay alive while the caller works with it.
+    proc = await asyncio.create_subprocess_exec(
+        "unshare",
+        "--user",
+        *flags,
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo ready && exec cat",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 10)
+        if line.strip() != b"ready":
+            err = b""
+            with contextlib.suppress(asyncio.TimeoutError):
+                err = await asyncio.wait_for(proc.stderr.read(), 2)
+            raise Internal(
+                "creating a user namespace failed: " + err.decode(errors="replace")[:300]
+            )
+        Path(f"/proc/{proc.pid}/uid_map").write_text(mappings.uids.line())
+        Path(f"/proc/{proc.pid}/gid_map").write_text(mappings.gids.line())
+        yield proc.pid
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+        with contextlib.suppress(Exception):
+            await proc.communicate()
+
+
+async def create_pinned(mappings: Mappings, targets: dict[str, Path]) -> None:
+    """Create a user namespace with ``mappings`` owning new net/ipc/uts namespaces and pin
+    each at ``targets[kind]`` (kinds from :data:`KINDS`). Nothing is left on failure."""
+    from sycri.runtime import linux, namespaces
+
+    done: list[Path] = []
+    try:
+        async with _holder(mappings, "net", "ipc", "uts") as pid:
+            for kind in KINDS:
+                target = targets[kind]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.touch(mode=0o444, exist_ok=True)
+                linux.mount(f"/proc/{pid}/ns/{kind}", target, None, linux.MS_BIND)
+                done.append(target)
+    except BaseException:
+        for target in done:
+            namespaces.release(target)
+        raise
+
+
+_probed: bool | None = None
+
+
+async def idmap_works() -> bool:
+    """Whether this kernel idmaps a squashfs mount (the image layer sycri idmaps), tried
+    once for real: a tiny squashfs, a user namespace, open_tree + mount_setattr."""
+    global _probed
+    if _probed is None:
+        try:
+            _probed = await _probe_idmap()
+        except Exception as e:  # any failure means "no"
+            log.info("idmapped squashfs mounts do not work here: %s", e)
+            _probed = False
+    return _probed
+
+
+async def _probe_idmap() -> bool:
+    from sycri import command
+
+    tmp = Path(tempfile.mkdtemp(prefix="sycri-idmap-probe-"))
+    mnt = tmp / "mnt"
+    try:
+        (tmp / "empty").mkdir()
+        mnt.mkdir()
+        img = tmp / "probe.sqfs"
+        await command.run(
+            ["mksquashfs", str(tmp / "empty"), str(img), "-quiet", "-noappend"],
+            timeout=30,
+            label="mksquashfs",
+        )
+        await command.run(
+            ["mount", "-t", "squashfs", "-o", "ro,loop", str(img), str(mnt)],
+            timeout=30,
+            label="mount squashfs",
+        )
+        try:
+            probe = Mappings(IDMap(0, 1000, 1), IDMap(0, 1000, 1))
+            async with _holder(probe) as pid:
+                await asyncio.to_thread(_idmap_clone, mnt, f"/proc/{pid}/ns/user")
+        finally:
+            await command.run(["umount", str(mnt)], check=False, label="umount")
+        return True
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --- edge: idmapped mounts -------------------------------------------------------------
+
+_SYS_OPEN_TREE = {"x86_64": 428, "aarch64": 428}
+_SYS_MOVE_MOUNT = {"x86_64": 429, "aarch64": 429}
+_SYS_MOUNT_SETATTR = {"x86_64": 442, "aarch64": 442}
+OPEN_TREE_CLONE = 1
+OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+AT_FDCWD = -100
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOUNT_ATTR_IDMAP = 0x00100000
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def _nr(table: dict[str, int]) -> int:
+    machine = os.uname().machine
+    if machine not in table:
+        raise Internal(f"idmapped mounts: no system call numbers known for {machine}")
+    return table[machine]
+
+
+def _sys(what: str, nr: int, *args: object) -> int:
+    rc = _libc.syscall(ctypes.c_long(nr), *args)
+    if rc < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return rc
+
+
+def _idmap_clone(source: str | os.PathLike[str], userns_path: str | os.PathLike[str]) -> int:
+    """A detached clone of the mount at ``source`` idmapped through ``userns_path``
+    (an fd the caller closes)."""
+    tree = _sys(
+        "open_tree",
+        _nr(_SYS_OPEN_TREE),
+        ctypes.c_int(AT_FDCWD),
+        os.fsencode(source),
+        ctypes.c_uint(OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC),
+    )
+    try:
+        ns = os.open(userns_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            attr = _MountAttr(MOUNT_ATTR_IDMAP, 0, 0, ns)
+            _sys(
+                "mount_setattr",
+                _nr(_SYS_MOUNT_SETATTR),
+                ctypes.c_int(tree),
+                b"",
+                ctypes.c_uint(AT_EMPTY_PATH),
+                ctypes.byref(attr),
+                ctypes.c_size_t(ctypes.sizeof(attr)),
+            )
+        finally:
+            os.close(ns)
+    except BaseException:
+        os.close(tree)
+        raise
+    return tree
+
+
+def mount_idmapped(
+    source: str | os.PathLike[str],
+    target: str | os.PathLike[str],
+    userns_path: str | os.PathLike[str],
+) -> None:
+    """Blocking: bind the mount at ``source`` onto ``target`` with its ids mapped through
+    the user namespace at ``userns_path``: a file of host uid ``h`` shows as the
+    namespace's uid ``h`` (files of host root belong to the namespace's root)."""
+    tree = _idmap_clone(source, userns_path)
+    try:
+        _sys(
+            "move_mount",
+            _nr(_SYS_MOVE_MOUNT),
+            ctypes.c_int(tree),
+            b"",
+            ctypes.c_int(AT_FDCWD),
+            os.fsencode(target),
+            ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH),
+        )
+    finally:
+        os.close(tree)
