@@ -56,13 +56,14 @@ def test_status_is_ready_with_real_runc_and_cni_plugins(tmp_path):
 
 def test_status_reports_the_features_that_work_here(sycri):
     """critest and kubelet run the rro and SupplementalGroupsPolicy paths only when Status
-    says so; "" is the default handler. runc 1.1.5 on a 6.x kernel can do rro."""
+    says so; "" is the default handler. runc 1.1.5 on a 6.x kernel can do rro, and
+    joins the pod user namespaces sycri makes (tests/e2e/test_userns.py)."""
     st = sycri.runtime().Status(api_pb2.StatusRequest())
     handlers = {h.name: h.features for h in st.runtime_handlers}
     assert set(handlers) == {"", "runc"}
     for feats in handlers.values():
         assert feats.recursive_read_only_mounts is True
-        assert feats.user_namespaces is False  # pods in a user namespace: not yet
+        assert feats.user_namespaces is True  # runc joins a userns; squashfs idmaps here
     assert st.features.supplemental_groups_policy is True
 
 

@@ -30,7 +30,7 @@ RUNC_115 = json.dumps({"ociVersionMax": "1.0.2-dev", "mountOptions": ["ro", "rro
 def test_recursive_read_only_needs_runtime_and_kernel(doc, kernel, rro):
     got = features.parse(doc, kernel)
     assert got.recursive_read_only is rro
-    assert got.user_namespaces is False  # never claimed: pods cannot have one yet
+    assert got.user_namespaces is False  # no idmap probe result given: never claimed
 
 
 def rro_mount(**kw) -> api_pb2.ContainerConfig:
