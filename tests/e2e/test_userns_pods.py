@@ -76,7 +76,7 @@ def test_status_claims_user_namespaces_for_every_handler(userns_node):
     }
 
 
-def test_pod_user_namespace_maps_root_and_owns_its_rootfs(userns_node, registry):
+def test_pod_user_namespace_maps_root_and_owns_its_rootfs(userns_node, registry, tmp_path):
     server = userns_node
     rt = server.runtime()
     image = pull(server, registry)
@@ -85,8 +85,8 @@ def test_pod_user_namespace_maps_root_and_owns_its_rootfs(userns_node, registry)
     pod_cfg.log_directory = str(server.base / "pods" / "uns")
     pod = rt.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=pod_cfg)).pod_sandbox_id
 
-    def run(name: str, script: str) -> tuple[str, list[str]]:
-        cfg = container(name, image, ["/bin/sh", "-c", script])
+    def run(name: str, script: str, **kw) -> tuple[str, list[str]]:
+        cfg = container(name, image, ["/bin/sh", "-c", script], **kw)
         cfg.linux.security_context.namespace_options.CopyFrom(
             pod_cfg.linux.security_context.namespace_options
         )
@@ -98,16 +98,26 @@ def test_pod_user_namespace_maps_root_and_owns_its_rootfs(userns_node, registry)
         assert st.exit_code == 0, lines
         return cid, lines
 
+    volume = tmp_path / "volume"  # host root's, 0755: only root may write
+    volume.mkdir(mode=0o755)
+    (volume / "config").write_text("from the host\n")
     cid, lines = run(
         "probe",
         "cat /proc/self/uid_map /proc/self/gid_map; id -u; id -g; stat -c %u:%g /bin/busybox; "
-        "echo mine > /etc/written && cat /etc/written; hostname; ls /sys/class/net",
+        "echo mine > /etc/written && cat /etc/written; hostname; "
+        "stat -c %u:%g /vol/config; echo out > /vol/made; ls /sys/class/net",
+        mounts=[api_pb2.Mount(container_path="/vol", host_path=str(volume))],
     )
     assert [ln.split() for ln in lines[:2]] == [["0", str(host_id), "65536"]] * 2
     assert lines[2:5] == ["0", "0", "0:0"]  # the image's root files are the pod root's
     assert lines[5] == "mine"  # root can write its own root filesystem
     assert lines[6] == "uns"
-    assert "eth0" in lines[7:]  # sysfs of the pod's network namespace
+    # The volume is idmapped: host root's files are the pod root's, and what the pod's
+    # root writes there is host root's on disk (not the mapped host id).
+    assert lines[7] == "0:0"
+    assert (volume / "made").read_text() == "out\n"
+    assert ((volume / "made").stat().st_uid, (volume / "made").stat().st_gid) == (0, 0)
+    assert "eth0" in lines[8:]  # sysfs of the pod's network namespace
     # On the host the new file belongs to the mapped root, not to host root.
     upper = server.base / "root" / "containers" / cid / "upper" / "etc" / "written"
     assert (upper.stat().st_uid, upper.stat().st_gid) == (host_id, host_id)

@@ -265,6 +265,11 @@ class Containers:
             bundle.mkdir(parents=True, exist_ok=True, mode=0o711 if ns.userns else 0o700)
             await rootfs.mount_overlay(lower, bundle, rootfs.idmap_for(ns.userns, ns.userns_maps))
             overlay = True
+            if ns.userns:
+                volumes = {m.container_path for m in cfg.mounts}
+                await asyncio.to_thread(
+                    userns.idmap_volumes, built.spec, volumes, bundle, ns.userns
+                )
             atomic_write(bundle / "config.json", built.json(), mode=0o600)
             rec = ContainerRecord(
                 id=cid,
@@ -418,7 +423,6 @@ class Containers:
             await self._stop_locked(rec, 0)
             await self.runtime(rec.runtime_handler).delete(rec.id)
             await rootfs.unmount(Path(rec.bundle) / "rootfs")
-            await rootfs.unmount(Path(rec.bundle) / "lower")
             await self.image_mounts.release(rec.image_id, rec.id)
             self._tell_images(rec.image_id, rec.id, False)
             self.store.delete(rec)

@@ -163,10 +163,17 @@ async def mount_overlay(lower: Path, bundle: Path, idmap: Idmap | None = None) -
     return rootfs
 
 
+def _under(bundle: Path) -> list[Path]:
+    """Mount points below ``bundle``, deepest first."""
+    prefix = str(bundle) + "/"
+    found = [t for t in mounted_targets() if t.startswith(prefix)]
+    return [Path(t) for t in sorted(found, key=len, reverse=True)]
+
+
 async def remove_overlay(bundle: Path) -> None:
-    """Unmount the container's overlay (and idmapped lower layer, if any) and delete its
-    upper/work dirs and the bundle."""
-    for mnt in (bundle / "rootfs", bundle / "lower"):
+    """Unmount the container's overlay (and its idmapped lower layer and volumes, if
+    any) and delete its upper/work dirs and the bundle."""
+    for mnt in [bundle / "rootfs", *_under(bundle)]:
         await unmount(mnt)
         if is_mounted(mnt):  # never delete through a mount
             raise Internal(f"{mnt} is still mounted; not deleting the bundle")

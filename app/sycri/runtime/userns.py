@@ -35,6 +35,7 @@ import tempfile
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sycri.api import api_pb2
 from sycri.errors import Internal, InvalidArgument
@@ -298,15 +299,18 @@ def _sys(what: str, nr: int, *args: object) -> int:
     return rc
 
 
-def _idmap_clone(source: str | os.PathLike[str], userns_path: str | os.PathLike[str]) -> int:
-    """A detached clone of the mount at ``source`` idmapped through ``userns_path``
-    (an fd the caller closes)."""
+def _idmap_clone(
+    source: str | os.PathLike[str], userns_path: str | os.PathLike[str], recursive: bool = False
+) -> int:
+    """A detached clone of ``source`` (with its submounts when ``recursive``) idmapped
+    through ``userns_path`` (an fd the caller closes)."""
+    rec = AT_RECURSIVE if recursive else 0
     tree = _sys(
         "open_tree",
         _nr(_SYS_OPEN_TREE),
         ctypes.c_int(AT_FDCWD),
         os.fsencode(source),
-        ctypes.c_uint(OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC),
+        ctypes.c_uint(OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | rec),
     )
     try:
         ns = os.open(userns_path, os.O_RDONLY | os.O_CLOEXEC)
@@ -317,7 +321,7 @@ def _idmap_clone(source: str | os.PathLike[str], userns_path: str | os.PathLike[
                 _nr(_SYS_MOUNT_SETATTR),
                 ctypes.c_int(tree),
                 b"",
-                ctypes.c_uint(AT_EMPTY_PATH),
+                ctypes.c_uint(AT_EMPTY_PATH | rec),
                 ctypes.byref(attr),
                 ctypes.c_size_t(ctypes.sizeof(attr)),
             )
@@ -333,11 +337,12 @@ def mount_idmapped(
     source: str | os.PathLike[str],
     target: str | os.PathLike[str],
     userns_path: str | os.PathLike[str],
+    recursive: bool = False,
 ) -> None:
-    """Blocking: bind the mount at ``source`` onto ``target`` with its ids mapped through
-    the user namespace at ``userns_path``: a file of host uid ``h`` shows as the
-    namespace's uid ``h`` (files of host root belong to the namespace's root)."""
-    tree = _idmap_clone(source, userns_path)
+    """Blocking: bind ``source`` onto ``target`` with its ids mapped through the user
+    namespace at ``userns_path``: a file of host uid ``h`` shows as the namespace's uid
+    ``h`` (files of host root belong to the namespace's root)."""
+    tree = _idmap_clone(source, userns_path, recursive)
     try:
         _sys(
             "move_mount",
@@ -350,3 +355,49 @@ def mount_idmapped(
         )
     finally:
         os.close(tree)
+
+
+# --- volumes -----------------------------------------------------------------------------
+
+
+def volume_mounts(spec: dict[str, Any], requested: set[str]) -> list[int]:
+    """Indexes of the spec's mounts to idmap: the request's own bind mounts (volumes)
+    with private propagation. A propagating volume stays a plain bind: a detached clone
+    would cut it from its peers."""
+    picked = []
+    for i, m in enumerate(spec.get("mounts", [])):
+        opts = m.get("options") or []
+        if m.get("type") == "bind" and m["destination"] in requested and "rprivate" in opts:
+            picked.append(i)
+    return picked
+
+
+def idmap_volumes(
+    spec: dict[str, Any], requested: set[str], bundle: Path, userns_path: str
+) -> list[str]:
+    """Blocking: replace each picked volume's source with an idmapped clone under
+    ``bundle/volumes`` (runc 1.1 cannot idmap a mount itself), so the pod's root owns
+    what host root owns there and what it writes is host root's on disk. A volume on a
+    filesystem that cannot be idmapped stays a plain bind (its files then show as
+    ``nobody``); those host paths are returned."""
+    plain = []
+    for i in volume_mounts(spec, requested):
+        m = spec["mounts"][i]
+        source = m["source"]
+        clone = bundle / "volumes" / str(i)
+        clone.parent.mkdir(mode=0o711, exist_ok=True)
+        if os.path.isdir(source):
+            clone.mkdir(exist_ok=True)
+        elif os.path.isfile(source):
+            clone.touch(mode=0o600, exist_ok=True)
+        else:
+            plain.append(source)
+            continue
+        try:
+            mount_idmapped(source, clone, userns_path, recursive=True)
+        except OSError as e:
+            log.info("volume %s cannot be idmapped (%s): a plain bind mount", source, e)
+            plain.append(source)
+            continue
+        m["source"] = str(clone)
+    return plain
