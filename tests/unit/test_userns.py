@@ -134,3 +134,15 @@ def test_user_namespaces_claimed_only_when_every_part_works(doc, kernel, idmap, 
 
 def test_unchanged_pod_config_is_fine():
     assert userns.plan(POD.linux.security_context.namespace_options) is None
+
+
+def test_only_private_volumes_of_the_request_are_idmapped():
+    spec = {
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc", "options": []},
+            {"destination": "/etc/hosts", "type": "bind", "source": "/r/hosts", "options": ["rbind", "rprivate", "ro"]},
+            {"destination": "/data", "type": "bind", "source": "/h/data", "options": ["rbind", "rprivate", "rw"]},
+            {"destination": "/shared", "type": "bind", "source": "/h/s", "options": ["rbind", "rshared", "rw"]},
+        ]
+    }  # fmt: skip
+    assert userns.volume_mounts(spec, {"/data", "/shared"}) == [2]
