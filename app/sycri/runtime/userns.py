@@ -31,6 +31,7 @@ import ctypes.util
 import logging
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -213,48 +214,68 @@ async def create_pinned(mappings: Mappings, targets: dict[str, Path]) -> None:
 
 
 _probed: bool | None = None
+_probe_lock = asyncio.Lock()
 
 
 async def idmap_works() -> bool:
     """Whether this kernel idmaps a squashfs mount (the image layer sycri idmaps), tried
     once for real: a tiny squashfs, a user namespace, open_tree + mount_setattr."""
     global _probed
-    if _probed is None:
-        try:
-            _probed = await _probe_idmap()
-        except Exception as e:  # any failure means "no"
-            log.info("idmapped squashfs mounts do not work here: %s", e)
-            _probed = False
+    async with _probe_lock:
+        if _probed is None:
+            from sycri.runtime import linux
+
+            try:
+                await linux.in_fresh_thread(_probe_idmap)
+                _probed = True
+            except Exception as e:  # any failure means "no"
+                log.info("idmapped squashfs mounts do not work here: %s", e)
+                _probed = False
     return _probed
 
 
-async def _probe_idmap() -> bool:
-    from sycri import command
+def _probe_idmap() -> None:
+    """Blocking, in a throw-away thread: raises unless a squashfs mount can be idmapped.
 
+    The thread first takes a private mount namespace, so its squashfs mount dies with
+    it (even if sycri is killed half way) and the host never sees it. The programs are
+    run with :mod:`subprocess` from this thread, not :mod:`sycri.command` from the event
+    loop: only children forked here inherit the private mount namespace.
+    """
+    from sycri.runtime import linux
+
+    linux.unshare(linux.CLONE_NEWNS)
+    linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
     tmp = Path(tempfile.mkdtemp(prefix="sycri-idmap-probe-"))
     mnt = tmp / "mnt"
     try:
         (tmp / "empty").mkdir()
         mnt.mkdir()
         img = tmp / "probe.sqfs"
-        await command.run(
+        for argv in (
             ["mksquashfs", str(tmp / "empty"), str(img), "-quiet", "-noappend"],
-            timeout=30,
-            label="mksquashfs",
-        )
-        await command.run(
             ["mount", "-t", "squashfs", "-o", "ro,loop", str(img), str(mnt)],
-            timeout=30,
-            label="mount squashfs",
-        )
-        try:
-            probe = Mappings(IDMap(0, 1000, 1), IDMap(0, 1000, 1))
-            async with _holder(probe) as pid:
-                await asyncio.to_thread(_idmap_clone, mnt, f"/proc/{pid}/ns/user")
-        finally:
-            await command.run(["umount", str(mnt)], check=False, label="umount")
-        return True
+        ):
+            subprocess.run(argv, check=True, capture_output=True, timeout=30)
+        with subprocess.Popen(
+            ["unshare", "--user", "--", "/bin/sh", "-c", "echo ready && exec cat"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        ) as holder:
+            try:
+                assert holder.stdout is not None
+                if holder.stdout.readline().strip() != b"ready":
+                    raise Internal("unshare --user failed")
+                Path(f"/proc/{holder.pid}/uid_map").write_text("0 1000 1\n")
+                Path(f"/proc/{holder.pid}/gid_map").write_text("0 1000 1\n")
+                os.close(_idmap_clone(mnt, f"/proc/{holder.pid}/ns/user"))
+            finally:
+                holder.kill()
+                holder.communicate()
     finally:
+        with contextlib.suppress(OSError):
+            linux.umount(mnt, linux.MNT_DETACH)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
