@@ -81,7 +81,9 @@ def test_pod_user_namespace_maps_root_and_owns_its_rootfs(userns_node, registry,
     rt = server.runtime()
     image = pull(server, registry)
     host_id = 65536 * random.randint(20, 200)  # kubelet hands out 64 Ki-aligned ranges
-    pod_cfg = userns_pod("uns", host_id, pid=api_pb2.POD)
+    # IPC sysctls of a userns-owned namespace are writable only by that namespace's root.
+    sysctls = {"kernel.shmmni": "3000", "net.ipv4.ip_unprivileged_port_start": "80"}
+    pod_cfg = userns_pod("uns", host_id, pid=api_pb2.POD, sysctls=sysctls)
     pod_cfg.log_directory = str(server.base / "pods" / "uns")
     pod = rt.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=pod_cfg)).pod_sandbox_id
 
@@ -105,7 +107,9 @@ def test_pod_user_namespace_maps_root_and_owns_its_rootfs(userns_node, registry,
         "probe",
         "cat /proc/self/uid_map /proc/self/gid_map; id -u; id -g; stat -c %u:%g /bin/busybox; "
         "echo mine > /etc/written && cat /etc/written; hostname; "
-        "stat -c %u:%g /vol/config; echo out > /vol/made; ls /sys/class/net",
+        "stat -c %u:%g /vol/config; echo out > /vol/made; "
+        "cat /proc/sys/kernel/shmmni /proc/sys/net/ipv4/ip_unprivileged_port_start; "
+        "ls /sys/class/net",
         mounts=[api_pb2.Mount(container_path="/vol", host_path=str(volume))],
     )
     assert [ln.split() for ln in lines[:2]] == [["0", str(host_id), "65536"]] * 2
@@ -117,7 +121,8 @@ def test_pod_user_namespace_maps_root_and_owns_its_rootfs(userns_node, registry,
     assert lines[7] == "0:0"
     assert (volume / "made").read_text() == "out\n"
     assert ((volume / "made").stat().st_uid, (volume / "made").stat().st_gid) == (0, 0)
-    assert "eth0" in lines[8:]  # sysfs of the pod's network namespace
+    assert lines[8:10] == ["3000", "80"]
+    assert "eth0" in lines[10:]  # sysfs of the pod's network namespace
     # On the host the new file belongs to the mapped root, not to host root.
     upper = server.base / "root" / "containers" / cid / "upper" / "etc" / "written"
     assert (upper.stat().st_uid, upper.stat().st_gid) == (host_id, host_id)

@@ -342,7 +342,12 @@ class SandboxManager:
         elif targets:
             hostname = sb.hostname if "uts" in targets else None
             await linux.in_fresh_thread(lambda: namespaces.create_pinned(targets, hostname))
-        if plan.sysctls:
+        if plan.sysctls and sb.userns_path:
+            kinds = {"user", *(s.namespace for s in plan.sysctls)}
+            await sysctls.apply_as_namespace_root(
+                plan.sysctls, {k: str(targets[k]) for k in sorted(kinds)}
+            )
+        elif plan.sysctls:
             entered = {s.namespace: str(targets[s.namespace]) for s in plan.sysctls}
             items = plan.sysctls
 

@@ -88,3 +88,37 @@ def apply_here(items: list[Sysctl]) -> None:
                     f"sysctl {excerpt(s.key)} cannot be set inside a pod ({exc.strerror})"
                 ) from None
             raise
+
+
+# A shell step per sysctl: exit 3 when the kernel has no such sysctl, else write it.
+_WRITE = 'test -e "$1" || exit 3; printf "%s" "$2" > "$1"'
+
+
+async def apply_as_namespace_root(items: list[Sysctl], namespaces: Mapping[str, str]) -> None:
+    """Write each sysctl as the root of a pod's own user namespace (``namespaces``: kind
+    -> pinned path, with ``user``). IPC sysctls of a namespace owned by another user
+    namespace are writable only by that namespace's root, not by host root, and sycri's
+    threads cannot enter a user namespace: so a child does (``nsenter --user`` makes it
+    the namespace's uid 0)."""
+    from sycri import command
+
+    enter = [f"--{kind}={path}" for kind, path in namespaces.items()]
+    for s in items:
+        result = await command.run(
+            ["nsenter", *enter, "--", "/bin/sh", "-c", _WRITE, "sh", s.proc_path, s.value],
+            check=False,
+            timeout=10,
+            label="sysctl",
+        )
+        if result.ok:
+            continue
+        err = result.stderr.decode(errors="replace")
+        if result.returncode == 3:
+            raise InvalidArgument(f"sysctl {excerpt(s.key)} is unknown to this kernel")
+        if "Invalid argument" in err or "out of range" in err:
+            raise InvalidArgument(
+                f"sysctl {excerpt(s.key)}: the kernel refused value {excerpt(s.value)}"
+            )
+        raise InvalidArgument(
+            f"sysctl {excerpt(s.key)} cannot be set inside a pod ({excerpt(err.strip())})"
+        )
