@@ -23,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from sycri import sif
+from sycri import crashpoint, sif
 from sycri.config import Config
 from sycri.errors import (
     FailedPrecondition,
@@ -311,6 +311,7 @@ class Images:
         final = self.store.sif_path_for(image_id)
         os.chmod(built, 0o644)
         os.replace(built, final)
+        crashpoint.reach("pull.renamed")
         size = os.stat(final).st_size
         return await in_thread(
             lambda: self.store.add(
@@ -353,6 +354,7 @@ class Images:
                 self.store.blob_dir if self.cfg.images.keep_layers else None,
             )
             await in_thread(applier.finish)
+            crashpoint.reach("pull.fetched")
             built = await build_sif(
                 image_id=image_id,
                 config_bytes=config_bytes,
@@ -362,6 +364,7 @@ class Images:
                 compression=self.cfg.images.squashfs_compression,
                 arch=config.architecture or self.arch,
             )
+            crashpoint.reach("pull.built")
             return await self._commit(
                 image_id,
                 built,

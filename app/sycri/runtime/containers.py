@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from google.protobuf import json_format
 
-from sycri import command
+from sycri import command, crashpoint
 from sycri.api import api_pb2
 from sycri.config import Config
 from sycri.errors import (
@@ -236,6 +236,7 @@ class Containers:
         try:
             image = await self.images.image_info(cfg.image.image)
             lower = await self.image_mounts.acquire(image.source, cid)
+            crashpoint.reach("container.create.image")
             acquired = image
             self._tell_images(image.id, cid, True)
             passwd = _read_image_file(lower, "etc/passwd")
@@ -261,6 +262,7 @@ class Containers:
             await rootfs.mount_overlay(lower, bundle)
             overlay = True
             atomic_write(bundle / "config.json", built.json(), mode=0o600)
+            crashpoint.reach("container.create.overlay")
             rec = ContainerRecord(
                 id=cid,
                 pod_id=sandbox.id,
@@ -300,6 +302,7 @@ class Containers:
                     systemd_cgroup=self.cgroup_driver == "systemd",
                 )
             )
+            crashpoint.reach("container.create.conmon")
             self.store.save(rec)
         except BaseException:
             await self._undo_create(cid, runc, bundle, acquired, overlay)
@@ -343,6 +346,7 @@ class Containers:
             runc = self.runtime(rec.runtime_handler)
             try:
                 await runc.start(rec.id)
+                crashpoint.reach("container.start.runc")
             except SycriError as exc:
                 rec.state, rec.exit_code = EXITED, 128
                 rec.reason, rec.message = "ContainerCannotRun", exc.message[-1000:]
@@ -374,6 +378,7 @@ class Containers:
         if rec.state != RUNNING:
             return
         if timeout > 0 and await runc.kill(rec.id, rec.stop_signal):
+            crashpoint.reach("container.stop.signal")
             await self._wait_exit(rec, timeout)
         if self.refresh(rec).state == RUNNING:
             killed = await runc.kill(rec.id, 9, all_processes=True)
@@ -409,11 +414,16 @@ class Containers:
             if self.store.find(rec.id) is None:
                 return
             await self._stop_locked(rec, 0)
+            if not rec.removing:
+                rec.removing = True  # a crash from here on: the next start finishes it
+                self.store.save(rec)
             await self.runtime(rec.runtime_handler).delete(rec.id)
+            crashpoint.reach("container.remove.runc")
             await rootfs.unmount(Path(rec.bundle) / "rootfs")
             await self.image_mounts.release(rec.image_id, rec.id)
             self._tell_images(rec.image_id, rec.id, False)
             self.store.delete(rec)
+            crashpoint.reach("container.remove.record")
             await rootfs.remove_overlay(Path(rec.bundle))
             with contextlib.suppress(FileNotFoundError):
                 self._exit_file(rec.id).unlink()
@@ -595,13 +605,21 @@ class Containers:
         if st is None or st.get("status") not in ("running", "paused", "stopped"):
             return
         rec.state = RUNNING
-        rec.started_at = _process_start_ns(int(st.get("pid") or 0)) or now_ns()
+        # The init process was forked at create; ``runc start`` unlinks the exec FIFO
+        # from runc's state dir, so that dir's mtime is when the container started.
+        runc = self.runtime(rec.runtime_handler)
+        try:
+            started = os.stat(Path(runc.root) / rec.id).st_mtime_ns
+        except OSError:
+            started = _process_start_ns(int(st.get("pid") or 0)) or now_ns()
+        rec.started_at = max(started, rec.created_at)
         self.store.save(rec)
         log.info("container %s was started before the restart; runc says %s", rec.id, st["status"])
         self._emit(rec, ContainerEventType.STARTED)
 
     async def recover(self) -> None:
-        """Start-up: reload records, count image mounts, drop half-removed leftovers."""
+        """Start-up: reload records and reconcile them with runc and conmon, count image
+        mounts, finish removals a crash cut short, drop leftovers of unfinished creates."""
         records = self.store.load()
         for rec in records:
             self.image_mounts.adopt(rec.image_id, rec.id)
@@ -609,7 +627,22 @@ class Containers:
             if rec.state == CREATED:
                 await self._reconcile_created(rec)
             self.refresh(rec)
+        for rec in records:
+            if rec.removing:
+                log.warning("finishing the removal of container %s", rec.id)
+                try:
+                    await self.remove(rec.id)
+                except Exception:
+                    log.exception("removing container %s", rec.id)
+        records = self.store.all()
         known = {r.id for r in records}
+        monitors = conmon.monitors(self.paths.exits)
+        for cid, pid in monitors.items():
+            if cid not in known:
+                # A create killed after conmon started: nothing was promised to
+                # kubelet; the monitor goes first so it writes no exit file later.
+                log.warning("ending conmon %d of unrecorded container %s", pid, cid)
+                await conmon.kill(pid)
         for entry in list(self.paths.containers.iterdir()):
             if entry.is_dir() and entry.name not in known:
                 # A create or remove interrupted by a crash: its runc container (if
