@@ -16,6 +16,7 @@ directories. What must hold, as kubelet and the node's owner would see it:
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -345,6 +346,35 @@ def test_kill_9_during_remove_container(node, point):
     bystander_survived(node, by_pod, by_cid, by_log)
     assert set(node.containers()) == {by_cid}  # the removal was finished at start
     assert footprint(node) == base
+
+
+def test_lost_conmon_and_container_are_exited_not_running(node):
+    """Reality wins over the record: a container whose conmon and process both died
+    while sycri was down (OOM killer, an admin, a reboot) is EXITED after the restart."""
+    pod, cfg = node.pod("victim")
+    base = footprint(node)
+    cid = node.run(pod, cfg, "c", "exec sleep 3600")
+    info = node.rt.ContainerStatus(R.ContainerStatusRequest(container_id=cid, verbose=True)).info
+    pid = json.loads(info["info"])["pid"]
+    monitor = next(int(p) for p in os.listdir("/proc") if p.isdigit() and _is_conmon_of(p, cid))
+    node.server.stop()
+    os.kill(monitor, signal.SIGKILL)
+    os.kill(pid, signal.SIGKILL)
+    node.server.start()
+    st = node.status(cid)
+    assert (st.state, st.exit_code, st.reason) == (R.CONTAINER_EXITED, 255, "Error")
+    assert st.finished_at > st.started_at
+    node.rt.RemoveContainer(R.RemoveContainerRequest(container_id=cid))
+    assert footprint(node) == base
+
+
+def _is_conmon_of(pid: str, cid: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = f.read().decode(errors="replace").split("\0")
+    except OSError:
+        return False
+    return os.path.basename(args[0]) == "conmon" and f"--cid {cid}" in " ".join(args)
 
 
 def test_every_point_is_tested():

@@ -617,16 +617,40 @@ class Containers:
         log.info("container %s was started before the restart; runc says %s", rec.id, st["status"])
         self._emit(rec, ContainerEventType.STARTED)
 
+    async def _reconcile_unmonitored(self, rec: ContainerRecord) -> None:
+        """A record RUNNING whose conmon is gone and left no exit file (conmon killed, a
+        reboot wiped the run dir): runc decides. Still running, it stays RUNNING
+        (unmonitored); otherwise it is EXITED with an unknown code, never RUNNING forever.
+        """
+        try:
+            st = await self.runtime(rec.runtime_handler).state(rec.id)
+        except SycriError as exc:
+            log.warning("runc state of %s at recovery: %s", rec.id, exc.message)
+            return
+        if self.refresh(rec).state != RUNNING:
+            return  # conmon wrote the exit file after all
+        if st is not None and st.get("status") in ("running", "paused"):
+            log.warning("container %s runs without its conmon", rec.id)
+            return
+        log.warning("container %s is gone with its conmon; recording it as exited", rec.id)
+        rec.state, rec.exit_code, rec.finished_at = EXITED, 255, now_ns()
+        rec.reason, rec.message = "Error", "the container and its monitor disappeared"
+        self.store.save(rec)
+        self._emit(rec, ContainerEventType.STOPPED)
+
     async def recover(self) -> None:
         """Start-up: reload records and reconcile them with runc and conmon, count image
         mounts, finish removals a crash cut short, drop leftovers of unfinished creates."""
         records = self.store.load()
+        monitored = conmon.monitors(self.paths.exits)
         for rec in records:
             self.image_mounts.adopt(rec.image_id, rec.id)
             self._tell_images(rec.image_id, rec.id, True)
             if rec.state == CREATED:
                 await self._reconcile_created(rec)
             self.refresh(rec)
+            if rec.state == RUNNING and rec.id not in monitored:
+                await self._reconcile_unmonitored(rec)
         for rec in records:
             if rec.removing:
                 log.warning("finishing the removal of container %s", rec.id)
