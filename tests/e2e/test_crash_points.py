@@ -16,6 +16,7 @@ directories. What must hold, as kubelet and the node's owner would see it:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
@@ -31,7 +32,7 @@ import pytest
 from sycri import crashpoint
 from sycri.api import api_pb2
 
-from tests.support import oci
+from tests.support import oci, spdy_client
 from tests.support.load import leftovers
 from tests.support.pods import PodNet, pod_config, unmount_all
 from tests.support.server import SycriServer
@@ -346,6 +347,40 @@ def test_kill_9_during_remove_container(node, point):
     bystander_survived(node, by_pod, by_cid, by_log)
     assert set(node.containers()) == {by_cid}  # the removal was finished at start
     assert footprint(node) == base
+
+
+def test_sigterm_restart_keeps_containers_exec_and_logs(node):
+    """A DaemonSet rollout: SIGTERM, a new sycri; the same ids and states, ExecSync and
+    the streaming Exec (SPDY, as kubectl) work, conmon kept logging across the gap."""
+    by_pod, by_cid, by_log = bystander(node)
+    pod, cfg = node.pod("other")
+    done = node.run(pod, cfg, "done", "exit 0")
+    before = (node.pods(), node.containers())
+    lines = len(by_log.read_text().splitlines())
+    node.server.stop()
+    assert node.server.proc.returncode == 0
+    time.sleep(0.5)
+    node.server.start()
+    assert (node.pods(), node.containers()) == before
+    assert node.status(done).exit_code == 0
+    bystander_survived(node, by_pod, by_cid, by_log)
+    ticks = [int(line.rsplit(" ", 1)[1]) for line in by_log.read_text().splitlines()]
+    assert ticks == list(range(1, len(ticks) + 1)) and len(ticks) > lines + 3  # no gap
+    url = node.rt.Exec(
+        R.ExecRequest(container_id=by_cid, cmd=["sh", "-c", "echo streamed; exit 5"], stdout=True)
+    ).url
+
+    async def spdy_exec() -> tuple[bytes, int]:
+        client, streams = await spdy_client.exec_session(
+            url, stdin=False, stdout=True, stderr=False, tty=False
+        )
+        try:
+            status = spdy_client.parse_status(await streams["error"].read_all())
+            return await streams["stdout"].read_all(), spdy_client.exit_code(status)
+        finally:
+            await client.close()
+
+    assert asyncio.run(spdy_exec()) == (b"streamed\n", 5)
 
 
 def test_lost_conmon_and_container_are_exited_not_running(node):
