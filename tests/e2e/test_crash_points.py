@@ -383,9 +383,11 @@ def test_sigterm_restart_keeps_containers_exec_and_logs(node):
     assert asyncio.run(spdy_exec()) == (b"streamed\n", 5)
 
 
-def test_lost_conmon_and_container_are_exited_not_running(node):
-    """Reality wins over the record: a container whose conmon and process both died
-    while sycri was down (OOM killer, an admin, a reboot) is EXITED after the restart."""
+@pytest.mark.parametrize("lost", ["conmon", "conmon+container"])
+def test_lost_conmon(node, lost):
+    """Reality wins over the record: a container whose conmon (and process) died while
+    sycri was down (OOM killer, an admin, a reboot) is EXITED after the restart, or, if
+    its process still runs, RUNNING and stoppable."""
     pod, cfg = node.pod("victim")
     base = footprint(node)
     cid = node.run(pod, cfg, "c", "exec sleep 3600")
@@ -394,10 +396,18 @@ def test_lost_conmon_and_container_are_exited_not_running(node):
     monitor = next(int(p) for p in os.listdir("/proc") if p.isdigit() and _is_conmon_of(p, cid))
     node.server.stop()
     os.kill(monitor, signal.SIGKILL)
-    os.kill(pid, signal.SIGKILL)
+    if lost == "conmon+container":
+        os.kill(pid, signal.SIGKILL)
     node.server.start()
     st = node.status(cid)
-    assert (st.state, st.exit_code, st.reason) == (R.CONTAINER_EXITED, 255, "Error")
+    if lost == "conmon":
+        assert st.state == R.CONTAINER_RUNNING
+        assert node.exec(cid, "echo ok") == b"ok\n"
+        node.rt.StopContainer(R.StopContainerRequest(container_id=cid, timeout=0))
+        st = node.status(cid)
+        assert (st.state, st.exit_code) == (R.CONTAINER_EXITED, 137)
+    else:
+        assert (st.state, st.exit_code, st.reason) == (R.CONTAINER_EXITED, 255, "Error")
     assert st.finished_at > st.started_at
     node.rt.RemoveContainer(R.RemoveContainerRequest(container_id=cid))
     assert footprint(node) == base

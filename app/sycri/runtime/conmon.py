@@ -220,3 +220,14 @@ async def kill(pid: int, timeout: float = 5.0) -> None:
             return
         await asyncio.sleep(0.01)
     log.warning("conmon %d still present after SIGKILL", pid)
+
+
+def monitors_container(bundle: Path, container_id: str) -> bool:
+    """Whether the conmon of this container (its pid in ``bundle/conmon.pid``) lives."""
+    try:
+        pid = int((bundle / "conmon.pid").read_text().strip())
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = f.read().split(b"\0")
+    except (OSError, ValueError):
+        return False
+    return bool(args) and args[0].endswith(b"conmon") and container_id.encode() in args

@@ -394,7 +394,17 @@ class Containers:
                 self.store.save(rec)
                 self._emit(rec, ContainerEventType.STOPPED)
                 return
-            if not await self._wait_exit(rec, 30):
+            monitored = conmon.monitors_container(Path(rec.bundle), rec.id)
+            if not await self._wait_exit(rec, 30 if monitored else 2):
+                st = None if monitored else await runc.state(rec.id)
+                if not monitored and (st or {}).get("status", "stopped") == "stopped":
+                    # Its conmon died (killed while sycri was down): no exit file will
+                    # come, but runc saw it die of our SIGKILL.
+                    rec.state, rec.exit_code, rec.finished_at = EXITED, 137, now_ns()
+                    rec.reason, rec.message = "Error", "killed; its conmon was gone"
+                    self.store.save(rec)
+                    self._emit(rec, ContainerEventType.STOPPED)
+                    return
                 raise DeadlineExceeded(f"container {rec.id} did not die after SIGKILL")
 
     async def _wait_exit(self, rec: ContainerRecord, timeout: float) -> bool:
