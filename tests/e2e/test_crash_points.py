@@ -19,9 +19,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -420,6 +422,65 @@ def _is_conmon_of(pid: str, cid: str) -> bool:
     except OSError:
         return False
     return os.path.basename(args[0]) == "conmon" and f"--cid {cid}" in " ".join(args)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_kill_9_at_a_random_moment_of_mixed_work(node, seed):
+    """Pods and containers made, stopped and removed by 6 clients at once; SIGKILL from
+    outside at a random moment (the seed fixes it). Nothing answered is lost, every
+    object left is whole, and removing them all leaves nothing behind."""
+    rng = random.Random(seed)
+    by_pod, by_cid, by_log = bystander(node)
+    base = footprint(node)
+    lock = threading.Lock()
+    live_pods: set[str] = set()
+    live_ctrs: set[str] = set()
+    stop = threading.Event()
+
+    def worker(w: int) -> None:
+        rt = node.server.runtime()
+        i = 0
+        while not stop.is_set():
+            i += 1
+            try:
+                pod, cfg = node.pod(f"w{w}-{i}", pid=R.POD if (w + i) % 2 else R.CONTAINER)
+                with lock:
+                    live_pods.add(pod)
+                cid = node.run(pod, cfg, "c", TRAPPER)
+                with lock:
+                    live_ctrs.add(cid)
+                rt.StopContainer(R.StopContainerRequest(container_id=cid, timeout=2))
+                with lock:
+                    live_ctrs.discard(cid)  # a removal cut short may be finished at start
+                rt.RemoveContainer(R.RemoveContainerRequest(container_id=cid))
+                rt.StopPodSandbox(R.StopPodSandboxRequest(pod_sandbox_id=pod))
+                with lock:
+                    live_pods.discard(pod)
+                rt.RemovePodSandbox(R.RemovePodSandboxRequest(pod_sandbox_id=pod))
+            except grpc.RpcError as exc:
+                assert exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+                return
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(6)]
+    for t in threads:
+        t.start()
+    time.sleep(rng.uniform(1.0, 4.0))
+    node.server.signal(signal.SIGKILL)
+    node.server.wait()
+    stop.set()
+    for t in threads:
+        t.join(60)
+    node.server.stop()
+    node.server.start()
+    bystander_survived(node, by_pod, by_cid, by_log)
+    pods, ctrs = node.pods(), node.containers()
+    assert live_pods <= set(pods) and live_ctrs <= set(ctrs)  # nothing answered is lost
+    for cid, state in ctrs.items():
+        assert node.status(cid).id == cid  # whole: its status answers
+        if state == R.CONTAINER_RUNNING:
+            assert node.exec(cid, "echo ok") == b"ok\n"
+    remove_all_but(node, by_pod)
+    assert footprint(node) == base
 
 
 def test_every_point_is_tested():
