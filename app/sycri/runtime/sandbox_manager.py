@@ -523,6 +523,7 @@ class SandboxManager:
         """Finish what a crash interrupted: half-created pods are undone, half-removed
         ones removed (their containers too: recover the containers first); pods whose
         namespaces or init are gone are NOTREADY."""
+        mounted = set(linux.mount_targets_under("/"))  # once, not once per pin
         for sb in self.store.all():
             if sb.state == CREATING:
                 log.warning("removing pod sandbox %s left half-created by a crash", sb.id[:12])
@@ -541,7 +542,7 @@ class SandboxManager:
                 except Exception:
                     log.exception("removing sandbox %s", sb.id[:12])
                 continue
-            if sb.state == READY and not self._alive(sb):
+            if sb.state == READY and not self._alive(sb, mounted):
                 log.warning("pod sandbox %s lost its namespaces or init: NOTREADY", sb.id[:12])
                 sb.state = NOTREADY
                 self.store.save(sb)
@@ -554,9 +555,9 @@ class SandboxManager:
             self.store.save(sb)
         return sb
 
-    def _alive(self, sb: Sandbox) -> bool:
+    def _alive(self, sb: Sandbox, mounted: set[str]) -> bool:
         for p in (sb.netns_path, sb.ipc_ns_path, sb.uts_ns_path):
-            if p and not linux.is_mountpoint(p):
+            if p and os.path.realpath(p) not in mounted:
                 return False
         return not (sb.pid_mode == "POD" and not pod_init.alive(sb.init_pid, sb.init_start))
 
