@@ -24,6 +24,7 @@ import random
 import secrets
 import shutil
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -484,6 +485,23 @@ def test_kill_9_at_a_random_moment_of_mixed_work(node, seed):
         if state == R.CONTAINER_RUNNING:
             assert node.exec(cid, "echo ok") == b"ok\n"
     remove_all_but(node, by_pod)
+    assert footprint(node) == base
+
+
+def test_pod_that_lost_its_namespace_while_down_is_notready(node):
+    """The pinned network namespace is gone after the restart (unmounted by someone):
+    the pod is NOTREADY, not a READY record with nothing behind it; others stay READY."""
+    by_pod, by_cid, by_log = bystander(node)
+    base = footprint(node)
+    pod, _ = node.pod("victim")
+    req = R.PodSandboxStatusRequest(pod_sandbox_id=pod, verbose=True)
+    netns = json.loads(node.rt.PodSandboxStatus(req).info["info"])["namespaces"]["network"]
+    node.server.stop()
+    subprocess.run(["umount", netns], check=True)
+    node.server.start()
+    assert node.pods() == {by_pod: R.SANDBOX_READY, pod: R.SANDBOX_NOTREADY}
+    bystander_survived(node, by_pod, by_cid, by_log)
+    node.rt.RemovePodSandbox(R.RemovePodSandboxRequest(pod_sandbox_id=pod))
     assert footprint(node) == base
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -456,7 +457,14 @@ class SandboxManager:
         if sb.network_up and sb.network is not None:
             net = cni.parse(sb.network, f"sandbox {sb.id[:12]}")
             att = self._attachment(sb, "eth0", self._caps_of(sb))
-            await self.cni.delete(net, att, sb.cni_result)
+            if att.netns and not linux.is_mountpoint(att.netns):
+                # The namespace is gone (its pin was undone): the CNI spec's DEL then
+                # gets no CNI_NETNS and still releases the address; the bridge
+                # plugin's NAT rules need the namespace, so they go here.
+                await self.cni.delete(net, dataclasses.replace(att, netns=""), sb.cni_result)
+                await cni.drop_masquerade(net, sb.id)
+            else:
+                await self.cni.delete(net, att, sb.cni_result)
         if sb.network_up:
             sb.network_up = False
             sb.ips = []
