@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import stat
+from collections import Counter
 from pathlib import Path
 
 import grpc
@@ -119,7 +120,21 @@ def assemble(cfg: Config) -> Node:
     events.connect(node, node.events)
     node.stats = StatsCollector(node.cgroup_driver, disk_max_age=cfg.stats_disk_max_age_seconds)
     node.streaming = StreamingServer(cfg.streaming, NodeTargets(node))
+    watch(node)
     return node
+
+
+def watch(node: Node) -> None:
+    """Let the metrics endpoint count what the node holds. The sources run in the metrics
+    thread at scrape time, so they read in-memory indexes only (no disk, no awaiting)."""
+    metrics.inventory.images = node.images.store.stats
+    pods, conts = node.sandboxes, node.containers
+    if pods is not None:
+        metrics.inventory.pods = lambda: Counter(
+            "ready" if sb.ready else "notready" for sb in pods.list()
+        )
+    if conts is not None:
+        metrics.inventory.containers = lambda: Counter(r.state for r in conts.store.all())
 
 
 async def serve(cfg: Config, observers: list | None = None) -> int:

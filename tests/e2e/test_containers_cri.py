@@ -235,6 +235,11 @@ def test_readme_flow_through_the_socket(node, registry, tmp_path):
     rt.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod))
     rt.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod))
     assert rt.ListContainers(api_pb2.ListContainersRequest()).containers == []
+    # Stopping a container that is gone succeeds (idempotent); its status is NOT_FOUND.
+    rt.StopContainer(api_pb2.StopContainerRequest(container_id=web, timeout=1))
+    with pytest.raises(grpc.RpcError) as err:
+        rt.ContainerStatus(api_pb2.ContainerStatusRequest(container_id=web))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
     server.images().RemoveImage(remove_image)
     assert (logs / "printer" / "0.log").exists()
     mounts = Path("/proc/self/mountinfo").read_text()

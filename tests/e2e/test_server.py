@@ -54,6 +54,34 @@ def test_status_is_ready_with_real_runc_and_cni_plugins(tmp_path):
         server.stop()
 
 
+def test_status_reports_the_features_that_work_here(sycri):
+    """critest and kubelet run the rro and SupplementalGroupsPolicy paths only when Status
+    says so; "" is the default handler. runc 1.1.5 on a 6.x kernel can do rro."""
+    st = sycri.runtime().Status(api_pb2.StatusRequest())
+    handlers = {h.name: h.features for h in st.runtime_handlers}
+    assert set(handlers) == {"", "runc"}
+    for feats in handlers.values():
+        assert feats.recursive_read_only_mounts is True
+        assert feats.user_namespaces is False  # pods in a user namespace: not yet
+    assert st.features.supplemental_groups_policy is True
+
+
+def test_runtime_without_features_verb_claims_no_rro(tmp_path):
+    fake = tmp_path / "oldruntime"
+    fake.write_text("#!/bin/sh\necho 'no such command' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    cfg = tmp_path / "sycri.yaml"
+    cfg.write_text(f"runtimes:\n  runc:\n    binary: runc\n  old:\n    binary: {fake}\n")
+    server = SycriServer(tmp_path / "s", flags=["--config", str(cfg)]).start()
+    try:
+        st = server.runtime().Status(api_pb2.StatusRequest())
+        handlers = {h.name: h.features for h in st.runtime_handlers}
+        assert handlers["old"].recursive_read_only_mounts is False
+        assert handlers["runc"].recursive_read_only_mounts is True
+    finally:
+        server.stop()
+
+
 def test_network_not_ready_names_missing_plugins(tmp_path):
     conf = tmp_path / "net.d"
     conf.mkdir()

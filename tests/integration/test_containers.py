@@ -7,6 +7,7 @@ import contextlib
 import os
 import re
 import stat
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -249,6 +250,98 @@ def test_run_as_user_and_capabilities_take_effect(env: Env):
     lines = env.log_lines(cid)
     assert [t for s, t in lines if s == "stdout"] == ["denied"]
     assert any("Operation not permitted" in t for s, t in lines if s == "stderr")
+
+
+def test_privileged_and_add_all_get_exactly_sycris_bounding_set(env: Env):
+    """Here sycri lacks CAP_SYS_RESOURCE: asking runc for it failed with 'unable to apply caps'."""
+    own = next(
+        int(line.split()[1], 16)
+        for line in Path("/proc/self/status").read_text().splitlines()
+        if line.startswith("CapBnd:")
+    )
+    pod = env.pods.add("privileged")
+    pod.config.linux.security_context.privileged = True
+    priv = env.config("priv", ["grep CapBnd /proc/self/status"])
+    priv.linux.security_context.privileged = True
+    all_ = env.config("all", ["grep CapBnd /proc/self/status"])
+    all_.linux.security_context.capabilities.add_capabilities.append("ALL")
+    for cfg in (priv, all_):
+        cid = env.run(env.ctrs.create(pod.id, cfg, pod.config))
+        env.run(env.ctrs.start(cid))
+        env.wait_exit(cid)
+        (line,) = [t for _, t in env.log_lines(cid) if t.startswith("CapBnd")]
+        assert int(line.split()[1], 16) == own, cfg.metadata.name
+
+
+def test_runtime_default_seccomp_is_applied_by_runc(env: Env):
+    """runc must accept the built-in profile on this node and the process runs filtered."""
+    sc = api_pb2.LinuxContainerSecurityContext()
+    sc.seccomp.profile_type = api_pb2.SecurityProfile.RuntimeDefault
+    cid = env.start("seccomp", ["grep Seccomp: /proc/self/status"], sc=sc)
+    env.wait_exit(cid)
+    out = [t for s, t in env.log_lines(cid) if s == "stdout"]
+    assert [t.split() for t in out] == [["Seccomp:", "2"]]  # 2: filter mode
+
+
+def test_bidirectional_volume_mount_reaches_the_host(env: Env, tmp_path: Path):
+    """A mount made inside a Bidirectional volume shows on the host (runc's default rslave
+    root kept it inside), and a private volume's does not."""
+    shared, private = tmp_path / "shared", tmp_path / "private"
+    made: list[Path] = []
+    try:
+        for src, flag in ((shared, "--make-rshared"), (private, "--make-rprivate")):
+            (src / "sub").mkdir(parents=True)
+            for argv in (["mount", "--bind", src, src], ["mount", flag, src]):
+                subprocess.run([str(a) for a in argv], check=True)
+            made.append(src)
+        pod = env.pods.add("propagation")
+        pod.config.linux.security_context.privileged = True
+        for name, src, kind in (
+            ("rshared", shared, api_pb2.PROPAGATION_BIDIRECTIONAL),
+            ("rprivate", private, api_pb2.PROPAGATION_PRIVATE),
+        ):
+            cfg = env.config(name, [f"mount -t tmpfs {name} /vol/sub && echo mounted"])
+            cfg.linux.security_context.privileged = True
+            cfg.mounts.add(host_path=str(src), container_path="/vol", propagation=kind)
+            cid = env.run(env.ctrs.create(pod.id, cfg, pod.config))
+            env.run(env.ctrs.start(cid))
+            env.wait_exit(cid)
+            assert [t for s, t in env.log_lines(cid) if s == "stdout"] == ["mounted"], name
+        targets = _mountinfo_targets()
+        assert str(shared / "sub") in targets
+        assert str(private / "sub") not in targets
+        # Bidirectional on a private host mount could never propagate: refused up front.
+        cfg = env.config("refused", ["true"])
+        cfg.mounts.add(
+            host_path=str(private),
+            container_path="/vol",
+            propagation=api_pb2.PROPAGATION_BIDIRECTIONAL,
+        )
+        with pytest.raises(InvalidArgument, match="needs a shared mount"):
+            env.create(cfg)
+    finally:
+        for src in made:
+            subprocess.run(["umount", "-R", "-l", str(src)], check=False)
+
+
+def test_recursive_read_only_mount_covers_submounts(env: Env, tmp_path: Path):
+    """With rro a tmpfs mounted under the volume is read-only too; with plain ro it is not."""
+    vol = tmp_path / "vol"
+    (vol / "tmpfs").mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "none", str(vol / "tmpfs")], check=True)
+    try:
+        for name, rro in (("plain", False), ("recursive", True)):
+            cfg = env.config(name, ["touch /mnt/tmpfs/f && echo wrote || echo refused"])
+            cfg.mounts.add(
+                host_path=str(vol), container_path="/mnt", readonly=True, recursive_read_only=rro
+            )
+            cid = env.create(cfg)
+            env.run(env.ctrs.start(cid))
+            env.wait_exit(cid)
+            out = [t for s, t in env.log_lines(cid) if s == "stdout"]
+            assert out == (["refused"] if rro else ["wrote"]), name
+    finally:
+        subprocess.run(["umount", "-l", str(vol / "tmpfs")], check=False)
 
 
 def test_two_containers_share_one_image_mount(env: Env):

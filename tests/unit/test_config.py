@@ -88,3 +88,11 @@ def test_names_are_derived_from_keys():
     assert config.flag_name("cni.conf_dir") == "--cni-conf-dir"
     assert config.env_name("cni.conf_dir") == "SYCRI_CNI_CONF_DIR"
     assert "streaming.address" in set(config.keys())
+
+
+def test_every_key_is_documented_in_the_readme():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    missing = [k for k in set(config.keys()) if f"`{k}`" not in readme]
+    assert missing == []

@@ -97,3 +97,13 @@ def test_empty_list(node):
     assert (
         list(run(container.list_containers(node, api_pb2.ListContainersRequest())).containers) == []
     )
+
+
+def test_stop_unknown_container_is_idempotent_but_status_is_not(node):
+    """kubelet retries stops of containers that are gone; containerd and CRI-O answer OK."""
+    for cid in ("ab" * 32, "c450e0c0-ca58-4263-80ca-bbc13adeea93"):
+        run(container.stop_container(node, api_pb2.StopContainerRequest(container_id=cid)))
+    with pytest.raises(NotFound):
+        run(container.container_status(node, api_pb2.ContainerStatusRequest(container_id="ab")))
+    with pytest.raises(InvalidArgument):
+        run(container.stop_container(node, api_pb2.StopContainerRequest(container_id="")))

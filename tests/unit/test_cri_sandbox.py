@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
 from sycri.api import api_pb2
+from sycri.config import Config
+from sycri.cri import sandbox
 from sycri.cri.sandbox import matches, status_of
+from sycri.errors import InvalidArgument, NotFound
+from sycri.node import Node
 from sycri.runtime.sandbox import NOTREADY, READY, Sandbox, encode_config
+from sycri.runtime.sandbox_manager import SandboxManager
 
 
 def _pod(sid: str, state: str = READY, labels: dict[str, str] | None = None) -> Sandbox:
@@ -53,3 +61,20 @@ def test_filters():
     ready = api_pb2.PodSandboxStateValue(state=api_pb2.SANDBOX_READY)
     notready = api_pb2.PodSandboxStateValue(state=api_pb2.SANDBOX_NOTREADY)
     assert matches(pod, f(state=ready)) and not matches(pod, f(state=notready))
+
+
+def test_stop_unknown_pod_is_idempotent_but_status_is_not(tmp_path):
+    """kubelet stops pods it may have removed already; containerd and CRI-O answer OK."""
+    cfg = Config(root_dir=str(tmp_path / "root"), run_dir=str(tmp_path / "run"))
+    node = Node(config=cfg, cgroup_driver="cgroupfs")
+    node.sandboxes = SandboxManager(cfg, "cgroupfs")
+    for pid in ("ab" * 32, "e2cef978-5e06-4774-ab6b-543c9f895b35"):
+        asyncio.run(
+            sandbox.stop_pod_sandbox(node, api_pb2.StopPodSandboxRequest(pod_sandbox_id=pid))
+        )
+    with pytest.raises(NotFound):
+        asyncio.run(
+            sandbox.pod_sandbox_status(node, api_pb2.PodSandboxStatusRequest(pod_sandbox_id="ab"))
+        )
+    with pytest.raises(InvalidArgument):
+        asyncio.run(sandbox.stop_pod_sandbox(node, api_pb2.StopPodSandboxRequest()))

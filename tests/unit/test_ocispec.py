@@ -7,7 +7,7 @@ import json
 import pytest
 from sycri.api import api_pb2
 from sycri.errors import InvalidArgument
-from sycri.runtime import cdi, ocispec, users
+from sycri.runtime import cdi, hostfacts, ocispec, users
 from sycri.runtime.ocispec import DeviceNode, HostFacts, ImageConfig, Sandbox, SpecInput
 
 PASSWD = """root:x:0:0:root:/root:/bin/sh
@@ -201,6 +201,8 @@ def test_run_as_user_and_group_override_image():
 def test_run_as_username():
     u = user_of(config(sc=sc(run_as_username="alice")))
     assert (u["uid"], u["gid"]) == (1000, 1000)
+    u = user_of(config(sc=sc(run_as_username="alice", run_as_group=60)))
+    assert (u["uid"], u["gid"]) == (1000, 60)
 
 
 def test_supplemental_groups_merge_and_strict():
@@ -220,6 +222,7 @@ def test_supplemental_groups_merge_and_strict():
         ({}, "mallory", "mallory"),
         ({}, "alice:nogroup", "nogroup"),
         ({}, "99999999999", "out of range"),
+        ({"run_as_group": 60}, "alice", "run_as_group is set without run_as_user"),
     ],
 )
 def test_unknown_users_are_invalid(kw, image_user, match):
@@ -460,6 +463,21 @@ def test_seccomp_runtime_default_is_an_allowlist():
     assert not {"mount", "kexec_load", "init_module", "reboot"} & allowed
 
 
+@pytest.mark.parametrize(
+    ("machine", "arches"),
+    [
+        ("x86_64", ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]),
+        ("aarch64", ["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"]),
+        ("mystery", []),
+    ],
+)
+def test_seccomp_runtime_default_lists_only_the_nodes_architectures(machine, arches):
+    """runc 1.1.5's libseccomp refused the whole profile over SCMP_ARCH_RISCV64."""
+    sc_ = seccomp_sc(api_pb2.SecurityProfile.RuntimeDefault)
+    profile = build(config(sc=sc_), host=HostFacts(machine=machine))["linux"]["seccomp"]
+    assert profile["architectures"] == arches
+
+
 def test_seccomp_runtime_default_follows_capabilities():
     s = seccomp_sc(api_pb2.SecurityProfile.RuntimeDefault)
     s.capabilities.add_capabilities.append("SYS_ADMIN")
@@ -637,3 +655,91 @@ def test_spec_is_deterministic_json():
     b = build_full(config(sc=seccomp_sc(api_pb2.SecurityProfile.RuntimeDefault)))
     assert a.json() == b.json()
     assert json.loads(a.json())["ociVersion"] == "1.0.2"
+
+
+# This machine's real CapBnd: everything but CAP_SYS_RESOURCE (bit 24).
+NO_SYS_RESOURCE = "Name:\tsycri\nCapInh:\t0000000000000000\nCapBnd:\t000001fffeffffff\n"
+
+
+def test_bounding_set_read_by_bit_order():
+    held = hostfacts.bounding_caps(NO_SYS_RESOURCE)
+    assert held == frozenset(ocispec.ALL_CAPS) - {"CAP_SYS_RESOURCE"}
+    assert hostfacts.bounding_caps("CapBnd:\t0000000000200001\n") == {"CAP_CHOWN", "CAP_SYS_ADMIN"}
+
+
+def test_privileged_and_add_all_stay_inside_the_bounding_set():
+    """runc fails with 'unable to apply caps' when asked for more than sycri holds."""
+    host = HostFacts(bounding_caps=hostfacts.bounding_caps(NO_SYS_RESOURCE))
+    spec = build(config(sc=sc(privileged=True)), pod=privileged_pod(), host=host)
+    assert "CAP_SYS_RESOURCE" not in caps(spec) and "CAP_SYS_ADMIN" in caps(spec)
+    assert len(caps(spec)) == len(ocispec.ALL_CAPS) - 1
+    c = api_pb2.Capability(add_capabilities=["ALL"])
+    got = caps(build(config(sc=api_pb2.LinuxContainerSecurityContext(capabilities=c)), host=host))
+    assert "CAP_SYS_RESOURCE" not in got and "CAP_SYS_ADMIN" in got
+    c = api_pb2.Capability(add_capabilities=["SYS_RESOURCE"])
+    with pytest.raises(InvalidArgument, match="CAP_SYS_RESOURCE is not in the node's bounding"):
+        build(config(sc=api_pb2.LinuxContainerSecurityContext(capabilities=c)), host=host)
+
+
+@pytest.mark.parametrize(
+    ("kinds", "expected"),
+    [
+        ([], None),
+        ([api_pb2.PROPAGATION_PRIVATE], None),
+        ([api_pb2.PROPAGATION_HOST_TO_CONTAINER], "rslave"),
+        ([api_pb2.PROPAGATION_HOST_TO_CONTAINER, api_pb2.PROPAGATION_BIDIRECTIONAL], "rshared"),
+    ],
+)
+def test_rootfs_propagation_follows_the_volumes(kinds, expected):
+    """runc's default rslave root would keep a Bidirectional volume's mounts from the host."""
+    cfg = config()
+    for i, kind in enumerate(kinds):
+        cfg.mounts.add(host_path=f"/h{i}", container_path=f"/c{i}", propagation=kind)
+    host = HostFacts(paths={f"/h{i}": "dir" for i in range(len(kinds))})
+    spec = build(cfg, host=host)
+    assert spec["linux"].get("rootfsPropagation") == expected
+
+
+MOUNTINFO = """\
+22 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw
+40 22 0:5 / /tmp/shared rw shared:7 - tmpfs none rw
+41 40 0:6 / /tmp/shared/sub rw master:7 - tmpfs none rw
+42 22 0:7 / /tmp/with\\040space rw shared:9 - tmpfs none rw
+43 40 0:8 / /tmp/shared rw - tmpfs none rw
+"""
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/var/lib/x", ("/", "private")),
+        ("/tmp/sharedX", ("/", "private")),
+        ("/tmp/shared/sub/deeper", ("/tmp/shared/sub", "slave")),
+        ("/tmp/with space/v", ("/tmp/with space", "shared")),
+        ("/tmp/shared/a", ("/tmp/shared", "private")),  # line 43 is mounted over line 40
+    ],
+)
+def test_propagation_of_the_mount_holding_a_path(path, expected):
+    assert hostfacts.propagation_of(path, MOUNTINFO) == expected
+
+
+@pytest.mark.parametrize(
+    ("kind", "on", "match"),
+    [
+        (api_pb2.PROPAGATION_BIDIRECTIONAL, "slave", "needs a shared mount"),
+        (api_pb2.PROPAGATION_BIDIRECTIONAL, "private", "needs a shared mount"),
+        (api_pb2.PROPAGATION_HOST_TO_CONTAINER, "private", "shared or slave"),
+        (api_pb2.PROPAGATION_HOST_TO_CONTAINER, "slave", None),
+        (api_pb2.PROPAGATION_BIDIRECTIONAL, "shared", None),
+    ],
+)
+def test_propagation_needs_a_host_mount_that_propagates(kind, on, match):
+    """containerd's rule: otherwise the volume would silently propagate nothing."""
+    cfg = config()
+    cfg.mounts.add(host_path="/h/v", container_path="/v", propagation=kind)
+    host = HostFacts(paths={"/h/v": "dir"}, propagation={"/h/v": ("/h", on)})
+    if match is None:
+        assert build(cfg, host=host)["linux"]["rootfsPropagation"]
+    else:
+        with pytest.raises(InvalidArgument, match=match):
+            build(cfg, host=host)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 from google.protobuf import json_format
 
 from sycri.api import api_pb2
-from sycri.errors import InvalidArgument, Unavailable
+from sycri.errors import InvalidArgument, NotFound, Unavailable
 from sycri.node import Node
+from sycri.observability import tracing
 from sycri.runtime.container_store import STATE_PROTO, ContainerRecord
 from sycri.runtime.containers import Containers
 
@@ -29,16 +31,18 @@ async def create_container(
         raise InvalidArgument("pod_sandbox_id is required")
     if not request.HasField("config"):
         raise InvalidArgument("config is required")
-    cid = await _containers(node).create(
-        request.pod_sandbox_id, request.config, request.sandbox_config
-    )
+    with tracing.span("container.create", **{"k8s.pod.sandbox.id": request.pod_sandbox_id}):
+        cid = await _containers(node).create(
+            request.pod_sandbox_id, request.config, request.sandbox_config
+        )
     return api_pb2.CreateContainerResponse(container_id=cid)
 
 
 async def start_container(
     node: Node, request: api_pb2.StartContainerRequest
 ) -> api_pb2.StartContainerResponse:
-    await _containers(node).start(request.container_id)
+    with tracing.span("container.start", **{"container.id": request.container_id}):
+        await _containers(node).start(request.container_id)
     return api_pb2.StartContainerResponse()
 
 
@@ -47,7 +51,10 @@ async def stop_container(
 ) -> api_pb2.StopContainerResponse:
     if request.timeout < 0:
         raise InvalidArgument(f"timeout {request.timeout} is negative")
-    await _containers(node).stop(request.container_id, float(request.timeout))
+    # Idempotent, as in containerd and CRI-O: kubelet retries stops of containers
+    # that are already gone and must not see an error for them.
+    with contextlib.suppress(NotFound):
+        await _containers(node).stop(request.container_id, float(request.timeout))
     return api_pb2.StopContainerResponse()
 
 

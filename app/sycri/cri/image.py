@@ -10,7 +10,8 @@ import json
 import time
 
 from sycri.api import api_pb2
-from sycri.errors import InvalidArgument
+from sycri.errors import InvalidArgument, SycriError
+from sycri.images.convert import failed_converting
 from sycri.images.credentials import from_auth_config
 from sycri.images.store import Image
 from sycri.node import Node
@@ -42,8 +43,23 @@ def to_cri(image: Image) -> api_pb2.Image:
 async def pull_image(node: Node, request: api_pb2.PullImageRequest) -> api_pb2.PullImageResponse:
     text = _spec_image(request.image if request.HasField("image") else None, "PullImage")
     auth = from_auth_config(request.auth) if request.HasField("auth") else None
-    image = await node.images.pull(text, auth)
+    try:
+        image = await node.images.pull(text, auth)
+    except Exception as exc:
+        _report_failure(node, request.sandbox_config.metadata, text, exc)
+        raise
     return api_pb2.PullImageResponse(image_ref=image.id)
+
+
+def _report_failure(
+    node: Node, pod: api_pb2.PodSandboxMetadata, image: str, exc: Exception
+) -> None:
+    """A Warning event on the pod that asked (the node agent drops it outside a cluster)."""
+    reason = exc.message if isinstance(exc, SycriError) else f"{type(exc).__name__}: {exc}"
+    report = (
+        node.node_agent.conversion_failed if failed_converting(exc) else node.node_agent.pull_failed
+    )
+    report(pod.namespace, pod.name, pod.uid, image, reason)
 
 
 async def image_status(

@@ -9,6 +9,7 @@ from sycri import __version__
 from sycri.api import api_pb2
 from sycri.network.readiness import readiness
 from sycri.node import Node
+from sycri.runtime import features
 
 CRI_VERSION = "0.1.0"  # the value kubelet expects in VersionResponse.version
 API_VERSION = "v1"
@@ -60,13 +61,24 @@ def network_condition(node: Node) -> api_pb2.RuntimeCondition:
 
 async def status(node: Node, request: api_pb2.StatusRequest) -> api_pb2.StatusResponse:
     cfg = node.config
+    handlers = []
+    # "" is the default handler (what a pod without a RuntimeClass gets), then each by name.
+    for name in ["", *sorted(cfg.runtimes)]:
+        feats = await features.probe(cfg.runtimes[name or cfg.default_runtime].binary)
+        handlers.append(
+            api_pb2.RuntimeHandler(
+                name=name,
+                features=api_pb2.RuntimeHandlerFeatures(
+                    recursive_read_only_mounts=feats.recursive_read_only,
+                    user_namespaces=feats.user_namespaces,
+                ),
+            )
+        )
     resp = api_pb2.StatusResponse(
         status=api_pb2.RuntimeStatus(conditions=[runtime_condition(node), network_condition(node)]),
-        runtime_handlers=[
-            api_pb2.RuntimeHandler(name=name, features=api_pb2.RuntimeHandlerFeatures())
-            for name in sorted(cfg.runtimes)
-        ],
-        features=api_pb2.RuntimeFeatures(),
+        runtime_handlers=handlers,
+        # Strict is honoured by runtime.users; the status reports the process's groups.
+        features=api_pb2.RuntimeFeatures(supplemental_groups_policy=True),
     )
     if request.verbose:
         import json

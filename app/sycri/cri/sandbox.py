@@ -3,11 +3,12 @@ UpdateRuntimeConfig: proto in, the sandbox manager, proto out."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 
 from sycri.api import api_pb2
-from sycri.errors import InvalidArgument
+from sycri.errors import InvalidArgument, NotFound
 from sycri.node import Node
 from sycri.runtime.sandbox import READY, Sandbox
 from sycri.runtime.sandbox_manager import SandboxManager
@@ -36,7 +37,10 @@ async def run_pod_sandbox(
 async def stop_pod_sandbox(
     node: Node, request: api_pb2.StopPodSandboxRequest
 ) -> api_pb2.StopPodSandboxResponse:
-    await _manager(node).stop(request.pod_sandbox_id)
+    # Idempotent, as in containerd and CRI-O: kubelet stops pods it may have
+    # removed already; a stop of an unknown pod is not an error.
+    with contextlib.suppress(NotFound):
+        await _manager(node).stop(request.pod_sandbox_id)
     return api_pb2.StopPodSandboxResponse()
 
 

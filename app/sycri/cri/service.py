@@ -132,11 +132,13 @@ class Dispatcher:
         async def behaviour(request: Message, context: grpc.aio.ServicerContext) -> Message:
             t0 = self._notify_start(name)
             code = grpc.StatusCode.OK
+            ended = False  # an abort sends the status at once: observers hear of it first
             try:
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug("%s request: %s", name, _short(request))
                 if fn is None:
-                    code = grpc.StatusCode.UNIMPLEMENTED
+                    code, ended = grpc.StatusCode.UNIMPLEMENTED, True
+                    self._notify_end(name, code, t0)
                     await context.abort(code, unimplemented)
                 try:
                     response = await fn(self.node, request)
@@ -152,6 +154,8 @@ class Dispatcher:
                         code.name,
                         msg,
                     )
+                    ended = True
+                    self._notify_end(name, code, t0)
                     await context.abort(code, msg)
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug("%s response: %s", name, _short(response))
@@ -161,7 +165,8 @@ class Dispatcher:
                     code = grpc.StatusCode.CANCELLED if _is_cancel(exc) else grpc.StatusCode.UNKNOWN
                 raise
             finally:
-                self._notify_end(name, code, t0)
+                if not ended:
+                    self._notify_end(name, code, t0)
 
         return behaviour
 
@@ -174,9 +179,11 @@ class Dispatcher:
         ) -> AsyncIterator[Message]:
             t0 = self._notify_start(name)
             code = grpc.StatusCode.OK
+            ended = False  # an abort sends the status at once: observers hear of it first
             try:
                 if fn is None:
-                    code = grpc.StatusCode.UNIMPLEMENTED
+                    code, ended = grpc.StatusCode.UNIMPLEMENTED, True
+                    self._notify_end(name, code, t0)
                     await context.abort(code, unimplemented)
                 try:
                     async for item in fn(self.node, request):
@@ -186,13 +193,16 @@ class Dispatcher:
                 except Exception as exc:
                     code, msg = _error_status(exc, name)
                     self._notify_error(name, code, exc)
+                    ended = True
+                    self._notify_end(name, code, t0)
                     await context.abort(code, msg)
             except BaseException as exc:
                 if code == grpc.StatusCode.OK:
                     code = grpc.StatusCode.CANCELLED if _is_cancel(exc) else grpc.StatusCode.UNKNOWN
                 raise
             finally:
-                self._notify_end(name, code, t0)
+                if not ended:
+                    self._notify_end(name, code, t0)
 
         return behaviour
 

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,11 +23,29 @@ from sycri.images import layout, squashfs
 from sycri.images import manifest as mf
 from sycri.images.registry import RegistryClient
 from sycri.images.unpack import Applier, apply_layer
+from sycri.observability import tracing
 
 log = logging.getLogger("sycri.images.convert")
 
 CONFIG_OBJECT = "oci-config.json"
+CONVERSION_NOTE = "sycri: while turning the image's layers into a SIF"
 T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def converting() -> Iterator[None]:
+    """Mark an error raised inside as a conversion failure (the image was fetched but
+    could not become a SIF), so the node agent reports it as such."""
+    try:
+        yield
+    except Exception as exc:
+        if not failed_converting(exc):
+            exc.add_note(CONVERSION_NOTE)
+        raise
+
+
+def failed_converting(exc: BaseException) -> bool:
+    return CONVERSION_NOTE in getattr(exc, "__notes__", ())
 
 
 async def in_thread(fn: Callable[..., T], *args: Any) -> T:
@@ -58,12 +76,14 @@ async def fetch_and_apply(
     applier: Applier,
     parallel: int,
     cache: Path | None = None,
+    on_layer: Callable[[bool], None] | None = None,
 ) -> None:
     """Download (or take from ``cache``) every layer and apply them in order.
 
     With a cache directory, a verified blob is also linked as ``cache/<hex>``, and a blob
-    already there is not downloaded again.
+    already there is not downloaded again. ``on_layer(reused)`` is told of each layer.
     """
+    told = on_layer or (lambda reused: None)
     sem = asyncio.Semaphore(parallel)
     n = len(layers)
     for d in layers:
@@ -77,9 +97,14 @@ async def fetch_and_apply(
             # A link of our own: pruning the cache meanwhile cannot take the file away.
             with contextlib.suppress(FileNotFoundError):
                 os.link(cache / hexd, path)
+                told(True)
                 return path
         async with sem:
-            await client.blob_to_file(desc, path, what=f"layer {i + 1}/{n}")
+            with tracing.span(
+                "layer.fetch", **{"layer.digest": desc.digest, "layer.size": desc.size}
+            ):
+                await client.blob_to_file(desc, path, what=f"layer {i + 1}/{n}")
+        told(False)
         if cache is not None:
             with contextlib.suppress(FileExistsError):
                 os.link(path, cache / hexd)
@@ -91,9 +116,10 @@ async def fetch_and_apply(
     try:
         for i, d in enumerate(layers):
             path = await tasks[d.digest]
-            await in_thread(
-                apply_layer, applier, path, d.compression, f"layer {i + 1}/{n} ({d.digest})"
-            )
+            with tracing.span("layer.unpack", **{"layer.digest": d.digest}), converting():
+                await in_thread(
+                    apply_layer, applier, path, d.compression, f"layer {i + 1}/{n} ({d.digest})"
+                )
             if all(layers[j].digest != d.digest for j in range(i + 1, n)):
                 path.unlink(missing_ok=True)  # keep the disk peak low
     finally:
@@ -117,18 +143,20 @@ async def build_sif(
     await in_thread(layout.add, rootfs, config, when * 1_000_000_000)
     os.utime(rootfs, ns=(when * 1_000_000_000,) * 2, follow_symlinks=False)
     squash = work / "rootfs.squashfs"
-    await squashfs.build(rootfs, squash, compression, when)
+    with tracing.span("squashfs.build", **{"squashfs.compression": compression}):
+        await squashfs.build(rootfs, squash, compression, when)
     out = work / "image.sif"
-    await in_thread(
-        lambda: sif.write_sif(
-            out,
-            [
-                sif.PartitionObject(str(squash), arch=arch),
-                sif.JsonObject(CONFIG_OBJECT, config_bytes),
-            ],
-            created=when,
-            sif_id=sif.sif_id_for(image_id),
+    with tracing.span("sif.write"):
+        await in_thread(
+            lambda: sif.write_sif(
+                out,
+                [
+                    sif.PartitionObject(str(squash), arch=arch),
+                    sif.JsonObject(CONFIG_OBJECT, config_bytes),
+                ],
+                created=when,
+                sif_id=sif.sif_id_for(image_id),
+            )
         )
-    )
     squash.unlink(missing_ok=True)
     return out

@@ -10,8 +10,10 @@ for the bytes, checked against both.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -28,6 +30,7 @@ from sycri.errors import (
     excerpt,
 )
 from sycri.images.reference import Reference
+from sycri.observability import tracing
 
 CHUNK = 1 << 20
 
@@ -47,11 +50,23 @@ class LibraryClient:
         token: str = "",
         *,
         progress_timeout: float = 300.0,
+        on_bytes: Callable[[int], None] | None = None,
     ) -> None:
         self.session = session
         self.base = base_url.rstrip("/")
         self.token = token
         self.progress_timeout = progress_timeout
+        self.on_bytes = on_bytes or (lambda n: None)  # told of every SIF byte received
+
+    @contextlib.asynccontextmanager
+    async def _get(self, url: str, **kw) -> AsyncIterator[aiohttp.ClientResponse]:
+        """``session.get`` in a ``registry.request`` span (the token is a header, not in the URL)."""
+        with tracing.span(
+            "registry.request", **{"http.request.method": "GET", "url.full": url}
+        ) as sp:
+            async with self.session.get(url, **kw) as r:
+                sp.set_attribute("http.response.status_code", r.status)
+                yield r
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
@@ -74,7 +89,7 @@ class LibraryClient:
 
     async def _json(self, url: str, what: str, params: dict[str, str]) -> dict:
         try:
-            async with self.session.get(
+            async with self._get(
                 url,
                 params=params,
                 headers=self._headers(),
@@ -95,7 +110,7 @@ class LibraryClient:
         url = f"{self.base}/v1/oci-redirect"
         params = {"namespace": ref.repository, "mapped": "1", "accessTypes": "pull"}
         try:
-            async with self.session.get(
+            async with self._get(
                 url,
                 params=params,
                 headers=self._headers(),
@@ -129,7 +144,7 @@ class LibraryClient:
         h = hashlib.sha256()
         n = 0
         try:
-            async with self.session.get(
+            async with self._get(
                 f"{self.base}/v1/imagefile/{path}",
                 params={"arch": arch},
                 headers=self._headers(),
@@ -150,6 +165,7 @@ class LibraryClient:
                         if not chunk:
                             break
                         n += len(chunk)
+                        self.on_bytes(len(chunk))
                         h.update(chunk)
                         view = memoryview(chunk)
                         while view:

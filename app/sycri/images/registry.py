@@ -37,6 +37,7 @@ from sycri.errors import (
 from sycri.images import manifest as mf
 from sycri.images.credentials import Credentials
 from sycri.images.registries import Endpoint
+from sycri.observability import tracing
 
 log = logging.getLogger("sycri.images.registry")
 
@@ -78,12 +79,14 @@ class RegistryClient:
         *,
         progress_timeout: float = 300.0,
         retries: int = RETRIES,
+        on_bytes: Callable[[int], None] | None = None,
     ) -> None:
         self.session = session
         self.endpoint = endpoint
         self.creds = credentials or Credentials()
         self.progress_timeout = progress_timeout
         self.retries = retries
+        self.on_bytes = on_bytes or (lambda n: None)  # told of every byte received
         self._auth_header: str | None = None
         self._scheme: str | None = None
         self._auth_lock = asyncio.Lock()
@@ -139,15 +142,19 @@ class RegistryClient:
             if self._auth_header:
                 hdrs["Authorization"] = self._auth_header
             try:
-                resp = await self.session.request(
-                    method,
-                    url,
-                    headers=hdrs,
-                    ssl=self._ssl(),
-                    timeout=aiohttp.ClientTimeout(
-                        total=None, sock_connect=30, sock_read=self.progress_timeout
-                    ),
-                )
+                with tracing.span(
+                    "registry.request", **{"http.request.method": method, "url.full": url}
+                ) as span:
+                    resp = await self.session.request(
+                        method,
+                        url,
+                        headers=hdrs,
+                        ssl=self._ssl(),
+                        timeout=aiohttp.ClientTimeout(
+                            total=None, sock_connect=30, sock_read=self.progress_timeout
+                        ),
+                    )
+                    span.set_attribute("http.response.status_code", resp.status)
             except TimeoutError:
                 last = f"no answer within {self.progress_timeout:g}s"
                 continue
@@ -291,6 +298,7 @@ class RegistryClient:
             data = await _read_limited(resp, mf.MAX_MANIFEST, what, self.progress_timeout)
         finally:
             resp.release()
+        self.on_bytes(len(data))
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         if ref.startswith("sha256:") and digest != ref:
             raise DigestMismatch(f"{what}: content has digest {digest}, not {ref}")
@@ -306,6 +314,7 @@ class RegistryClient:
             data = await _read_limited(resp, desc.size, what, self.progress_timeout)
         finally:
             resp.release()
+        self.on_bytes(len(data))
         _verify(hashlib.sha256(data), len(data), desc, what)
         return data
 
@@ -342,6 +351,7 @@ class RegistryClient:
                         if not chunk:
                             break
                         n += len(chunk)
+                        self.on_bytes(len(chunk))
                         if n > desc.size:
                             raise DigestMismatch(
                                 f"{what} {desc.digest}: more than the {desc.size} bytes "

@@ -37,13 +37,14 @@ from sycri.errors import (
 from sycri.images import credentials as creds_mod
 from sycri.images import manifest as mf
 from sycri.images import reference, registries
-from sycri.images.convert import CONFIG_OBJECT, build_sif, fetch_and_apply, in_thread
+from sycri.images.convert import CONFIG_OBJECT, build_sif, converting, fetch_and_apply, in_thread
 from sycri.images.credentials import Credentials
 from sycri.images.library import LibraryClient, redirect_endpoint
 from sycri.images.reference import Reference
 from sycri.images.registry import RegistryClient, new_session
 from sycri.images.store import Image, Store, usage
 from sycri.images.unpack import Applier
+from sycri.observability import metrics, tracing
 
 log = logging.getLogger("sycri.images")
 
@@ -186,7 +187,8 @@ class Images:
         """Pull ``text`` (shares a pull of the same reference already in flight)."""
         ref = reference.parse(text)
         if ref.transport == "file":
-            return await self._import_local(ref, text)
+            with metrics.pull("local"), _span(text, "local"):
+                return await self._import_local(ref, text)
         # Pulls share a download only when they would show the registry the same credentials.
         key = str(ref) + "\0" + _fingerprint(auth)
         task = self._pulls.get(key)
@@ -235,16 +237,20 @@ class Images:
         return creds_mod.from_docker_config(self.cfg.images.docker_config, host)
 
     async def _pull(self, ref: Reference, text: str, auth: Credentials | None) -> Image:
+        """The one download of a (possibly shared) pull: measured and traced here, once."""
         t0 = time.monotonic()
-        async with new_session() as session:
-            if ref.transport == "library":
-                image = await self._pull_library(session, ref, text, auth)
-            else:
-                image = await self._pull_registry(session, ref, text, auth)
+        with metrics.pull(ref.transport) as p, _span(text, ref.transport):
+            async with new_session() as session:
+                if ref.transport == "library":
+                    image = await self._pull_library(session, ref, text, auth, p)
+                else:
+                    image = await self._pull_registry(session, ref, text, auth, p)
         log.info("pulled %s as %s in %.2fs", text, image.id, time.monotonic() - t0)
         return image
 
-    async def _pull_registry(self, session, ref: Reference, text: str, auth) -> Image:
+    async def _pull_registry(
+        self, session, ref: Reference, text: str, auth, p: metrics.Pull
+    ) -> Image:
         errors: list[SycriError] = []
         endpoints = self.registries.endpoints(ref)
         for i, ep in enumerate(endpoints):
@@ -253,9 +259,10 @@ class Images:
                 ep,
                 self._credentials(ep.host, auth),
                 progress_timeout=self.cfg.images.pull_progress_timeout_seconds,
+                on_bytes=p.downloaded,
             )
             try:
-                return await self._pull_from(client, ref, text)
+                return await self._pull_from(client, ref, text, p)
             except (NotFound, Unavailable, Unauthenticated) as exc:
                 if i == len(endpoints) - 1 or not ep.mirror:
                     if errors and isinstance(exc, NotFound):
@@ -267,7 +274,9 @@ class Images:
                 errors.append(exc)
         raise AssertionError("no endpoint")  # pragma: no cover - endpoints is never empty
 
-    async def _pull_from(self, client: RegistryClient, ref: Reference, text: str) -> Image:
+    async def _pull_from(
+        self, client: RegistryClient, ref: Reference, text: str, p: metrics.Pull
+    ) -> Image:
         top = await client.manifest(ref.digest or ref.tag)
         fetched = top
         if top.media_type in mf.INDEXES:
@@ -283,14 +292,14 @@ class Images:
         if existing is not None:
             return await self._tag(existing, text, tags, digests)
         if manifest.config.media_type == mf.SIF_CONFIG:
-            make = lambda: self._store_sif_artifact(client, manifest, text, tags, digests)  # noqa: E731
+            make = lambda: self._store_sif_artifact(client, manifest, text, tags, digests, p)  # noqa: E731
         elif ref.transport == "oras":
             raise InvalidArgument(
                 f"{text}: oras:// expects a SIF artifact (config {mf.SIF_CONFIG}), "
                 f"got {excerpt(manifest.config.media_type)}"
             )
         else:
-            make = lambda: self._convert(client, manifest, text, tags, digests)  # noqa: E731
+            make = lambda: self._convert(client, manifest, text, tags, digests, p)  # noqa: E731
         return await self._once(image_id, make, text, tags, digests)
 
     def _workdir(self, image_id: str) -> Path:
@@ -334,6 +343,7 @@ class Images:
         text: str,
         tags: list[str],
         digests: list[str],
+        p: metrics.Pull,
     ) -> Image:
         image_id = manifest.config.digest
         config_bytes = await client.blob_bytes(manifest.config, mf.MAX_CONFIG, "image config")
@@ -352,18 +362,21 @@ class Images:
                 applier,
                 self.cfg.images.max_concurrent_downloads,
                 self.store.blob_dir if self.cfg.images.keep_layers else None,
+                on_layer=p.layer,
             )
-            await in_thread(applier.finish)
+            with converting():
+                await in_thread(applier.finish)
             crashpoint.reach("pull.fetched")
-            built = await build_sif(
-                image_id=image_id,
-                config_bytes=config_bytes,
-                config=config,
-                rootfs=rootfs,
-                work=work,
-                compression=self.cfg.images.squashfs_compression,
-                arch=config.architecture or self.arch,
-            )
+            with metrics.conversion(), converting():
+                built = await build_sif(
+                    image_id=image_id,
+                    config_bytes=config_bytes,
+                    config=config,
+                    rootfs=rootfs,
+                    work=work,
+                    compression=self.cfg.images.squashfs_compression,
+                    arch=config.architecture or self.arch,
+                )
             crashpoint.reach("pull.built")
             return await self._commit(
                 image_id,
@@ -387,6 +400,7 @@ class Images:
         text: str,
         tags: list[str],
         digests: list[str],
+        p: metrics.Pull | None = None,
     ) -> Image:
         if len(manifest.layers) != 1 or manifest.layers[0].media_type != mf.SIF_LAYER:
             raise InvalidArgument(
@@ -396,17 +410,29 @@ class Images:
         work = self._workdir(image_id)
         try:
             path = work / "image.sif"
-            await client.blob_to_file(manifest.layers[0], path, what="SIF")
+            layer = manifest.layers[0]
+            with tracing.span(
+                "layer.fetch", **{"layer.digest": layer.digest, "layer.size": layer.size}
+            ):
+                await client.blob_to_file(layer, path, what="SIF")
+            if p is not None:
+                p.layer(reused=False)
             config = await in_thread(_sif_config, path, self.arch)
             return await self._commit(image_id, path, config, text, tags, digests)
         finally:
             await in_thread(shutil.rmtree, work, True)
 
-    async def _pull_library(self, session, ref: Reference, text: str, auth) -> Image:
+    async def _pull_library(
+        self, session, ref: Reference, text: str, auth, p: metrics.Pull
+    ) -> Image:
         token = (auth.registry_token or auth.password) if auth else ""
         base = f"https://{ref.registry}" if ref.registry else self.cfg.images.library_url
         lib = LibraryClient(
-            session, base, token, progress_timeout=self.cfg.images.pull_progress_timeout_seconds
+            session,
+            base,
+            token,
+            progress_timeout=self.cfg.images.pull_progress_timeout_seconds,
+            on_bytes=p.downloaded,
         )
         tags = [tag_key(ref)]
         redirect = await lib.oci_redirect(ref)
@@ -417,6 +443,7 @@ class Images:
                 ep,
                 Credentials(registry_token=redirect.token) if redirect.token else None,
                 progress_timeout=self.cfg.images.pull_progress_timeout_seconds,
+                on_bytes=p.downloaded,
             )
             oref = Reference("oras", ep.host, ep.repository, ref.tag)
             top = await client.manifest(ref.tag)
@@ -431,7 +458,7 @@ class Images:
                 return await self._tag(existing, text, tags, digests)
             return await self._once(
                 manifest.config.digest,
-                lambda: self._store_sif_artifact(client, manifest, text, tags, digests),
+                lambda: self._store_sif_artifact(client, manifest, text, tags, digests, p),
                 text,
                 tags,
                 digests,
@@ -472,6 +499,10 @@ class Images:
                 now=time.time(),
             )
         )
+
+
+def _span(text: str, source: str):
+    return tracing.span("image.pull", **{"image.reference": text[:512], "image.source": source})
 
 
 def _fingerprint(auth: Credentials | None) -> str:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sycri.images.manifest import ImageConfig, parse_config
+from sycri.observability.metrics import StoreStats
 
 log = logging.getLogger("sycri.images.store")
 
@@ -91,6 +92,22 @@ class Store:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
+        self._stats = self._count()
+
+    def stats(self) -> StoreStats:
+        """Images and bytes (SIFs and cached blobs) as of the last change; no I/O, any thread."""
+        return self._stats
+
+    def _count(self) -> StoreStats:
+        n, sif_bytes = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN local=0 THEN size END), 0) FROM images"
+        ).fetchone()
+        blobs = 0
+        with contextlib.suppress(OSError), os.scandir(self.blob_dir) as it:
+            for e in it:
+                with contextlib.suppress(OSError):
+                    blobs += e.stat(follow_symlinks=False).st_size
+        return StoreStats(images=n, bytes=sif_bytes + blobs)
 
     def close(self) -> None:
         with self._lock:
@@ -106,6 +123,7 @@ class Store:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+            self._stats = self._count()
 
     def sif_path_for(self, image_id: str) -> Path:
         return self.sif_dir / (image_id.split(":", 1)[-1] + ".sif")
@@ -153,6 +171,8 @@ class Store:
             if f.name not in used:
                 removed.append(str(f))
                 f.unlink(missing_ok=True)
+        with self._lock:
+            self._stats = self._count()
         return removed
 
     # -- reads ------------------------------------------------------------------------------

@@ -10,11 +10,12 @@ capabilities it declares (``portMappings``, ``bandwidth``).
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import logging
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 from sycri import command
 from sycri.errors import FailedPrecondition, Internal
 from sycri.network.readiness import config_files, find_plugin
+from sycri.observability import metrics, tracing
 
 log = logging.getLogger("sycri.cni")
 
@@ -188,19 +190,22 @@ class Runner:
 
     async def add(self, net: Network, att: Attachment) -> dict[str, Any]:
         prev: Any = None
-        for plugin in net.plugins:
-            prev = await self._invoke("ADD", net, plugin, att, prev)
+        with _observed("ADD", net):
+            for plugin in net.plugins:
+                prev = await self._invoke("ADD", net, plugin, att, prev)
         return prev or {}
 
     async def check(self, net: Network, att: Attachment, result: Mapping[str, Any]) -> None:
         if not supports_check(net.cni_version):
             return
-        for plugin in net.plugins:
-            await self._invoke("CHECK", net, plugin, att, result)
+        with _observed("CHECK", net):
+            for plugin in net.plugins:
+                await self._invoke("CHECK", net, plugin, att, result)
 
     async def delete(self, net: Network, att: Attachment, result: Mapping[str, Any] | None) -> None:
-        for plugin in reversed(net.plugins):
-            await self._invoke("DEL", net, plugin, att, result or None)
+        with _observed("DEL", net):
+            for plugin in reversed(net.plugins):
+                await self._invoke("DEL", net, plugin, att, result or None)
 
     async def _invoke(
         self, verb: str, net: Network, plugin: Mapping[str, Any], att: Attachment, prev: Any
@@ -227,7 +232,7 @@ class Runner:
             env=env,
             timeout=self.timeout,
             check=False,
-            label=f"cni-{kind}",
+            label=kind,
         )
         if res.returncode != 0:
             raise CniError(f"CNI network {net.name!r} plugin {kind!r} {verb}: {_error_text(res)}")
@@ -239,6 +244,16 @@ class Runner:
             raise CniError(
                 f"CNI network {net.name!r} plugin {kind!r} ADD printed a result that is not JSON"
             ) from None
+
+
+@contextlib.contextmanager
+def _observed(operation: str, net: Network) -> Iterator[None]:
+    """One CNI operation over the whole chain: counted, timed, and a span ``cni.add``..."""
+    with (
+        metrics.cni_operation(operation),
+        tracing.span(f"cni.{operation.lower()}", **{"cni.network": net.name}),
+    ):
+        yield
 
 
 def _error_text(res: command.Result) -> str:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sycri.errors import DeadlineExceeded, Internal
+from sycri.observability import metrics, tracing
 
 log = logging.getLogger("sycri.conmon")
 
@@ -85,7 +86,18 @@ class Launch:
 
 async def create(launch: Launch) -> int:
     """Run conmon (which runs ``runc create``); the container's pid, or Internal with
-    runc's error text."""
+    runc's error text. Timed and traced as ``command.run`` would (it cannot run conmon)."""
+    t0, ok = time.monotonic(), False
+    with tracing.span("conmon.start", **{"container.id": launch.container_id}):
+        try:
+            pid = await _create(launch)
+            ok = True
+            return pid
+        finally:
+            metrics.record_command("conmon", ok, time.monotonic() - t0)
+
+
+async def _create(launch: Launch) -> int:
     launch.exit_dir.mkdir(parents=True, exist_ok=True)
     launch.socket_dir.mkdir(parents=True, exist_ok=True)
     launch.persist_dir.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ from typing import Any
 from sycri.api import api_pb2
 from sycri.errors import AlreadyExists, InvalidArgument, NotFound, excerpt
 from sycri.fsutil import atomic_write_json
+from sycri.observability import metrics
 
 log = logging.getLogger("sycri.containers")
 
@@ -88,6 +89,7 @@ class ContainerStore:
         self.base = base
         self._records: dict[str, ContainerRecord] = {}
         self._names: dict[str, str] = {}
+        self._exited: set[str] = set()  # exits already on disk: counted once, ever
 
     def state_path(self, container_id: str) -> Path:
         return self.base / container_id / "state.json"
@@ -106,6 +108,8 @@ class ContainerStore:
                 continue
             self._records[rec.id] = rec
             self._names[rec.reservation] = rec.id
+            if rec.state == EXITED:
+                self._exited.add(rec.id)  # counted by the sycri that recorded it
         return list(self._records.values())
 
     def reserve(self, pod_id: str, name: str, attempt: int, container_id: str) -> None:
@@ -127,11 +131,15 @@ class ContainerStore:
         """Write the record to disk (atomically), then make it visible in the index."""
         atomic_write_json(self.state_path(rec.id), asdict(rec), mode=0o600)
         self._records[rec.id] = rec
+        if rec.state == EXITED and rec.id not in self._exited:
+            self._exited.add(rec.id)
+            metrics.container_exited(rec.reason)
 
     def delete(self, rec: ContainerRecord) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.state_path(rec.id))
         self._records.pop(rec.id, None)
+        self._exited.discard(rec.id)
         self.unreserve(rec.pod_id, rec.name, rec.attempt, rec.id)
 
     def all(self) -> list[ContainerRecord]:

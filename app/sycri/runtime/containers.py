@@ -35,7 +35,8 @@ from sycri.errors import (
     excerpt,
 )
 from sycri.fsutil import atomic_write, confined
-from sycri.runtime import conmon, hostfacts, ocispec, rootfs, statsview
+from sycri.observability import metrics
+from sycri.runtime import conmon, features, hostfacts, ocispec, rootfs, statsview
 from sycri.runtime.container_store import (
     CREATED,
     EXITED,
@@ -241,8 +242,9 @@ class Containers:
             self._tell_images(image.id, cid, True)
             passwd = _read_image_file(lower, "etc/passwd")
             group = _read_image_file(lower, "etc/group")
+            feats = await features.probe(runc.binary)
             facts = await asyncio.to_thread(
-                hostfacts.gather, cfg, self.cgroup_driver, self.cdi_dirs
+                hostfacts.gather, cfg, self.cgroup_driver, self.cdi_dirs, feats.recursive_read_only
             )
             built = ocispec.build(
                 ocispec.SpecInput(
@@ -348,12 +350,14 @@ class Containers:
                 await runc.start(rec.id)
                 crashpoint.reach("container.start.runc")
             except SycriError as exc:
+                metrics.container_start_failed()
                 rec.state, rec.exit_code = EXITED, 128
                 rec.reason, rec.message = "ContainerCannotRun", exc.message[-1000:]
                 rec.finished_at = now_ns()
                 self.store.save(rec)
                 self._emit(rec, ContainerEventType.STOPPED)
                 raise
+            metrics.container_started()
             rec.state, rec.started_at = RUNNING, now_ns()
             self.store.save(rec)
             self._emit(rec, ContainerEventType.STARTED)

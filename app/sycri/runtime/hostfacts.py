@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 
 from sycri.api import api_pb2
 from sycri.runtime import cdi
-from sycri.runtime.ocispec import DeviceNode, HostFacts
+from sycri.runtime.ocispec import ALL_CAPS, DeviceNode, HostFacts
 
 MAX_PROFILE_BYTES = 1024 * 1024
 
@@ -63,6 +64,54 @@ def own_oom_score_adj() -> int:
         return 0
 
 
+def bounding_caps(status: str | None = None) -> frozenset[str]:
+    """sycri's own capability bounding set (CapBnd of /proc/self/status), by name.
+
+    A privileged container gets exactly these: in a container or under a restricted
+    service manager some (here CAP_SYS_RESOURCE) are missing, and runc cannot add them.
+    """
+    if status is None:
+        try:
+            status = Path("/proc/self/status").read_text()
+        except OSError:
+            return frozenset(ALL_CAPS)
+    for line in status.splitlines():
+        if line.startswith("CapBnd:"):
+            try:
+                mask = int(line.split(":", 1)[1].strip(), 16)
+            except ValueError:
+                break
+            return frozenset(c for i, c in enumerate(ALL_CAPS) if mask >> i & 1)
+    return frozenset(ALL_CAPS)
+
+
+def _unescape(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def propagation_of(path: str, mountinfo: str) -> tuple[str, str]:
+    """(mount point, 'shared' | 'slave' | 'private') of the mount that holds ``path``
+    (an already resolved path), from the text of /proc/self/mountinfo."""
+    best, kind = "", "private"
+    for line in mountinfo.splitlines():
+        fields = line.split(" ")
+        if len(fields) < 7 or "-" not in fields[6:]:
+            continue
+        target = _unescape(fields[4])
+        inside = path == target or path.startswith(target.rstrip("/") + "/")
+        # Later lines are mounted over earlier ones at the same place: >= keeps the last.
+        if inside and len(target) >= len(best):
+            tags = fields[6 : fields.index("-", 6)]
+            best = target
+            if any(t.startswith("shared:") for t in tags):
+                kind = "shared"
+            elif any(t.startswith("master:") for t in tags):
+                kind = "slave"
+            else:
+                kind = "private"
+    return best, kind
+
+
 def cgroup_v2() -> bool:
     return os.path.exists("/sys/fs/cgroup/cgroup.controllers")
 
@@ -75,11 +124,27 @@ def apparmor_enabled() -> bool:
 
 
 def gather(
-    cfg: api_pb2.ContainerConfig, cgroup_driver: str, cdi_dirs: tuple[str, ...] = cdi.SPEC_DIRS
+    cfg: api_pb2.ContainerConfig,
+    cgroup_driver: str,
+    cdi_dirs: tuple[str, ...] = cdi.SPEC_DIRS,
+    recursive_read_only: bool = False,
 ) -> HostFacts:
     """Facts for one container: its host paths, devices, CDI specs and seccomp file."""
     sc = cfg.linux.security_context
     paths = {m.host_path: _kind(m.host_path) for m in cfg.mounts if m.host_path.startswith("/")}
+    propagation: dict[str, tuple[str, str]] = {}
+    wanted = [
+        m.host_path
+        for m in cfg.mounts
+        if m.propagation != api_pb2.PROPAGATION_PRIVATE and m.host_path.startswith("/")
+    ]
+    if wanted:
+        try:
+            info = Path("/proc/self/mountinfo").read_text(errors="replace")
+        except OSError:
+            info = ""
+        for hp in wanted:
+            propagation[hp] = propagation_of(os.path.realpath(hp), info)
     devices = {d.host_path: device(d.host_path) for d in cfg.devices}
     specs = tuple(cdi.load(cdi_dirs)) if cfg.CDI_devices else ()
     for spec in specs:
@@ -111,4 +176,8 @@ def gather(
         own_oom_score_adj=own_oom_score_adj(),
         cgroup_driver=cgroup_driver,
         cgroup_v2=cgroup_v2(),
+        bounding_caps=bounding_caps(),
+        machine=os.uname().machine,
+        recursive_read_only=recursive_read_only,
+        propagation=propagation,
     )

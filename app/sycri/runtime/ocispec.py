@@ -29,6 +29,7 @@ DEFAULT_CAPS = (
     "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
 )  # fmt: skip
 
+# Every capability, in kernel bit order (CAP_CHOWN is bit 0): /proc's CapBnd maps by index.
 ALL_CAPS = (
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
     "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE",
@@ -159,6 +160,11 @@ class HostFacts:
     own_oom_score_adj: int = 0
     cgroup_driver: str = "cgroupfs"
     cgroup_v2: bool = False
+    bounding_caps: frozenset[str] = frozenset(ALL_CAPS)  # sycri's own CapBnd
+    machine: str = "x86_64"  # uname -m: the seccomp profile's architectures
+    recursive_read_only: bool = False  # the runtime handler can do rro mounts here
+    # host path -> (mount point, shared/slave/private), for non-private volumes
+    propagation: Mapping[str, tuple[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -208,7 +214,7 @@ def build(inp: SpecInput) -> BuiltSpec:
         )
 
     user = users.resolve(_user_request(sc), inp.image.user, inp.passwd, inp.group)
-    caps = capabilities(sc.capabilities, privileged)
+    caps = capabilities(sc.capabilities, privileged, inp.host.bounding_caps)
     cdi_edits = cdi.edits_for([d.name for d in cfg.CDI_devices], list(inp.host.cdi_specs))
     process: dict[str, Any] = {
         "terminal": cfg.tty,
@@ -256,6 +262,9 @@ def build(inp: SpecInput) -> BuiltSpec:
         "annotations": _annotations(inp),
         "linux": linux,
     }
+    propagation = rootfs_propagation(cfg)
+    if propagation:
+        linux["rootfsPropagation"] = propagation
     if cdi_edits.hooks:
         spec["hooks"] = _hooks(cdi_edits.hooks)
     return BuiltSpec(spec, user, stop_signal(cfg, inp.image), cgroup_path)
@@ -341,10 +350,17 @@ def _cap_name(raw: str) -> str:
     return name
 
 
-def capabilities(spec: api_pb2.Capability, privileged: bool) -> list[str]:
-    """Default set, then add (ALL: everything), then drop (ALL: nothing but the adds)."""
+def capabilities(
+    spec: api_pb2.Capability, privileged: bool, bounding: frozenset[str] = frozenset(ALL_CAPS)
+) -> list[str]:
+    """Default set, then add (ALL: everything), then drop (ALL: nothing but the adds).
+
+    Never more than ``bounding``, sycri's own bounding set: runc cannot grant what its
+    parent lacks (``unable to apply caps``). Privileged and ALL mean all *of those*, as
+    containerd does; naming one the node lacks is an error, not a silent drop.
+    """
     if privileged:
-        return list(ALL_CAPS)
+        return [c for c in ALL_CAPS if c in bounding]
     adds = [c for c in spec.add_capabilities]
     drops = [c for c in spec.drop_capabilities]
     add_all = any(c.upper() in ("ALL", "CAP_ALL") for c in adds)
@@ -354,8 +370,13 @@ def capabilities(spec: api_pb2.Capability, privileged: bool) -> list[str]:
     held = set(ALL_CAPS) if add_all else set(DEFAULT_CAPS)
     if drop_all:
         held = set()
+    lacking = sorted(add_set - drop_set - bounding)
+    if lacking:
+        raise InvalidArgument(
+            f"capabilities: {lacking[0]} is not in the node's bounding set; it cannot be granted"
+        )
     held = (held | add_set) - drop_set
-    return [c for c in ALL_CAPS if c in held]
+    return [c for c in ALL_CAPS if c in held and c in bounding]
 
 
 def _ambient(spec: api_pb2.Capability, held: list[str]) -> list[str]:
@@ -437,7 +458,7 @@ def seccomp_profile(
     if privileged or kind == "Unconfined":
         return None
     if kind == "RuntimeDefault":
-        return seccomp.default_profile(caps)
+        return seccomp.default_profile(caps, host.machine)
     if not ref.startswith("/"):
         raise InvalidArgument(f"seccomp: localhost profile {excerpt(ref)} is not an absolute path")
     text = host.seccomp_profiles.get(ref)
@@ -674,6 +695,53 @@ def _container_path(path: str, what: str) -> str:
     return posixpath.normpath(path)
 
 
+def _check_rro(m: api_pb2.Mount, target: str, host: HostFacts) -> None:
+    """kubelet's rules for recursive read-only: read-only, private, and a runtime that can."""
+    if not m.readonly:
+        raise InvalidArgument(f"mounts: {excerpt(target)} is recursive_read_only but not readonly")
+    if m.propagation != api_pb2.PROPAGATION_PRIVATE:
+        raise InvalidArgument(
+            f"mounts: {excerpt(target)} is recursive_read_only, which needs private propagation"
+        )
+    if not host.recursive_read_only:
+        raise InvalidArgument(
+            f"mounts: {excerpt(target)} is recursive_read_only, which this runtime handler "
+            "cannot do on this node"
+        )
+
+
+def _check_propagation(m: api_pb2.Mount, target: str, host: HostFacts) -> None:
+    """As containerd: Bidirectional needs a shared host mount, HostToContainer a shared or
+    slave one; otherwise the volume would silently propagate nothing."""
+    if m.host_path not in host.propagation:
+        return
+    point, kind = host.propagation[m.host_path]
+    if m.propagation == api_pb2.PROPAGATION_BIDIRECTIONAL and kind != "shared":
+        need = "a shared mount (Bidirectional)"
+    elif m.propagation == api_pb2.PROPAGATION_HOST_TO_CONTAINER and kind == "private":
+        need = "a shared or slave mount (HostToContainer)"
+    else:
+        return
+    raise InvalidArgument(
+        f"mounts: host path {excerpt(m.host_path)} for {excerpt(target)} is on the {kind} "
+        f"mount {excerpt(point)}, but its propagation needs {need}"
+    )
+
+
+def rootfs_propagation(cfg: api_pb2.ContainerConfig) -> str:
+    """``rshared`` when a mount is Bidirectional, else ``rslave`` for HostToContainer.
+
+    runc turns the container's whole mount tree slave by default, so a mount made
+    inside a Bidirectional volume would never reach the host; containerd does the same.
+    """
+    kinds = {m.propagation for m in cfg.mounts}
+    if api_pb2.PROPAGATION_BIDIRECTIONAL in kinds:
+        return "rshared"
+    if api_pb2.PROPAGATION_HOST_TO_CONTAINER in kinds:
+        return "rslave"
+    return ""
+
+
 def mounts(
     cfg: api_pb2.ContainerConfig,
     sandbox: Sandbox,
@@ -697,8 +765,11 @@ def mounts(
             raise InvalidArgument(
                 f"mounts: host path {excerpt(m.host_path)} for {excerpt(target)} does not exist"
             )
+        if m.recursive_read_only:
+            _check_rro(m, target, host)
+        _check_propagation(m, target, host)
         opts = ["rbind", _PROPAGATION.get(m.propagation, "rprivate")]
-        opts.append("ro" if m.readonly or m.recursive_read_only else "rw")
+        opts.append("ro" if m.readonly else "rw")
         if m.recursive_read_only:
             opts.append("rro")
         user.append({"destination": target, "type": "bind", "source": m.host_path, "options": opts})

@@ -3,7 +3,8 @@
 An allowlist: everything not named fails with EPERM. Syscalls that need a capability
 (mount, ptrace, module loading, clock setting...) are only allowed when the container
 holds that capability, as in containerd's profile. runc skips names the running kernel
-or libseccomp does not know, so one list serves every architecture.
+or libseccomp does not know, so one syscall list serves every architecture; the
+architectures themselves are the node's own (libseccomp refuses unknown ones).
 """
 
 from __future__ import annotations
@@ -111,18 +112,30 @@ _BY_CAPABILITY = {
     "CAP_PERFMON": ["perf_event_open"],
 }
 
-_ARCHES = [
-    "SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32",
-    "SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM",
-    "SCMP_ARCH_PPC64LE", "SCMP_ARCH_S390X", "SCMP_ARCH_RISCV64",
-]  # fmt: skip
+# The ABIs a node's kernel runs, by ``uname -m``, as containerd and moby list them: the
+# native one and its compat ABIs. Never others: libseccomp refuses names it was built
+# without (runc 1.1.5 on Debian 12: "SCMP_ARCH_RISCV64 is not a valid arch").
+_ARCHES = {
+    "x86_64": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+    "aarch64": ["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
+    "ppc64le": ["SCMP_ARCH_PPC64LE"],
+    "s390x": ["SCMP_ARCH_S390X", "SCMP_ARCH_S390"],
+    "riscv64": ["SCMP_ARCH_RISCV64"],
+}
+
+
+def architectures(machine: str) -> list[str]:
+    """The profile's architectures for this machine; empty (native only) when unknown."""
+    return list(_ARCHES.get(machine, []))
+
 
 # ptrace is allowed without CAP_SYS_PTRACE on kernels >= 4.8 in containerd's profile.
 _ALWAYS_TOO = ["ptrace"]
 
 
-def default_profile(capabilities: list[str]) -> dict[str, Any]:
-    """The RuntimeDefault profile as an OCI ``linux.seccomp`` object for these capabilities."""
+def default_profile(capabilities: list[str], machine: str) -> dict[str, Any]:
+    """The RuntimeDefault profile as an OCI ``linux.seccomp`` object for these capabilities
+    on a node whose ``uname -m`` is ``machine``."""
     names = set(_ALLOWED) | set(_ALWAYS_TOO)
     held = set(capabilities)
     for cap, calls in _BY_CAPABILITY.items():
@@ -149,6 +162,6 @@ def default_profile(capabilities: list[str]) -> dict[str, Any]:
     return {
         "defaultAction": "SCMP_ACT_ERRNO",
         "defaultErrnoRet": 1,
-        "architectures": _ARCHES,
+        "architectures": architectures(machine),
         "syscalls": syscalls,
     }

@@ -98,6 +98,10 @@ def resolve(req: UserRequest, image_user: str, passwd: str, group: str) -> Resol
     files are errors naming the field; a numeric uid unknown to the image is fine
     (gid 0 unless given).
     """
+    if req.run_as_group is not None and req.run_as_user is None and not req.run_as_username:
+        # kubelet and containerd refuse this too: a group alone would silently pair
+        # with whatever user the image names.
+        raise InvalidArgument("run_as_group is set without run_as_user or run_as_username")
     users = parse_passwd(passwd)
     groups = parse_group(group)
     entry: PasswdEntry | None = None

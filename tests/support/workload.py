@@ -1,0 +1,134 @@
+"""Real work for observability tests: images pushed to the test registry and pulled, a pod
+on the test's own network, containers that complete, fail and get OOM-killed.
+
+Everything goes through sycri's socket, as kubelet would drive it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from sycri.api import api_pb2
+
+from tests.support import oci
+from tests.support.pods import PodNet, pod_config, unmount_all
+from tests.support.server import SycriServer
+
+OOM_LIMIT = 24 * 1024 * 1024
+
+
+@contextmanager
+def node(flags: list[str] = (), env: dict[str, str] | None = None) -> Iterator[Node]:
+    """A live sycri with its own bridge and subnet; pods removed and everything unmounted
+    afterwards, even when the test fails."""
+    net = PodNet.new()
+    base = Path("/tmp") / f"syobs-{secrets.token_hex(4)}"  # short: conmon socket paths
+    server = SycriServer(base, flags=[*net.flags(), *flags], env=env or {})
+    try:
+        server.start()
+        yield Node(server, net)
+    finally:
+        if server.proc is not None and server.proc.poll() is None:
+            with suppress(grpc.RpcError):
+                rt = server.runtime()
+                for pod in rt.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items:
+                    rt.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod.id))
+                    rt.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod.id))
+        server.stop()
+        unmount_all(base)
+        net.cleanup()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def two_layer_image(extra: str) -> oci.Image:
+    """busybox (one layer, the same in every such image) plus a small layer of its own."""
+    return oci.Image(
+        layers=[oci.layer(oci.busybox_entries()), oci.layer([oci.file("etc/extra", extra)])],
+        entrypoint=["/bin/sh", "-c"],
+        cmd=["exit 0"],
+    )
+
+
+@dataclass
+class Node:
+    server: SycriServer
+    net: PodNet
+
+    @property
+    def rt(self):
+        return self.server.runtime()
+
+    def push(self, registry, image: oci.Image) -> str:
+        repo = "obs/" + secrets.token_hex(4)
+        oci.push(registry, repo, "v1", image)
+        return f"{registry.host}/{repo}:v1"
+
+    def pull(self, ref: str, metadata=()) -> str:
+        req = api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=ref))
+        return self.server.images().PullImage(req, metadata=metadata).image_ref
+
+    def run_pod(self, name: str, metadata=()) -> tuple[str, api_pb2.PodSandboxConfig]:
+        cfg = pod_config(name)
+        cfg.log_directory = str(self.server.base / "pods" / name)
+        req = api_pb2.RunPodSandboxRequest(config=cfg)
+        return self.rt.RunPodSandbox(req, metadata=metadata).pod_sandbox_id, cfg
+
+    def create(
+        self,
+        pod: tuple[str, api_pb2.PodSandboxConfig],
+        name: str,
+        image: str,
+        script: str,
+        memory: int = 0,
+        metadata=(),
+    ) -> str:
+        cfg = api_pb2.ContainerConfig(
+            metadata=api_pb2.ContainerMetadata(name=name),
+            image=api_pb2.ImageSpec(image=image),
+            args=[script],
+            log_path=f"{name}/0.log",
+        )
+        if memory:
+            cfg.linux.resources.memory_limit_in_bytes = memory
+            cfg.linux.resources.memory_swap_limit_in_bytes = memory
+        req = api_pb2.CreateContainerRequest(
+            pod_sandbox_id=pod[0], config=cfg, sandbox_config=pod[1]
+        )
+        return self.rt.CreateContainer(req, metadata=metadata).container_id
+
+    def start(self, cid: str, metadata=()) -> None:
+        self.rt.StartContainer(api_pb2.StartContainerRequest(container_id=cid), metadata=metadata)
+
+    def kill_before_start(self, cid: str) -> None:
+        """Kill a created container's process (runc's init, waiting for start) from outside."""
+        req = api_pb2.ContainerStatusRequest(container_id=cid, verbose=True)
+        bundle = Path(json.loads(self.rt.ContainerStatus(req).info["info"])["bundle"])
+        os.kill(int((bundle / "pidfile").read_text()), signal.SIGKILL)
+
+    def run(self, pod, name: str, image: str, script: str, memory: int = 0) -> str:
+        cid = self.create(pod, name, image, script, memory)
+        self.start(cid)
+        return cid
+
+    def wait_exited(self, cid: str, timeout: float = 60) -> api_pb2.ContainerStatus:
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.rt.ContainerStatus(api_pb2.ContainerStatusRequest(container_id=cid)).status
+            if st.state == api_pb2.CONTAINER_EXITED:
+                return st
+            assert time.monotonic() < deadline, f"container {cid} did not exit: {st.state}"
+            time.sleep(0.05)
+
+    def remove_pod(self, pod_id: str) -> None:
+        self.rt.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+        self.rt.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
