@@ -361,7 +361,7 @@ def load(
 
 
 # Variables with the prefix that are not configuration keys.
-_IGNORED_ENV = {"SYCRI_CONFIG"}
+_IGNORED_ENV = {"SYCRI_CONFIG", "SYCRI_TEST_CRASH_AT"}  # the latter: sycri.crashpoint (tests)
 
 
 def detect_cgroup_driver(cfg: Config) -> str:

@@ -148,10 +148,11 @@ async def serve(cfg: Config, observers: list | None = None) -> int:
             raise StartupError(
                 f"cannot start the streaming server on {cfg.streaming.address}: {exc}"
             ) from None
-    if node.sandboxes is not None:
-        await node.sandboxes.recover()
+    # Containers first: finishing a pod removal a crash cut short removes its containers.
     if node.containers is not None:
         await node.containers.recover()
+    if node.sandboxes is not None:
+        await node.sandboxes.recover()
     try:
         obs = telemetry.start(cfg)
     except telemetry.TelemetryError as exc:

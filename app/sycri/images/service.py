@@ -23,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from sycri import sif
+from sycri import crashpoint, sif
 from sycri.config import Config
 from sycri.errors import (
     FailedPrecondition,
@@ -320,6 +320,7 @@ class Images:
         final = self.store.sif_path_for(image_id)
         os.chmod(built, 0o644)
         os.replace(built, final)
+        crashpoint.reach("pull.renamed")
         size = os.stat(final).st_size
         return await in_thread(
             lambda: self.store.add(
@@ -365,6 +366,7 @@ class Images:
             )
             with converting():
                 await in_thread(applier.finish)
+            crashpoint.reach("pull.fetched")
             with metrics.conversion(), converting():
                 built = await build_sif(
                     image_id=image_id,
@@ -375,6 +377,7 @@ class Images:
                     compression=self.cfg.images.squashfs_compression,
                     arch=config.architecture or self.arch,
                 )
+            crashpoint.reach("pull.built")
             return await self._commit(
                 image_id,
                 built,

@@ -14,6 +14,7 @@ import contextlib
 import ipaddress
 import json
 import logging
+import shlex
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -269,3 +270,37 @@ def _error_text(res: command.Result) -> str:
 
 def read_network_file(path: Path) -> Network:
     return parse(json.loads(path.read_text()), str(path))
+
+
+async def drop_masquerade(net: Network, container_id: str) -> int:
+    """Remove the bridge plugin's NAT rules for ``container_id``; how many went.
+
+    The bridge plugin finds a pod's masquerade rules from the addresses on its
+    interface, so a DEL without the pod's network namespace (it was lost: the pin
+    unmounted, the run dir wiped) releases the address but leaves the rules. They are
+    named by the comment ``name: "<net>" id: "<container id>"``, which no one else's
+    rules carry.
+    """
+    if not any(p.get("type") == "bridge" and p.get("ipMasq") for p in net.plugins):
+        return 0
+    mark = f'id: "{container_id}"'
+    removed = 0
+    for tool in ("iptables", "ip6tables"):
+        listing = await command.run(
+            [tool, "-w", "-t", "nat", "-S", "POSTROUTING"], check=False, label=tool
+        )
+        if not listing.ok:
+            continue
+        for line in listing.stdout.decode(errors="replace").splitlines():
+            if container_id not in line or not line.startswith("-A POSTROUTING "):
+                continue
+            args = shlex.split(line)
+            if "--comment" not in args or mark not in args[args.index("--comment") + 1]:
+                continue
+            chain = args[args.index("-j") + 1] if "-j" in args else ""
+            await command.run([tool, "-w", "-t", "nat", "-D", *args[1:]], check=False, label=tool)
+            if chain.startswith("CNI-"):
+                await command.run([tool, "-w", "-t", "nat", "-F", chain], check=False, label=tool)
+                await command.run([tool, "-w", "-t", "nat", "-X", chain], check=False, label=tool)
+            removed += 1
+    return removed

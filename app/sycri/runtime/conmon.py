@@ -17,6 +17,7 @@ reopen), ``<bundle>/oom`` or ``<persist_dir>/oom`` (the container was OOM-killed
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -189,3 +190,56 @@ def alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def monitors(exit_dir: Path) -> dict[str, int]:
+    """Container id -> pid of every live conmon that reports to ``exit_dir`` (ours).
+
+    Recovery uses it to end monitors of containers that have no record (a create
+    killed after conmon started): left alone they would outlive their container.
+    """
+    want = str(exit_dir).encode()
+    found: dict[str, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        if not args or not args[0].endswith(b"conmon"):
+            continue
+        opts = dict(itertools.pairwise(args))
+        if opts.get(b"--exit-dir") == want and b"--cid" in opts:
+            found[opts[b"--cid"].decode(errors="replace")] = int(entry)
+    return found
+
+
+async def kill(pid: int, timeout: float = 5.0) -> None:
+    """SIGKILL one conmon and wait until it is gone (or a zombie of someone else's)."""
+    try:
+        os.kill(pid, 9)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return
+        except OSError:
+            return
+        await asyncio.sleep(0.01)
+    log.warning("conmon %d still present after SIGKILL", pid)
+
+
+def monitors_container(bundle: Path, container_id: str) -> bool:
+    """Whether the conmon of this container (its pid in ``bundle/conmon.pid``) lives."""
+    try:
+        pid = int((bundle / "conmon.pid").read_text().strip())
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = f.read().split(b"\0")
+    except (OSError, ValueError):
+        return False
+    return bool(args) and args[0].endswith(b"conmon") and container_id.encode() in args

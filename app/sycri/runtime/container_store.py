@@ -65,6 +65,7 @@ class ContainerRecord:
     groups: list[int] = field(default_factory=list)
     resources: dict[str, Any] = field(default_factory=dict)  # LinuxContainerResources JSON
     cgroup_path: str = ""
+    removing: bool = False  # RemoveContainer began: a restart finishes it
 
     @property
     def config(self) -> api_pb2.ContainerConfig:

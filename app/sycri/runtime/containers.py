@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from google.protobuf import json_format
 
-from sycri import command
+from sycri import command, crashpoint
 from sycri.api import api_pb2
 from sycri.config import Config
 from sycri.errors import (
@@ -237,6 +237,7 @@ class Containers:
         try:
             image = await self.images.image_info(cfg.image.image)
             lower = await self.image_mounts.acquire(image.source, cid)
+            crashpoint.reach("container.create.image")
             acquired = image
             self._tell_images(image.id, cid, True)
             passwd = _read_image_file(lower, "etc/passwd")
@@ -271,6 +272,7 @@ class Containers:
                     userns.idmap_volumes, built.spec, volumes, bundle, ns.userns
                 )
             atomic_write(bundle / "config.json", built.json(), mode=0o600)
+            crashpoint.reach("container.create.overlay")
             rec = ContainerRecord(
                 id=cid,
                 pod_id=sandbox.id,
@@ -310,6 +312,7 @@ class Containers:
                     systemd_cgroup=self.cgroup_driver == "systemd",
                 )
             )
+            crashpoint.reach("container.create.conmon")
             self.store.save(rec)
         except BaseException:
             await self._undo_create(cid, runc, bundle, acquired, overlay)
@@ -353,6 +356,7 @@ class Containers:
             runc = self.runtime(rec.runtime_handler)
             try:
                 await runc.start(rec.id)
+                crashpoint.reach("container.start.runc")
             except SycriError as exc:
                 metrics.container_start_failed()
                 rec.state, rec.exit_code = EXITED, 128
@@ -386,6 +390,7 @@ class Containers:
         if rec.state != RUNNING:
             return
         if timeout > 0 and await runc.kill(rec.id, rec.stop_signal):
+            crashpoint.reach("container.stop.signal")
             await self._wait_exit(rec, timeout)
         if self.refresh(rec).state == RUNNING:
             killed = await runc.kill(rec.id, 9, all_processes=True)
@@ -401,7 +406,17 @@ class Containers:
                 self.store.save(rec)
                 self._emit(rec, ContainerEventType.STOPPED)
                 return
-            if not await self._wait_exit(rec, 30):
+            monitored = conmon.monitors_container(Path(rec.bundle), rec.id)
+            if not await self._wait_exit(rec, 30 if monitored else 2):
+                st = None if monitored else await runc.state(rec.id)
+                if not monitored and (st or {}).get("status", "stopped") == "stopped":
+                    # Its conmon died (killed while sycri was down): no exit file will
+                    # come, but runc saw it die of our SIGKILL.
+                    rec.state, rec.exit_code, rec.finished_at = EXITED, 137, now_ns()
+                    rec.reason, rec.message = "Error", "killed; its conmon was gone"
+                    self.store.save(rec)
+                    self._emit(rec, ContainerEventType.STOPPED)
+                    return
                 raise DeadlineExceeded(f"container {rec.id} did not die after SIGKILL")
 
     async def _wait_exit(self, rec: ContainerRecord, timeout: float) -> bool:
@@ -421,11 +436,16 @@ class Containers:
             if self.store.find(rec.id) is None:
                 return
             await self._stop_locked(rec, 0)
+            if not rec.removing:
+                rec.removing = True  # a crash from here on: the next start finishes it
+                self.store.save(rec)
             await self.runtime(rec.runtime_handler).delete(rec.id)
+            crashpoint.reach("container.remove.runc")
             await rootfs.unmount(Path(rec.bundle) / "rootfs")
             await self.image_mounts.release(rec.image_id, rec.id)
             self._tell_images(rec.image_id, rec.id, False)
             self.store.delete(rec)
+            crashpoint.reach("container.remove.record")
             await rootfs.remove_overlay(Path(rec.bundle))
             with contextlib.suppress(FileNotFoundError):
                 self._exit_file(rec.id).unlink()
@@ -607,21 +627,68 @@ class Containers:
         if st is None or st.get("status") not in ("running", "paused", "stopped"):
             return
         rec.state = RUNNING
-        rec.started_at = _process_start_ns(int(st.get("pid") or 0)) or now_ns()
+        # The init process was forked at create; ``runc start`` unlinks the exec FIFO
+        # from runc's state dir, so that dir's mtime is when the container started.
+        runc = self.runtime(rec.runtime_handler)
+        try:
+            started = os.stat(Path(runc.root) / rec.id).st_mtime_ns
+        except OSError:
+            started = _process_start_ns(int(st.get("pid") or 0)) or now_ns()
+        rec.started_at = max(started, rec.created_at)
         self.store.save(rec)
         log.info("container %s was started before the restart; runc says %s", rec.id, st["status"])
         self._emit(rec, ContainerEventType.STARTED)
 
+    async def _reconcile_unmonitored(self, rec: ContainerRecord) -> None:
+        """A record RUNNING whose conmon is gone and left no exit file (conmon killed, a
+        reboot wiped the run dir): runc decides. Still running, it stays RUNNING
+        (unmonitored); otherwise it is EXITED with an unknown code, never RUNNING forever.
+        """
+        try:
+            st = await self.runtime(rec.runtime_handler).state(rec.id)
+        except SycriError as exc:
+            log.warning("runc state of %s at recovery: %s", rec.id, exc.message)
+            return
+        if self.refresh(rec).state != RUNNING:
+            return  # conmon wrote the exit file after all
+        if st is not None and st.get("status") in ("running", "paused"):
+            log.warning("container %s runs without its conmon", rec.id)
+            return
+        log.warning("container %s is gone with its conmon; recording it as exited", rec.id)
+        rec.state, rec.exit_code, rec.finished_at = EXITED, 255, now_ns()
+        rec.reason, rec.message = "Error", "the container and its monitor disappeared"
+        self.store.save(rec)
+        self._emit(rec, ContainerEventType.STOPPED)
+
     async def recover(self) -> None:
-        """Start-up: reload records, count image mounts, drop half-removed leftovers."""
+        """Start-up: reload records and reconcile them with runc and conmon, count image
+        mounts, finish removals a crash cut short, drop leftovers of unfinished creates."""
         records = self.store.load()
+        monitored = conmon.monitors(self.paths.exits)
         for rec in records:
             self.image_mounts.adopt(rec.image_id, rec.id)
             self._tell_images(rec.image_id, rec.id, True)
             if rec.state == CREATED:
                 await self._reconcile_created(rec)
             self.refresh(rec)
+            if rec.state == RUNNING and rec.id not in monitored:
+                await self._reconcile_unmonitored(rec)
+        for rec in records:
+            if rec.removing:
+                log.warning("finishing the removal of container %s", rec.id)
+                try:
+                    await self.remove(rec.id)
+                except Exception:
+                    log.exception("removing container %s", rec.id)
+        records = self.store.all()
         known = {r.id for r in records}
+        monitors = conmon.monitors(self.paths.exits)
+        for cid, pid in monitors.items():
+            if cid not in known:
+                # A create killed after conmon started: nothing was promised to
+                # kubelet; the monitor goes first so it writes no exit file later.
+                log.warning("ending conmon %d of unrecorded container %s", pid, cid)
+                await conmon.kill(pid)
         for entry in list(self.paths.containers.iterdir()):
             if entry.is_dir() and entry.name not in known:
                 # A create or remove interrupted by a crash: its runc container (if

@@ -24,6 +24,8 @@ log = logging.getLogger("sycri.pod_init")
 
 _reapers: set[asyncio.Task] = set()
 
+MARK = "SYCRI_POD_INIT"
+
 
 @dataclass(frozen=True)
 class PodInit:
@@ -49,8 +51,14 @@ def alive(pid: int | None, start: int | None) -> bool:
     return pid is not None and start is not None and start_time(pid) == start
 
 
-async def start(namespaces: dict[str, str], log_path: Path, timeout: float = 10.0) -> PodInit:
-    """Start catatonit in a new PID namespace, inside the pod's other ``namespaces``."""
+async def start(
+    namespaces: dict[str, str], log_path: Path, timeout: float = 10.0, owner: str = ""
+) -> PodInit:
+    """Start catatonit in a new PID namespace, inside the pod's other ``namespaces``.
+
+    Both processes carry ``SYCRI_POD_INIT=<owner>`` in their environment: a crash
+    before their pids are recorded leaves them findable (:func:`kill_marked`).
+    """
     argv = ["unshare", "--pid", "--fork", "--kill-child=SIGKILL", "catatonit", "-P"]
     if namespaces:
         argv = ["nsenter", *(f"--{k}={p}" for k, p in namespaces.items()), "--", *argv]
@@ -61,6 +69,7 @@ async def start(namespaces: dict[str, str], log_path: Path, timeout: float = 10.
             stdout=asyncio.subprocess.DEVNULL,
             stderr=err,
             start_new_session=True,
+            env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), MARK: owner},
         )
     reaper = asyncio.create_task(proc.wait())
     _reapers.add(reaper)
@@ -117,3 +126,30 @@ async def stop(
             return
         await asyncio.sleep(0.005)
     log.warning("pod init %s / holder %s still present after SIGKILL", init_pid, holder_pid)
+
+
+def marked(owner: str) -> list[int]:
+    """Pids whose environment says they are the init (or its holder) of pod ``owner``."""
+    if not owner:
+        return []
+    needle = f"{MARK}={owner}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            continue
+        if needle in env:
+            found.append(int(entry))
+    return found
+
+
+async def kill_marked(owner: str) -> None:
+    """Recovery: end a pod's init whose pid a crash kept from being recorded."""
+    pids = [(p, start_time(p)) for p in marked(owner)]
+    for pid, st in pids:
+        log.warning("killing pod %s's unrecorded init process %d", owner[:12], pid)
+        await stop(pid, st, None, None)

@@ -74,6 +74,7 @@ class Sandbox:
     network: dict[str, Any] | None = None  # the conflist used for ADD, reused by DEL
     cni_result: dict[str, Any] | None = None
     network_up: bool = False  # an ADD was (or may have been) made: a DEL is owed
+    removing: bool = False  # RemovePodSandbox began: a restart finishes it
 
     @property
     def config(self) -> api_pb2.PodSandboxConfig:

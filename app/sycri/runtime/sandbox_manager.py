@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -21,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sycri import crashpoint
 from sycri.api import api_pb2
 from sycri.config import Config
 from sycri.errors import FailedPrecondition, InvalidArgument, NotFound, excerpt
@@ -197,6 +199,7 @@ class SandboxManager:
         self.store.reserve(sb.name_key, sb.id)
         try:
             self.store.save(sb)  # state "creating": a crash now is cleaned up at start
+            crashpoint.reach("pod.run.saved")
         except BaseException:
             self.store.release(sb.name_key, sb.id)
             raise
@@ -205,6 +208,7 @@ class SandboxManager:
                 await self._create(sb, cfg, plan)
                 sb.state = READY
                 self.store.save(sb)
+                crashpoint.reach("pod.run.ready")
                 log.info(
                     "pod sandbox %s (%s/%s) ready, ips %s",
                     sb.id[:12],
@@ -339,9 +343,11 @@ class SandboxManager:
                 socket.sethostname(name)
 
             await linux.in_fresh_thread(set_hostname)
+            crashpoint.reach("pod.run.namespaces")
         elif targets:
             hostname = sb.hostname if "uts" in targets else None
             await linux.in_fresh_thread(lambda: namespaces.create_pinned(targets, hostname))
+            crashpoint.reach("pod.run.namespaces")
         if plan.sysctls and sb.userns_path:
             kinds = {"user", *(s.namespace for s in plan.sysctls)}
             await sysctls.apply_as_namespace_root(
@@ -380,6 +386,7 @@ class SandboxManager:
                 linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC,
                 f"mode=1777,size={plan.shm_bytes}",
             )
+            crashpoint.reach("pod.run.shm")
         if sb.pid_mode == "POD":
             await self._start_init(sb, targets)
         if sb.net_mode == "POD":
@@ -388,8 +395,9 @@ class SandboxManager:
 
     async def _start_init(self, sb: Sandbox, targets: dict[str, Path]) -> None:
         init = await pod_init.start(
-            {k: str(v) for k, v in targets.items()}, Path(sb.run_dir) / "init.log"
+            {k: str(v) for k, v in targets.items()}, Path(sb.run_dir) / "init.log", owner=sb.id
         )
+        crashpoint.reach("pod.run.init")
         sb.init_pid, sb.init_start = init.pid, init.start
         sb.holder_pid, sb.holder_start = init.holder_pid, init.holder_start
         self.store.save(sb)
@@ -427,6 +435,7 @@ class SandboxManager:
             _enable_forwarding(net)
         await self.cni.add(cni.LOOPBACK, self._attachment(sb, "lo"))
         result = await self.cni.add(net, self._attachment(sb, "eth0", caps))
+        crashpoint.reach("pod.run.network")
         sb.cni_result = result
         sb.ips = cni.result_ips(result)
 
@@ -467,19 +476,30 @@ class SandboxManager:
             await self._stop(sb)
 
     async def _stop(self, sb: Sandbox) -> None:
-        for hook in list(self.on_stop):
-            await hook(sb.id)
-        await pod_init.stop(sb.init_pid, sb.init_start, sb.holder_pid, sb.holder_start)
-        await self._network_down(sb)
         if sb.state != NOTREADY:
+            # First: a stop cut short by a crash leaves a pod that says NOTREADY (and
+            # takes no new containers) rather than READY without its network.
             sb.state = NOTREADY
             self.store.save(sb)
+        for hook in list(self.on_stop):
+            await hook(sb.id)
+        crashpoint.reach("pod.stop.containers")
+        await pod_init.stop(sb.init_pid, sb.init_start, sb.holder_pid, sb.holder_start)
+        await self._network_down(sb)
+        crashpoint.reach("pod.stop.network")
 
     async def _network_down(self, sb: Sandbox) -> None:
         if sb.network_up and sb.network is not None:
             net = cni.parse(sb.network, f"sandbox {sb.id[:12]}")
             att = self._attachment(sb, "eth0", self._caps_of(sb))
-            await self.cni.delete(net, att, sb.cni_result)
+            if att.netns and not linux.is_mountpoint(att.netns):
+                # The namespace is gone (its pin was undone): the CNI spec's DEL then
+                # gets no CNI_NETNS and still releases the address; the bridge
+                # plugin's NAT rules need the namespace, so they go here.
+                await self.cni.delete(net, dataclasses.replace(att, netns=""), sb.cni_result)
+                await cni.drop_masquerade(net, sb.id)
+            else:
+                await self.cni.delete(net, att, sb.cni_result)
         if sb.network_up:
             sb.network_up = False
             sb.ips = []
@@ -508,9 +528,14 @@ class SandboxManager:
             if self.store.find(sb.id) is not sb:
                 return False  # removed while we waited
             await self._stop(sb)
+            if not sb.removing:
+                sb.removing = True  # a crash from here on: the next start finishes it
+                self.store.save(sb)
             for hook in list(self.on_remove):
                 await hook(sb.id)
+            crashpoint.reach("pod.remove.containers")
             await self._teardown(sb)
+            crashpoint.reach("pod.remove.teardown")
             self.store.delete(sb)
         self._locks.pop(sb.id, None)
         log.info("pod sandbox %s (%s/%s) removed", sb.id[:12], sb.namespace, sb.name)
@@ -538,17 +563,29 @@ class SandboxManager:
     # ----- start-up -----------------------------------------------------------
 
     async def recover(self) -> None:
-        """Finish what a crash interrupted: half-created pods are undone; dead pods NOTREADY."""
+        """Finish what a crash interrupted: half-created pods are undone, half-removed
+        ones removed (their containers too: recover the containers first); pods whose
+        namespaces or init are gone are NOTREADY."""
+        mounted = set(linux.mount_targets_under("/"))  # once, not once per pin
         for sb in self.store.all():
             if sb.state == CREATING:
                 log.warning("removing pod sandbox %s left half-created by a crash", sb.id[:12])
                 try:
+                    if sb.pid_mode == "POD":
+                        await pod_init.kill_marked(sb.id)
                     await self._teardown(sb)
                 except Exception:
                     log.exception("cleaning up sandbox %s", sb.id[:12])
                 self.store.delete(sb)
                 continue
-            if sb.state == READY and not self._alive(sb):
+            if sb.removing:
+                log.warning("finishing the removal of pod sandbox %s", sb.id[:12])
+                try:
+                    await self.remove(sb.id)
+                except Exception:
+                    log.exception("removing sandbox %s", sb.id[:12])
+                continue
+            if sb.state == READY and not self._alive(sb, mounted):
                 log.warning("pod sandbox %s lost its namespaces or init: NOTREADY", sb.id[:12])
                 sb.state = NOTREADY
                 self.store.save(sb)
@@ -561,9 +598,9 @@ class SandboxManager:
             self.store.save(sb)
         return sb
 
-    def _alive(self, sb: Sandbox) -> bool:
+    def _alive(self, sb: Sandbox, mounted: set[str]) -> bool:
         for p in (sb.netns_path, sb.ipc_ns_path, sb.uts_ns_path, sb.userns_path):
-            if p and not linux.is_mountpoint(p):
+            if p and os.path.realpath(p) not in mounted:
                 return False
         return not (sb.pid_mode == "POD" and not pod_init.alive(sb.init_pid, sb.init_start))
 
