@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import secrets
@@ -86,6 +87,10 @@ def test_pod_user_namespace_maps_root_and_owns_its_rootfs(userns_node, registry,
     pod_cfg = userns_pod("uns", host_id, pid=api_pb2.POD, sysctls=sysctls)
     pod_cfg.log_directory = str(server.base / "pods" / "uns")
     pod = rt.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=pod_cfg)).pod_sandbox_id
+    verbose = rt.PodSandboxStatus(api_pb2.PodSandboxStatusRequest(pod_sandbox_id=pod, verbose=True))
+    info = json.loads(verbose.info["info"])
+    assert info["namespaces"]["user"] == str(server.base / "run" / "pods" / pod / "ns" / "user")
+    assert info["idMappings"] == {"uids": [0, host_id, 65536], "gids": [0, host_id, 65536]}
 
     def run(name: str, script: str, **kw) -> tuple[str, list[str]]:
         cfg = container(name, image, ["/bin/sh", "-c", script], **kw)

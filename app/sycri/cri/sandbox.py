@@ -83,7 +83,9 @@ def verbose_info(sb: Sandbox) -> dict[str, str]:
             "ipc": sb.ipc_ns_path,
             "uts": sb.uts_ns_path,
             "pid": sb.pid_ns_path,
+            "user": sb.userns_path,
         },
+        "idMappings": sb.userns_maps,  # uids/gids: [container id, host id, length]
         "cgroupParent": sb.cgroup_parent,
         "cgroupPath": sb.cgroup_path,
         "files": {
