@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import secrets
 import shutil
+from contextlib import ExitStack
 from pathlib import Path
 
 from sycri.api import api_pb2
@@ -21,18 +22,19 @@ from sycri.api import api_pb2
 from tests.support import oci
 from tests.support import registry as registry_support
 from tests.support.load import EventCounter, leftovers, run_round
-from tests.support.pods import PodNet, pod_config, unmount_all
-from tests.support.server import SycriServer
+from tests.support.node import served
+from tests.support.pods import pod_config
 
 
 def main(pods: int, rounds: int, workers: int) -> None:
     base = Path("/tmp") / f"synlb-{secrets.token_hex(4)}"
     cg_root = f"sycri-loadb-{secrets.token_hex(4)}"
-    net = PodNet.new()
-    reg = registry_support.start(base / "registry")
-    server = SycriServer(base / "sycri", flags=net.flags())
-    try:
-        server.start()
+    with ExitStack() as cleanup:
+        reg = registry_support.start(base / "registry")
+        cleanup.callback(shutil.rmtree, base, ignore_errors=True)
+        cleanup.callback(reg.stop)
+        node = served(base / "sycri", cgroup_root=cg_root, forgiving=True)
+        server, net = cleanup.enter_context(node)
         rt = server.runtime()
         oci.push(reg, "bench/bb", "v1", oci.busybox_image(entrypoint=["/bin/sh", "-c"]))
         image = f"{reg.host}/bench/bb:v1"
@@ -58,26 +60,6 @@ def main(pods: int, rounds: int, workers: int) -> None:
         after = leftovers(server, net, cg_root)
         print(f"after:  {after}")
         print("leftovers: none" if after == before else "LEFTOVERS DIFFER")
-    finally:
-        try:
-            rt = server.runtime()
-            for pod in rt.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items:
-                rt.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod.id))
-                rt.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod.id))
-        except Exception as exc:
-            print(f"cleanup: {exc}")
-        server.stop()
-        reg.stop()
-        unmount_all(base)
-        net.cleanup()
-        shutil.rmtree(base, ignore_errors=True)
-        for top in Path("/sys/fs/cgroup").iterdir():
-            d = top / cg_root
-            if d.is_dir():
-                for sub in sorted(d.rglob("*"), key=lambda p: len(str(p)), reverse=True):
-                    if sub.is_dir():
-                        sub.rmdir()
-                d.rmdir()
 
 
 if __name__ == "__main__":

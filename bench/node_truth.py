@@ -23,6 +23,7 @@ import shutil
 import statistics
 import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import grpc
@@ -30,8 +31,8 @@ from sycri.api import api_pb2
 
 from tests.support import oci
 from tests.support import registry as registry_support
-from tests.support.pods import PodNet, pod_config, unmount_all
-from tests.support.server import SycriServer
+from tests.support.node import served
+from tests.support.pods import pod_config
 
 
 def pct(values: list[float], q: float) -> float:
@@ -56,11 +57,12 @@ def timed(fn, req, rounds: int) -> list[float]:
 
 def main(n: int, npods: int, nexits: int, rounds: int) -> None:
     base = Path("/tmp") / f"synb-{secrets.token_hex(4)}"
-    net = PodNet.new()
-    reg = registry_support.start(base / "registry")
-    server = SycriServer(base / "sycri", flags=net.flags())
-    try:
-        server.start()
+    with ExitStack() as cleanup:
+        reg = registry_support.start(base / "registry")
+        cleanup.callback(shutil.rmtree, base, ignore_errors=True)
+        cleanup.callback(reg.stop)
+        node = served(base / "sycri", forgiving=True)
+        server, _net = cleanup.enter_context(node)
         rt = server.runtime()
         oci.push(reg, "bench/bb", "v1", oci.busybox_image(entrypoint=["/bin/sh", "-c"]))
         image = f"{reg.host}/bench/bb:v1"
@@ -161,19 +163,6 @@ def main(n: int, npods: int, nexits: int, rounds: int) -> None:
             to_client.append((got_at - st.finished_at) / 1e9)
         print(f"exit -> STOPPED event created ({len(to_event)} exits): " + ms(to_event))
         print("exit -> event held by the client:            " + ms(to_client))
-    finally:
-        try:
-            rt = server.runtime()
-            for pod in rt.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items:
-                rt.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod.id))
-                rt.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod.id))
-        except Exception as exc:
-            print(f"cleanup: {exc}")
-        server.stop()
-        reg.stop()
-        unmount_all(base)
-        net.cleanup()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 if __name__ == "__main__":

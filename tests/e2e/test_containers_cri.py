@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import shutil
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -16,7 +15,8 @@ import pytest
 from sycri.api import api_pb2
 
 from tests.support import oci
-from tests.support.pods import PodNet, pod_config, unmount_all
+from tests.support.node import served
+from tests.support.pods import PodNet, pod_config
 from tests.support.server import SycriServer
 
 pytestmark = pytest.mark.root
@@ -26,24 +26,9 @@ CRI_LINE = re.compile(r"^(\S+) (stdout|stderr) ([FP]) (.*)$")
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[tuple[SycriServer, PodNet]]:
-    net = PodNet.new()
     base = Path("/tmp") / f"sye2e-{secrets.token_hex(4)}"  # short: conmon socket paths
-    server = SycriServer(base, flags=net.flags())
-    server.start()
-    try:
+    with served(base, forgiving=True) as (server, net):
         yield server, net
-    finally:
-        rt = server.runtime()
-        try:
-            for pod in rt.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items:
-                rt.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod.id))
-                rt.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod.id))
-        except grpc.RpcError:
-            pass
-        server.stop()
-        unmount_all(base)
-        net.cleanup()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def pull(server: SycriServer, registry, **image_kw) -> str:

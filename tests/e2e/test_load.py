@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,8 @@ from sycri.api import api_pb2
 
 from tests.support import oci
 from tests.support.load import EventCounter, leftovers, run_round
-from tests.support.pods import PodNet, pod_config, unmount_all
+from tests.support.node import served
+from tests.support.pods import PodNet, pod_config
 from tests.support.server import SycriServer
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -26,29 +26,10 @@ PODS = int(os.environ.get("SYCRI_TEST_LOAD_PODS", "24"))
 
 @pytest.fixture
 def loaded() -> Iterator[tuple[SycriServer, PodNet, str]]:
-    net = PodNet.new()
-    base = Path("/tmp") / f"synl-{secrets.token_hex(4)}"
     cg_root = f"sycri-load-{secrets.token_hex(4)}"
-    server = SycriServer(base, flags=net.flags())
-    server.start()
-    try:
+    base = Path("/tmp") / f"synl-{secrets.token_hex(4)}"
+    with served(base, cgroup_root=cg_root) as (server, net):
         yield server, net, cg_root
-    finally:
-        rt = server.runtime()
-        for pod in rt.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items:
-            rt.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod.id))
-            rt.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod.id))
-        server.stop()
-        unmount_all(base)
-        net.cleanup()
-        shutil.rmtree(base, ignore_errors=True)
-        for top in Path("/sys/fs/cgroup").iterdir():
-            d = top / cg_root
-            if d.is_dir():
-                for sub in sorted(d.rglob("*"), key=lambda p: len(str(p)), reverse=True):
-                    if sub.is_dir():
-                        sub.rmdir()
-                d.rmdir()
 
 
 def test_concurrent_pod_rounds_leave_nothing_behind(loaded, registry):

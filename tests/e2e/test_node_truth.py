@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import queue
 import secrets
-import shutil
 import subprocess
 import threading
 import time
@@ -21,7 +20,8 @@ import pytest
 from sycri.api import api_pb2
 
 from tests.support import oci
-from tests.support.pods import PodNet, pod_config, unmount_all
+from tests.support.node import served
+from tests.support.pods import pod_config
 from tests.support.server import SycriServer
 
 pytestmark = pytest.mark.root
@@ -31,24 +31,9 @@ MiB = 1024 * 1024
 
 @pytest.fixture
 def node() -> Iterator[SycriServer]:
-    net = PodNet.new()
     base = Path("/tmp") / f"synt-{secrets.token_hex(4)}"  # short: conmon socket paths
-    server = SycriServer(base, flags=net.flags())
-    server.start()
-    try:
+    with served(base, forgiving=True) as (server, _net):
         yield server
-    finally:
-        rt = server.runtime()
-        try:
-            for pod in rt.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items:
-                rt.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod.id))
-                rt.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod.id))
-        except grpc.RpcError:
-            pass
-        server.stop()
-        unmount_all(base)
-        net.cleanup()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 class EventLog:

@@ -22,7 +22,6 @@ import json
 import os
 import random
 import secrets
-import shutil
 import signal
 import subprocess
 import threading
@@ -38,7 +37,8 @@ from sycri.api import api_pb2
 
 from tests.support import oci, spdy_client
 from tests.support.load import leftovers
-from tests.support.pods import PodNet, pod_config, unmount_all
+from tests.support.node import served
+from tests.support.pods import PodNet, pod_config
 from tests.support.server import SycriServer
 
 pytestmark = pytest.mark.root
@@ -110,37 +110,20 @@ class Node:
 
 @pytest.fixture
 def node(registry) -> Iterator[Node]:
-    net = PodNet.new()
     base = Path("/tmp") / f"sycp-{secrets.token_hex(4)}"  # short: conmon socket paths
     cg_root = f"sycri-crash-{secrets.token_hex(4)}"
-    server = SycriServer(base, flags=net.flags())
-    server.start()
-    repo = "crash/" + secrets.token_hex(4)
-    oci.push(registry, repo, "v1", oci.busybox_image(entrypoint=["/bin/sh", "-c"]))
-    image = f"{registry.host}/{repo}:v1"
-    server.images().PullImage(R.PullImageRequest(image=R.ImageSpec(image=image)))
-    try:
-        yield Node(server, net, cg_root, image, registry)
-    finally:
-        if server.proc is None or server.proc.poll() is not None:
-            server.stop()
-            server.env = {}
-            server.start()
-        rt = server.runtime()
-        for pod in rt.ListPodSandbox(R.ListPodSandboxRequest()).items:
-            rt.StopPodSandbox(R.StopPodSandboxRequest(pod_sandbox_id=pod.id))
-            rt.RemovePodSandbox(R.RemovePodSandboxRequest(pod_sandbox_id=pod.id))
-        server.stop()
-        unmount_all(base)
-        net.cleanup()
-        shutil.rmtree(base, ignore_errors=True)
-        for top in Path("/sys/fs/cgroup").iterdir():
-            d = top / cg_root
-            if d.is_dir():
-                for sub in sorted(d.rglob("*"), key=lambda p: len(str(p)), reverse=True):
-                    if sub.is_dir():
-                        sub.rmdir()
-                d.rmdir()
+    with served(base, cgroup_root=cg_root) as (server, net):
+        repo = "crash/" + secrets.token_hex(4)
+        oci.push(registry, repo, "v1", oci.busybox_image(entrypoint=["/bin/sh", "-c"]))
+        image = f"{registry.host}/{repo}:v1"
+        server.images().PullImage(R.PullImageRequest(image=R.ImageSpec(image=image)))
+        try:
+            yield Node(server, net, cg_root, image, registry)
+        finally:
+            if server.proc is None or server.proc.poll() is not None:
+                server.stop()
+                server.env = {}
+                server.start()
 
 
 def holders(node: Node) -> int:

@@ -9,7 +9,6 @@ creates, every container either fully there or fully gone, with nothing leaked.
 from __future__ import annotations
 
 import secrets
-import shutil
 import signal
 import threading
 import time
@@ -22,7 +21,8 @@ from sycri.api import api_pb2
 
 from tests.support import oci
 from tests.support.load import leftovers
-from tests.support.pods import PodNet, pod_config, unmount_all
+from tests.support.node import served
+from tests.support.pods import PodNet, pod_config
 from tests.support.server import SycriServer
 
 pytestmark = pytest.mark.root
@@ -30,32 +30,15 @@ pytestmark = pytest.mark.root
 
 @pytest.fixture
 def node() -> Iterator[tuple[SycriServer, PodNet, str]]:
-    net = PodNet.new()
     base = Path("/tmp") / f"synr-{secrets.token_hex(4)}"
     cg_root = f"sycri-rst-{secrets.token_hex(4)}"
-    server = SycriServer(base, flags=net.flags())
-    server.start()
-    try:
-        yield server, net, cg_root
-    finally:
-        if server.proc is None or server.proc.poll() is not None:
-            server.stop()
-            server.start()
-        rt = server.runtime()
-        for pod in rt.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items:
-            rt.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod.id))
-            rt.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod.id))
-        server.stop()
-        unmount_all(base)
-        net.cleanup()
-        shutil.rmtree(base, ignore_errors=True)
-        for top in Path("/sys/fs/cgroup").iterdir():
-            d = top / cg_root
-            if d.is_dir():
-                for sub in sorted(d.rglob("*"), key=lambda p: len(str(p)), reverse=True):
-                    if sub.is_dir():
-                        sub.rmdir()
-                d.rmdir()
+    with served(base, cgroup_root=cg_root) as (server, net):
+        try:
+            yield server, net, cg_root
+        finally:
+            if server.proc is None or server.proc.poll() is not None:
+                server.stop()
+                server.start()
 
 
 def pull(server: SycriServer, registry) -> str:

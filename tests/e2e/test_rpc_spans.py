@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import time
-from pathlib import Path
 
 import grpc
 import pytest
 from opentelemetry.trace import SpanKind, StatusCode
-from sycri import command, config, server
+from sycri import command
 from sycri.api import api_pb2, api_pb2_grpc
-from sycri.cri.service import Dispatcher
-from sycri.observability import telemetry, tracing
+from sycri.observability import tracing
 
-from tests.support.telemetry import memory_tracing
+from tests.support.telemetry import serve_traced
 
 TRACE_ID = secrets.token_hex(16)
 PARENT_ID = secrets.token_hex(8)
@@ -42,36 +39,6 @@ async def failing(node, request):
     raise NotFound(f"image {request.image.image!r} not found")
 
 
-async def run_server(tmp_path: Path, handlers: dict, body):
-    provider, exporter = memory_tracing()
-    exporter.clear()
-    cfg = config.build(
-        {"socket": str(tmp_path / "s.sock"), "root_dir": str(tmp_path / "root"),
-         "run_dir": str(tmp_path / "run"), "metrics_address": ""}
-    )  # fmt: skip
-    node = server.assemble(cfg)
-    wiring = telemetry.Telemetry(metrics_server=None, tracer_provider=provider)  # as serve() does
-    dispatcher = Dispatcher(node, {**server.handlers(), **handlers}, wiring.rpc_observers)
-    srv = grpc.aio.server(interceptors=wiring.interceptors)
-    srv.add_generic_rpc_handlers(dispatcher.generic_handlers())
-    srv.add_insecure_port(f"unix:{cfg.socket}")
-    await srv.start()
-    try:
-        async with grpc.aio.insecure_channel(f"unix:{cfg.socket}") as ch:
-            await body(ch)
-    finally:
-        await srv.stop(5)  # grace: let handlers finish so their spans end
-    # A client has its answer as soon as the status is sent; the handler's span ends
-    # a moment later. Wait for the one server span of the RPC.
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        spans = exporter.get_finished_spans()
-        if any(s.kind == SpanKind.SERVER for s in spans):
-            break
-        await asyncio.sleep(0.01)
-    return exporter.get_finished_spans()
-
-
 @pytest.fixture
 def trace_md():
     return (("traceparent", TRACEPARENT),)
@@ -83,7 +50,7 @@ def test_server_span_is_a_child_of_the_incoming_traceparent(tmp_path, trace_md):
             api_pb2.VersionRequest(), metadata=trace_md
         )
 
-    spans = asyncio.run(run_server(tmp_path, {}, body))
+    spans = asyncio.run(serve_traced(tmp_path, body))
     (sp,) = [s for s in spans if s.name == "/runtime.v1.RuntimeService/Version"]
     assert sp.kind == SpanKind.SERVER
     assert format(sp.context.trace_id, "032x") == TRACE_ID
@@ -100,7 +67,7 @@ def test_kubelets_decision_not_to_sample_is_followed(tmp_path):
         await stub.Version(api_pb2.VersionRequest(), metadata=unsampled)
         await stub.Status(api_pb2.StatusRequest())  # sampled: proves spans still flow
 
-    spans = asyncio.run(run_server(tmp_path, {}, body))
+    spans = asyncio.run(serve_traced(tmp_path, body))
     assert [s.name for s in spans if s.kind == SpanKind.SERVER] == [
         "/runtime.v1.RuntimeService/Status"
     ]
@@ -110,7 +77,7 @@ def test_without_traceparent_the_server_span_is_a_root(tmp_path):
     async def body(ch):
         await api_pb2_grpc.RuntimeServiceStub(ch).Version(api_pb2.VersionRequest())
 
-    (sp,) = asyncio.run(run_server(tmp_path, {}, body))
+    (sp,) = asyncio.run(serve_traced(tmp_path, body))
     assert sp.parent is None
 
 
@@ -120,7 +87,7 @@ def test_pull_span_tree_has_steps_and_commands_below_the_server_span(tmp_path, t
             api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image="busybox")), metadata=trace_md
         )
 
-    spans = asyncio.run(run_server(tmp_path, {"PullImage": pull_like}, body))
+    spans = asyncio.run(serve_traced(tmp_path, body, handlers={"PullImage": pull_like}))
     by_name = {s.name: s for s in spans}
     root = by_name["/runtime.v1.ImageService/PullImage"]
     assert format(root.parent.span_id, "016x") == PARENT_ID
@@ -141,7 +108,7 @@ def test_a_failed_rpc_has_an_error_span_with_code_and_message(tmp_path, trace_md
             )
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
-    spans = asyncio.run(run_server(tmp_path, {"ImageStatus": failing}, body))
+    spans = asyncio.run(serve_traced(tmp_path, body, handlers={"ImageStatus": failing}))
     (sp,) = [s for s in spans if s.name.endswith("/ImageStatus")]
     assert sp.attributes["rpc.grpc.status_code"] == grpc.StatusCode.NOT_FOUND.value[0]
     (event,) = [
@@ -163,7 +130,7 @@ def test_a_server_fault_is_an_error_span(tmp_path, trace_md):
             )
         assert err.value.code() == grpc.StatusCode.INTERNAL
 
-    spans = asyncio.run(run_server(tmp_path, {"ListImages": crash}, body))
+    spans = asyncio.run(serve_traced(tmp_path, body, handlers={"ListImages": crash}))
     (sp,) = [s for s in spans if s.name.endswith("/ListImages")]
     assert sp.status.status_code == StatusCode.ERROR
     assert "store index corrupt" in sp.status.description
@@ -178,7 +145,7 @@ def test_unimplemented_rpcs_are_error_spans(tmp_path, trace_md):
             )
         assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
-    spans = asyncio.run(run_server(tmp_path, {}, body))
+    spans = asyncio.run(serve_traced(tmp_path, body))
     (sp,) = [s for s in spans if s.name.endswith("/CheckpointContainer")]
     assert sp.status.status_code == StatusCode.ERROR
     assert sp.attributes["rpc.grpc.status_code"] == grpc.StatusCode.UNIMPLEMENTED.value[0]

@@ -9,54 +9,23 @@ from __future__ import annotations
 import asyncio
 import secrets
 import shutil
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
 import pytest
 from opentelemetry.trace import SpanKind
-from sycri import config, server
+from sycri import config
 from sycri.api import api_pb2, api_pb2_grpc
-from sycri.cri.service import Dispatcher
 from sycri.k8s.agent import REASON_CONVERT, REASON_PULL, NodeAgent
-from sycri.observability import telemetry
 
 from tests.support import oci, workload
 from tests.support.kubeapi import KubeAPI
 from tests.support.pods import PodNet, pod_config, unmount_all
-from tests.support.telemetry import memory_tracing
+from tests.support.telemetry import serve_traced
 
 TRACE_ID = secrets.token_hex(16)
 PARENT_ID = secrets.token_hex(8)
 KUBELET = (("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-01"),)
-
-
-async def _serve(base: Path, flat: dict, body: Callable[[grpc.aio.Channel], Awaitable], agent=None):
-    """sycri's node and gRPC server in this event loop; the spans of what ``body`` did."""
-    provider, exporter = memory_tracing()
-    exporter.clear()
-    cfg = config.build(
-        {"socket": str(base / "s.sock"), "root_dir": str(base / "root"),
-         "run_dir": str(base / "run"), "pod_log_dir": str(base / "pods"),
-         "metrics_address": "", **flat}
-    )  # fmt: skip
-    node = server.assemble(cfg)
-    if agent is not None:
-        node.node_agent = agent
-    wiring = telemetry.Telemetry(metrics_server=None, tracer_provider=provider)
-    srv = grpc.aio.server(interceptors=wiring.interceptors)
-    srv.add_generic_rpc_handlers(
-        Dispatcher(node, server.handlers(), wiring.rpc_observers).generic_handlers()
-    )
-    srv.add_insecure_port(f"unix:{cfg.socket}")
-    await srv.start()
-    try:
-        async with grpc.aio.insecure_channel(f"unix:{cfg.socket}") as ch:
-            await body(ch)
-    finally:
-        await srv.stop(5)
-        node.images.close()
-    return exporter.get_finished_spans()
 
 
 class Tree:
@@ -109,7 +78,7 @@ def test_pull_image_span_tree(registry, tmp_path):
             api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=ref)), metadata=KUBELET
         )
 
-    t = Tree(asyncio.run(_serve(tmp_path, {}, body)))
+    t = Tree(asyncio.run(serve_traced(tmp_path, body)))
     rpc = _rpc(t, "/runtime.v1.ImageService/PullImage")
     pull = t.one("image.pull")
     assert t.parent(pull) is rpc
@@ -172,7 +141,7 @@ def test_pod_and_container_span_trees(registry, tmp_path):
             await rt.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod))
 
     try:
-        t = Tree(asyncio.run(_serve(base, flat, body)))
+        t = Tree(asyncio.run(serve_traced(base, body, flat=flat)))
     finally:
         unmount_all(base)
         net.cleanup()
@@ -236,7 +205,7 @@ def test_failed_pulls_and_conversions_become_events_on_the_pod(registry, tmp_pat
             codes[image] = err.value.code()
 
     try:
-        asyncio.run(_serve(tmp_path / "node", {}, body, agent=agent))
+        asyncio.run(serve_traced(tmp_path / "node", body, agent=agent))
         assert api.wait_for(lambda s: len(s.events) == 2, timeout=15), api.events
     finally:
         agent.close()

@@ -19,7 +19,14 @@ from sycri.errors import DeadlineExceeded, Internal, InvalidArgument, NotFound
 from sycri.runtime import rootfs
 from sycri.runtime.containers import Containers, SandboxInfo
 
-from tests.support.containers import IMAGE_CONFIG, Pods, StaticImages, containers, squashfs_image
+from tests.support.containers import (
+    IMAGE_CONFIG,
+    Pods,
+    StaticImages,
+    containers,
+    squashfs_image,
+    with_fields,
+)
 
 pytestmark = pytest.mark.root
 
@@ -46,16 +53,7 @@ class Env:
             args=args,
             log_path=f"{name}/0.log",
         )
-        for k, v in kw.items():
-            if k == "sc":
-                cfg.linux.security_context.CopyFrom(v)
-            elif k == "res":
-                cfg.linux.resources.CopyFrom(v)
-            elif isinstance(v, list):
-                getattr(cfg, k).extend(v)
-            else:
-                setattr(cfg, k, v)
-        return cfg
+        return with_fields(cfg, **kw)
 
     def create(self, cfg: api_pb2.ContainerConfig) -> str:
         return self.run(self.ctrs.create(self.pod.id, cfg, self.pod.config))

@@ -24,6 +24,7 @@ from websocket import WebSocketConnectionClosedException
 
 from tests.support import spdy_client, streaming_env
 from tests.support.streaming_env import FixedTargets, ServerThread
+from tests.support.tls import self_signed
 
 pytestmark = pytest.mark.root
 
@@ -394,44 +395,11 @@ def test_attach_without_conmon_is_an_error(env):
     assert "attach socket" in status["message"]
 
 
-def _self_signed(tmp) -> tuple[str, str]:
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp / "tls.crt", tmp / "tls.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return str(cert_path), str(key_path)
-
-
 def test_tls_streaming(env, tmp_path):
     import ssl
 
     server, _ = env
-    cert, key = _self_signed(tmp_path)
+    cert, key = map(str, self_signed(tmp_path / "tls.crt", tmp_path / "tls.key"))
     tls = ServerThread(StreamingConfig(tls_cert=cert, tls_key=key), server.server.targets)
     try:
         url = tls.url(ExecRequest("plain", ("echo", "secret")))

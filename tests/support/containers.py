@@ -160,5 +160,20 @@ def containers(base: Path, images: StaticImages, pods: Pods) -> Containers:
     )
 
 
+def with_fields(cfg: api_pb2.ContainerConfig, **kw) -> api_pb2.ContainerConfig:
+    """``cfg`` with fields set from keywords: ``sc`` is the Linux security context, ``res``
+    the Linux resources, a list extends a repeated field, anything else is set."""
+    for k, v in kw.items():
+        if k == "sc":
+            cfg.linux.security_context.CopyFrom(v)
+        elif k == "res":
+            cfg.linux.resources.CopyFrom(v)
+        elif isinstance(v, list):
+            getattr(cfg, k).extend(v)
+        else:
+            setattr(cfg, k, v)
+    return cfg
+
+
 def dump(obj: object) -> str:
     return json.dumps(obj, indent=1, default=str)

@@ -10,8 +10,6 @@ Created events are validated against the Kubernetes OpenAPI schema.
 from __future__ import annotations
 
 import copy
-import datetime
-import ipaddress
 import json
 import re
 import ssl
@@ -22,10 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+
+from tests.support.tls import self_signed
 
 MERGE_PATCH = "application/merge-patch+json"
 KUBE_VERSION = "1.31.0"
@@ -120,33 +116,8 @@ class KubeAPI:
 
     def start(self) -> KubeAPI:
         self.base.mkdir(parents=True, exist_ok=True)
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver-test")])
-        now = datetime.datetime.now(datetime.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(
-                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False,
-            )
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256())
-        )
-        self.ca_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         key_path = self.base / "server.key"
-        key_path.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
+        self_signed(self.ca_path, key_path, common_name="kube-apiserver-test", ca=True)
         self.token_path.write_text(self.token)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(self.ca_path, key_path)

@@ -26,6 +26,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support.tls import self_signed
+
 BINARY = "/usr/bin/docker-registry"
 _NO_VERIFY = __import__("ssl")._create_unverified_context()
 SERVICE = "sycri-test-registry"
@@ -215,44 +217,6 @@ def _htpasswd(user: str, password: str) -> str:
     return f"{user}:{crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=1 << 4))}\n"
 
 
-def _tls_files(workdir: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 and its key."""
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    crt, pem = workdir / "tls.crt", workdir / "tls.key"
-    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    pem.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return crt, pem
-
-
 def start(workdir: Path, auth: str = "", tls: bool = False) -> Registry:
     """Start a registry; raises (never skips) when the binary is missing or it fails."""
     if not os.access(BINARY, os.X_OK):
@@ -266,7 +230,7 @@ def start(workdir: Path, auth: str = "", tls: bool = False) -> Registry:
         f"storage: {{filesystem: {{rootdirectory: {reg.storage}}}, delete: {{enabled: true}}}}",
     ]
     if tls:
-        crt, pem = _tls_files(workdir)
+        crt, pem = self_signed(workdir / "tls.crt", workdir / "tls.key")
         conf.append(f"http: {{addr: {reg.host}, tls: {{certificate: {crt}, key: {pem}}}}}")
         reg.scheme = "https"
     else:

@@ -17,7 +17,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -366,3 +366,54 @@ def memory_tracing():
         assert trace.get_tracer_provider() is provider, "another tracer provider was installed"
         _memory = (provider, exporter)
     return _memory
+
+
+async def serve_traced(
+    base: Path,
+    body: Callable[[grpc.aio.Channel], Awaitable],
+    *,
+    flat: dict | None = None,
+    handlers: dict | None = None,
+    agent=None,
+) -> list:
+    """sycri's node and gRPC server in this event loop, wired as ``serve()`` wires them,
+    with spans kept in memory: the finished spans of what ``body`` did over a channel.
+
+    ``flat`` adds config settings, ``handlers`` replace RPC handlers, ``agent`` stands in
+    for the node agent. A client has its answer as soon as the status is sent and the
+    handler's span ends a moment later, so this waits (up to 5 s) for a server span."""
+    import asyncio
+
+    from opentelemetry.trace import SpanKind
+    from sycri import config, server
+    from sycri.cri.service import Dispatcher
+    from sycri.observability import telemetry
+
+    provider, exporter = memory_tracing()
+    exporter.clear()
+    cfg = config.build(
+        {"socket": str(base / "s.sock"), "root_dir": str(base / "root"),
+         "run_dir": str(base / "run"), "pod_log_dir": str(base / "pods"),
+         "metrics_address": "", **(flat or {})}
+    )  # fmt: skip
+    node = server.assemble(cfg)
+    if agent is not None:
+        node.node_agent = agent
+    wiring = telemetry.Telemetry(metrics_server=None, tracer_provider=provider)
+    dispatcher = Dispatcher(node, {**server.handlers(), **(handlers or {})}, wiring.rpc_observers)
+    srv = grpc.aio.server(interceptors=wiring.interceptors)
+    srv.add_generic_rpc_handlers(dispatcher.generic_handlers())
+    srv.add_insecure_port(f"unix:{cfg.socket}")
+    await srv.start()
+    try:
+        async with grpc.aio.insecure_channel(f"unix:{cfg.socket}") as ch:
+            await body(ch)
+    finally:
+        await srv.stop(5)  # grace: let handlers finish so their spans end
+        node.images.close()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if any(s.kind == SpanKind.SERVER for s in exporter.get_finished_spans()):
+            break
+        await asyncio.sleep(0.01)
+    return exporter.get_finished_spans()

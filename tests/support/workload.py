@@ -9,19 +9,18 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import signal
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 from sycri.api import api_pb2
 
 from tests.support import oci
-from tests.support.pods import PodNet, pod_config, unmount_all
+from tests.support.node import served
+from tests.support.pods import PodNet, pod_config
 from tests.support.server import SycriServer
 
 OOM_LIMIT = 24 * 1024 * 1024
@@ -31,23 +30,9 @@ OOM_LIMIT = 24 * 1024 * 1024
 def node(flags: list[str] = (), env: dict[str, str] | None = None) -> Iterator[Node]:
     """A live sycri with its own bridge and subnet; pods removed and everything unmounted
     afterwards, even when the test fails."""
-    net = PodNet.new()
     base = Path("/tmp") / f"syobs-{secrets.token_hex(4)}"  # short: conmon socket paths
-    server = SycriServer(base, flags=[*net.flags(), *flags], env=env or {})
-    try:
-        server.start()
+    with served(base, flags=flags, env=env, forgiving=True) as (server, net):
         yield Node(server, net)
-    finally:
-        if server.proc is not None and server.proc.poll() is None:
-            with suppress(grpc.RpcError):
-                rt = server.runtime()
-                for pod in rt.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items:
-                    rt.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod.id))
-                    rt.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod.id))
-        server.stop()
-        unmount_all(base)
-        net.cleanup()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def two_layer_image(extra: str) -> oci.Image:

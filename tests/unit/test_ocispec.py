@@ -10,6 +10,8 @@ from sycri.errors import InvalidArgument
 from sycri.runtime import cdi, hostfacts, ocispec, users
 from sycri.runtime.ocispec import DeviceNode, HostFacts, ImageConfig, Sandbox, SpecInput
 
+from tests.support.containers import with_fields
+
 PASSWD = """root:x:0:0:root:/root:/bin/sh
 alice:x:1000:1000:Alice:/home/alice:/bin/sh
 bob:x:1001:1001::/home/bob:/bin/sh
@@ -52,16 +54,7 @@ def config(**kw) -> api_pb2.ContainerConfig:
     cfg = api_pb2.ContainerConfig(
         metadata=api_pb2.ContainerMetadata(name="c"), image=api_pb2.ImageSpec(image="img")
     )
-    for k, v in kw.items():
-        if k == "sc":
-            cfg.linux.security_context.CopyFrom(v)
-        elif k == "res":
-            cfg.linux.resources.CopyFrom(v)
-        elif isinstance(v, list):
-            getattr(cfg, k).extend(v)
-        else:
-            setattr(cfg, k, v)
-    return cfg
+    return with_fields(cfg, **kw)
 
 
 def build(cfg=None, pod=POD, image=IMAGE, host=None, settings=None, **kw) -> dict:

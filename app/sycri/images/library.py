@@ -59,12 +59,20 @@ class LibraryClient:
         self.on_bytes = on_bytes or (lambda n: None)  # told of every SIF byte received
 
     @contextlib.asynccontextmanager
-    async def _get(self, url: str, **kw) -> AsyncIterator[aiohttp.ClientResponse]:
-        """``session.get`` in a ``registry.request`` span (the token is a header, not in the URL)."""
+    async def _get(
+        self, url: str, params: dict[str, str], timeout: aiohttp.ClientTimeout | None = None
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """``session.get`` with the token, in a ``registry.request`` span (the token is a
+        header, not in the URL). Unless ``timeout`` says otherwise the whole exchange gets
+        the progress timeout: the answers are small."""
+        if timeout is None:
+            timeout = aiohttp.ClientTimeout(total=self.progress_timeout)
         with tracing.span(
             "registry.request", **{"http.request.method": "GET", "url.full": url}
         ) as sp:
-            async with self.session.get(url, **kw) as r:
+            async with self.session.get(
+                url, params=params, headers=self._headers(), timeout=timeout
+            ) as r:
                 sp.set_attribute("http.response.status_code", r.status)
                 yield r
 
@@ -89,12 +97,7 @@ class LibraryClient:
 
     async def _json(self, url: str, what: str, params: dict[str, str]) -> dict:
         try:
-            async with self._get(
-                url,
-                params=params,
-                headers=self._headers(),
-                timeout=aiohttp.ClientTimeout(total=self.progress_timeout),
-            ) as r:
+            async with self._get(url, params) as r:
                 self._check(r.status, what)
                 body = await r.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -110,12 +113,7 @@ class LibraryClient:
         url = f"{self.base}/v1/oci-redirect"
         params = {"namespace": ref.repository, "mapped": "1", "accessTypes": "pull"}
         try:
-            async with self._get(
-                url,
-                params=params,
-                headers=self._headers(),
-                timeout=aiohttp.ClientTimeout(total=self.progress_timeout),
-            ) as r:
+            async with self._get(url, params) as r:
                 if r.status in (404, 405, 501):
                     return None
                 self._check(r.status, f"library {ref.repository}")
@@ -146,9 +144,8 @@ class LibraryClient:
         try:
             async with self._get(
                 f"{self.base}/v1/imagefile/{path}",
-                params={"arch": arch},
-                headers=self._headers(),
-                timeout=aiohttp.ClientTimeout(total=None, sock_read=self.progress_timeout),
+                {"arch": arch},
+                aiohttp.ClientTimeout(total=None, sock_read=self.progress_timeout),
             ) as r:
                 self._check(r.status, what)
                 fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

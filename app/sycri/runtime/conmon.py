@@ -28,6 +28,7 @@ from pathlib import Path
 
 from sycri.errors import DeadlineExceeded, Internal
 from sycri.observability import metrics, tracing
+from sycri.runtime import procfs
 
 log = logging.getLogger("sycri.conmon")
 
@@ -200,19 +201,12 @@ def monitors(exit_dir: Path) -> dict[str, int]:
     """
     want = str(exit_dir).encode()
     found: dict[str, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                args = f.read().split(b"\0")
-        except OSError:
-            continue
+    for pid, args in procfs.fields("cmdline"):
         if not args or not args[0].endswith(b"conmon"):
             continue
         opts = dict(itertools.pairwise(args))
         if opts.get(b"--exit-dir") == want and b"--cid" in opts:
-            found[opts[b"--cid"].decode(errors="replace")] = int(entry)
+            found[opts[b"--cid"].decode(errors="replace")] = pid
     return found
 
 

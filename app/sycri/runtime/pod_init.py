@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sycri.errors import Internal
+from sycri.runtime import procfs
 
 log = logging.getLogger("sycri.pod_init")
 
@@ -133,18 +134,7 @@ def marked(owner: str) -> list[int]:
     if not owner:
         return []
     needle = f"{MARK}={owner}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                env = f.read().split(b"\0")
-        except OSError:
-            continue
-        if needle in env:
-            found.append(int(entry))
-    return found
+    return [pid for pid, env in procfs.fields("environ") if needle in env]
 
 
 async def kill_marked(owner: str) -> None:

@@ -17,6 +17,16 @@ from typing import Protocol
 _INBOX_DEPTH = 64  # chunks buffered per stream before the connection's reader waits
 
 
+async def send_frame(writer: asyncio.StreamWriter, lock: asyncio.Lock, frame: bytes) -> None:
+    """Write one whole frame of either protocol; ``lock`` keeps the frames of concurrent
+    senders on one connection from interleaving."""
+    async with lock:
+        if writer.is_closing():
+            raise ConnectionResetError("connection closed")
+        writer.write(frame)
+        await writer.drain()
+
+
 class Inbox:
     """Bytes arriving from the client on one stream; ``read()`` returns b"" at EOF.
 

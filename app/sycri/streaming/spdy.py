@@ -17,7 +17,7 @@ import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from sycri.streaming.channel import Inbox
+from sycri.streaming.channel import Inbox, send_frame
 
 log = logging.getLogger("sycri.streaming.spdy")
 
@@ -230,11 +230,7 @@ class Connection:
         self.going_away = False
 
     async def send(self, frame: bytes) -> None:
-        async with self._lock:
-            if self.writer.is_closing():
-                raise ConnectionResetError("connection closed")
-            self.writer.write(frame)
-            await self.writer.drain()
+        await send_frame(self.writer, self._lock, frame)
         self._touch()
 
     async def serve(self) -> None:

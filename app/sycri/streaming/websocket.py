@@ -15,6 +15,8 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sycri.streaming.channel import send_frame
+
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 MAX_MESSAGE = 16 * 1024 * 1024
@@ -110,11 +112,7 @@ class WebSocket:
         self.closed = False
 
     async def _send(self, frame: bytes) -> None:
-        async with self._lock:
-            if self.writer.is_closing():
-                raise ConnectionResetError("connection closed")
-            self.writer.write(frame)
-            await self.writer.drain()
+        await send_frame(self.writer, self._lock, frame)
         self._touch()
 
     async def send(self, data: bytes) -> None:
