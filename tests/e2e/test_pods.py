@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import secrets
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -155,3 +158,98 @@ def test_host_network_pod_has_no_pod_ip(node):
     assert st.linux.namespaces.options.network == api_pb2.NODE
     assert st.network.ip == ""
     rt.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+
+
+def _pod_limits(parent: str) -> tuple[int, int]:
+    """(memory limit, cpu quota) of the pod cgroup as the kernel has them; -1 = none."""
+    rel = parent.strip("/")
+    if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):  # cgroup v2
+        base = Path("/sys/fs/cgroup") / rel
+        mem = (base / "memory.max").read_text().strip()
+        quota = (base / "cpu.max").read_text().split()[0]
+        return (-1 if mem == "max" else int(mem), -1 if quota == "max" else int(quota))
+    mem = int((Path("/sys/fs/cgroup/memory") / rel / "memory.limit_in_bytes").read_text())
+    quota = int((Path("/sys/fs/cgroup/cpu") / rel / "cpu.cfs_quota_us").read_text())
+    return (-1 if mem >= 2**62 else mem, quota)
+
+
+def _resources(memory: int, quota: int) -> api_pb2.LinuxContainerResources:
+    return api_pb2.LinuxContainerResources(
+        memory_limit_in_bytes=memory, cpu_quota=quota, cpu_period=100000, cpu_shares=512
+    )
+
+
+def test_update_pod_sandbox_resources_resizes_the_pod_cgroup(node):
+    server, _ = node
+    rt = server.runtime()
+    top = f"sycri-resize-{secrets.token_hex(4)}"
+    parent = f"/{top}/pod-a"
+    try:
+        cfg = pod_config("resize", cgroup_parent=parent)
+        cfg.linux.resources.CopyFrom(_resources(256 << 20, 50000))
+        cfg.linux.overhead.CopyFrom(api_pb2.LinuxContainerResources(memory_limit_in_bytes=64 << 20))
+        pod_id = rt.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=cfg)).pod_sandbox_id
+        assert _pod_limits(parent) == (320 << 20, 50000)
+
+        # kubelet resized the pod in place: new limits, overhead still added.
+        rt.UpdatePodSandboxResources(
+            api_pb2.UpdatePodSandboxResourcesRequest(
+                pod_sandbox_id=pod_id,
+                resources=_resources(512 << 20, 80000),
+                overhead=api_pb2.LinuxContainerResources(
+                    memory_limit_in_bytes=32 << 20, cpu_quota=5000
+                ),
+            )
+        )
+        assert _pod_limits(parent) == (544 << 20, 85000)
+
+        def recorded() -> dict:
+            req = api_pb2.PodSandboxStatusRequest(pod_sandbox_id=pod_id, verbose=True)
+            return json.loads(rt.PodSandboxStatus(req).info["info"])["resources"]
+
+        assert (recorded()["memory"], recorded()["cpu_quota"]) == (544 << 20, 85000)
+        # The record survives a crash of sycri.
+        server.signal(signal.SIGKILL)
+        server.wait()
+        server.start()
+        rt = server.runtime()
+        assert (recorded()["memory"], recorded()["cpu_quota"]) == (544 << 20, 85000)
+
+        # Lifting the limits (a prefix id, overhead kept) leaves the cgroup unlimited.
+        rt.UpdatePodSandboxResources(
+            api_pb2.UpdatePodSandboxResourcesRequest(
+                pod_sandbox_id=pod_id[:12], resources=_resources(0, 0)
+            )
+        )
+        assert _pod_limits(parent) == (-1, -1)
+        assert recorded()["memory"] == 0
+
+        missing = api_pb2.UpdatePodSandboxResourcesRequest(
+            pod_sandbox_id="f" * 64, resources=_resources(1 << 30, 0)
+        )
+        assert _code(lambda: rt.UpdatePodSandboxResources(missing)) == grpc.StatusCode.NOT_FOUND
+        empty = api_pb2.UpdatePodSandboxResourcesRequest(resources=_resources(1 << 30, 0))
+        assert (
+            _code(lambda: rt.UpdatePodSandboxResources(empty)) == grpc.StatusCode.INVALID_ARGUMENT
+        )
+        assert _pod_limits(parent) == (-1, -1)  # the failed calls changed nothing
+
+        rt.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+        assert not any(Path(d).exists() for d in _cgroup_dirs(top))
+    finally:
+        for d in sorted(_cgroup_dirs(top), key=len, reverse=True):
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
+
+
+def _cgroup_dirs(top: str) -> list[str]:
+    """Every directory of the test's cgroup tree, deepest last, in every hierarchy."""
+    out = []
+    for root, dirs, _ in os.walk("/sys/fs/cgroup"):
+        if os.path.basename(root) == top:
+            out.append(root)
+            out.extend(os.path.join(root, d) for d in dirs)
+            dirs.clear()
+        elif root.count("/") > 4:
+            dirs.clear()
+    return out

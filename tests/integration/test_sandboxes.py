@@ -19,6 +19,7 @@ from sycri.api import api_pb2
 from sycri.config import CniConfig, Config
 from sycri.errors import AlreadyExists, InvalidArgument, NotFound
 from sycri.network import cni
+from sycri.runtime import cgroups
 from sycri.runtime.sandbox import NOTREADY, READY
 from sycri.runtime.sandbox_manager import SandboxManager
 
@@ -338,6 +339,30 @@ def test_pod_cgroup_with_resources_and_overhead(env: Env):
     assert str(sb.init_pid) in (mem / "cgroup.procs").read_text().split()
     env.call(env.manager.remove(sb.id))
     assert not mem.parent.exists() and not cpu.parent.exists()
+
+
+def test_resize_leaves_a_cgroup_sycri_did_not_make_to_its_owner(env: Env):
+    # kubelet made (and sizes) the pod cgroup: as RunPodSandbox, a resize only records.
+    top = f"sycri-test-{secrets.token_hex(4)}"
+    mem = Path("/sys/fs/cgroup/memory") / top
+    made = cgroups.PodCgroup.ensure(1, f"/{top}")  # in every hierarchy, as kubelet does
+    try:
+        cfg = pod_config("own", cgroup_parent=f"/{top}")
+        cfg.linux.resources.memory_limit_in_bytes = 256 * 2**20
+        sb = env.run(cfg)
+        before = (mem / "memory.limit_in_bytes").read_text()
+        new = api_pb2.LinuxContainerResources(memory_limit_in_bytes=512 * 2**20)
+        env.call(env.manager.update_resources(sb.id, new, None))
+        assert (mem / "memory.limit_in_bytes").read_text() == before
+        assert env.manager.get(sb.id).config.linux.resources.memory_limit_in_bytes == 512 * 2**20
+        with pytest.raises(NotFound):
+            env.call(env.manager.update_resources("0" * 64, new, None))
+        with pytest.raises(InvalidArgument):
+            env.call(env.manager.update_resources("", new, None))
+        env.call(env.manager.remove(sb.id))
+        assert mem.is_dir()  # not sycri's to remove
+    finally:
+        made.remove()
 
 
 def test_first_config_in_conf_dir_is_used_with_cni_args_and_capabilities(env: Env, tmp_path):

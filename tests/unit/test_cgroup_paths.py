@@ -84,3 +84,33 @@ def test_missing_directories_are_listed_parents_first(tmp_path):
         str(tmp_path / "cpu" / "kubepods" / "pod1"),
         str(tmp_path / "memory" / "kubepods" / "pod1"),
     ]
+
+
+def test_update_files_reset_what_became_unlimited():
+    # A resize may lift a limit: the old value must not stay in the cgroup.
+    limited = cgroups.Limits(cpu_period=100000, cpu_quota=80000, cpu_shares=256, memory=1 << 30)
+    assert cgroups.update_files(1, limited) == cgroups.limit_files(1, limited)
+    assert cgroups.update_files(2, limited) == cgroups.limit_files(2, limited)
+    lifted = cgroups.Limits(cpu_shares=256)
+    assert cgroups.update_files(1, lifted) == {
+        "cpu/cpu.cfs_quota_us": "-1",
+        "cpu/cpu.shares": "256",
+        "memory/memory.limit_in_bytes": "-1",
+    }
+    v2 = cgroups.update_files(2, lifted)
+    assert (v2["cpu.max"], v2["memory.max"]) == ("max 100000", "max")
+
+
+def test_pod_limits_from_a_config_add_the_overhead():
+    from sycri.api import api_pb2
+    from sycri.runtime.sandbox_manager import pod_limits
+
+    cfg = api_pb2.PodSandboxConfig()
+    cfg.linux.resources.memory_limit_in_bytes = 512 << 20
+    cfg.linux.resources.cpu_quota = 80000
+    cfg.linux.resources.cpu_period = 100000
+    cfg.linux.overhead.memory_limit_in_bytes = 32 << 20
+    cfg.linux.overhead.cpu_quota = 5000
+    got = pod_limits(cfg)
+    assert (got.memory, got.cpu_quota, got.cpu_period) == (544 << 20, 85000, 100000)
+    assert cgroups.limit_files(1, got)["memory/memory.limit_in_bytes"] == str(544 << 20)

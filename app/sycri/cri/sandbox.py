@@ -1,9 +1,11 @@
-"""RunPodSandbox, StopPodSandbox, RemovePodSandbox, PodSandboxStatus, ListPodSandbox and
-UpdateRuntimeConfig: proto in, the sandbox manager, proto out."""
+"""RunPodSandbox, StopPodSandbox, RemovePodSandbox, PodSandboxStatus, ListPodSandbox,
+UpdatePodSandboxResources and UpdateRuntimeConfig: proto in, the sandbox manager, proto
+out."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import time
 
@@ -11,7 +13,7 @@ from sycri.api import api_pb2
 from sycri.errors import InvalidArgument, NotFound
 from sycri.node import Node
 from sycri.runtime.sandbox import READY, Sandbox
-from sycri.runtime.sandbox_manager import SandboxManager
+from sycri.runtime.sandbox_manager import SandboxManager, pod_limits
 
 _MODE = {"POD": api_pb2.POD, "CONTAINER": api_pb2.CONTAINER, "NODE": api_pb2.NODE}
 
@@ -88,6 +90,8 @@ def verbose_info(sb: Sandbox) -> dict[str, str]:
         "idMappings": sb.userns_maps,  # uids/gids: [container id, host id, length]
         "cgroupParent": sb.cgroup_parent,
         "cgroupPath": sb.cgroup_path,
+        # Pod resources plus overhead, as last set by RunPodSandbox or a resize.
+        "resources": dataclasses.asdict(pod_limits(sb.config)),
         "files": {
             "hosts": sb.hosts_path,
             "resolvConf": sb.resolv_path,
@@ -146,6 +150,17 @@ async def list_pod_sandbox(
     return api_pb2.ListPodSandboxResponse(items=items)
 
 
+async def update_pod_sandbox_resources(
+    node: Node, request: api_pb2.UpdatePodSandboxResourcesRequest
+) -> api_pb2.UpdatePodSandboxResourcesResponse:
+    await _manager(node).update_resources(
+        request.pod_sandbox_id,
+        request.resources if request.HasField("resources") else None,
+        request.overhead if request.HasField("overhead") else None,
+    )
+    return api_pb2.UpdatePodSandboxResourcesResponse()
+
+
 async def update_runtime_config(
     node: Node, request: api_pb2.UpdateRuntimeConfigRequest
 ) -> api_pb2.UpdateRuntimeConfigResponse:
@@ -159,5 +174,6 @@ RPCS = {
     "RemovePodSandbox": remove_pod_sandbox,
     "PodSandboxStatus": pod_sandbox_status,
     "ListPodSandbox": list_pod_sandbox,
+    "UpdatePodSandboxResources": update_pod_sandbox_resources,
     "UpdateRuntimeConfig": update_runtime_config,
 }

@@ -127,6 +127,23 @@ def limit_files(version: int, limits: Limits) -> dict[str, str]:
     return out
 
 
+def update_files(version: int, limits: Limits) -> dict[str, str]:
+    """Like :func:`limit_files`, for a cgroup that may hold older limits: an unlimited
+    quota or memory is written back as unlimited instead of being left as it was."""
+    out = limit_files(version, limits)
+    if version == 2:
+        if limits.cpu_quota <= 0:
+            out["cpu.max"] = f"max {limits.cpu_period or 100000}"
+        if limits.memory <= 0:
+            out["memory.max"] = "max"
+        return out
+    if limits.cpu_quota <= 0:
+        out["cpu/cpu.cfs_quota_us"] = "-1"
+    if limits.memory <= 0:
+        out["memory/memory.limit_in_bytes"] = "-1"
+    return out
+
+
 @dataclass
 class PodCgroup:
     """The pod's cgroup parent on this host; remembers which directories sycri made."""
@@ -171,9 +188,11 @@ class PodCgroup:
             raise
         return cls(version, rel, created, root)
 
-    def apply(self, limits: Limits) -> None:
+    def apply(self, limits: Limits, *, update: bool = False) -> None:
+        """Write the limits; ``update`` also resets what is now unlimited."""
         base = self.root
-        for rel_file, value in limit_files(self.version, limits).items():
+        files = (update_files if update else limit_files)(self.version, limits)
+        for rel_file, value in files.items():
             if self.version == 2:
                 path = os.path.join(base, self.rel.strip("/"), rel_file)
             else:

@@ -114,6 +114,11 @@ def _resources(res: api_pb2.LinuxContainerResources) -> cgroups.Limits:
     )
 
 
+def pod_limits(cfg: api_pb2.PodSandboxConfig) -> cgroups.Limits:
+    """The pod cgroup's limits: the pod's resources plus its overhead."""
+    return _resources(cfg.linux.resources).plus_overhead(_resources(cfg.linux.overhead))
+
+
 @dataclass
 class SandboxManager:
     """Owns every pod sandbox of this node."""
@@ -255,7 +260,7 @@ class SandboxManager:
             shm_bytes=podfiles.shm_size(dict(cfg.annotations)) if not host_ipc else 0,
             ports=port_mappings(cfg),
             bandwidth=podfiles.bandwidth(dict(cfg.annotations)),
-            limits=_resources(cfg.linux.resources).plus_overhead(_resources(cfg.linux.overhead)),
+            limits=pod_limits(cfg),
         )
         resolv = podfiles.resolv_conf(
             list(cfg.dns_config.servers),
@@ -467,6 +472,53 @@ class SandboxManager:
         except cni.CniError as exc:
             return exc.message
         return "ok"
+
+    # ----- resize -------------------------------------------------------------
+
+    async def update_resources(
+        self,
+        id_or_prefix: str,
+        resources: api_pb2.LinuxContainerResources | None,
+        overhead: api_pb2.LinuxContainerResources | None,
+    ) -> Sandbox:
+        """New pod-level resources after an in-place resize (None keeps the recorded one).
+
+        The limits go to the pod's cgroup only where RunPodSandbox set them: when sycri
+        made the cgroup itself. A cgroup kubelet made is kubelet's to size, so then only
+        the record changes. The record is saved after the cgroup is written, so a failed
+        write (memory below what the pod uses) leaves record and cgroup as they were.
+        """
+        if not id_or_prefix:
+            raise InvalidArgument("UpdatePodSandboxResources needs a pod_sandbox_id")
+        sb = self.get(id_or_prefix)
+        async with self._lock(sb.id):
+            if self.store.find(sb.id) is None or sb.removing:
+                raise NotFound(f"pod sandbox {sb.id} is being removed")
+            cfg = sb.config
+            old = pod_limits(cfg)
+            if resources is not None:
+                cfg.linux.resources.CopyFrom(resources)
+            if overhead is not None:
+                cfg.linux.overhead.CopyFrom(overhead)
+            new = pod_limits(cfg)
+            if self._owns_cgroup(sb) and new != old:
+                pc = cgroups.PodCgroup(sb.cgroup_version, sb.cgroup_path, [])
+                try:
+                    await asyncio.to_thread(pc.apply, new, update=True)
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        await asyncio.to_thread(pc.apply, old, update=True)
+                    raise
+            sb.config_bytes = encode_config(cfg)
+            self.store.save(sb)
+            log.info("pod sandbox %s resources now %s", sb.id[:12], new)
+        return sb
+
+    @staticmethod
+    def _owns_cgroup(sb: Sandbox) -> bool:
+        """Whether sycri made the pod's cgroup (then it also set its limits)."""
+        leaf = sb.cgroup_path.rstrip("/")
+        return bool(leaf) and any(d.rstrip("/").endswith(leaf) for d in sb.cgroup_created)
 
     # ----- stop and remove ----------------------------------------------------
 
