@@ -11,6 +11,7 @@ traces); the rest answer UNIMPLEMENTED naming the RPC.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -120,6 +121,15 @@ class Dispatcher:
             if failed is not None:
                 failed(name, code, exc)
 
+    def _failed(self, name: str, exc: Exception, t0: float) -> tuple[grpc.StatusCode, str]:
+        """Map a handler's exception, log it and tell observers, before the abort sends it."""
+        code, msg = _error_status(exc, name)
+        self._notify_error(name, code, exc)
+        level = logging.ERROR if code == grpc.StatusCode.INTERNAL else logging.WARNING
+        log.log(level, "%s: %s: %s", name, code.name, msg)
+        self._notify_end(name, code, t0)
+        return code, msg
+
     def _notify_end(self, name: str, code: grpc.StatusCode, t0: float) -> None:
         elapsed = time.monotonic() - t0
         for obs in self.observers:
@@ -145,17 +155,8 @@ class Dispatcher:
                 except grpc.aio.AbortError:
                     raise
                 except Exception as exc:
-                    code, msg = _error_status(exc, name)
-                    self._notify_error(name, code, exc)
-                    log.log(
-                        logging.WARNING if code != grpc.StatusCode.INTERNAL else logging.ERROR,
-                        "%s: %s: %s",
-                        name,
-                        code.name,
-                        msg,
-                    )
+                    code, msg = self._failed(name, exc, t0)
                     ended = True
-                    self._notify_end(name, code, t0)
                     await context.abort(code, msg)
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug("%s response: %s", name, _short(response))
@@ -191,10 +192,8 @@ class Dispatcher:
                 except grpc.aio.AbortError:
                     raise
                 except Exception as exc:
-                    code, msg = _error_status(exc, name)
-                    self._notify_error(name, code, exc)
+                    code, msg = self._failed(name, exc, t0)
                     ended = True
-                    self._notify_end(name, code, t0)
                     await context.abort(code, msg)
             except BaseException as exc:
                 if code == grpc.StatusCode.OK:
@@ -208,6 +207,4 @@ class Dispatcher:
 
 
 def _is_cancel(exc: BaseException) -> bool:
-    import asyncio
-
     return isinstance(exc, asyncio.CancelledError | GeneratorExit)
