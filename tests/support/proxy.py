@@ -71,7 +71,8 @@ class SupervisedProxy:
         return int(out[0]) if out else None
 
     def wait_serving(self, timeout: float = 30, not_pid: int | None = None) -> int:
-        """Wait until a proxy (other than ``not_pid``) answers Version; its pid."""
+        """Wait until a proxy (other than ``not_pid``) answers Version itself (its
+        backends' answer, or its own UNAVAILABLE naming one); its pid."""
         deadline = time.monotonic() + timeout
         while True:
             assert self.proc is not None
@@ -85,8 +86,9 @@ class SupervisedProxy:
                             api_pb2.VersionRequest(), timeout=2
                         )
                         return pid
-                    except grpc.RpcError:
-                        pass
+                    except grpc.RpcError as exc:
+                        if "is unavailable:" in (exc.details() or ""):
+                            return pid  # the proxy answered, naming a backend it lacks
             if time.monotonic() > deadline:
                 raise RuntimeError(f"proxy not serving:\n{self.log()}")
             time.sleep(0.1)
