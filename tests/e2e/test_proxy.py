@@ -216,6 +216,42 @@ def test_pods_go_to_their_runtime_and_kubelet_sees_both(cluster, registry, tmp_p
         # sycri's container events reach kubelet through the proxy
         _wait_event(events, c_mine, api_pb2.CONTAINER_STARTED_EVENT)
 
+        # kubelet without RuntimeClassInImageCriApi: ImageStatus (no handler) is answered
+        # by containerd, which has the image, so kubelet skips the pull and names
+        # containerd's image id for a container of sycri's pod: sycri gets it pulled.
+        other = f"{registry.host}/proxy-test/other:1"
+        oci.push(registry, "proxy-test/other", "1", oci.busybox_image(labels={"x": "y"}))
+        c.img.PullImage(
+            api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=other), sandbox_config=plain[1]),
+            timeout=180,
+        )
+        ctrd_ref = c.img.ImageStatus(
+            api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=other))
+        ).image.id
+        assert ctrd_ref
+        sycri_images = c.direct_images("sycri")
+        assert not sycri_images.ImageStatus(
+            api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=other))
+        ).image.id
+        ccfg = api_pb2.ContainerConfig(
+            metadata=api_pb2.ContainerMetadata(name="second"),
+            image=api_pb2.ImageSpec(image=ctrd_ref, user_specified_image=other),
+            command=["/bin/sh", "-c", "exec sleep 1000"],
+            log_path="second/0.log",
+        )
+        c_second = c.rt.CreateContainer(
+            api_pb2.CreateContainerRequest(
+                pod_sandbox_id=mine[0], config=ccfg, sandbox_config=mine[1]
+            ),
+            timeout=180,
+        ).container_id
+        c.rt.StartContainer(api_pb2.StartContainerRequest(container_id=c_second), timeout=60)
+        st = c.rt.ContainerStatus(api_pb2.ContainerStatusRequest(container_id=c_second)).status
+        assert st.state == api_pb2.CONTAINER_RUNNING, st
+        assert sycri_images.ImageStatus(
+            api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=other))
+        ).image.id
+
         # kill -9 of the proxy: its supervisor restarts it; the same pods, by the same ids
         old = c.proxy.child_pid()
         assert old is not None

@@ -83,7 +83,7 @@ class SupervisedProxy:
                 with grpc.insecure_channel(self.endpoint) as ch:
                     try:
                         api_pb2_grpc.RuntimeServiceStub(ch).Version(
-                            api_pb2.VersionRequest(), timeout=2
+                            api_pb2.VersionRequest(), timeout=10
                         )
                         return pid
                     except grpc.RpcError as exc:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -21,7 +20,14 @@ CHANNEL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
 
-CONNECT_WAIT_SECONDS = 1.0
+CONNECT_WAIT_SECONDS = 2.0
+
+
+def _never_sent(exc: grpc.aio.AioRpcError) -> bool:
+    """gRPC found no connection: the call never reached the backend (safe to repeat)."""
+    return exc.code() == grpc.StatusCode.UNAVAILABLE and "failed to connect" in (
+        exc.details() or ""
+    )
 
 
 @dataclass
@@ -40,26 +46,29 @@ class Backend:
 
     async def unary(self, method: str, request: bytes, timeout: float | None = None) -> bytes:
         """Forward serialized ``request``; a gRPC failure becomes a BackendError."""
-        await self._ready()
         call = self.channel.unary_unary(method)
+        # at most half of the caller's time goes to waiting for a reconnect
+        wait = CONNECT_WAIT_SECONDS if timeout is None else min(CONNECT_WAIT_SECONDS, timeout / 2)
         try:
             return await call(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
+            if not (_never_sent(exc) and await self._reconnected(wait)):
+                raise BackendError.of(self, exc) from None
+        try:  # once more: the backend is back (sycri restarted) and never saw the call
+            return await call(request, timeout=None if timeout is None else timeout - wait)
+        except grpc.aio.AioRpcError as exc:
             raise BackendError.of(self, exc) from None
 
-    async def _ready(self) -> None:
-        """After a failure gRPC fails calls at once until its back-off has passed; a
-        backend that just came back (sycri restarted) is given a moment to connect."""
-        state = self.channel.get_state(try_to_connect=True)
-        if state in (
-            grpc.ChannelConnectivity.TRANSIENT_FAILURE,
-            grpc.ChannelConnectivity.CONNECTING,
-        ):
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.channel.channel_ready(), CONNECT_WAIT_SECONDS)
+    async def _reconnected(self, wait: float) -> bool:
+        """After a failed connect gRPC fails calls at once until its back-off has
+        passed; a backend that just came back is given a moment to be connected."""
+        try:
+            await asyncio.wait_for(self.channel.channel_ready(), wait)
+        except TimeoutError:
+            return False
+        return True
 
     async def stream(self, method: str, request: bytes) -> AsyncIterator[bytes]:
-        await self._ready()
         call = self.channel.unary_stream(method)(request)
         try:
             async for message in call:

@@ -71,6 +71,8 @@ class Proxy:
         if kind in (Kind.BY_POD, Kind.BY_CONTAINER):
             id_ = getattr(route.request.FromString(request), route.field)
             backend = await self.owners.of(id_)
+            if backend is self.sycri and method.endswith("/CreateContainer"):
+                request = await self._image_for_sycri(request, timeout)
             raw = await backend.unary(method, request, timeout)
             if method.endswith("/CreateContainer"):
                 cid = api_pb2.CreateContainerResponse.FromString(raw).container_id
@@ -155,6 +157,36 @@ class Proxy:
             if any(p.metadata.uid == uid for p in items):
                 return backend
         return self.primary
+
+    async def _image_for_sycri(self, request: bytes, timeout: float | None) -> bytes:
+        """A container for sycri whose image sycri lacks: pulled into sycri first.
+
+        Without the RuntimeClassInImageCriApi gate kubelet's ImageStatus carries no
+        handler and is answered by the existing runtime; when that one has the image,
+        kubelet skips the pull and names the existing runtime's image id here. sycri
+        pulls the image kubelet's user named (with sycri's own registry credentials) and
+        the request is given sycri's reference instead."""
+        req = api_pb2.CreateContainerRequest.FromString(request)
+        spec = req.config.image
+        status = api_pb2.ImageStatusRequest(image=spec).SerializeToString()
+        raw = await self.sycri.unary(routes.IMAGES + "ImageStatus", status, timeout)
+        if api_pb2.ImageStatusResponse.FromString(raw).image.id or not spec.user_specified_image:
+            return request  # sycri has it, or names what it lacks in its own error
+        pull = api_pb2.PullImageRequest(
+            image=api_pb2.ImageSpec(
+                image=spec.user_specified_image,
+                annotations=spec.annotations,
+                runtime_handler=spec.runtime_handler,
+            ),
+            sandbox_config=req.sandbox_config,
+        )
+        log.info(
+            "pulling %s into sycri for a container kubelet did not pull it for",
+            spec.user_specified_image,
+        )
+        raw = await self.sycri.unary(routes.IMAGES + "PullImage", pull.SerializeToString(), timeout)
+        req.config.image.image = api_pb2.PullImageResponse.FromString(raw).image_ref
+        return req.SerializeToString()
 
     async def _remove_image(self, method: str, request: bytes, timeout: float | None) -> bytes:
         """Without a handler an image id may be either backend's: both are asked, and
