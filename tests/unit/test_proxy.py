@@ -4,6 +4,7 @@ systemd unit and start script it installs, and the installer on a host tree."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path, PurePosixPath
 
@@ -191,6 +192,10 @@ def test_start_script_is_valid_shell():
     assert res.returncode == 0, res.stderr
     assert f"proxy supervise --config {unit.CONFIG_IN_ROOT} --pidfile {install.PIDFILE}" in text
     assert str(install.PIDFILE).startswith("/run/")  # the same path inside its root
+    # set -u stops at an unset variable: every one the script reads it sets itself
+    assigned = set(re.findall(r"^\s*(?:for\s+)?([A-Za-z_]\w*)(?:=|\s+in\s)", text, re.M))
+    read = set(re.findall(r"\$\{?([A-Za-z_]\w*)", text))
+    assert read <= assigned, read - assigned
 
 
 def _image(root: Path) -> Path:
@@ -203,6 +208,8 @@ def _image(root: Path) -> Path:
     (root / "opt/sycri/bin").mkdir(parents=True)
     (root / "opt/sycri/bin/sycri").write_text("#!/bin/true\n")
     (root / "opt/other").mkdir()  # not part of the proxy's root
+    (root / "usr/share/doc/runc").mkdir(parents=True)  # left out of it
+    (root / "usr/lib/cni").mkdir(parents=True)
     return root
 
 
@@ -220,6 +227,7 @@ def test_install_upgrade_and_uninstall_on_a_host_without_systemd(tmp_path):
     assert (rootfs / "opt/sycri/bin/sycri").read_text() == "#!/bin/true\n"
     assert (rootfs / "bin").is_symlink() and os.readlink(rootfs / "bin") == "usr/bin"
     assert not (rootfs / "opt/other").exists()
+    assert not (rootfs / "usr/share/doc").exists() and not (rootfs / "usr/lib/cni").exists()
     assert {"proc", "sys", "dev", "run", "tmp"} <= {p.name for p in rootfs.iterdir()}
     assert os.readlink(host.root / "opt/sycri/current") == "0.1.0"
     script = (host.root / "opt/sycri/sycri-proxy.sh").read_text()

@@ -36,6 +36,8 @@ PIDFILE = PurePosixPath("/run/sycri-proxy/supervisor.pid")
 # What of the node image the proxy's root needs (Debian's merged /usr: bin, lib, sbin
 # are symlinks into it); the virtual file systems are mounted over empty directories.
 IMAGE_PARTS = ("usr", "etc", "opt/sycri", "bin", "sbin", "lib", "lib64", "var/lib/dpkg")
+# Not needed to run the proxy: docs, translations, the CNI plugins (about 100 MB).
+LEFT_OUT = ("usr/share/doc", "usr/share/man", "usr/share/locale", "usr/lib/cni")
 EMPTY_DIRS = ("proc", "sys", "dev", "run", "tmp", "var/tmp", "etc/sycri-proxy")
 KEEP_VERSIONS = 2  # the current one and the one before (a rollback needs no copy)
 _VERSION = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}$")
@@ -70,6 +72,8 @@ def _copy_image(image_root: Path, dest: Path) -> None:
         target = tmp / part
         target.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run(["cp", "-a", str(src), str(target)], check=True)
+    for d in LEFT_OUT:
+        shutil.rmtree(tmp / d, ignore_errors=True)
     for d in EMPTY_DIRS:
         (tmp / d).mkdir(parents=True, exist_ok=True)
     tmp.rename(dest)  # a version dir is complete or absent

@@ -60,7 +60,7 @@ if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
 else
     for h in /sys/fs/cgroup/*/; do
         [ -L "${{h%/}}" ] && continue
-        mkdir -p "$h{CGROUP}" && echo $$ > "$h{CGROUP}/cgroup.procs" || true
+        mkdir -p "${{h}}{CGROUP}" && echo $$ > "${{h}}{CGROUP}/cgroup.procs" || true
     done
 fi
 setsid unshare --mount --propagation slave sh -c '
