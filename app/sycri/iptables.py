@@ -88,5 +88,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     apply(mode)
     print(f"sycri-node: iptables backend {mode} ({why})", file=sys.stderr, flush=True)
-    os.execvp("sycri", ["sycri", *args])
+    beside = os.path.join(os.path.dirname(sys.executable), "sycri")  # the same venv's
+    os.execvp(beside if os.access(beside, os.X_OK) else "sycri", ["sycri", *args])
     return 127  # not reached

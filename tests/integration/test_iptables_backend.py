@@ -3,6 +3,7 @@ iptables-legacy and iptables-nft, each run in a network namespace of the test's 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -69,3 +70,36 @@ def test_the_choice_can_be_forced():
         env=sycri_env({"SYCRI_IPTABLES_BACKEND": "both"}),
     )
     assert res.returncode == 2 and "legacy, nft or auto" in res.stderr
+
+
+def test_sycri_node_sets_the_alternatives_and_execs_sycri(tmp_path):
+    """The whole entrypoint, on an alternatives database of the test's own."""
+    admin, alts = tmp_path / "admin", tmp_path / "alternatives"
+    admin.mkdir()
+    alts.mkdir()
+    for tool in ("iptables", "ip6tables"):
+        for prio, mode in ((20, "nft"), (10, "legacy")):
+            subprocess.run(
+                ["update-alternatives", "--admindir", str(admin), "--altdir", str(alts),
+                 "--install", str(tmp_path / tool), tool, f"/usr/sbin/{tool}-{mode}", str(prio)],
+                check=True, capture_output=True,
+            )  # fmt: skip
+    wrapper = tmp_path / "bin"
+    wrapper.mkdir()
+    ua = wrapper / "update-alternatives"  # this test's database, not the machine's
+    ua.write_text(
+        f'#!/bin/sh\nexec /usr/bin/update-alternatives --admindir {admin} --altdir {alts} "$@"\n'
+    )
+    ua.chmod(0o755)
+    env = {"PATH": f"{wrapper}:/usr/sbin:/usr/bin:/sbin:/bin"}
+    main = "import sys; from sycri.iptables import main; sys.exit(main(['version']))"
+    res = subprocess.run(
+        ["unshare", "--net", "sh", "-c", f'{_rules("iptables-legacy", 2)}\nexec "$0" -c "$1"',
+         sys.executable, main],
+        capture_output=True, text=True, timeout=60, env=sycri_env(env),
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("sycri ")  # exec'd sycri version
+    assert "iptables backend legacy (2 legacy rules, 0 nft rules)" in res.stderr
+    for tool in ("iptables", "ip6tables"):
+        assert os.readlink(alts / tool) == f"/usr/sbin/{tool}-legacy"
