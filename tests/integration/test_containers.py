@@ -448,3 +448,33 @@ def test_restart_recovers_running_containers_and_sweeps_leftovers(env: Env):
         "exited",
         "the container disappeared",
     )
+
+
+def _cgroups_of(pid: int) -> dict[str, str]:
+    """hierarchy (controllers, or "" on the unified one) -> the cgroup path of ``pid``."""
+    out = {}
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, ctrl, path = line.split(":", 2)
+        out[ctrl] = path
+    return out
+
+
+def test_conmon_lives_in_a_leaf_of_the_pod_cgroup_not_in_sycris(env: Env):
+    cid = env.start("watched", ["sleep 600"])
+    rec = env.ctrs.get(cid)
+    conmon_pid = int((Path(rec.bundle) / "conmon.pid").read_text())
+    parent = env.ctrs.settings.default_cgroup_parent  # the pod's cgroup here
+    leaf = f"{parent}/sycri-conmon-{cid}"
+    mine = _cgroups_of(os.getpid())
+    theirs = _cgroups_of(conmon_pid)
+    # Every hierarchy sycri (this process) is in: conmon is in its own leaf there.
+    for ctrl, path in theirs.items():
+        if ctrl in mine:
+            assert path == leaf, f"{ctrl}: conmon in {path}, not {leaf}"
+    assert theirs.get("memory") == leaf
+    assert _cgroups_of(rec.pid)["memory"] == f"{parent}/sycri-{cid}"
+    env.run(env.ctrs.stop(cid, 0))
+    env.run(env.ctrs.remove(cid))
+    assert not any((top / leaf.lstrip("/")).exists() for top in Path("/sys/fs/cgroup").iterdir()), (
+        "conmon's cgroup outlived its container"
+    )

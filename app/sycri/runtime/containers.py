@@ -36,7 +36,17 @@ from sycri.errors import (
 )
 from sycri.fsutil import atomic_write, confined
 from sycri.observability import metrics
-from sycri.runtime import conmon, features, hostfacts, ocispec, rootfs, statsview, userns
+from sycri.runtime import (
+    cgroups,
+    conmon,
+    conmon_cgroup,
+    features,
+    hostfacts,
+    ocispec,
+    rootfs,
+    statsview,
+    userns,
+)
 from sycri.runtime.container_store import (
     CREATED,
     EXITED,
@@ -135,6 +145,7 @@ class Containers:
         settings: ocispec.Settings | None = None,
         log_size_max: int = -1,
         cdi_dirs: tuple[str, ...] = ("/etc/cdi", "/var/run/cdi"),
+        conmon_placement: str = conmon_cgroup.POD,
     ) -> None:
         self.paths = paths
         self.runtimes = runtimes
@@ -146,6 +157,8 @@ class Containers:
         self.settings = settings or ocispec.Settings()
         self.log_size_max = log_size_max
         self.cdi_dirs = cdi_dirs
+        self.conmon_placement = conmon_placement  # the conmon_cgroup setting
+        self.cgroup_version = cgroups.detect_version()
         self.store = ContainerStore(paths.containers)
         self.image_mounts = rootfs.ImageMounts(paths.image_mounts)
         self._locks: dict[str, asyncio.Lock] = {}
@@ -293,6 +306,17 @@ class Containers:
                 cgroup_path=built.cgroup_path,
             )
             Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+            place = conmon_cgroup.placement(
+                self.conmon_placement, self.cgroup_driver, built.cgroup_path, cid
+            )
+            try:
+                leaf = await asyncio.to_thread(
+                    conmon_cgroup.prepare, bundle, place, self.cgroup_version
+                )
+            except OSError as exc:
+                raise Internal(
+                    f"cannot make conmon's cgroup {place.path}: {exc.strerror}"
+                ) from None
             rec.pid = await conmon.create(
                 conmon.Launch(
                     conmon=self.conmon_binary,
@@ -310,6 +334,7 @@ class Containers:
                     stdin=cfg.stdin,
                     stdin_once=cfg.stdin_once,
                     systemd_cgroup=self.cgroup_driver == "systemd",
+                    prefix=tuple(conmon_cgroup.prefix(place, leaf)),
                 )
             )
             crashpoint.reach("container.create.conmon")
@@ -329,6 +354,7 @@ class Containers:
         with contextlib.suppress(Exception):
             await runc.delete(cid)
         try:
+            await asyncio.to_thread(conmon_cgroup.release, bundle)
             if overlay or bundle.exists():
                 await rootfs.remove_overlay(bundle)
             if image is not None:
@@ -442,6 +468,7 @@ class Containers:
             await self.runtime(rec.runtime_handler).delete(rec.id)
             crashpoint.reach("container.remove.runc")
             await rootfs.unmount(Path(rec.bundle) / "rootfs")
+            await asyncio.to_thread(conmon_cgroup.release, Path(rec.bundle))
             await self.image_mounts.release(rec.image_id, rec.id)
             self._tell_images(rec.image_id, rec.id, False)
             self.store.delete(rec)
@@ -697,6 +724,7 @@ class Containers:
                 for runc in self.runtimes.values():
                     with contextlib.suppress(Exception):
                         await runc.delete(entry.name)
+                await asyncio.to_thread(conmon_cgroup.release, entry)
                 await rootfs.remove_overlay(entry)
                 with contextlib.suppress(FileNotFoundError):
                     self._exit_file(entry.name).unlink()
@@ -863,6 +891,7 @@ def from_config(
             apparmor_default_profile=cfg.apparmor_default_profile,
         ),
         log_size_max=cfg.container_log_max_bytes,
+        conmon_placement=cfg.conmon_cgroup,
     )
     if isinstance(images, StoredImages):
         component.image_users.append(images.track)
