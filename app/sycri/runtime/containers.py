@@ -63,6 +63,11 @@ log = logging.getLogger("sycri.containers")
 MAX_NAME = 253
 MAX_IMAGE_FILE = 4 * 1024 * 1024
 EXEC_OUTPUT_LIMIT = 16 * 1024 * 1024
+UNMONITORED = "its monitor (conmon) died: the container runs on, but its log and attach are cut"
+LOST_EXIT = (
+    "the container and its monitor (conmon) disappeared; conmon recorded no exit code, "
+    "so 255 stands for unknown"
+)
 
 
 @dataclass(frozen=True)
@@ -516,11 +521,37 @@ class Containers:
                 n += 1
         return n
 
-    async def watch_exits(self, interval: float = 0.2) -> None:
-        """Run :meth:`reap_exits` every ``interval`` seconds until cancelled."""
+    async def check_monitors(self) -> int:
+        """Find running containers whose conmon died while sycri runs (killed, OOM).
+
+        A live conmon is one /proc read. For a dead one: its exit file, if it wrote one,
+        is the truth (:meth:`refresh`); else runc says whether the container still runs
+        (then it stays RUNNING, unmonitored: its log and attach are cut, its message says
+        so) or is gone, which makes it EXITED with a STOPPED event. Returns how many
+        containers were found exited.
+        """
+        n = 0
+        for rec in self.store.all():
+            if rec.state != RUNNING or conmon.monitors_container(Path(rec.bundle), rec.id):
+                continue
+            lock = self._lock(rec.id)
+            if lock.locked():
+                continue  # a stop or remove is on it
+            async with lock:
+                if await self._reconcile_unmonitored(rec):
+                    n += 1
+        return n
+
+    async def watch_exits(self, interval: float = 0.2, monitor_every: int = 5) -> None:
+        """Run :meth:`reap_exits` every ``interval`` seconds, and :meth:`check_monitors`
+        every ``monitor_every`` of those, until cancelled."""
+        tick = 0
         while True:
             try:
                 self.reap_exits()
+                tick += 1
+                if tick % monitor_every == 0:
+                    await self.check_monitors()
             except Exception:
                 log.exception("watching conmon exit files failed")
             await asyncio.sleep(interval)
@@ -666,26 +697,37 @@ class Containers:
         log.info("container %s was started before the restart; runc says %s", rec.id, st["status"])
         self._emit(rec, ContainerEventType.STARTED)
 
-    async def _reconcile_unmonitored(self, rec: ContainerRecord) -> None:
-        """A record RUNNING whose conmon is gone and left no exit file (conmon killed, a
-        reboot wiped the run dir): runc decides. Still running, it stays RUNNING
-        (unmonitored); otherwise it is EXITED with an unknown code, never RUNNING forever.
+    async def _reconcile_unmonitored(self, rec: ContainerRecord) -> bool:
+        """A record RUNNING whose conmon is gone (conmon killed, a reboot wiped the run
+        dir): its exit file if conmon wrote one, else runc decides. Still running, it
+        stays RUNNING (unmonitored); gone, it is EXITED, never RUNNING forever. No process
+        of sycri's is the container's parent, so without conmon's exit file its code is
+        unknown: 255, and the message says so. True when it is found exited.
         """
+        if self.refresh(rec).state != RUNNING:
+            return True  # conmon wrote the exit file before it went
         try:
             st = await self.runtime(rec.runtime_handler).state(rec.id)
         except SycriError as exc:
-            log.warning("runc state of %s at recovery: %s", rec.id, exc.message)
-            return
+            log.warning("runc state of %s: %s", rec.id, exc.message)
+            return False
         if self.refresh(rec).state != RUNNING:
-            return  # conmon wrote the exit file after all
+            return True
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - self._exit_file(rec.id).stat().st_mtime < 5:
+                return False  # conmon is still writing it: the next look reads it
         if st is not None and st.get("status") in ("running", "paused"):
-            log.warning("container %s runs without its conmon", rec.id)
-            return
+            if rec.message != UNMONITORED:
+                log.warning("container %s runs without its conmon", rec.id)
+                rec.message = UNMONITORED
+                self.store.save(rec)
+            return False
         log.warning("container %s is gone with its conmon; recording it as exited", rec.id)
         rec.state, rec.exit_code, rec.finished_at = EXITED, 255, now_ns()
-        rec.reason, rec.message = "Error", "the container and its monitor disappeared"
+        rec.reason, rec.message = "Error", LOST_EXIT
         self.store.save(rec)
         self._emit(rec, ContainerEventType.STOPPED)
+        return True
 
     async def recover(self) -> None:
         """Start-up: reload records and reconcile them with runc and conmon, count image
