@@ -42,6 +42,7 @@ from sycri.runtime import (
     conmon_cgroup,
     features,
     hostfacts,
+    hostpath,
     ocispec,
     rootfs,
     statsview,
@@ -151,6 +152,8 @@ class Containers:
         log_size_max: int = -1,
         cdi_dirs: tuple[str, ...] = ("/etc/cdi", "/var/run/cdi"),
         conmon_placement: str = conmon_cgroup.POD,
+        host_root: str = "/",
+        own_dirs: tuple[str, ...] = (),
     ) -> None:
         self.paths = paths
         self.runtimes = runtimes
@@ -164,6 +167,8 @@ class Containers:
         self.cdi_dirs = cdi_dirs
         self.conmon_placement = conmon_placement  # the conmon_cgroup setting
         self.cgroup_version = cgroups.detect_version()
+        self.host_root = host_root  # volume host paths are resolved under it
+        self.own_dirs = own_dirs  # ...except those under sycri's own directories
         self.store = ContainerStore(paths.containers)
         self.image_mounts = rootfs.ImageMounts(paths.image_mounts)
         self._locks: dict[str, asyncio.Lock] = {}
@@ -261,14 +266,23 @@ class Containers:
             passwd = _read_image_file(lower, "etc/passwd")
             group = _read_image_file(lower, "etc/group")
             feats = await features.probe(runc.binary)
+            # The spec bind-mounts the host's paths as sycri reaches them (host_root);
+            # the record keeps kubelet's.
+            spec_cfg = await asyncio.to_thread(
+                hostpath.resolve_mounts, cfg, self.host_root, self.own_dirs
+            )
             facts = await asyncio.to_thread(
-                hostfacts.gather, cfg, self.cgroup_driver, self.cdi_dirs, feats.recursive_read_only
+                hostfacts.gather,
+                spec_cfg,
+                self.cgroup_driver,
+                self.cdi_dirs,
+                feats.recursive_read_only,
             )
             built = ocispec.build(
                 ocispec.SpecInput(
                     container_id=cid,
                     rootfs=str(bundle / "rootfs"),
-                    config=cfg,
+                    config=spec_cfg,
                     sandbox_config=sandbox_config,
                     sandbox=sandbox.namespaces,
                     image=ocispec.ImageConfig.from_oci(image.oci_config),
@@ -934,6 +948,8 @@ def from_config(
         ),
         log_size_max=cfg.container_log_max_bytes,
         conmon_placement=cfg.conmon_cgroup,
+        host_root=cfg.host_root,
+        own_dirs=(cfg.root_dir, cfg.run_dir, cfg.pod_log_dir),
     )
     if isinstance(images, StoredImages):
         component.image_users.append(images.track)
