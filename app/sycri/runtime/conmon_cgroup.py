@@ -99,6 +99,9 @@ def prefix(place: Placement, dirs: list[str]) -> list[str]:
     """What runs before conmon's argv so that conmon's first process is already in its
     cgroup (the wrapper execs conmon: the pid and the sync pipe stay conmon's)."""
     if place.driver == "systemd":
+        # systemd-run registers the scope with its own pid, then execs conmon with its
+        # fds and environment (the sync pipe) as they are. systemd 254+ expands $VAR in
+        # a scope's command line: kubelet's names and paths have no "$".
         return [
             "systemd-run", "--scope", "--quiet", f"--unit={place.unit}",
             f"--slice={place.path}", "--",
