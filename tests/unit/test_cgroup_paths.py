@@ -159,13 +159,15 @@ def test_systemd_refuses_a_cgroupfs_path_for_conmon():
 
 
 def test_conmon_leaf_in_every_hierarchy(tmp_path):
-    for h in ("memory", "cpu", "pids", "systemd"):
+    for h in ("memory", "cpu,cpuacct", "net_cls", "systemd"):
         (tmp_path / h).mkdir()
+        (tmp_path / h / "cgroup.procs").write_text("")
+    (tmp_path / "cpu").symlink_to("cpu,cpuacct")  # an alias, not a hierarchy of its own
     place = conmon_cgroup.placement("pod", "cgroupfs", f"/pod/sycri-{CID}", CID)
     dirs = conmon_cgroup.leaf_dirs(place, 1, str(tmp_path))
     assert sorted(dirs) == sorted(
         str(tmp_path / h / "pod" / f"sycri-conmon-{CID}")
-        for h in ("memory", "cpu", "pids", "systemd")
+        for h in ("memory", "cpu,cpuacct", "net_cls", "systemd")
     )
     (tmp_path / "cgroup.controllers").write_text("cpu memory\n")
     assert conmon_cgroup.leaf_dirs(place, 2, str(tmp_path)) == [

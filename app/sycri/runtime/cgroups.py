@@ -259,8 +259,3 @@ def limits_from(resources: Mapping[str, int | str] | None) -> Limits:
     if not resources:
         return Limits()
     return Limits(**{k: v for k, v in resources.items() if k in Limits.__dataclass_fields__})
-
-
-def hierarchies(version: int, root: str = CGROUP_ROOT) -> list[str]:
-    """The hierarchies :class:`PodCgroup` makes cgroups in that this host has mounted."""
-    return [h for h in _hierarchies(version, root) if os.path.isdir(h)]

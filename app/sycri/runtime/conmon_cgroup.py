@@ -87,12 +87,27 @@ def placement(setting: str, driver: str, container_cgroup: str, container_id: st
     return Placement("cgroupfs", posixpath.join(parent, PREFIX + container_id))
 
 
+def hierarchies(version: int, root: str = cgroups.CGROUP_ROOT) -> list[str]:
+    """Every mounted hierarchy: conmon leaves sycri's cgroup in all of them, whichever
+    one a container engine reads the pids it kills from."""
+    if version == 2:
+        return [root]
+    try:
+        names = sorted(os.listdir(root))
+    except OSError:
+        return []
+    tops = [os.path.join(root, n) for n in names]
+    return [
+        t for t in tops if not os.path.islink(t) and os.path.exists(os.path.join(t, "cgroup.procs"))
+    ]
+
+
 def leaf_dirs(place: Placement, version: int, root: str = cgroups.CGROUP_ROOT) -> list[str]:
     """The leaf's directory in every hierarchy of this host (none for a systemd scope)."""
     if place.driver == "systemd":
         return []
     rel = place.path.strip("/")
-    return [os.path.join(top, rel) for top in cgroups.hierarchies(version, root)]
+    return [os.path.join(top, rel) for top in hierarchies(version, root)]
 
 
 def prefix(place: Placement, dirs: list[str]) -> list[str]:
@@ -123,7 +138,10 @@ def prepare(
     tmp.write_text(json.dumps({"placement": asdict(place), "dirs": dirs}))
     os.replace(tmp, bundle / RECORD)
     if dirs:
+        # Where pod cgroups are made (cpuset sets copied, v2 controllers enabled)...
         cgroups.PodCgroup.ensure(version, place.path, root)
+        for d in dirs:  # ...and the other v1 hierarchies, which need no setting up
+            os.makedirs(d, exist_ok=True)
     return dirs
 
 
