@@ -298,6 +298,11 @@ def validate(cfg: Config) -> Config:
     problem = check_setting(cfg.conmon_cgroup)
     if problem:
         raise ConfigError(f"conmon_cgroup: {problem}")
+    if cfg.cgroup_driver == "systemd" and cfg.conmon_cgroup.startswith("/"):
+        raise ConfigError(
+            f"conmon_cgroup: {cfg.conmon_cgroup!r} is a path; the systemd driver needs 'pod' "
+            "or a slice name such as system.slice"
+        )
 
     try:
         rlimits(cfg.default_ulimits, {})
