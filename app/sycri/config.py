@@ -82,6 +82,12 @@ class Config:
     default_runtime: str = "runc"
     runtimes: dict[str, RuntimeHandler] = field(default_factory=lambda: {"runc": RuntimeHandler()})
     conmon: str = "conmon"
+    # conmon's cgroup: "pod" (a leaf beside the container, as CRI-O), a cgroupfs path or
+    # a systemd slice; never sycri's own, which a container engine kills on a restart.
+    conmon_cgroup: str = "pod"
+    # Where the host's root is seen (the node image mounts it at /host): volume host
+    # paths are resolved under it.
+    host_root: str = "/"
     # conmon's per-container log size limit in bytes (kubelet rotates logs itself); -1: none
     container_log_max_bytes: int = -1
     # Default ulimits for every container ("nofile=1048576:1048576"); pods may override
@@ -113,7 +119,7 @@ _CHOICES = {
     "log.format": ("plain", "json"),
     "images.squashfs_compression": ("gzip", "lz4", "lzo", "xz", "zstd", "lzma"),
 }
-_ABSOLUTE = {"socket", "root_dir", "run_dir", "pod_log_dir", "cni.conf_dir"}
+_ABSOLUTE = {"socket", "root_dir", "run_dir", "pod_log_dir", "cni.conf_dir", "host_root"}
 _POSITIVE = {
     "shutdown_grace_seconds",
     "event_buffer",
@@ -286,7 +292,17 @@ def validate(cfg: Config) -> Config:
         if handler.root and not os.path.isabs(handler.root):
             raise ConfigError(f"runtimes.{name}.root: must be an absolute path")
     from sycri.errors import InvalidArgument
+    from sycri.runtime.conmon_cgroup import check_setting
     from sycri.runtime.ocispec import rlimits
+
+    problem = check_setting(cfg.conmon_cgroup)
+    if problem:
+        raise ConfigError(f"conmon_cgroup: {problem}")
+    if cfg.cgroup_driver == "systemd" and cfg.conmon_cgroup.startswith("/"):
+        raise ConfigError(
+            f"conmon_cgroup: {cfg.conmon_cgroup!r} is a path; the systemd driver needs 'pod' "
+            "or a slice name such as system.slice"
+        )
 
     try:
         rlimits(cfg.default_ulimits, {})
