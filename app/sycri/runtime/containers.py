@@ -257,6 +257,7 @@ class Containers:
         log_path = self._log_path(sandbox, cfg, bundle)
         acquired: ImageInfo | None = None
         overlay = False
+        made: list[Path] = []  # log file and dirs this create made: a failure removes them
         try:
             image = await self.images.image_info(cfg.image.image)
             lower = await self.image_mounts.acquire(image.source, cid)
@@ -324,6 +325,7 @@ class Containers:
                 resources=json_format.MessageToDict(cfg.linux.resources),
                 cgroup_path=built.cgroup_path,
             )
+            made = _new_paths(Path(log_path))
             Path(log_path).parent.mkdir(parents=True, exist_ok=True)
             place = conmon_cgroup.placement(
                 self.conmon_placement, self.cgroup_driver, built.cgroup_path, cid
@@ -360,6 +362,7 @@ class Containers:
             self.store.save(rec)
         except BaseException:
             await self._undo_create(cid, runc, bundle, acquired, overlay)
+            _remove_new(made)
             self.store.unreserve(sandbox.id, name, cfg.metadata.attempt, cid)
             raise
         self._emit(rec, ContainerEventType.CREATED)
@@ -383,6 +386,13 @@ class Containers:
             log.exception("cleaning up failed create of %s", cid)
         with contextlib.suppress(FileNotFoundError):
             self._exit_file(cid).unlink()
+        # conmon's attach-socket entry (a link or a dir, by conmon version).
+        attach = self.paths.sockets / cid
+        with contextlib.suppress(OSError):
+            if attach.is_dir() and not attach.is_symlink():
+                shutil.rmtree(attach)
+            else:
+                attach.unlink()
 
     def _log_path(self, sandbox: SandboxInfo, cfg: api_pb2.ContainerConfig, bundle: Path) -> str:
         if sandbox.log_directory and cfg.log_path:
@@ -603,7 +613,9 @@ class Containers:
         runc = self.runtime(rec.runtime_handler)
         pid_file = Path(rec.bundle) / f"exec-{new_id()[:16]}.pid"
         argv = runc.argv("exec", "--pid-file", str(pid_file), rec.id, *cmd)
-        task = asyncio.create_task(command.run(argv, check=False, label="runc exec"))
+        task = asyncio.create_task(
+            command.run(argv, check=False, label="runc exec", exit_is_answer=True)
+        )
         timed_out = False
         try:
             done, _ = await asyncio.wait({task}, timeout=timeout if timeout > 0 else None)
@@ -642,7 +654,9 @@ class Containers:
             if rec.state not in (CREATED, RUNNING):
                 raise FailedPrecondition(f"container {rec.id} is {rec.state}")
             oci = ocispec.cgroup_resources(
-                resources, os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+                resources,
+                hostfacts.cgroup_v2(),
+                hostfacts.hugetlb_sizes() if resources.hugepage_limits else frozenset(),
             )
             await self.runtime(rec.runtime_handler).update(rec.id, oci)
             merged = api_pb2.LinuxContainerResources()
@@ -797,6 +811,27 @@ class Containers:
                             else:
                                 os.unlink(e.path)
         await self.image_mounts.sweep()
+
+
+def _new_paths(log_path: Path) -> list[Path]:
+    """The log file and those of its parent dirs that do not exist yet, deepest first:
+    what a create that fails after conmon started must take away again."""
+    out = []
+    p = log_path
+    while not os.path.lexists(p) and p != p.parent:
+        out.append(p)
+        p = p.parent
+    return out
+
+
+def _remove_new(paths: list[Path]) -> None:
+    """Remove what :func:`_new_paths` listed; a dir only while empty."""
+    for p in paths:
+        with contextlib.suppress(OSError):
+            if p.is_dir() and not p.is_symlink():
+                p.rmdir()
+            else:
+                p.unlink()
 
 
 def _process_start_ns(pid: int) -> int:
