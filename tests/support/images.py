@@ -16,6 +16,9 @@ from sycri.sif import mount_partition, unmount
 
 
 def make_images(base: Path, **image_settings) -> Images:
+    # An explicit (empty) registries.conf: the host's /etc/containers files must not
+    # change what a test pulls from where.
+    image_settings.setdefault("registries_conf", "/dev/null")
     cfg = Config(
         socket=str(base / "sycri.sock"),
         root_dir=str(base / "root"),

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,12 +65,14 @@ async def unmount(target: str | os.PathLike[str]) -> None:
 
 
 class ImageMounts:
-    """One read-only mount per image, shared by reference."""
+    """One read-only mount per image, shared by reference. ``method_for(image_id)`` says
+    whether the kernel (``loop``) or ``squashfuse`` parses it (``images.kernel_mount``)."""
 
     def __init__(self, base: Path) -> None:
         self.base = base
         self._users: dict[str, set[str]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self.method_for: Callable[[str], str] = lambda image_id: "loop"
 
     def target(self, image_id: str) -> Path:
         # "sha256:<hex>" -> "<hex>": a colon cannot appear in an overlay lowerdir.
@@ -87,12 +90,15 @@ class ImageMounts:
             target = self.target(src.image_id)
             if not is_mounted(target):
                 target.mkdir(parents=True, exist_ok=True)
-                opts = f"ro,loop,offset={src.offset},sizelimit={src.size}"
-                await command.run(
-                    ["mount", "-t", "squashfs", "-o", opts, src.path, str(target)],
-                    label="mount squashfs",
-                    timeout=60,
-                )
+                if self.method_for(src.image_id) == "squashfuse":
+                    # allow_other: containers run as any uid; default_permissions: the
+                    # kernel still checks the image's file modes.
+                    opts = f"ro,allow_other,default_permissions,offset={src.offset}"
+                    argv = ["squashfuse", "-o", opts, src.path, str(target)]
+                else:
+                    opts = f"ro,loop,offset={src.offset},sizelimit={src.size}"
+                    argv = ["mount", "-t", "squashfs", "-o", opts, src.path, str(target)]
+                await command.run(argv, label=f"mount {argv[0]}", timeout=60)
             self._users.setdefault(src.image_id, set()).add(container_id)
             return target
 
