@@ -25,6 +25,7 @@ from sycri.api import api_pb2
 
 from tests.support import oci, workload
 from tests.support.images import dsse_sign, make_images, mounted
+from tests.support.pods import pod_config
 from tests.support.sif import IMAGES, KEYS, pgp_public_key
 
 pytestmark = pytest.mark.root
@@ -432,3 +433,23 @@ def test_each_image_runs_its_own_content_mounted_as_kernel_mount_says(
             for name, image_id in zip(names, ids, strict=True)
         }
         assert {k: types.get(k) for k in want} == want
+
+
+def test_a_user_namespace_pod_cannot_run_a_squashfuse_image_and_is_told_why(registry, sifs):
+    """squashfuse mounts cannot be idmapped: the container is refused with the way out."""
+    r = repo()
+    oci.push_sif(registry, r, "v1", sifs["first"], config=b"{}")
+    with workload.node() as n:
+        image_id = n.pull(f"oras://{registry.host}/{r}:v1")
+        cfg = pod_config("uns")
+        cfg.log_directory = str(n.server.base / "pods" / "uns")
+        opts = cfg.linux.security_context.namespace_options.userns_options
+        opts.mode = api_pb2.POD
+        opts.uids.add(container_id=0, host_id=65536 * 77, length=65536)
+        opts.gids.add(container_id=0, host_id=65536 * 77, length=65536)
+        pod = n.rt.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=cfg)).pod_sandbox_id
+        with pytest.raises(grpc.RpcError) as err:
+            n.create((pod, cfg), "c", image_id, "true")
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "squashfuse" in err.value.details()
+        assert "images.kernel_mount" in err.value.details()

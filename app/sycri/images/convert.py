@@ -22,7 +22,7 @@ from sycri import sif
 from sycri.images import layout, squashfs
 from sycri.images import manifest as mf
 from sycri.images.registry import RegistryClient
-from sycri.images.unpack import Applier, apply_layer
+from sycri.images.unpack import Applier, DiffIdMismatch, LimitExceeded, apply_layer
 from sycri.observability import tracing
 
 log = logging.getLogger("sycri.images.convert")
@@ -38,6 +38,8 @@ def converting() -> Iterator[None]:
     could not become a SIF), so the node agent reports it as such."""
     try:
         yield
+    except (DiffIdMismatch, LimitExceeded):
+        raise  # the image was refused, as a wrong blob digest is: a pull failure
     except Exception as exc:
         if not failed_converting(exc):
             exc.add_note(CONVERSION_NOTE)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sycri import command
-from sycri.errors import Internal
+from sycri.errors import FailedPrecondition, Internal
 from sycri.runtime import userns
 
 log = logging.getLogger("sycri.rootfs")
@@ -48,6 +48,18 @@ def mounted_targets() -> set[str]:
 
 def _unescape(text: str) -> str:
     return text.encode().decode("unicode_escape") if "\\" in text else text
+
+
+def fstype(target: str | os.PathLike[str]) -> str:
+    """The file system type of the mount at ``target`` ("" when nothing is mounted there)."""
+    found = ""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            parts = left.split(" ")
+            if len(parts) > 4 and _unescape(parts[4]) == str(target) and right:
+                found = right.split(" ")[0]
+    return found
 
 
 def is_mounted(path: str | os.PathLike[str]) -> bool:
@@ -156,7 +168,16 @@ async def mount_overlay(lower: Path, bundle: Path, idmap: Idmap | None = None) -
     if idmap is not None:
         clone = bundle / "lower"
         clone.mkdir(exist_ok=True)
-        await asyncio.to_thread(userns.mount_idmapped, lower, clone, idmap.userns_path)
+        try:
+            await asyncio.to_thread(userns.mount_idmapped, lower, clone, idmap.userns_path)
+        except OSError:
+            if fstype(lower).startswith("fuse"):
+                raise FailedPrecondition(
+                    "the image is mounted with squashfuse (images.kernel_mount), which cannot "
+                    "be idmapped for a pod in its own user namespace; sign the SIF with a "
+                    "trusted key or set images.kernel_mount=all"
+                ) from None
+            raise
         os.chown(upper, idmap.root_uid, idmap.root_gid)
         lower = clone
     for p in (lower, upper, work):
