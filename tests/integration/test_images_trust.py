@@ -453,3 +453,15 @@ def test_a_user_namespace_pod_cannot_run_a_squashfuse_image_and_is_told_why(regi
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "squashfuse" in err.value.details()
         assert "images.kernel_mount" in err.value.details()
+
+
+def test_the_policy_holds_for_an_image_already_stored(registry, tmp_path, sifs):
+    r = repo()
+    oci.push_sif(registry, r, "v1", sifs["first"], config=b"{}")
+    ref = f"oras://{registry.host}/{r}:v1"
+    first = make_images(tmp_path)
+    assert pull(first, ref).id == oci.sha256(sifs["first"])
+    first.close()
+    strict = make_images(tmp_path, sif_policy="require-signed")
+    with pytest.raises(errors.PermissionDenied, match="require-signed"):
+        pull(strict, ref)
