@@ -94,3 +94,19 @@ def test_gzip_layer_is_verified_against_the_uncompressed_digest(tmp_path):
     assert (root / "etc/x").read_text() == "y"
     with pytest.raises(DiffIdMismatch):
         apply_layer(Applier(root), path, "gzip", "layer 1/1", oci.sha256(path.read_bytes()))
+
+
+def test_a_sparse_file_is_refused(tmp_path):
+    """Sparse maps are read whole into memory, one version from the entry's data."""
+    header = tarfile.TarInfo("sparse")
+    header.type = tarfile.GNUTYPE_SPARSE
+    raw = header.tobuf(tarfile.GNU_FORMAT) + bytes(1024)
+    with pytest.raises(InvalidArgument, match="'sparse' is a sparse file"):
+        _apply(tmp_path, raw, None)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("pax-sparse")
+        info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0"}
+        tar.addfile(info, io.BytesIO(b""))
+    with pytest.raises(InvalidArgument, match="sparse file"):
+        _apply(tmp_path, buf.getvalue(), None)

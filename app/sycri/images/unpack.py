@@ -91,6 +91,13 @@ class _HeaderBound(tarfile.TarInfo):
             raise HostileLayer(f"an extended header of {self.size} bytes (more than {MAX_HEADER})")
         return super()._proc_member(tarfile_)
 
+    # Sparse maps are read into memory without bound (and version 1.0 from the entry's
+    # data): refused, as few images hold sparse files.
+    def _refuse_sparse(self, *args, **kwargs):
+        raise HostileLayer(f"entry {excerpt(self.name)} is a sparse file (not supported)")
+
+    _proc_sparse = _proc_gnusparse_00 = _proc_gnusparse_01 = _proc_gnusparse_10 = _refuse_sparse
+
 
 class _Metered:
     """The decompressed layer stream, hashed and counted against the byte limit as read."""
