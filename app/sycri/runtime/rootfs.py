@@ -14,11 +14,12 @@ import contextlib
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from sycri import command
-from sycri.errors import Internal
+from sycri.errors import FailedPrecondition, Internal
 from sycri.runtime import userns
 
 log = logging.getLogger("sycri.rootfs")
@@ -49,6 +50,18 @@ def _unescape(text: str) -> str:
     return text.encode().decode("unicode_escape") if "\\" in text else text
 
 
+def fstype(target: str | os.PathLike[str]) -> str:
+    """The file system type of the mount at ``target`` ("" when nothing is mounted there)."""
+    found = ""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            parts = left.split(" ")
+            if len(parts) > 4 and _unescape(parts[4]) == str(target) and right:
+                found = right.split(" ")[0]
+    return found
+
+
 def is_mounted(path: str | os.PathLike[str]) -> bool:
     return str(path) in mounted_targets()
 
@@ -64,12 +77,14 @@ async def unmount(target: str | os.PathLike[str]) -> None:
 
 
 class ImageMounts:
-    """One read-only mount per image, shared by reference."""
+    """One read-only mount per image, shared by reference. ``method_for(image_id)`` says
+    whether the kernel (``loop``) or ``squashfuse`` parses it (``images.kernel_mount``)."""
 
     def __init__(self, base: Path) -> None:
         self.base = base
         self._users: dict[str, set[str]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self.method_for: Callable[[str], str] = lambda image_id: "loop"
 
     def target(self, image_id: str) -> Path:
         # "sha256:<hex>" -> "<hex>": a colon cannot appear in an overlay lowerdir.
@@ -87,12 +102,15 @@ class ImageMounts:
             target = self.target(src.image_id)
             if not is_mounted(target):
                 target.mkdir(parents=True, exist_ok=True)
-                opts = f"ro,loop,offset={src.offset},sizelimit={src.size}"
-                await command.run(
-                    ["mount", "-t", "squashfs", "-o", opts, src.path, str(target)],
-                    label="mount squashfs",
-                    timeout=60,
-                )
+                if self.method_for(src.image_id) == "squashfuse":
+                    # allow_other: containers run as any uid; default_permissions: the
+                    # kernel still checks the image's file modes.
+                    opts = f"ro,allow_other,default_permissions,offset={src.offset}"
+                    argv = ["squashfuse", "-o", opts, src.path, str(target)]
+                else:
+                    opts = f"ro,loop,offset={src.offset},sizelimit={src.size}"
+                    argv = ["mount", "-t", "squashfs", "-o", opts, src.path, str(target)]
+                await command.run(argv, label=f"mount {argv[0]}", timeout=60)
             self._users.setdefault(src.image_id, set()).add(container_id)
             return target
 
@@ -150,7 +168,16 @@ async def mount_overlay(lower: Path, bundle: Path, idmap: Idmap | None = None) -
     if idmap is not None:
         clone = bundle / "lower"
         clone.mkdir(exist_ok=True)
-        await asyncio.to_thread(userns.mount_idmapped, lower, clone, idmap.userns_path)
+        try:
+            await asyncio.to_thread(userns.mount_idmapped, lower, clone, idmap.userns_path)
+        except OSError:
+            if fstype(lower).startswith("fuse"):
+                raise FailedPrecondition(
+                    "the image is mounted with squashfuse (images.kernel_mount), which cannot "
+                    "be idmapped for a pod in its own user namespace; sign the SIF with a "
+                    "trusted key or set images.kernel_mount=all"
+                ) from None
+            raise
         os.chown(upper, idmap.root_uid, idmap.root_gid)
         lower = clone
     for p in (lower, upper, work):
