@@ -20,7 +20,7 @@ from pathlib import Path
 
 from sycri import command
 from sycri.errors import FailedPrecondition, Internal
-from sycri.runtime import userns
+from sycri.runtime import conmon_cgroup, userns
 
 log = logging.getLogger("sycri.rootfs")
 
@@ -80,11 +80,24 @@ class ImageMounts:
     """One read-only mount per image, shared by reference. ``method_for(image_id)`` says
     whether the kernel (``loop``) or ``squashfuse`` parses it (``images.kernel_mount``)."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(
+        self,
+        base: Path,
+        fuse_cgroup: Callable[[str], conmon_cgroup.Placement] | None = None,
+        cgroup_version: int = 1,
+    ) -> None:
         self.base = base
         self._users: dict[str, set[str]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self.method_for: Callable[[str], str] = lambda image_id: "loop"
+        # Where a squashfuse for mount <name> lives (outside sycri's cgroup: it must
+        # survive sycri's pod like conmon does); None: left where sycri runs.
+        self.fuse_cgroup = fuse_cgroup
+        self.cgroup_version = cgroup_version
+        self._records = base.with_name(base.name + ".cgroups")  # squashfuse cgroup records
+
+    def _record(self, target: Path) -> Path:
+        return self._records / f"{target.name}.json"
 
     def target(self, image_id: str) -> Path:
         # "sha256:<hex>" -> "<hex>": a colon cannot appear in an overlay lowerdir.
@@ -106,11 +119,18 @@ class ImageMounts:
                     # allow_other: containers run as any uid; default_permissions: the
                     # kernel still checks the image's file modes.
                     opts = f"ro,allow_other,default_permissions,offset={src.offset}"
-                    argv = ["squashfuse", "-o", opts, src.path, str(target)]
+                    prefix = await self._confine(target)
+                    argv = [*prefix, "squashfuse", "-o", opts, src.path, str(target)]
+                    label = "mount squashfuse"
                 else:
                     opts = f"ro,loop,offset={src.offset},sizelimit={src.size}"
                     argv = ["mount", "-t", "squashfs", "-o", opts, src.path, str(target)]
-                await command.run(argv, label=f"mount {argv[0]}", timeout=60)
+                    label = "mount mount"
+                try:
+                    await command.run(argv, label=label, timeout=60)
+                except BaseException:
+                    await asyncio.to_thread(conmon_cgroup.release, self._record(target))
+                    raise
             self._users.setdefault(src.image_id, set()).add(container_id)
             return target
 
@@ -126,6 +146,25 @@ class ImageMounts:
             await unmount(target)
             with contextlib.suppress(OSError):
                 target.rmdir()
+            # The squashfuse (if any) exits on unmount; then its cgroup goes.
+            await asyncio.to_thread(conmon_cgroup.release, self._record(target))
+
+    async def _confine(self, target: Path) -> list[str]:
+        """Make the cgroup a squashfuse for ``target`` runs in, and the argv prefix that
+        puts it there before it starts (as conmon's)."""
+        if self.fuse_cgroup is None:
+            return []
+        place = self.fuse_cgroup(target.name[:16])
+        self._records.mkdir(parents=True, exist_ok=True)
+        try:
+            dirs = await asyncio.to_thread(
+                conmon_cgroup.prepare, self._record(target), place, self.cgroup_version
+            )
+        except OSError as exc:
+            raise Internal(
+                f"cannot make squashfuse's cgroup {place.path}: {exc.strerror}"
+            ) from None
+        return conmon_cgroup.prefix(place, dirs)
 
     def adopt(self, image_id: str, container_id: str) -> None:
         """Recovery: count a container found on disk as a user of its image's mount."""
