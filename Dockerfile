@@ -50,6 +50,7 @@ RUN apt-get update \
         containernetworking-plugins \
         iptables \
         iproute2 \
+        systemd \
         mount \
         gpgv \
         ca-certificates \

@@ -27,6 +27,7 @@ RUNTIME_PACKAGES = {
     "squashfuse",
     "containernetworking-plugins",
     "iptables",
+    "systemd",  # systemd-run: conmon's scope with the systemd cgroup driver (the chart's default)
 }
 BUILD_TOOLS = {
     "build-essential",
