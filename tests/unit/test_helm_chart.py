@@ -34,7 +34,6 @@ from tests.support.chart import (
 KUBE_VERSIONS = ("1.26.0", "1.37.0")  # Chart.yaml kubeVersion floor, newest schemas
 CONFIG_PATH = "/etc/sycri/config.yaml"
 HOST_ROOT = "/host"  # values.yaml hostRoot
-CONFIG_KEYS = set(config.keys())
 
 
 def _values(name: str) -> dict[str, Any]:
@@ -60,14 +59,8 @@ def _mounts(objs: list[dict[str, Any]]) -> dict[str, tuple[dict[str, Any], dict[
 
 
 def _config_data(objs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The ConfigMap's config.yaml as data. ``host_root`` comes with the hostPath work
-    of issue 14 (another branch); where this tree's config.py does not know it yet, it
-    is checked here and taken out before sycri's loader sees the rest."""
-    data = yaml.safe_load(one(objs, "ConfigMap")["data"]["config.yaml"])
-    assert data["host_root"].startswith("/")
-    if "host_root" not in CONFIG_KEYS:
-        del data["host_root"]
-    return data
+    """The ConfigMap's config.yaml as data."""
+    return yaml.safe_load(one(objs, "ConfigMap")["data"]["config.yaml"])
 
 
 def _sycri_config(objs: list[dict[str, Any]], tmp_path) -> config.Config:
@@ -560,9 +553,7 @@ def test_the_hosts_root_is_mounted_and_is_sycris_host_root(variant, tmp_path):
     assert volume["hostPath"] == {"path": "/", "type": "Directory"}
     assert mount["mountPropagation"] == "HostToContainer"  # the host's later mounts too
     assert not mount.get("readOnly")  # writable hostPath volumes are bound from here
-    assert yaml.safe_load(one(objs, "ConfigMap")["data"]["config.yaml"])["host_root"] == HOST_ROOT
-    if "host_root" in CONFIG_KEYS:
-        assert _sycri_config(objs, tmp_path).host_root == HOST_ROOT
+    assert _sycri_config(objs, tmp_path).host_root == HOST_ROOT
 
 
 @variants
