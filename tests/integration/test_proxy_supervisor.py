@@ -63,3 +63,16 @@ def test_the_supervisor_restarts_a_killed_or_hupped_proxy_and_cleans_up(proxy):
         os.kill(third, 0)
     assert not proxy.socket.exists()
     assert not proxy.pidfile.exists()
+
+
+def test_a_request_that_does_not_parse_is_refused_naming_it(proxy):
+    with grpc.insecure_channel(proxy.endpoint) as ch:
+        call = ch.unary_unary("/runtime.v1.RuntimeService/RunPodSandbox")
+        with pytest.raises(grpc.RpcError) as err:
+            call(b"\xff\xff\xff", timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == (
+        "/runtime.v1.RuntimeService/RunPodSandbox: the request is not a "
+        "runtime.v1.RunPodSandboxRequest"
+    )
+    assert _version_error(proxy).code() == grpc.StatusCode.UNAVAILABLE  # still serving

@@ -14,6 +14,7 @@ import signal
 from collections.abc import AsyncIterator
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from sycri.api import api_pb2
 from sycri.proxy import merge, routes
@@ -50,6 +51,12 @@ class Proxy:
     async def unary(self, method: str, request: bytes, context) -> bytes:
         try:
             return await self._unary(method, request, context.time_remaining())
+        except DecodeError:
+            name = routes.route(method).request.DESCRIPTOR.full_name
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"{method}: the request is not a {name}"
+            )
+            raise AssertionError("unreachable") from None
         except BackendError as exc:
             if exc.unreachable:
                 log.warning("%s: %s", method, exc.message)
