@@ -291,3 +291,15 @@ def test_uninstall_is_refused_while_kubelet_uses_the_proxy(tmp_path, where):
     conf.write_text("containerRuntimeEndpoint: unix:///run/containerd/containerd.sock\n")
     install.uninstall(host, cfg.listen, start=False)
     assert not (host.root / "opt/sycri").exists()
+
+
+def test_an_openrc_host_starts_the_proxy_at_boot(tmp_path):
+    image = _image(tmp_path / "image")
+    host = install.Host(tmp_path / "host")
+    (host.root / "etc/local.d").mkdir(parents=True)
+    install.install(host, "0.1.0", settings.ProxySettings(), image, start=False)
+    boot = host.root / "etc/local.d/sycri-proxy.start"
+    assert boot.read_text() == "#!/bin/sh\nexec /bin/sh /opt/sycri/sycri-proxy.sh\n"
+    assert os.access(boot, os.X_OK)
+    install.uninstall(host, settings.DEFAULT_LISTEN, start=False)
+    assert not boot.exists() and (host.root / "etc/local.d").is_dir()

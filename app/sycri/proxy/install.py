@@ -8,6 +8,7 @@ except the unit or the start script's pidfile and log):
     /opt/sycri/current            symlink to the version the proxy runs
     /opt/sycri/proxy.yaml         the proxy's settings
     /opt/sycri/sycri-proxy.sh     (hosts without systemd) the start script
+    /etc/local.d/sycri-proxy.start  (OpenRC hosts) runs it at boot
     /etc/systemd/system/sycri-proxy.service   (systemd hosts) the unit
 """
 
@@ -33,6 +34,7 @@ log = logging.getLogger("sycri.proxy.install")
 OPT = PurePosixPath("/opt/sycri")
 UNIT_PATH = PurePosixPath("/etc/systemd/system") / unit.UNIT_NAME
 PIDFILE = PurePosixPath("/run/sycri-proxy/supervisor.pid")
+LOCAL_D = PurePosixPath("/etc/local.d/sycri-proxy.start")  # OpenRC hosts: start at boot
 # What of the node image the proxy's root needs (Debian's merged /usr: bin, lib, sbin
 # are symlinks into it); the virtual file systems are mounted over empty directories.
 IMAGE_PARTS = ("usr", "etc", "opt/sycri", "bin", "sbin", "lib", "lib64", "var/lib/dpkg")
@@ -147,6 +149,9 @@ def install(
     else:
         script = OPT / "sycri-proxy.sh"
         _atomic_write(host.path(script), unit.start_script(rootfs, config, PIDFILE), 0o755)
+        if host.path(LOCAL_D.parent).is_dir():
+            # OpenRC's local service runs /etc/local.d/*.start at boot
+            _atomic_write(host.path(LOCAL_D), f"#!/bin/sh\nexec /bin/sh {script}\n", 0o755)
         cmds = [["nsenter", "--target", "1", "--mount", "--", "/bin/sh", str(script)]]
         pid = _pid(host.path(PIDFILE))
         if changed and pid is not None:
@@ -217,6 +222,8 @@ def uninstall(host: Host, listen: str, start: bool = True, force: bool = False) 
         ran.append(f"kill -TERM {pid}")
     with contextlib.suppress(FileNotFoundError):
         unit_file.unlink()
+    with contextlib.suppress(FileNotFoundError):
+        host.path(LOCAL_D).unlink()
     if start and host.has_systemd() and ran:
         subprocess.run(host_command(host, "systemctl", "daemon-reload"), check=False)
     shutil.rmtree(host.opt, ignore_errors=True)
