@@ -54,8 +54,11 @@ class SycriServer:
         return self.base / "sycri.log"
 
     def args(self) -> list[str]:
+        # Its own (empty) CNI config dir unless a flag names one: a network config some
+        # other runtime left in the host's /etc/cni/net.d must not change a result.
         return [
             "serve",
+            "--cni-conf-dir", str(self.base / "cni-net.d"),
             "--socket", str(self.socket),
             "--root-dir", str(self.base / "root"),
             "--run-dir", str(self.base / "run"),

@@ -425,22 +425,25 @@ class Containers:
             self.store.save(rec)
             self._emit(rec, ContainerEventType.STARTED)
 
-    async def stop(self, ref: str, timeout: float) -> None:
-        """StopSignal, wait ``timeout`` seconds, then SIGKILL; already stopped is fine."""
+    async def stop(self, ref: str, timeout: float, pod_going: bool = False) -> None:
+        """StopSignal, wait ``timeout`` seconds, then SIGKILL; already stopped is fine.
+
+        A container never started stays CREATED, as in containerd: kubelet must not
+        read a stop as a run that completed. ``pod_going``: its pod stops, so runc's
+        init waiting to start it is killed too (no process outlives its pod).
+        """
         rec = self.store.get(ref)
         async with self._lock(rec.id):
-            await self._stop_locked(rec, timeout)
+            await self._stop_locked(rec, timeout, pod_going)
 
-    async def _stop_locked(self, rec: ContainerRecord, timeout: float) -> None:
+    async def _stop_locked(
+        self, rec: ContainerRecord, timeout: float, pod_going: bool = False
+    ) -> None:
         self.refresh(rec)
         runc = self.runtime(rec.runtime_handler)
         if rec.state == CREATED:
-            # Never started: there is no process to signal but runc's init; kill it.
-            await runc.kill(rec.id, 9, all_processes=True)
-            rec.state, rec.finished_at, rec.exit_code = EXITED, now_ns(), 0
-            rec.reason = rec.reason or "Completed"
-            self.store.save(rec)
-            self._emit(rec, ContainerEventType.STOPPED)
+            if pod_going:
+                await runc.kill(rec.id, 9, all_processes=True)
             return
         if rec.state != RUNNING:
             return
@@ -680,7 +683,9 @@ class Containers:
     # --- pods ------------------------------------------------------------------------
 
     async def stop_pod(self, pod_id: str, timeout: float = 0) -> None:
-        await asyncio.gather(*(self.stop(r.id, timeout) for r in self.in_pod(pod_id)))
+        await asyncio.gather(
+            *(self.stop(r.id, timeout, pod_going=True) for r in self.in_pod(pod_id))
+        )
 
     async def remove_pod(self, pod_id: str) -> None:
         for r in self.in_pod(pod_id):
