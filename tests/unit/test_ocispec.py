@@ -658,7 +658,7 @@ def test_bad_resources_refused():
         build(
             config(
                 res=api_pb2.LinuxContainerResources(
-                    memory_limit_in_bytes=100, memory_swap_limit_in_bytes=50
+                    memory_limit_in_bytes=100 << 20, memory_swap_limit_in_bytes=50 << 20
                 )
             )
         )

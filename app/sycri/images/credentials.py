@@ -46,6 +46,15 @@ def decode_auth(auth: str, where: str) -> tuple[str, str]:
     return user, password
 
 
+def _printable(value: str, field_name: str) -> str:
+    """Credentials travel in HTTP headers (Basic, Bearer): printable ASCII only."""
+    if any(not 0x20 <= ord(c) < 0x7F for c in value):
+        raise InvalidArgument(
+            f"AuthConfig.{field_name}: only printable ASCII characters can be sent to a registry"
+        )
+    return value
+
+
 def from_auth_config(auth) -> Credentials | None:
     """Credentials from a CRI ``AuthConfig`` message (or None when it holds none)."""
     if auth is None:
@@ -53,7 +62,14 @@ def from_auth_config(auth) -> Credentials | None:
     user, password = auth.username, auth.password
     if auth.auth and not user:
         user, password = decode_auth(auth.auth, "AuthConfig")
-    creds = Credentials(user, password, auth.identity_token, auth.registry_token)
+    if ":" in user:
+        raise InvalidArgument("AuthConfig.username: a user name cannot contain ':'")
+    creds = Credentials(
+        _printable(user, "username"),
+        _printable(password, "password"),
+        _printable(auth.identity_token, "identity_token"),
+        _printable(auth.registry_token, "registry_token"),
+    )
     return creds or None
 
 

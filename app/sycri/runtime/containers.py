@@ -617,7 +617,13 @@ class Containers:
         pid_file = Path(rec.bundle) / f"exec-{new_id()[:16]}.pid"
         argv = runc.argv("exec", "--pid-file", str(pid_file), rec.id, *cmd)
         task = asyncio.create_task(
-            command.run(argv, check=False, label="runc exec", exit_is_answer=True)
+            command.run(
+                argv,
+                check=False,
+                label="runc exec",
+                exit_is_answer=True,
+                output_limit=EXEC_OUTPUT_LIMIT,
+            )
         )
         timed_out = False
         try:
@@ -646,9 +652,16 @@ class Containers:
             raise Internal(
                 f"exec in {rec.id[:12]} failed: {result.stderr.decode(errors='replace')[-500:]}"
             )
-        return ExecResult(
-            result.stdout[:EXEC_OUTPUT_LIMIT], result.stderr[:EXEC_OUTPUT_LIMIT], code
-        )
+        if result.truncated:
+            # As containerd: each stream keeps its first 16 MiB; the rest was read and
+            # dropped while the command ran, so it never sat in sycri's memory.
+            log.warning(
+                "exec %s in %s: output over %d bytes per stream was dropped",
+                excerpt(" ".join(cmd)),
+                rec.id[:12],
+                EXEC_OUTPUT_LIMIT,
+            )
+        return ExecResult(result.stdout, result.stderr, code)
 
     async def update_resources(self, ref: str, resources: api_pb2.LinuxContainerResources) -> None:
         rec = self.store.get(ref)
@@ -660,6 +673,7 @@ class Containers:
                 resources,
                 hostfacts.cgroup_v2(),
                 hostfacts.hugetlb_sizes() if resources.hugepage_limits else frozenset(),
+                hostfacts.cgroup_facts(),
             )
             await self.runtime(rec.runtime_handler).update(rec.id, oci)
             merged = api_pb2.LinuxContainerResources()

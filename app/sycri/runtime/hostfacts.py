@@ -9,8 +9,8 @@ import stat
 from pathlib import Path
 
 from sycri.api import api_pb2
-from sycri.runtime import cdi
-from sycri.runtime.ocispec import ALL_CAPS, DeviceNode, HostFacts
+from sycri.runtime import argv, cdi
+from sycri.runtime.ocispec import ALL_CAPS, CgroupFacts, DeviceNode, HostFacts
 
 MAX_PROFILE_BYTES = 1024 * 1024
 
@@ -168,6 +168,37 @@ def hugetlb_sizes(
     return frozenset(sizes)
 
 
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return None
+
+
+def id_set(text: str | None) -> frozenset[int] | None:
+    """The ids of a kernel list such as ``0-3,8`` (``/sys/.../online``); None if unknown."""
+    if text is None or not text.strip():
+        return None
+    out: set[int] = set()
+    for item in text.strip().split(","):
+        lo, _, hi = item.partition("-")
+        try:
+            out.update(range(int(lo), int(hi or lo) + 1))
+        except ValueError:
+            return None
+    return frozenset(out)
+
+
+def cgroup_facts() -> CgroupFacts:
+    """Online CPUs and memory nodes, and the root's cgroup v2 controllers."""
+    controllers = _read("/sys/fs/cgroup/cgroup.controllers") if cgroup_v2() else None
+    return CgroupFacts(
+        cpus=id_set(_read("/sys/devices/system/cpu/online")),
+        mems=id_set(_read("/sys/devices/system/node/online") or "0"),
+        controllers=frozenset(controllers.split()) if controllers is not None else None,
+    )
+
+
 def apparmor_enabled() -> bool:
     try:
         return Path("/sys/module/apparmor/parameters/enabled").read_text().strip() == "Y"
@@ -233,4 +264,6 @@ def gather(
         recursive_read_only=recursive_read_only,
         propagation=propagation,
         hugetlb_sizes=hugetlb_sizes() if cfg.linux.resources.hugepage_limits else frozenset(),
+        cgroups=cgroup_facts(),
+        arg_max=argv.arg_max(),
     )
