@@ -151,9 +151,7 @@ async def _run(
         if isinstance(exc, asyncio.TimeoutError):
             raise DeadlineExceeded(f"{name} did not finish within {timeout:g}s") from None
         raise
-    result = Result(
-        tuple(argv), proc.returncode or 0, out, err, time.monotonic() - t0, truncated
-    )
+    result = Result(tuple(argv), proc.returncode or 0, out, err, time.monotonic() - t0, truncated)
     _notify(name, result.ok, result.seconds)
     return result
 

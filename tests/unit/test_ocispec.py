@@ -667,20 +667,78 @@ def test_bad_resources_refused():
 # --- ulimits ---------------------------------------------------------------------------
 
 
-def test_ulimits_default_and_per_pod():
+ULIMITS = ocispec.ULIMITS_ANNOTATION
+OWN_LIMITS = {
+    "memlock": (8 << 20, 8 << 20),
+    "nice": (0, 0),
+    "rtprio": (0, 0),
+    "nofile": (20000, 20000),
+}
+
+
+def _pod_ulimits(value: str) -> api_pb2.PodSandboxConfig:
     pod = api_pb2.PodSandboxConfig()
     pod.CopyFrom(POD)
-    pod.annotations[ocispec.ULIMITS_ANNOTATION] = "memlock=-1, nofile=2048:4096"
-    settings = ocispec.Settings(default_ulimits=("nofile=1024", "nproc=100:200"))
-    rl = {
-        r["type"]: (r["soft"], r["hard"])
-        for r in build(pod=pod, settings=settings)["process"]["rlimits"]
-    }
-    assert rl == {
-        "RLIMIT_MEMLOCK": (2**64 - 1, 2**64 - 1),
+    pod.annotations[ocispec.ULIMITS_ANNOTATION] = value
+    return pod
+
+
+def _rlimits(spec) -> dict[str, tuple[int, int]]:
+    return {r["type"]: (r["soft"], r["hard"]) for r in spec["process"]["rlimits"]}
+
+
+def test_ulimits_default_and_per_pod_lowering():
+    pod = _pod_ulimits("memlock=4096, nofile=2048:4096")
+    settings = ocispec.Settings(default_ulimits=("nofile=4096:8192", "nproc=100:200"))
+    host = HostFacts(own_rlimits=OWN_LIMITS)
+    assert _rlimits(build(pod=pod, settings=settings, host=host)) == {
+        "RLIMIT_MEMLOCK": (4096, 4096),
         "RLIMIT_NOFILE": (2048, 4096),
         "RLIMIT_NPROC": (100, 200),
     }
+
+
+@pytest.mark.parametrize(
+    "annotation, named",
+    [("rtprio=99", "rtprio"), ("nice=40", "nice"), ("memlock=-1", "memlock"),
+     ("nofile=100:9000", "nofile"), ("nproc=300", "nproc")],
+)  # fmt: skip
+def test_pod_cannot_raise_ulimits_above_the_node(annotation, named):
+    """A pod author must not get rlimits only the node may grant (runc sets them as root)."""
+    settings = ocispec.Settings(default_ulimits=("nofile=4096:8192", "nproc=100:200"))
+    host = HostFacts(own_rlimits=OWN_LIMITS)
+    with pytest.raises(InvalidArgument, match=f"{ULIMITS}: {named} hard limit"):
+        build(pod=_pod_ulimits(annotation), settings=settings, host=host)
+
+
+def test_max_ulimits_lets_pods_raise_within_the_ceiling():
+    settings = ocispec.Settings(max_ulimits=("memlock=unlimited", "nofile=65536"))
+    host = HostFacts(own_rlimits=OWN_LIMITS)  # CAP_SYS_RESOURCE held (all caps)
+    spec = build(pod=_pod_ulimits("memlock=-1,nofile=1024:65536"), settings=settings, host=host)
+    assert _rlimits(spec) == {
+        "RLIMIT_MEMLOCK": (2**64 - 1, 2**64 - 1),
+        "RLIMIT_NOFILE": (1024, 65536),
+    }
+    with pytest.raises(InvalidArgument, match="nofile hard limit 65537"):
+        build(pod=_pod_ulimits("nofile=65537"), settings=settings, host=host)
+
+
+def test_without_cap_sys_resource_no_hard_limit_goes_above_sycris_own():
+    settings = ocispec.Settings(max_ulimits=("memlock=unlimited",))
+    host = HostFacts(own_rlimits=OWN_LIMITS, bounding_caps=hostfacts.bounding_caps(NO_SYS_RESOURCE))
+    with pytest.raises(InvalidArgument, match="CAP_SYS_RESOURCE"):
+        build(pod=_pod_ulimits("memlock=-1"), settings=settings, host=host)
+    spec = build(pod=_pod_ulimits("memlock=1024:8388608"), settings=settings, host=host)
+    assert _rlimits(spec) == {"RLIMIT_MEMLOCK": (1024, 8 << 20)}
+
+
+def test_own_rlimits_read_from_proc():
+    text = (
+        "Limit                     Soft Limit           Hard Limit           Units     \n"
+        "Max open files            1024                 4096                 files     \n"
+        "Max locked memory         8388608              unlimited            bytes     \n"
+    )
+    assert hostfacts.own_rlimits(text) == {"nofile": (1024, 4096), "memlock": (8 << 20, 2**64 - 1)}
 
 
 def test_bad_ulimit_refused():

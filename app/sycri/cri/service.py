@@ -165,9 +165,7 @@ class Dispatcher:
         fn = self.handlers.get(md.name)
         if md.server_streaming:
             behaviour = self._stream(md, fn)
-            return grpc.unary_stream_rpc_method_handler(
-                behaviour, None, resp_cls.SerializeToString
-            )
+            return grpc.unary_stream_rpc_method_handler(behaviour, None, resp_cls.SerializeToString)
         return grpc.unary_unary_rpc_method_handler(
             self._unary(md, fn), None, resp_cls.SerializeToString
         )

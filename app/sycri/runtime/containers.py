@@ -998,6 +998,7 @@ def from_config(
         cgroup_driver=cgroup_driver,
         settings=ocispec.Settings(
             default_ulimits=cfg.default_ulimits,
+            max_ulimits=cfg.max_ulimits,
             apparmor_default_profile=cfg.apparmor_default_profile,
         ),
         log_size_max=cfg.container_log_max_bytes,

@@ -199,6 +199,33 @@ def cgroup_facts() -> CgroupFacts:
     )
 
 
+# /proc/self/limits row titles of the rlimits ocispec knows.
+_LIMIT_ROWS = {
+    "Max cpu time": "cpu", "Max file size": "fsize", "Max data size": "data",
+    "Max stack size": "stack", "Max core file size": "core", "Max resident set": "rss",
+    "Max processes": "nproc", "Max open files": "nofile", "Max locked memory": "memlock",
+    "Max address space": "as", "Max file locks": "locks", "Max pending signals": "sigpending",
+    "Max msgqueue size": "msgqueue", "Max nice priority": "nice",
+    "Max realtime priority": "rtprio", "Max realtime timeout": "rttime",
+}  # fmt: skip
+_UNLIMITED = 2**64 - 1
+
+
+def own_rlimits(text: str | None = None) -> dict[str, tuple[int, int]]:
+    """sycri's own (soft, hard) rlimits by name, from ``/proc/self/limits``."""
+    text = _read("/proc/self/limits") if text is None else text
+    out: dict[str, tuple[int, int]] = {}
+    for line in (text or "").splitlines():
+        for title, name in _LIMIT_ROWS.items():
+            if line.startswith(title + " "):
+                fields = line[len(title) :].split()
+                if len(fields) >= 2:
+                    vals = [_UNLIMITED if f == "unlimited" else f for f in fields[:2]]
+                    with contextlib.suppress(ValueError):
+                        out[name] = (int(vals[0]), int(vals[1]))
+    return out
+
+
 def apparmor_enabled() -> bool:
     try:
         return Path("/sys/module/apparmor/parameters/enabled").read_text().strip() == "Y"
@@ -266,4 +293,5 @@ def gather(
         hugetlb_sizes=hugetlb_sizes() if cfg.linux.resources.hugepage_limits else frozenset(),
         cgroups=cgroup_facts(),
         arg_max=argv.arg_max(),
+        own_rlimits=own_rlimits(),
     )

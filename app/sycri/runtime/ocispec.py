@@ -182,6 +182,9 @@ class HostFacts:
     # Hugepage sizes ("2MB", "1GB") the node's cgroups can limit; None: not looked at.
     hugetlb_sizes: frozenset[str] | None = None
     cgroups: CgroupFacts = CgroupFacts()
+    # sycri's own rlimits (soft, hard) by name: the node's values where default_ulimits
+    # names none. Empty: unknown, and a pod can raise nothing without max_ulimits.
+    own_rlimits: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     arg_max: int = 2 * 1024 * 1024  # the kernel's limit for argv + environment
 
 
@@ -190,6 +193,7 @@ class Settings:
     """sycri's settings that shape every container."""
 
     default_ulimits: tuple[str, ...] = ()
+    max_ulimits: tuple[str, ...] = ()  # how far a pod may raise a hard limit
     apparmor_default_profile: str = ""  # loaded profile name for RuntimeDefault; "": none
     default_cgroup_parent: str = "/sycri"
 
@@ -255,7 +259,13 @@ def build(inp: SpecInput) -> BuiltSpec:
             "permitted": caps,
             "ambient": _ambient(sc.capabilities, caps),
         },
-        "rlimits": rlimits(inp.settings.default_ulimits, inp.sandbox_config.annotations),
+        "rlimits": rlimits(
+            inp.settings.default_ulimits,
+            inp.sandbox_config.annotations,
+            inp.settings.max_ulimits,
+            inp.host.own_rlimits,
+            "CAP_SYS_RESOURCE" in inp.host.bounding_caps,
+        ),
         "noNewPrivileges": sc.no_new_privs,
         "oomScoreAdj": max(
             _ranged(linux_cfg.resources.oom_score_adj, "oom_score_adj", -1000, 1000),
@@ -425,21 +435,58 @@ def _ambient(spec: api_pb2.Capability, held: list[str]) -> list[str]:
     return ambient
 
 
-def rlimits(defaults: tuple[str, ...], pod_annotations: Mapping[str, str]) -> list[dict[str, Any]]:
-    """Default ulimits from config, overridden per pod by the ``sycri.io/ulimits`` annotation."""
-    limits: dict[str, tuple[int, int]] = {}
+def rlimits(
+    defaults: tuple[str, ...],
+    pod_annotations: Mapping[str, str],
+    ceilings: tuple[str, ...] = (),
+    own: Mapping[str, tuple[int, int]] | None = None,
+    can_raise_hard: bool = True,
+) -> list[dict[str, Any]]:
+    """The node's rlimits (``default_ulimits``), changed per pod by ``sycri.io/ulimits``.
+
+    rlimits are the node's decision: runc applies them as root, so a pod author could
+    otherwise take ``rtprio=99`` or ``memlock=unlimited``. A pod may ask for any soft
+    limit up to its hard limit, and for a hard limit up to the node's (its default, else
+    sycri's own, ``own``) or up to the node's ceiling (``max_ulimits``). Without
+    CAP_SYS_RESOURCE (``can_raise_hard`` False) no hard limit can exceed sycri's own.
+    """
+    node: dict[str, tuple[int, int]] = {}
     for item in defaults:
         name, soft, hard = _parse_ulimit(item, "default_ulimits")
-        limits[name] = (soft, hard)
+        node[name] = (soft, hard)
+    ceiling: dict[str, int] = {}
+    for item in ceilings:
+        name, _, hard = _parse_ulimit(item, "max_ulimits")
+        ceiling[name] = hard
+    limits = dict(node)
     raw = pod_annotations.get(ULIMITS_ANNOTATION, "")
+    where = f"annotation {ULIMITS_ANNOTATION}"
     for item in (p.strip() for p in raw.split(",")):
-        if item:
-            name, soft, hard = _parse_ulimit(item, f"annotation {ULIMITS_ANNOTATION}")
-            limits[name] = (soft, hard)
+        if not item:
+            continue
+        name, soft, hard = _parse_ulimit(item, where)
+        base = node.get(name) or (own or {}).get(name)
+        allowed = max(base[1] if base else 0, ceiling.get(name, 0))
+        if hard > allowed:
+            raise InvalidArgument(
+                f"{where}: {name} hard limit {_shown(hard)} is above the node's "
+                f"{_shown(allowed)}; only max_ulimits on the node can allow more"
+            )
+        mine = (own or {}).get(name)
+        if not can_raise_hard and mine is not None and hard > mine[1]:
+            raise InvalidArgument(
+                f"{where}: {name} hard limit {_shown(hard)} is above sycri's own "
+                f"{_shown(mine[1])}, and the node lacks CAP_SYS_RESOURCE to raise it"
+            )
+        limits[name] = (soft, hard)
     return [
         {"type": "RLIMIT_" + n.upper(), "soft": s, "hard": h}
         for n, (s, h) in sorted(limits.items())
     ]
+
+
+def _shown(value: int) -> str:
+    return "unlimited" if value >= _UNLIMITED else str(value)
 
 
 _UNLIMITED = 2**64 - 1
