@@ -63,7 +63,8 @@ log = logging.getLogger("sycri.containers")
 
 MAX_NAME = 253
 MAX_IMAGE_FILE = 4 * 1024 * 1024
-EXEC_OUTPUT_LIMIT = 16 * 1024 * 1024
+# Per stream: both must fit one 16 MiB gRPC reply (sycri's and kubelet's message limit).
+EXEC_OUTPUT_LIMIT = 8 * 1024 * 1024 - 4096
 UNMONITORED = "its monitor (conmon) died: the container runs on, but its log and attach are cut"
 LOST_EXIT = (
     "the container and its monitor (conmon) disappeared; conmon recorded no exit code, "
@@ -649,12 +650,17 @@ class Containers:
             )
         code = result.returncode
         if code != 0 and b"exec failed" in result.stderr and not result.stdout:
-            raise Internal(
-                f"exec in {rec.id[:12]} failed: {result.stderr.decode(errors='replace')[-500:]}"
-            )
+            why = result.stderr.decode(errors="replace")[-500:]
+            if b"unable to start container process" in result.stderr:
+                # The command itself cannot start (not found, not executable): the
+                # request named it, so it is the request's error, not sycri's.
+                raise InvalidArgument(
+                    f"cmd: {excerpt(cmd[0])} cannot be started in {rec.id[:12]}: {why}"
+                )
+            raise Internal(f"exec in {rec.id[:12]} failed: {why}")
         if result.truncated:
-            # As containerd: each stream keeps its first 16 MiB; the rest was read and
-            # dropped while the command ran, so it never sat in sycri's memory.
+            # As containerd (which keeps 16 MiB per stream): the start of each stream is
+            # kept; the rest was read and dropped while the command ran, never held.
             log.warning(
                 "exec %s in %s: output over %d bytes per stream was dropped",
                 excerpt(" ".join(cmd)),
