@@ -64,6 +64,19 @@ class ImageConfig:
     # a blob goes when the last image built from it is removed.
     keep_layers: bool = True
     library_url: str = "https://library.sylabs.io"  # Sylabs library API for library://
+    # Bounds on what one image may unpack (hostile registries): past one the pull fails
+    # with RESOURCE_EXHAUSTED. Generous enough for a 20 GB HPC image.
+    max_image_bytes: int = 64 << 30  # uncompressed layer bytes, or a SIF's size
+    max_image_entries: int = 5_000_000  # tar entries over all layers
+    max_layers: int = 256
+    max_file_bytes: int = 32 << 30  # one regular file
+    # Which SIFs the kernel's squashfs driver may parse: own (built by sycri), signed (also
+    # SIFs signed by a trusted key), all. The others are mounted with squashfuse.
+    kernel_mount: str = "signed"
+    # accept, require-signed (a valid PGP or DSSE signature over the system partition) or
+    # require-trusted (signed by a key in trusted_keyrings).
+    sif_policy: str = "accept"
+    trusted_keyrings: tuple[str, ...] = ()  # PGP public keys (armored/binary) or PEM keys
 
 
 @dataclass(frozen=True)
@@ -121,6 +134,8 @@ _CHOICES = {
     "log.level": ("debug", "info", "warning", "error"),
     "log.format": ("plain", "json"),
     "images.squashfs_compression": ("gzip", "lz4", "lzo", "xz", "zstd", "lzma"),
+    "images.kernel_mount": ("own", "signed", "all"),
+    "images.sif_policy": ("accept", "require-signed", "require-trusted"),
 }
 _ABSOLUTE = {"socket", "root_dir", "run_dir", "pod_log_dir", "cni.conf_dir", "host_root"}
 _POSITIVE = {
@@ -130,6 +145,10 @@ _POSITIVE = {
     "streaming.idle_timeout_seconds",
     "images.pull_progress_timeout_seconds",
     "images.max_concurrent_downloads",
+    "images.max_image_bytes",
+    "images.max_image_entries",
+    "images.max_layers",
+    "images.max_file_bytes",
 }
 
 
@@ -267,7 +286,7 @@ def validate(cfg: Config) -> Config:
     for key in _ABSOLUTE:
         if not os.path.isabs(values[key]):
             raise ConfigError(f"{key}: must be an absolute path, got {values[key]!r}")
-    for key in ("cni.bin_dirs",):
+    for key in ("cni.bin_dirs", "images.trusted_keyrings"):
         for p in values[key]:
             if not os.path.isabs(p):
                 raise ConfigError(f"{key}: must hold absolute paths, got {p!r}")
@@ -284,6 +303,19 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             f"cni.default_subnet: not a network: {cfg.cni.default_subnet!r}"
         ) from None
+    if cfg.images.sif_policy == "require-trusted" and not cfg.images.trusted_keyrings:
+        raise ConfigError("images.sif_policy: require-trusted needs images.trusted_keyrings")
+    for keyring in cfg.images.trusted_keyrings:
+        if not os.path.isfile(keyring):
+            raise ConfigError(f"images.trusted_keyrings: {keyring!r} is not a readable file")
+    if cfg.images.trusted_keyrings:
+        from sycri.sif.format import SifError
+        from sycri.sif.verify import load_keys
+
+        try:
+            load_keys(cfg.images.trusted_keyrings)
+        except SifError as exc:
+            raise ConfigError(f"images.trusted_keyrings: {exc}") from None
     if net.num_addresses < 4:
         raise ConfigError(f"cni.default_subnet: {net} is too small for pods")
     if cfg.default_runtime not in cfg.runtimes:

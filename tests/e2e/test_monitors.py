@@ -205,3 +205,67 @@ def test_a_dead_conmon_is_noticed_while_sycri_runs(node, registry):
     rt.StopContainer(api_pb2.StopContainerRequest(container_id=quiet, timeout=0))
     st = status(quiet)
     assert (st.state, st.exit_code) == (api_pb2.CONTAINER_EXITED, 137)
+
+
+def test_a_squashfuse_image_outlives_sycris_cgroup(node, registry):
+    """A SIF sycri did not build is served by squashfuse (``images.kernel_mount``), which
+    every container of that image reads its files through: like conmon, it must not die
+    with sycri's pod."""
+    server, _net, cg_root, own = node
+    rt = server.runtime()
+    ref = pull(server, registry, entrypoint=["/bin/sh", "-c"], cmd=["true"])
+    stored = server.images().ImageStatus(
+        api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=ref)), timeout=30
+    )
+    sif_path = server.base / "foreign.sif"  # a copy is a SIF sycri did not build
+    sif_path.write_bytes(
+        (server.base / "root/images/sif" / (stored.image.id.split(":")[1] + ".sif")).read_bytes()
+    )
+    server.images().PullImage(
+        api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=str(sif_path))), timeout=60
+    )
+    cfg = pod_config("fuse", cgroup_parent=f"/{cg_root}/pod")
+    cfg.log_directory = str(server.base / "logs")
+    pod = rt.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=cfg)).pod_sandbox_id
+    c = container("chatty", str(sif_path), [COUNTER])
+    req = api_pb2.CreateContainerRequest(pod_sandbox_id=pod, config=c, sandbox_config=cfg)
+    cid = rt.CreateContainer(req).container_id
+    rt.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+    log = Path(cfg.log_directory) / "chatty/0.log"
+    wait_for("the first lines", lambda: len(numbers(log)) >= 3)
+
+    fuse = [
+        int(p)
+        for p in os.listdir("/proc")
+        if p.isdigit()
+        and _cmdline(int(p))[:1] == ["squashfuse"]
+        and str(server.base) in " ".join(_cmdline(int(p)))
+    ]
+    assert len(fuse) == 1, "the image is not served by one squashfuse"
+    assert fuse[0] not in own_cgroup.pids(own)
+    assert cgroup_of(fuse[0]) != cgroup_of(server.proc.pid)
+
+    own_cgroup.kill_all(own)
+    server.wait()
+    at_kill = len(numbers(log))
+    # Each line runs the image's `sleep`: lines keep coming only while squashfuse serves.
+    wait_for("log lines written while sycri is down", lambda: len(numbers(log)) >= at_kill + 5)
+    server.stop()
+    server.start()
+    rt = server.runtime()
+    out = rt.ExecSync(api_pb2.ExecSyncRequest(container_id=cid, cmd=["/bin/echo", "still"]))
+    assert (out.exit_code, out.stdout) == (0, b"still\n")
+    rt.StopContainer(api_pb2.StopContainerRequest(container_id=cid, timeout=0))
+    rt.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=cid))
+    rt.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod))
+    rt.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod))
+    wait_for(
+        "squashfuse gone with the last container", lambda: not os.path.exists(f"/proc/{fuse[0]}")
+    )
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+    except OSError:
+        return []

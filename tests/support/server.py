@@ -65,6 +65,8 @@ class SycriServer:
             "--pod-log-dir", str(self.base / "pods"),
             "--metrics-address", "",
             "--log-level", "debug",
+            # not the host's /etc/containers/registries.conf (flags below may override)
+            "--images-registries-conf", "/dev/null",
             *self.flags,
         ]  # fmt: skip
 

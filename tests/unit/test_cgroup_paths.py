@@ -187,3 +187,19 @@ def test_conmon_cgroup_settings_accepted(value):
 @pytest.mark.parametrize("value", ["", "sycri", "/a/../b", "a-.slice", "/a b"])
 def test_conmon_cgroup_settings_refused(value):
     assert conmon_cgroup.check_setting(value)
+
+
+def test_squashfuse_goes_in_a_node_level_leaf_never_a_pod_cgroup():
+    # It serves every pod of its image: the node's own part of the tree by default...
+    assert conmon_cgroup.mount_placement("pod", "cgroupfs", "0123abcd") == (
+        conmon_cgroup.Placement("cgroupfs", "/sycri-mounts/sycri-mount-0123abcd")
+    )
+    assert conmon_cgroup.mount_placement("pod", "systemd", "0123abcd") == (
+        conmon_cgroup.Placement("systemd", "system.slice", "sycri-mount-0123abcd.scope")
+    )
+    # ...else where conmon_cgroup puts monitors.
+    assert conmon_cgroup.mount_placement("/monitors", "cgroupfs", "0123abcd").path == (
+        "/monitors/sycri-mount-0123abcd"
+    )
+    with pytest.raises(InvalidArgument, match="slice name"):
+        conmon_cgroup.mount_placement("/monitors", "systemd", "0123abcd")

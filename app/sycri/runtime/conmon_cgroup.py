@@ -33,6 +33,9 @@ log = logging.getLogger("sycri.conmon")
 
 POD = "pod"
 PREFIX = "sycri-conmon-"
+MOUNT_PREFIX = "sycri-mount-"
+MOUNTS_CGROUP = "/sycri-mounts"  # squashfuse's parent with cgroupfs and ``pod``
+MOUNTS_SLICE = "system.slice"  # ...and with systemd
 RECORD = "conmon.cgroup"  # in the bundle: the leaf directories, written before they exist
 
 # Joins every cgroup named before "--", then runs the rest; exit 125 names the one refused.
@@ -67,24 +70,49 @@ def check_setting(value: str) -> str | None:
 def placement(setting: str, driver: str, container_cgroup: str, container_id: str) -> Placement:
     """conmon's cgroup for a container whose own cgroup is ``container_cgroup`` (as runc
     gets it: a cgroupfs path, or systemd's ``slice:prefix:name``)."""
+    if setting == POD:
+        if driver == "systemd":
+            parent = container_cgroup.split(":", 1)[0] or "system.slice"
+        else:
+            parent = posixpath.dirname(container_cgroup) or "/"
+    else:
+        parent = _configured(setting, driver)
+    return _leaf(driver, parent, PREFIX + container_id)
+
+
+def mount_placement(setting: str, driver: str, name: str) -> Placement:
+    """The cgroup of the squashfuse process serving image mount ``name``.
+
+    It serves every container of its image, across pods, so it cannot live in a pod's
+    cgroup; and like conmon it must outlive sycri's cgroup, or every container of the
+    image loses its files when sycri's pod is stopped. With ``pod`` it goes in the
+    node's own part of the tree (``system.slice`` under systemd, ``/sycri-mounts`` with
+    cgroupfs), else under the configured cgroup; a leaf per image either way."""
+    if setting == POD:
+        parent = MOUNTS_SLICE if driver == "systemd" else MOUNTS_CGROUP
+    else:
+        parent = _configured(setting, driver)
+    return _leaf(driver, parent, MOUNT_PREFIX + name)
+
+
+def _configured(setting: str, driver: str) -> str:
+    """The parent a configured ``conmon_cgroup`` names, for ``driver``."""
     if driver == "systemd":
-        if setting == POD:
-            slice_ = container_cgroup.split(":", 1)[0] or "system.slice"
-        elif setting.startswith("/"):
+        if setting.startswith("/"):
             raise InvalidArgument(
                 f"conmon_cgroup {setting!r}: the systemd driver needs a slice name"
             )
-        else:
-            slice_ = setting
-        cgroups.systemd_slice_path(slice_)  # refuses a bad slice name
-        return Placement("systemd", slice_, f"{PREFIX}{container_id}.scope")
-    if setting == POD:
-        parent = posixpath.dirname(container_cgroup) or "/"
-    elif setting.startswith("/"):
-        parent = cgroups.relative_path("cgroupfs", setting)
-    else:
-        parent = cgroups.systemd_slice_path(setting)  # where systemd would put that slice
-    return Placement("cgroupfs", posixpath.join(parent, PREFIX + container_id))
+        return setting
+    if setting.startswith("/"):
+        return cgroups.relative_path("cgroupfs", setting)
+    return cgroups.systemd_slice_path(setting)  # where systemd would put that slice
+
+
+def _leaf(driver: str, parent: str, name: str) -> Placement:
+    if driver == "systemd":
+        cgroups.systemd_slice_path(parent)  # refuses a bad slice name
+        return Placement("systemd", parent, f"{name}.scope")
+    return Placement("cgroupfs", posixpath.join(parent, name))
 
 
 def hierarchies(version: int, root: str = cgroups.CGROUP_ROOT) -> list[str]:
@@ -122,21 +150,22 @@ def prefix(place: Placement, dirs: list[str]) -> list[str]:
             f"--slice={place.path}", "--",
         ]  # fmt: skip
     procs = [os.path.join(d, "cgroup.procs") for d in dirs]
-    return ["/bin/sh", "-c", _JOIN, "sycri-conmon-join", *procs, "--"]
+    return ["/bin/sh", "-c", _JOIN, "sycri-cgroup-join", *procs, "--"]
 
 
 def prepare(
-    bundle: Path, place: Placement, version: int, root: str = cgroups.CGROUP_ROOT
+    record: Path, place: Placement, version: int, root: str = cgroups.CGROUP_ROOT
 ) -> list[str]:
-    """Record the leaf in the bundle, then create it (parents too); blocking.
+    """Write the leaf's ``record`` (``bundle/RECORD`` for a conmon), then create the leaf
+    (parents too); blocking.
 
     The record comes first so that a crash in between leaves nothing :func:`release`
     would not find.
     """
     dirs = leaf_dirs(place, version, root)
-    tmp = bundle / (RECORD + ".tmp")
+    tmp = record.with_name(record.name + ".tmp")
     tmp.write_text(json.dumps({"placement": asdict(place), "dirs": dirs}))
-    os.replace(tmp, bundle / RECORD)
+    os.replace(tmp, record)
     if dirs:
         # Where pod cgroups are made (cpuset sets copied, v2 controllers enabled)...
         cgroups.PodCgroup.ensure(version, place.path, root)
@@ -145,23 +174,28 @@ def prepare(
     return dirs
 
 
-def recorded(bundle: Path) -> list[str]:
-    """The leaf directories a bundle's record names ([] when it has none)."""
+def recorded(record: Path) -> list[str]:
+    """The leaf directories a record names ([] when there is none)."""
     try:
-        data = json.loads((bundle / RECORD).read_text())
+        data = json.loads(record.read_text())
     except (OSError, ValueError):
         return []
     dirs = data.get("dirs") if isinstance(data, dict) else None
     if not isinstance(dirs, list):
         return []
     # Only leaves sycri names: a record is ours, but never rmdir anything else.
-    return [d for d in dirs if isinstance(d, str) and posixpath.basename(d).startswith(PREFIX)]
+    return [
+        d
+        for d in dirs
+        if isinstance(d, str) and posixpath.basename(d).startswith((PREFIX, MOUNT_PREFIX))
+    ]
 
 
-def release(bundle: Path, timeout: float = 5.0) -> None:
-    """Remove the container's conmon leaf (blocking): once conmon has left it, or after
-    ``timeout`` by SIGKILL of what is still in it (only a conmon ever is)."""
-    dirs = recorded(bundle)
+def release(record: Path, timeout: float = 5.0) -> None:
+    """Remove the leaf a record names (blocking): once its process has left it, or after
+    ``timeout`` by SIGKILL of what is still in it (only a conmon or a squashfuse that
+    has already been unmounted ever is), then the record."""
+    dirs = recorded(record)
     deadline = time.monotonic() + timeout
     for d in dirs:
         while _pids(d) and time.monotonic() < deadline:
@@ -175,8 +209,12 @@ def release(bundle: Path, timeout: float = 5.0) -> None:
                     os.kill(pid, 9)
             time.sleep(0.01)
     cgroups.remove_dirs(dirs)
+    for d in dirs:  # /sycri-mounts itself, once its last leaf is gone
+        if posixpath.dirname(d).endswith(MOUNTS_CGROUP):
+            with contextlib.suppress(OSError):
+                os.rmdir(posixpath.dirname(d))
     with contextlib.suppress(FileNotFoundError):
-        (bundle / RECORD).unlink()
+        record.unlink()
 
 
 def _pids(d: str) -> list[int]:

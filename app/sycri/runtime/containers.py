@@ -171,7 +171,13 @@ class Containers:
         self.host_root = host_root  # volume host paths are resolved under it
         self.own_dirs = own_dirs  # ...except those under sycri's own directories
         self.store = ContainerStore(paths.containers)
-        self.image_mounts = rootfs.ImageMounts(paths.image_mounts)
+        self.image_mounts = rootfs.ImageMounts(
+            paths.image_mounts,
+            fuse_cgroup=lambda name: conmon_cgroup.mount_placement(
+                conmon_placement, cgroup_driver, name
+            ),
+            cgroup_version=self.cgroup_version,
+        )
         self._locks: dict[str, asyncio.Lock] = {}
         # Told (image_id, container_id, in_use) when a container starts/stops using an image.
         self.image_users: list[Callable[[str, str, bool], None]] = []
@@ -333,7 +339,7 @@ class Containers:
             )
             try:
                 leaf = await asyncio.to_thread(
-                    conmon_cgroup.prepare, bundle, place, self.cgroup_version
+                    conmon_cgroup.prepare, bundle / conmon_cgroup.RECORD, place, self.cgroup_version
                 )
             except OSError as exc:
                 raise Internal(
@@ -377,7 +383,7 @@ class Containers:
         with contextlib.suppress(Exception):
             await runc.delete(cid)
         try:
-            await asyncio.to_thread(conmon_cgroup.release, bundle)
+            await asyncio.to_thread(conmon_cgroup.release, bundle / conmon_cgroup.RECORD)
             if overlay or bundle.exists():
                 await rootfs.remove_overlay(bundle)
             if image is not None:
@@ -501,7 +507,7 @@ class Containers:
             await self.runtime(rec.runtime_handler).delete(rec.id)
             crashpoint.reach("container.remove.runc")
             await rootfs.unmount(Path(rec.bundle) / "rootfs")
-            await asyncio.to_thread(conmon_cgroup.release, Path(rec.bundle))
+            await asyncio.to_thread(conmon_cgroup.release, Path(rec.bundle) / conmon_cgroup.RECORD)
             await self.image_mounts.release(rec.image_id, rec.id)
             self._tell_images(rec.image_id, rec.id, False)
             self.store.delete(rec)
@@ -819,7 +825,7 @@ class Containers:
                 for runc in self.runtimes.values():
                     with contextlib.suppress(Exception):
                         await runc.delete(entry.name)
-                await asyncio.to_thread(conmon_cgroup.release, entry)
+                await asyncio.to_thread(conmon_cgroup.release, entry / conmon_cgroup.RECORD)
                 await rootfs.remove_overlay(entry)
                 with contextlib.suppress(FileNotFoundError):
                     self._exit_file(entry.name).unlink()
