@@ -38,7 +38,7 @@ class Credentials:
 def decode_auth(auth: str, where: str) -> tuple[str, str]:
     try:
         text = base64.b64decode(auth, validate=False).decode()
-    except (binascii.Error, UnicodeDecodeError):
+    except (binascii.Error, ValueError):  # ValueError: a str that is not ASCII
         raise InvalidArgument(f"{where}: 'auth' is not base64 of user:password") from None
     user, sep, password = text.partition(":")
     if not sep:
