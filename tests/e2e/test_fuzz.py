@@ -11,7 +11,7 @@ port mappings and pulls from random registries stay inside it, so no request rea
 the host's network. Pods are put under a cgroup parent of the test's.
 
 ``SYCRI_FUZZ_EXAMPLES`` raises the number of examples (CI: a few hundred, about a
-minute); ``SYCRI_FUZZ_REPORT=FILE`` writes the counts (RPCs sent, answers by code).
+minute)=FILE`` writes the counts (RPCs sent, answers by code).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from tests.support.server import SycriServer, sycri_cmd, sycri_env
 
 pytestmark = pytest.mark.root
 
-EXAMPLES = int(os.environ.get("SYCRI_FUZZ_EXAMPLES", "300"))
+EXAMPLES = int(os.environ.get("SYCRI_FUZZ_EXAMPLES", "1200"))
 REPORT = os.environ.get("SYCRI_FUZZ_REPORT", "")
 MARK = "fz" + secrets.token_hex(4)  # in every path the fuzzer makes up: found = leaked
 CALL_TIMEOUT = 60
@@ -103,6 +103,10 @@ def _int_range(fd: FieldDescriptor) -> tuple[int, int]:
 
 
 def _scalar(fd: FieldDescriptor, target: Target) -> st.SearchStrategy:
+    if fd.name == "timeout":
+        # A grace period or exec timeout is honoured (a stop of a process that ignores
+        # SIGTERM waits it out): keep the waits short, the hostile values hostile.
+        return st.sampled_from([0, 1, 2, -1, -(2**31), -(2**62)])
     if fd.type == fd.TYPE_STRING:
         return st.one_of(st.sampled_from(target.strings()), st.text(max_size=24))
     if fd.type == fd.TYPE_BYTES:
@@ -223,6 +227,45 @@ def _alive(t: Target) -> None:
     t.server.runtime().Version(api_pb2.VersionRequest(), timeout=30)
 
 
+def _ensure(t: Target) -> None:
+    """The fuzzer may stop or remove the pod or container it aims at: bring them back,
+    so later requests still reach deep (unless it removed the image, which cannot be
+    pulled again in here)."""
+    rt, images = t.server.runtime(), t.server.images()
+    spec = api_pb2.ImageSpec(image=t.image_id)
+    if not images.ImageStatus(api_pb2.ImageStatusRequest(image=spec), timeout=30).image.id:
+        return
+    try:
+        pod = rt.PodSandboxStatus(api_pb2.PodSandboxStatusRequest(pod_sandbox_id=t.pod), timeout=30)
+        ready = pod.status.state == api_pb2.SANDBOX_READY
+    except grpc.RpcError:
+        ready = False
+    if not ready:  # stopped (or gone): kubelet would remove it and run a new one
+        rt.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=t.pod), timeout=60)
+        rt.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=t.pod), timeout=60)
+        t.pod = rt.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=t.pod_cfg)).pod_sandbox_id
+    try:
+        req = api_pb2.ContainerStatusRequest(container_id=t.container)
+        state = rt.ContainerStatus(req, timeout=30).status.state
+    except grpc.RpcError:
+        state = None
+    if not ready or state != api_pb2.CONTAINER_RUNNING:
+        t.container = _start_target(t.server, t.pod, t.pod_cfg, t.image)
+
+
+def _start_target(server: SycriServer, pod: str, pod_cfg, image: str) -> str:
+    rt = server.runtime()
+    cfg = api_pb2.ContainerConfig(
+        metadata=api_pb2.ContainerMetadata(name="target", attempt=secrets.randbelow(2**31)),
+        image=api_pb2.ImageSpec(image=image),
+        command=["/bin/sh", "-c", "sleep 3600"],
+    )
+    req = api_pb2.CreateContainerRequest(pod_sandbox_id=pod, config=cfg, sandbox_config=pod_cfg)
+    cid = rt.CreateContainer(req).container_id
+    rt.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+    return cid
+
+
 def _leaked() -> list[str]:
     found = []
     for root in WATCHED:
@@ -262,17 +305,7 @@ def target(registry) -> Iterator[Target]:
             pod_cfg = pod_config("fz", cgroup_parent=cgroup_parent)
             pod_cfg.log_directory = str(base / "pods" / "fz")
             pod = rt.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=pod_cfg)).pod_sandbox_id
-            cfg = api_pb2.ContainerConfig(
-                metadata=api_pb2.ContainerMetadata(name="target"),
-                image=api_pb2.ImageSpec(image=image),
-                command=["/bin/sh", "-c", "sleep 3600"],
-            )
-            cid = rt.CreateContainer(
-                api_pb2.CreateContainerRequest(
-                    pod_sandbox_id=pod, config=cfg, sandbox_config=pod_cfg
-                )
-            ).container_id
-            rt.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+            cid = _start_target(server, pod, pod_cfg, image)
             image_id = (
                 server.images()
                 .ImageStatus(api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=image)))
@@ -312,6 +345,7 @@ def test_random_and_near_valid_requests_get_precise_answers(target: Target, data
         msg = hostile
     _call(target, md, _confine(md, msg, target).SerializeToString())
     _alive(target)
+    _ensure(target)
 
 
 @FUZZ
@@ -328,6 +362,7 @@ def test_raw_bytes_get_precise_answers(target: Target, data):
             raw = _confine(md, decoded, target).SerializeToString()
     _call(target, md, raw)
     _alive(target)
+    _ensure(target)
 
 
 def test_nothing_named_by_a_request_exists_outside_sycris_dirs(target: Target):
