@@ -10,8 +10,9 @@ sycri runs in a network namespace of the test's own (``nsenter --net``): pods, b
 port mappings and pulls from random registries stay inside it, so no request reaches
 the host's network. Pods are put under a cgroup parent of the test's.
 
-``SYCRI_FUZZ_EXAMPLES`` raises the number of examples (CI: a few hundred, about a
-minute)=FILE`` writes the counts (RPCs sent, answers by code).
+``SYCRI_FUZZ_EXAMPLES`` sets the examples per test (CI: 1200, about a minute; the long
+run in docs/hardening.md: more, with pytest's ``--timeout`` raised);
+``SYCRI_FUZZ_REPORT=FILE`` writes the counts (RPCs sent, answers by code).
 """
 
 from __future__ import annotations

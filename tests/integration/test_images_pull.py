@@ -389,6 +389,34 @@ def test_remove_shared_tag_only_untags_and_in_use_is_refused(registry, tmp_path)
     assert not os.path.exists(left.sif_path)
 
 
+def test_remove_by_a_tag_that_occurs_in_the_image_id_only_untags(registry, tmp_path):
+    """A tag whose text is a piece of the id ("e0d" in "sha256:e0d...") is still a tag."""
+    img = oci.busybox_image(cmd=["substring"])
+    short = img.id.removeprefix("sha256:")[:3]  # docker.io/library/<short>:latest
+    oci.push(registry, f"library/{short}", "latest", img)
+    r = repo()
+    oci.push(registry, r, "two", img)
+    conf = tmp_path / "registries.conf"
+    conf.write_text(
+        f"""
+[[registry]]
+prefix = "docker.io"
+location = "docker.io"
+[[registry.mirror]]
+location = "{registry.host}"
+insecure = true
+"""
+    )
+    images = make_images(tmp_path, registries_conf=str(conf))
+    pull(images, short)
+    got = pull(images, f"{registry.host}/{r}:two")
+    assert set(got.repo_tags) == {f"docker.io/library/{short}:latest", f"{registry.host}/{r}:two"}
+    asyncio.run(images.remove(short))
+    left = images.find(img.id)
+    assert left is not None and left.repo_tags == (f"{registry.host}/{r}:two",)
+    assert os.path.exists(left.sif_path)
+
+
 def test_restart_removes_leftovers_of_a_killed_pull(registry, tmp_path):
     images = make_images(tmp_path)
     junk = images.store.tmp_dir / "deadbeef.xyz"
