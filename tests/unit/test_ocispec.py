@@ -845,3 +845,55 @@ def test_propagation_needs_a_host_mount_that_propagates(kind, on, match):
     else:
         with pytest.raises(InvalidArgument, match=match):
             build(cfg, host=host)
+
+
+# --- resources runc would refuse (issue 17) ---------------------------------------------
+
+NODE = ocispec.CgroupFacts(
+    cpus=frozenset({0, 1, 2, 3}), mems=frozenset({0}), controllers=frozenset({"cpu", "memory"})
+)
+
+
+@pytest.mark.parametrize(
+    "res, field",
+    [(dict(unified={"cgroup.procs": "1"}), "unified"),
+     (dict(unified={"cgroup.kill": "1"}), "unified"),
+     (dict(unified={"../memory.max": "1"}), "unified"),
+     (dict(unified={"io.max": "8:0 rbps=1"}), "unified"),  # no io controller here
+     (dict(unified={"memory.high": "1\n2"}), "unified"),
+     (dict(cpuset_cpus="2-9"), "cpuset_cpus"),
+     (dict(cpuset_cpus="1,,2"), "cpuset_cpus"),
+     (dict(cpuset_mems="1"), "cpuset_mems"),
+     (dict(cpu_quota=999), "cpu_quota"),
+     (dict(cpu_period=999), "cpu_period"),
+     (dict(cpu_shares=1), "cpu_shares"),
+     (dict(memory_limit_in_bytes=(12 << 20) - 1), "memory_limit_in_bytes")],
+)  # fmt: skip
+def test_resources_the_kernel_or_runc_refuse_are_named(res, field):
+    with pytest.raises(InvalidArgument, match=field):
+        ocispec.cgroup_resources(api_pb2.LinuxContainerResources(**res), True, None, NODE)
+
+
+def test_resources_in_range_pass():
+    res = api_pb2.LinuxContainerResources(
+        cpu_shares=2, cpu_quota=1000, cpu_period=100000, cpuset_cpus="0-1,3", cpuset_mems="0",
+        memory_limit_in_bytes=12 << 20, memory_swap_limit_in_bytes=-1,
+        unified={"memory.high": "max", "cpu.weight": "100"},
+    )  # fmt: skip
+    out = ocispec.cgroup_resources(res, True, None, NODE)
+    assert out["cpu"] == {
+        "shares": 2,
+        "quota": 1000,
+        "period": 100000,
+        "cpus": "0-1,3",
+        "mems": "0",
+    }
+    assert out["memory"] == {"limit": 12 << 20, "swap": -1}
+    assert out["unified"] == {"memory.high": "max", "cpu.weight": "100"}
+
+
+def test_argv_over_the_kernels_limits_is_refused():
+    with pytest.raises(InvalidArgument, match="Argument list too long"):
+        build(config(command=["sh"], args=["x" * 200_000]))
+    with pytest.raises(InvalidArgument, match="ARG_MAX 4096"):
+        build(config(command=["sh"], args=["y" * 1000] * 5), host=HostFacts(arg_max=4096))
