@@ -255,7 +255,9 @@ def test_a_failing_exec_probe_is_no_sycri_warning(node, registry):
     assert res.exit_code == 3
     lines = [line for line in server.log_path.read_text().splitlines() if " WARNING " in line]
     assert not [line for line in lines if marker in line or "runc exec" in line], lines
-    # A command that cannot run at all is still an error the caller hears about.
+    # A command that cannot run at all is still an error the caller hears about: the
+    # request's (it named the command), not sycri's.
     with pytest.raises(grpc.RpcError) as err:
         rt.ExecSync(api_pb2.ExecSyncRequest(container_id=cid, cmd=["/no/such/probe"], timeout=5))
-    assert err.value.code() == grpc.StatusCode.INTERNAL
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "/no/such/probe" in err.value.details()

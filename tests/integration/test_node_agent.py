@@ -306,6 +306,7 @@ def test_sycri_serve_labels_its_node_and_stops_cleanly(api: KubeAPI, tmp_path: P
         "--root-dir", str(base / "root"),
         "--run-dir", str(base / "run"),
         "--pod-log-dir", str(base / "pods"),
+        "--cni-conf-dir", str(base / "cni-net.d"),  # never the host's
         "--metrics-address", "",
     ]  # fmt: skip
     log_path = tmp_path / "sycri.log"
