@@ -166,6 +166,7 @@ def container_request(
 def lifecycle(t: Target, tm: Timings, image: str, name: str, status_calls: int = 5) -> None:
     """One pod with one container, kubelet's calls in kubelet's order, each timed."""
     rt, img = t.rt, t.img
+    tm.call("Version (gRPC floor)", t, rt.Version, api_pb2.VersionRequest())
     t0 = time.perf_counter()
     req = pod_request(t, name)
     pod = tm.call("RunPodSandbox", t, rt.RunPodSandbox, req).pod_sandbox_id
@@ -352,6 +353,9 @@ def phase_scale(
             for t in targets:
                 tm.call("ListPodSandbox", t, t.rt.ListPodSandbox, api_pb2.ListPodSandboxRequest())
                 tm.call("ListContainers", t, t.rt.ListContainers, api_pb2.ListContainersRequest())
+    with profiled(targets[-1].pid, prof, "scale-stats"):
+        for _ in range(max(5, samples // 20)):
+            for t in targets:
                 tm.call(
                     "ListPodSandboxStats",
                     t,
@@ -421,6 +425,8 @@ def phase_pulls(
                         timeout=1800,
                     )
                 disk[(name, t.name)] = du_bytes(t.disk) - before
+                took = tm.ms[(f"PullImage {name}", t.name)][-1] / 1000
+                print(f"pulled {name} with {t.name} in {took:.2f} s", flush=True)
                 t.img.RemoveImage(api_pb2.RemoveImageRequest(image=spec))
     tm.table(f"pulls, cold ({runs} run(s) each, image removed after each)")
     print("\n| image | compressed | containerd disk | sycri disk | ratio |")
