@@ -67,8 +67,13 @@ async def run(
     timeout: float | None = None,
     check: bool = True,
     label: str | None = None,
+    exit_is_answer: bool = False,
 ) -> Result:
-    """Run ``argv`` to completion; raise CommandFailed on non-zero exit when ``check``."""
+    """Run ``argv`` to completion; raise CommandFailed on non-zero exit when ``check``.
+
+    ``exit_is_answer``: a non-zero exit is the program's answer, not a failure (``runc
+    exec`` of a probe that says "not ready"): logged at debug level, not as a warning.
+    """
     name = label_of(argv, label)
     with tracing.span(
         f"exec {name}",
@@ -81,7 +86,9 @@ async def run(
         span.set_attribute("process.exit.code", result.returncode)
         if not result.ok:
             tracing.set_error(span, f"{name} exited {result.returncode}")
-    if not result.ok:
+    if not result.ok and exit_is_answer:
+        log.debug("%s exited %d after %.3fs", name, result.returncode, result.seconds)
+    elif not result.ok:
         log.warning(
             "%s exited %d after %.3fs: %s",
             " ".join(argv)[:500],

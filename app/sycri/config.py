@@ -64,6 +64,19 @@ class ImageConfig:
     # a blob goes when the last image built from it is removed.
     keep_layers: bool = True
     library_url: str = "https://library.sylabs.io"  # Sylabs library API for library://
+    # Bounds on what one image may unpack (hostile registries): past one the pull fails
+    # with RESOURCE_EXHAUSTED. Generous enough for a 20 GB HPC image.
+    max_image_bytes: int = 64 << 30  # uncompressed layer bytes, or a SIF's size
+    max_image_entries: int = 5_000_000  # tar entries over all layers
+    max_layers: int = 256
+    max_file_bytes: int = 32 << 30  # one regular file
+    # Which SIFs the kernel's squashfs driver may parse: own (built by sycri), signed (also
+    # SIFs signed by a trusted key), all. The others are mounted with squashfuse.
+    kernel_mount: str = "signed"
+    # accept, require-signed (a valid PGP or DSSE signature over the system partition) or
+    # require-trusted (signed by a key in trusted_keyrings).
+    sif_policy: str = "accept"
+    trusted_keyrings: tuple[str, ...] = ()  # PGP public keys (armored/binary) or PEM keys
 
 
 @dataclass(frozen=True)
@@ -82,6 +95,12 @@ class Config:
     default_runtime: str = "runc"
     runtimes: dict[str, RuntimeHandler] = field(default_factory=lambda: {"runc": RuntimeHandler()})
     conmon: str = "conmon"
+    # conmon's cgroup: "pod" (a leaf beside the container, as CRI-O), a cgroupfs path or
+    # a systemd slice; never sycri's own, which a container engine kills on a restart.
+    conmon_cgroup: str = "pod"
+    # Where the host's root is seen (the node image mounts it at /host): volume host
+    # paths are resolved under it.
+    host_root: str = "/"
     # conmon's per-container log size limit in bytes (kubelet rotates logs itself); -1: none
     container_log_max_bytes: int = -1
     # Default ulimits for every container ("nofile=1048576:1048576"); pods may override
@@ -112,8 +131,10 @@ _CHOICES = {
     "log.level": ("debug", "info", "warning", "error"),
     "log.format": ("plain", "json"),
     "images.squashfs_compression": ("gzip", "lz4", "lzo", "xz", "zstd", "lzma"),
+    "images.kernel_mount": ("own", "signed", "all"),
+    "images.sif_policy": ("accept", "require-signed", "require-trusted"),
 }
-_ABSOLUTE = {"socket", "root_dir", "run_dir", "pod_log_dir", "cni.conf_dir"}
+_ABSOLUTE = {"socket", "root_dir", "run_dir", "pod_log_dir", "cni.conf_dir", "host_root"}
 _POSITIVE = {
     "shutdown_grace_seconds",
     "event_buffer",
@@ -121,6 +142,10 @@ _POSITIVE = {
     "streaming.idle_timeout_seconds",
     "images.pull_progress_timeout_seconds",
     "images.max_concurrent_downloads",
+    "images.max_image_bytes",
+    "images.max_image_entries",
+    "images.max_layers",
+    "images.max_file_bytes",
 }
 
 
@@ -258,7 +283,7 @@ def validate(cfg: Config) -> Config:
     for key in _ABSOLUTE:
         if not os.path.isabs(values[key]):
             raise ConfigError(f"{key}: must be an absolute path, got {values[key]!r}")
-    for key in ("cni.bin_dirs",):
+    for key in ("cni.bin_dirs", "images.trusted_keyrings"):
         for p in values[key]:
             if not os.path.isabs(p):
                 raise ConfigError(f"{key}: must hold absolute paths, got {p!r}")
@@ -275,6 +300,19 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             f"cni.default_subnet: not a network: {cfg.cni.default_subnet!r}"
         ) from None
+    if cfg.images.sif_policy == "require-trusted" and not cfg.images.trusted_keyrings:
+        raise ConfigError("images.sif_policy: require-trusted needs images.trusted_keyrings")
+    for keyring in cfg.images.trusted_keyrings:
+        if not os.path.isfile(keyring):
+            raise ConfigError(f"images.trusted_keyrings: {keyring!r} is not a readable file")
+    if cfg.images.trusted_keyrings:
+        from sycri.sif.format import SifError
+        from sycri.sif.verify import load_keys
+
+        try:
+            load_keys(cfg.images.trusted_keyrings)
+        except SifError as exc:
+            raise ConfigError(f"images.trusted_keyrings: {exc}") from None
     if net.num_addresses < 4:
         raise ConfigError(f"cni.default_subnet: {net} is too small for pods")
     if cfg.default_runtime not in cfg.runtimes:
@@ -286,7 +324,17 @@ def validate(cfg: Config) -> Config:
         if handler.root and not os.path.isabs(handler.root):
             raise ConfigError(f"runtimes.{name}.root: must be an absolute path")
     from sycri.errors import InvalidArgument
+    from sycri.runtime.conmon_cgroup import check_setting
     from sycri.runtime.ocispec import rlimits
+
+    problem = check_setting(cfg.conmon_cgroup)
+    if problem:
+        raise ConfigError(f"conmon_cgroup: {problem}")
+    if cfg.cgroup_driver == "systemd" and cfg.conmon_cgroup.startswith("/"):
+        raise ConfigError(
+            f"conmon_cgroup: {cfg.conmon_cgroup!r} is a path; the systemd driver needs 'pod' "
+            "or a slice name such as system.slice"
+        )
 
     try:
         rlimits(cfg.default_ulimits, {})

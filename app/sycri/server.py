@@ -116,6 +116,7 @@ def assemble(cfg: Config) -> Node:
         containers.StoredImages(images),
     )
     node.containers.follow_pods(node.sandboxes)
+    node.containers.image_mounts.method_for = images.mount_method  # images.kernel_mount
     node.events = EventBus(cfg.event_buffer, on_drop=metrics.event_dropped)
     events.connect(node, node.events)
     node.stats = StatsCollector(node.cgroup_driver, disk_max_age=cfg.stats_disk_max_age_seconds)

@@ -448,3 +448,78 @@ def test_restart_recovers_running_containers_and_sweeps_leftovers(env: Env):
         "exited",
         "the container disappeared",
     )
+
+
+def _cgroups_of(pid: int) -> dict[str, str]:
+    """hierarchy (controllers, or "" on the unified one) -> the cgroup path of ``pid``."""
+    out = {}
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, ctrl, path = line.split(":", 2)
+        out[ctrl] = path
+    return out
+
+
+def test_conmon_lives_in_a_leaf_of_the_pod_cgroup_not_in_sycris(env: Env):
+    cid = env.start("watched", ["sleep 600"])
+    rec = env.ctrs.get(cid)
+    conmon_pid = int((Path(rec.bundle) / "conmon.pid").read_text())
+    parent = env.ctrs.settings.default_cgroup_parent  # the pod's cgroup here
+    leaf = f"{parent}/sycri-conmon-{cid}"
+    mine = _cgroups_of(os.getpid())
+    theirs = _cgroups_of(conmon_pid)
+    # Every hierarchy sycri (this process) is in: conmon is in its own leaf there.
+    for ctrl, path in theirs.items():
+        if ctrl in mine:
+            assert path == leaf, f"{ctrl}: conmon in {path}, not {leaf}"
+    assert set(theirs) & set(mine)
+    ctrl = "memory" if "memory" in theirs else ""  # v1, or the one v2 hierarchy
+    assert theirs[ctrl] == leaf
+    assert _cgroups_of(rec.pid)[ctrl] == f"{parent}/sycri-{cid}"  # the container's, beside it
+    env.run(env.ctrs.stop(cid, 0))
+    env.run(env.ctrs.remove(cid))
+    assert not any((top / leaf.lstrip("/")).exists() for top in Path("/sys/fs/cgroup").iterdir()), (
+        "conmon's cgroup outlived its container"
+    )
+
+
+def test_host_paths_come_from_host_root(env: Env, tmp_path: Path):
+    """sycri in the node image sees the host at host_root: a volume gets the host's files,
+    a symlink in the host's tree to /etc means the host's /etc, a miss is refused."""
+    host = tmp_path / "fakehost"
+    (host / "root").mkdir(parents=True)
+    (host / "root/.bashrc").write_text("host bashrc\n")
+    (host / "etc/ssl/certs").mkdir(parents=True)
+    (host / "etc/ssl/certs/ca.pem").write_text("host ca\n")
+    (host / "srv").mkdir()
+    (host / "srv/certs").symlink_to("/etc/ssl/certs")
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "hosts").write_text("sycri's own file\n")
+    env.ctrs.host_root = str(host)
+    env.ctrs.own_dirs = (str(own),)
+    cid = env.start(
+        "hostpaths",
+        ["cat /mnt/root/.bashrc /mnt/certs/ca.pem /mnt/own"],
+        mounts=[
+            api_pb2.Mount(container_path="/mnt/root", host_path="/root", readonly=True),
+            api_pb2.Mount(container_path="/mnt/certs", host_path="/srv/certs", readonly=True),
+            api_pb2.Mount(container_path="/mnt/own", host_path=str(own / "hosts")),
+        ],
+    )
+    env.wait_exit(cid)
+    assert [text for _, text in env.log_lines(cid)] == [
+        "host bashrc",
+        "host ca",
+        "sycri's own file",
+    ]
+    # ContainerStatus echoes kubelet's paths, not the resolved ones.
+    assert [m.host_path for m in env.ctrs.get(cid).config.mounts][:2] == ["/root", "/srv/certs"]
+    with pytest.raises(InvalidArgument, match=r"host path '/srv/nothing' for '/x' does not exist"):
+        env.create(
+            env.config(
+                "missing",
+                ["true"],
+                mounts=[api_pb2.Mount(container_path="/x", host_path="/srv/nothing")],
+            )
+        )
+    assert [r.name for r in env.ctrs.list()] == ["hostpaths"]  # nothing half-made

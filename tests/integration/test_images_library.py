@@ -119,7 +119,7 @@ def test_library_oci_redirect_pulls_the_sif_artifact_from_the_registry(
     _, cfg_digest = oci.push_sif(registry, repo, "1.0", sif_bytes)
     app = library_app(sif_bytes, redirect={"url": registry.url, "token": "", "name": repo})
     _, got = _pull_library(tmp_path, app, "library://alice/tools/busybox:1.0")
-    assert got.id == cfg_digest
+    assert got.id == oci.sha256(sif_bytes) != cfg_digest
     assert Path(got.sif_path).read_bytes() == sif_bytes
     assert app[SEEN] == ["redirect alice/tools/busybox"]
 
@@ -215,3 +215,73 @@ def test_cli_pull_prints_the_image(registry, tmp_path):
         env=sycri_env(), capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr
+
+
+def endless_library(sent: list[int], size: int | None) -> web.Application:
+    """A legacy library whose image file never ends (or is longer than it says)."""
+
+    async def image(request: web.Request):
+        data = {"hash": "sha256." + "0" * 64}
+        if size is not None:
+            data["size"] = size
+        return web.json_response({"data": data})
+
+    async def imagefile(request: web.Request):
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        chunk = b"\0" * (1 << 20)
+        try:
+            for _ in range(4096):  # 4 GiB at most, if the client never stopped reading
+                await resp.write(chunk)
+                sent[0] += len(chunk)
+        except (ConnectionError, RuntimeError):
+            pass
+        return resp
+
+    async def no_redirect(request: web.Request):
+        raise web.HTTPNotFound()
+
+    app = web.Application()
+    app.router.add_get("/v1/oci-redirect", no_redirect)
+    app.router.add_get("/v1/images/{ref:.+}", image)
+    app.router.add_get("/v1/imagefile/{ref:.+}", imagefile)
+    return app
+
+
+@pytest.mark.parametrize("size", [None, 1 << 20])
+def test_library_download_is_bounded_while_it_streams(tmp_path, size):
+    """Past images.max_image_bytes (no size given) or past the size the library stated,
+    the download stops at once: the server never gets to send its 4 GiB."""
+    sent = [0]
+
+    async def go():
+        runner, url = await _serve(endless_library(sent, size))
+        try:
+            images = make_images(tmp_path, library_url=url, max_image_bytes=8 << 20)
+            await images.pull("library://alice/tools/endless:1.0")
+        finally:
+            await runner.cleanup()
+
+    want = errors.ResourceExhausted if size is None else errors.InvalidArgument
+    with pytest.raises(want) as err:
+        asyncio.run(go())
+    assert ("images.max_image_bytes" if size is None else "more than the 1048576") in str(err.value)
+    assert sent[0] < 1 << 30
+    leftovers = [p for p in (tmp_path / "root/images").rglob("*") if p.is_file()]
+    assert all(p.name.startswith("index.db") for p in leftovers)
+
+
+def test_library_image_larger_than_allowed_is_refused_before_download(tmp_path):
+    sent = [0]
+
+    async def go():
+        runner, url = await _serve(endless_library(sent, 64 << 20))
+        try:
+            images = make_images(tmp_path, library_url=url, max_image_bytes=8 << 20)
+            await images.pull("library://alice/tools/endless:1.0")
+        finally:
+            await runner.cleanup()
+
+    with pytest.raises(errors.ResourceExhausted, match=r"67108864 bytes, more than images\.max"):
+        asyncio.run(go())
+    assert sent[0] == 0

@@ -16,6 +16,9 @@ from sycri.sif import mount_partition, unmount
 
 
 def make_images(base: Path, **image_settings) -> Images:
+    # An explicit (empty) registries.conf: the host's /etc/containers files must not
+    # change what a test pulls from where.
+    image_settings.setdefault("registries_conf", "/dev/null")
     cfg = Config(
         socket=str(base / "sycri.sock"),
         root_dir=str(base / "root"),
@@ -43,3 +46,62 @@ def mounted(sif_path: str) -> Iterator[Path]:
             yield Path(target)
         finally:
             asyncio.run(unmount(target))
+
+
+def dsse_sign(path: Path, key) -> None:
+    """Sign the SIF's object group 1 (its system partition and config) with ``key`` (an
+    ed25519 private key) the way SIF DSSE signatures are made: digests of the header and
+    of each object's descriptor and data in a JSON document, in a DSSE envelope, as a
+    signature object linked to the group."""
+    import base64
+    import hashlib
+    import json
+    import struct
+
+    from sycri.sif import DataType, open_sif
+    from sycri.sif.verify import (
+        DSSE_PAYLOAD_TYPE,
+        _pae,
+        descriptor_integrity_bytes,
+        header_integrity_bytes,
+    )
+    from sycri.sif.writer import RawObject, add_object
+
+    with open_sif(path) as img:
+        group = [d for d in img.descriptors if d.group_id == 1]
+        first = min(d.id for d in group)
+        objects = []
+        for d in group:
+            data = hashlib.sha256()
+            for chunk in img.iter_object(d):
+                data.update(chunk)
+            desc = hashlib.sha256(descriptor_integrity_bytes(d, d.id - first)).hexdigest()
+            objects.append(
+                {
+                    "relativeId": d.id - first,
+                    "descriptorDigest": f"sha256:{desc}",
+                    "objectDigest": f"sha256:{data.hexdigest()}",
+                }
+            )
+        header = hashlib.sha256(header_integrity_bytes(img)).hexdigest()
+    payload = json.dumps(
+        {"version": 1, "header": {"digest": f"sha256:{header}"}, "objects": objects}
+    ).encode()
+    sig = key.sign(_pae(DSSE_PAYLOAD_TYPE, payload))
+    envelope = {
+        "payloadType": DSSE_PAYLOAD_TYPE,
+        "payload": base64.b64encode(payload).decode(),
+        "signatures": [{"sig": base64.b64encode(sig).decode()}],
+    }
+    extra = struct.pack("<i", 1) + b"\0" * 20  # hash type SHA-256, no PGP entity
+    add_object(
+        path,
+        RawObject(
+            data_type=DataType.SIGNATURE,
+            data=json.dumps(envelope).encode(),
+            group_id=0,
+            link=1,
+            link_is_group=True,
+            extra=extra,
+        ),
+    )

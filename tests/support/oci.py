@@ -307,10 +307,17 @@ SIF_CONFIG = "application/vnd.sylabs.sif.config.v1+json"
 SIF_LAYER = "application/vnd.sylabs.sif.layer.v1.sif"
 
 
-def push_sif(registry, repo: str, tag: str, sif_bytes: bytes) -> tuple[str, str]:
-    """Push a SIF as an oras artifact; returns (manifest digest, config digest)."""
+def push_sif(
+    registry, repo: str, tag: str, sif_bytes: bytes, config: bytes | None = None
+) -> tuple[str, str]:
+    """Push a SIF as an oras artifact; returns (manifest digest, config digest).
+    ``config=b"{}"`` is what SingularityCE and Apptainer push for every SIF."""
     auth = registry.auth_header(repo)
-    cfg = json.dumps({"architecture": "amd64", "os": "linux"}).encode()
+    cfg = (
+        config
+        if config is not None
+        else json.dumps({"architecture": "amd64", "os": "linux"}).encode()
+    )
     push_blob(registry, repo, cfg, auth)
     push_blob(registry, repo, sif_bytes, auth)
     body = json.dumps(

@@ -35,6 +35,9 @@ class SycriServer:
     base: Path
     flags: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    # cgroup directories sycri runs in (joined before it starts, as a container engine
+    # would place it); empty: the test's own
+    cgroups: list[Path] = field(default_factory=list)
     proc: subprocess.Popen | None = None
     _channel: grpc.Channel | None = None
 
@@ -59,15 +62,18 @@ class SycriServer:
             "--pod-log-dir", str(self.base / "pods"),
             "--metrics-address", "",
             "--log-level", "debug",
+            # not the host's /etc/containers/registries.conf (flags below may override)
+            "--images-registries-conf", "/dev/null",
             *self.flags,
         ]  # fmt: skip
 
     def start(self, timeout: float = 20.0) -> SycriServer:
         self.base.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        self.proc = subprocess.Popen(
-            sycri_cmd(*self.args()), stdout=log, stderr=log, env=sycri_env(self.env)
-        )
+        cmd = sycri_cmd(*self.args())
+        if self.cgroups:
+            cmd = [*_JOIN, *(str(d / "cgroup.procs") for d in self.cgroups), "--", *cmd]
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=sycri_env(self.env))
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -119,6 +125,14 @@ class SycriServer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait()
+
+
+# A shell that joins each cgroup.procs named before "--", then execs the rest.
+_JOIN = [
+    "/bin/sh", "-c",
+    'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"',
+    "join",
+]  # fmt: skip
 
 
 def _version_request():

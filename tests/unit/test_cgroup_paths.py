@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from sycri.errors import InvalidArgument
-from sycri.runtime import cgroups
+from sycri.runtime import cgroups, conmon_cgroup
 
 
 def test_cgroupfs_parent_is_a_path():
@@ -114,3 +114,92 @@ def test_pod_limits_from_a_config_add_the_overhead():
     got = pod_limits(cfg)
     assert (got.memory, got.cpu_quota, got.cpu_period) == (544 << 20, 85000, 100000)
     assert cgroups.limit_files(1, got)["memory/memory.limit_in_bytes"] == str(544 << 20)
+
+
+# --- conmon's cgroup (conmon_cgroup) ---------------------------------------------------
+
+CID = "ab" * 32
+
+
+def test_conmon_goes_in_a_leaf_beside_the_container_in_the_pod_cgroup():
+    place = conmon_cgroup.placement("pod", "cgroupfs", f"/kubepods/burstable/pod1/sycri-{CID}", CID)
+    assert place == conmon_cgroup.Placement(
+        "cgroupfs", f"/kubepods/burstable/pod1/sycri-conmon-{CID}"
+    )
+
+
+def test_conmon_under_a_configured_cgroupfs_path_or_slice():
+    assert conmon_cgroup.placement("/system/monitors", "cgroupfs", f"/p/sycri-{CID}", CID).path == (
+        f"/system/monitors/sycri-conmon-{CID}"
+    )
+    # A slice name with cgroupfs: where systemd would have put that slice.
+    assert conmon_cgroup.placement("system.slice", "cgroupfs", f"/p/sycri-{CID}", CID).path == (
+        f"/system.slice/sycri-conmon-{CID}"
+    )
+
+
+def test_systemd_conmon_is_a_scope_in_the_pod_slice_or_the_configured_one():
+    pod = conmon_cgroup.placement("pod", "systemd", f"kubepods-pod1.slice:sycri:{CID}", CID)
+    assert pod == conmon_cgroup.Placement(
+        "systemd", "kubepods-pod1.slice", f"sycri-conmon-{CID}.scope"
+    )
+    assert conmon_cgroup.placement("system.slice", "systemd", f"x.slice:sycri:{CID}", CID).path == (
+        "system.slice"
+    )
+    assert conmon_cgroup.leaf_dirs(pod, 2) == []
+    assert conmon_cgroup.prefix(pod, []) == [
+        "systemd-run", "--scope", "--quiet", f"--unit=sycri-conmon-{CID}.scope",
+        "--slice=kubepods-pod1.slice", "--",
+    ]  # fmt: skip
+
+
+def test_systemd_refuses_a_cgroupfs_path_for_conmon():
+    with pytest.raises(InvalidArgument, match="slice name"):
+        conmon_cgroup.placement("/monitors", "systemd", f"x.slice:sycri:{CID}", CID)
+
+
+def test_conmon_leaf_in_every_hierarchy(tmp_path):
+    for h in ("memory", "cpu,cpuacct", "net_cls", "systemd"):
+        (tmp_path / h).mkdir()
+        (tmp_path / h / "cgroup.procs").write_text("")
+    (tmp_path / "cpu").symlink_to("cpu,cpuacct")  # an alias, not a hierarchy of its own
+    place = conmon_cgroup.placement("pod", "cgroupfs", f"/pod/sycri-{CID}", CID)
+    dirs = conmon_cgroup.leaf_dirs(place, 1, str(tmp_path))
+    assert sorted(dirs) == sorted(
+        str(tmp_path / h / "pod" / f"sycri-conmon-{CID}")
+        for h in ("memory", "cpu,cpuacct", "net_cls", "systemd")
+    )
+    (tmp_path / "cgroup.controllers").write_text("cpu memory\n")
+    assert conmon_cgroup.leaf_dirs(place, 2, str(tmp_path)) == [
+        str(tmp_path / "pod" / f"sycri-conmon-{CID}")
+    ]
+    # The wrapper joins each leaf before it execs conmon.
+    pre = conmon_cgroup.prefix(place, dirs)
+    assert pre[:2] == ["/bin/sh", "-c"] and pre[-1] == "--"
+    assert pre[4:-1] == [d + "/cgroup.procs" for d in dirs]
+
+
+@pytest.mark.parametrize("value", ["pod", "/", "/a/b", "system.slice", "kubepods-x.slice"])
+def test_conmon_cgroup_settings_accepted(value):
+    assert conmon_cgroup.check_setting(value) is None
+
+
+@pytest.mark.parametrize("value", ["", "sycri", "/a/../b", "a-.slice", "/a b"])
+def test_conmon_cgroup_settings_refused(value):
+    assert conmon_cgroup.check_setting(value)
+
+
+def test_squashfuse_goes_in_a_node_level_leaf_never_a_pod_cgroup():
+    # It serves every pod of its image: the node's own part of the tree by default...
+    assert conmon_cgroup.mount_placement("pod", "cgroupfs", "0123abcd") == (
+        conmon_cgroup.Placement("cgroupfs", "/sycri-mounts/sycri-mount-0123abcd")
+    )
+    assert conmon_cgroup.mount_placement("pod", "systemd", "0123abcd") == (
+        conmon_cgroup.Placement("systemd", "system.slice", "sycri-mount-0123abcd.scope")
+    )
+    # ...else where conmon_cgroup puts monitors.
+    assert conmon_cgroup.mount_placement("/monitors", "cgroupfs", "0123abcd").path == (
+        "/monitors/sycri-mount-0123abcd"
+    )
+    with pytest.raises(InvalidArgument, match="slice name"):
+        conmon_cgroup.mount_placement("/monitors", "systemd", "0123abcd")

@@ -67,6 +67,13 @@ def test_runtime_handlers_from_file(tmp_path):
         ("cni:\n  default_subnet: 10.0.0.0/31\n", "too small"),
         ("- a list\n", "top level must be a mapping"),
         ("a: [unclosed\n", "not valid YAML"),
+        ("conmon_cgroup: sycri\n", "conmon_cgroup: 'sycri' is not 'pod', an absolute cgroup"),
+        ("conmon_cgroup: /a/../b\n", "conmon_cgroup: '/a/../b' is not 'pod'"),
+        ("host_root: host\n", "host_root: must be an absolute path"),
+        (
+            "cgroup_driver: systemd\nconmon_cgroup: /monitors\n",
+            "conmon_cgroup: '/monitors' is a path; the systemd driver needs 'pod' or a slice",
+        ),
     ],
 )
 def test_bad_files_name_the_problem(tmp_path, text, message):

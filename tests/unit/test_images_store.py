@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from sycri.images.store import Store
 
@@ -51,3 +52,51 @@ def test_remove_and_reopen(tmp_path):
     assert not sif.exists()
     assert list(again.blob_dir.iterdir()) == []
     assert again.list() == []
+
+
+def test_rows_from_before_origins_are_migrated_and_foreign_sifs_rekeyed(tmp_path):
+    """An index written before images carried their origin: a SIF sycri built keeps its
+    id; a foreign SIF indexed under the digest of oras' ``{}`` config gets its own digest."""
+    import hashlib
+    import shutil
+    import sqlite3
+
+    from sycri import sif
+    from sycri.images.store import SCHEMA
+
+    from tests.support.sif import IMAGES
+
+    root = tmp_path / "images"
+    (root / "sif").mkdir(parents=True)
+    db = sqlite3.connect(root / "index.db")
+    db.executescript(SCHEMA)  # the first release's tables, without the new columns
+    cfg = config("own")
+    own_id = "sha256:" + hashlib.sha256(cfg).hexdigest()
+    own_path = root / "sif" / (own_id[7:] + ".sif")
+    sif.write_sif(own_path, [sif.JsonObject("oci-config.json", cfg)])
+    empty_id = "sha256:" + hashlib.sha256(b"{}").hexdigest()
+    foreign_path = root / "sif" / (empty_id[7:] + ".sif")
+    shutil.copyfile(IMAGES / "one-group.sif", foreign_path)
+    foreign_id = "sha256:" + hashlib.sha256(foreign_path.read_bytes()).hexdigest()
+    for image_id, path, tag in (
+        (own_id, own_path, "r/own:1"),
+        (empty_id, foreign_path, "oras://r/f:1"),
+    ):
+        db.execute(
+            "INSERT INTO images (id, sif_path, size, config, user_ref) VALUES (?,?,?,?,?)",
+            (image_id, str(path), path.stat().st_size, cfg, tag),
+        )
+        db.execute("INSERT INTO tags (tag, image_id) VALUES (?,?)", (tag, image_id))
+    db.commit()
+    db.close()
+
+    store = Store(root)
+    store.recover()
+    assert store.get(own_id).origin == "own"
+    assert store.get(empty_id) is None
+    moved = store.by_tag("oras://r/f:1")
+    assert moved.id == foreign_id and moved.origin == "foreign"
+    assert hashlib.sha256(Path(moved.sif_path).read_bytes()).hexdigest() == foreign_id[7:]
+    assert sorted(p.name for p in (root / "sif").iterdir()) == sorted(
+        [own_id[7:] + ".sif", foreign_id[7:] + ".sif"]
+    )

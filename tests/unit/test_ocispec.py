@@ -575,6 +575,57 @@ def test_resources_to_cgroups():
     assert r["hugepageLimits"] == [{"pageSize": "2MB", "limit": 4 << 20}]
 
 
+KUBELET_HUGEPAGES = [
+    api_pb2.HugepageLimit(page_size="2MB", limit=0),
+    api_pb2.HugepageLimit(page_size="1GB", limit=0),
+]
+
+
+@pytest.mark.parametrize(
+    ("sizes", "applied"),
+    [
+        (frozenset(), []),  # no hugetlb cgroup (this cgroup v1 host): runc would fail
+        (frozenset({"2MB"}), ["2MB"]),  # 1GB pages not supported by the controller
+        (frozenset({"2MB", "1GB"}), ["2MB", "1GB"]),
+    ],
+)
+def test_hugepage_limits_only_for_sizes_the_node_can_limit(sizes, applied):
+    res = api_pb2.LinuxContainerResources(hugepage_limits=KUBELET_HUGEPAGES)
+    r = build(config(res=res), host=HostFacts(hugetlb_sizes=sizes))["linux"]["resources"]
+    assert [p["pageSize"] for p in r.get("hugepageLimits", [])] == applied
+
+
+def test_bad_hugepage_size_is_refused_even_where_unapplied():
+    res = api_pb2.LinuxContainerResources(
+        hugepage_limits=[api_pb2.HugepageLimit(page_size="2 MB", limit=0)]
+    )
+    with pytest.raises(InvalidArgument, match="hugepage_limits: bad page size"):
+        build(config(res=res), host=HostFacts(hugetlb_sizes=frozenset()))
+
+
+@pytest.mark.parametrize(
+    ("kib", "name"), [(2048, "2MB"), (1048576, "1GB"), (64, "64KB"), (16384, "16MB")]
+)
+def test_kernel_hugepage_dirs_named_as_kubelet_names_them(kib, name):
+    assert hostfacts.page_size_name(kib) == name
+
+
+V1_MOUNTINFO = """\
+30 25 0:26 / /sys/fs/cgroup/memory rw,relatime shared:9 - cgroup cgroup rw,memory
+31 25 0:27 / /sys/fs/cgroup/cpu rw,relatime shared:10 - cgroup cgroup rw,cpu
+"""
+
+
+def test_hugetlb_controller_detection():
+    assert not hostfacts.hugetlb_controller(V1_MOUNTINFO, None)
+    with_hugetlb = V1_MOUNTINFO + (
+        "32 25 0:28 / /sys/fs/cgroup/hugetlb rw,relatime shared:11 - cgroup cgroup rw,hugetlb\n"
+    )
+    assert hostfacts.hugetlb_controller(with_hugetlb, None)
+    assert hostfacts.hugetlb_controller("", "cpuset cpu io memory hugetlb pids\n")
+    assert not hostfacts.hugetlb_controller(with_hugetlb, "cpuset cpu io memory pids\n")
+
+
 def test_unified_only_on_cgroup_v2():
     res = api_pb2.LinuxContainerResources(unified={"memory.high": "1000000"})
     with pytest.raises(InvalidArgument, match="v2"):

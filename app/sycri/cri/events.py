@@ -74,12 +74,13 @@ class NodeStatuses:
             return None
 
     def container_statuses(self, pod_sandbox_id: str) -> list[api_pb2.ContainerStatus]:
-        from sycri.cri.container import status_of
+        """The same list PodSandboxStatus gives (kubelet treats both alike)."""
+        from sycri.cri.sandbox import container_statuses
 
         containers = getattr(self.node, "containers", None)
         if containers is None:
             return []
-        return [status_of(r) for r in containers.in_pod(pod_sandbox_id)]
+        return container_statuses(containers.in_pod(pod_sandbox_id))
 
 
 def connect(node: object, bus: EventBus) -> None:

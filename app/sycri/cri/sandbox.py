@@ -8,10 +8,15 @@ import contextlib
 import dataclasses
 import json
 import time
+from collections.abc import Iterable
 
 from sycri.api import api_pb2
+from sycri.cri.container import status_of as container_status_of
+from sycri.cri.events import Snapshot
 from sycri.errors import InvalidArgument, NotFound
 from sycri.node import Node
+from sycri.runtime.container_store import ContainerRecord
+from sycri.runtime.events import ContainerEvent, ContainerEventType
 from sycri.runtime.sandbox import READY, Sandbox
 from sycri.runtime.sandbox_manager import SandboxManager, pod_limits
 
@@ -33,6 +38,8 @@ async def run_pod_sandbox(
     if not request.HasField("config"):
         raise InvalidArgument("RunPodSandbox needs a pod sandbox config")
     sb = await _manager(node).run(request.config, request.runtime_handler)
+    _publish(node, sb.id, ContainerEventType.CREATED)
+    _publish(node, sb.id, ContainerEventType.STARTED)
     return api_pb2.RunPodSandboxResponse(pod_sandbox_id=sb.id)
 
 
@@ -42,15 +49,36 @@ async def stop_pod_sandbox(
     # Idempotent, as in containerd and CRI-O: kubelet stops pods it may have
     # removed already; a stop of an unknown pod is not an error.
     with contextlib.suppress(NotFound):
-        await _manager(node).stop(request.pod_sandbox_id)
+        manager = _manager(node)
+        sb = manager.get(request.pod_sandbox_id)
+        await manager.stop(sb.id)
+        _publish(node, sb.id, ContainerEventType.STOPPED)
     return api_pb2.StopPodSandboxResponse()
 
 
 async def remove_pod_sandbox(
     node: Node, request: api_pb2.RemovePodSandboxRequest
 ) -> api_pb2.RemovePodSandboxResponse:
-    await _manager(node).remove(request.pod_sandbox_id)
+    manager = _manager(node)
+    try:
+        sb = manager.get(request.pod_sandbox_id)
+    except NotFound:
+        sb = None
+    if await manager.remove(request.pod_sandbox_id) and sb is not None:
+        # Taken before it went: kubelet drops a pod from its cache on a DELETED event
+        # whose pod status has the event's id, and ignores one without a pod status.
+        gone = Snapshot(status_of(sb), ())
+        _publish(node, sb.id, ContainerEventType.DELETED, gone)
     return api_pb2.RemovePodSandboxResponse()
+
+
+def _publish(
+    node: Node, sandbox_id: str, kind: ContainerEventType, snapshot: Snapshot | None = None
+) -> None:
+    """A sandbox lifecycle event for evented PLEG, as containerd sends them: the sandbox
+    id as the container id (kubelet syncs the pod on it)."""
+    if node.events is not None:
+        node.events.publish(ContainerEvent(sandbox_id, kind, sandbox_id, snapshot=snapshot))
 
 
 def status_of(sb: Sandbox) -> api_pb2.PodSandboxStatus:
@@ -104,12 +132,34 @@ def verbose_info(sb: Sandbox) -> dict[str, str]:
     return {"info": json.dumps(doc, sort_keys=True)}
 
 
+def container_statuses(records: Iterable[ContainerRecord]) -> list[api_pb2.ContainerStatus]:
+    """The statuses of a pod's containers, newest first as kubelet sorts them.
+
+    kubelet's evented PLEG takes a pod's containers from here (PodSandboxStatus whose
+    ``timestamp`` is set, and every container event) instead of ListContainers plus
+    ContainerStatus: a container missing here is one kubelet believes gone and creates
+    again.
+    """
+    out = [container_status_of(r) for r in records]
+    out.sort(key=lambda st: st.created_at, reverse=True)
+    return out
+
+
 async def pod_sandbox_status(
     node: Node, request: api_pb2.PodSandboxStatusRequest
 ) -> api_pb2.PodSandboxStatusResponse:
     manager = _manager(node)
     sb = manager.check_alive(manager.get(request.pod_sandbox_id))
-    resp = api_pb2.PodSandboxStatusResponse(status=status_of(sb), timestamp=time.time_ns())
+    # The timestamp goes with the statuses: taken before them, so an event published
+    # after them is never older than this reply (kubelet's cache keeps the newer one).
+    stamp = time.time_ns()
+    containers = node.containers
+    records = (
+        [containers.refresh(r) for r in containers.in_pod(sb.id)] if containers is not None else []
+    )
+    resp = api_pb2.PodSandboxStatusResponse(
+        status=status_of(sb), timestamp=stamp, containers_statuses=container_statuses(records)
+    )
     if request.verbose:
         resp.info.update(verbose_info(sb))
         resp.info["networkCheck"] = await manager.check_network(sb)

@@ -22,7 +22,7 @@ from sycri import sif
 from sycri.images import layout, squashfs
 from sycri.images import manifest as mf
 from sycri.images.registry import RegistryClient
-from sycri.images.unpack import Applier, apply_layer
+from sycri.images.unpack import Applier, DiffIdMismatch, LimitExceeded, apply_layer
 from sycri.observability import tracing
 
 log = logging.getLogger("sycri.images.convert")
@@ -38,6 +38,8 @@ def converting() -> Iterator[None]:
     could not become a SIF), so the node agent reports it as such."""
     try:
         yield
+    except (DiffIdMismatch, LimitExceeded):
+        raise  # the image was refused, as a wrong blob digest is: a pull failure
     except Exception as exc:
         if not failed_converting(exc):
             exc.add_note(CONVERSION_NOTE)
@@ -77,8 +79,10 @@ async def fetch_and_apply(
     parallel: int,
     cache: Path | None = None,
     on_layer: Callable[[bool], None] | None = None,
+    diff_ids: tuple[str, ...] | None = None,
 ) -> None:
-    """Download (or take from ``cache``) every layer and apply them in order.
+    """Download (or take from ``cache``) every layer and apply them in order; with
+    ``diff_ids`` (one per layer) each layer's uncompressed digest must match its entry.
 
     With a cache directory, a verified blob is also linked as ``cache/<hex>``, and a blob
     already there is not downloaded again. ``on_layer(reused)`` is told of each layer.
@@ -118,7 +122,12 @@ async def fetch_and_apply(
             path = await tasks[d.digest]
             with tracing.span("layer.unpack", **{"layer.digest": d.digest}), converting():
                 await in_thread(
-                    apply_layer, applier, path, d.compression, f"layer {i + 1}/{n} ({d.digest})"
+                    apply_layer,
+                    applier,
+                    path,
+                    d.compression,
+                    f"layer {i + 1}/{n} ({d.digest})",
+                    diff_ids[i] if diff_ids is not None else None,
                 )
             if all(layers[j].digest != d.digest for j in range(i + 1, n)):
                 path.unlink(missing_ok=True)  # keep the disk peak low

@@ -25,11 +25,12 @@ from sycri.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    ResourceExhausted,
     Unauthenticated,
     Unavailable,
     excerpt,
 )
-from sycri.images.reference import Reference
+from sycri.images.reference import Reference, is_digest
 from sycri.observability import tracing
 
 CHUNK = 1 << 20
@@ -128,17 +129,27 @@ class LibraryClient:
             str(body["url"]), str(body.get("token", "")), str(body.get("name") or ref.repository)
         )
 
-    async def download(self, ref: Reference, arch: str, dest: Path) -> str:
-        """Legacy routes: fetch the SIF into ``dest``; returns its sha256 digest."""
+    async def image_meta(self, ref: Reference, arch: str) -> tuple[str, int | None]:
+        """Legacy route: the image's sha256 digest and size, as the library states them."""
         path = f"{ref.repository}:{ref.tag}"
         what = f"library image {path}"
         meta = await self._json(f"{self.base}/v1/images/{path}", what, {"arch": arch})
         data = meta.get("data") or {}
         want = str(data.get("hash", ""))
-        if not want.startswith("sha256."):
+        if not want.startswith("sha256.") or not is_digest("sha256:" + want[7:]):
             raise InvalidArgument(f"{what}: library gives no sha256 hash ({excerpt(want)})")
-        want_hex = want.split(".", 1)[1]
         size = data.get("size")
+        ok = isinstance(size, int) and not isinstance(size, bool) and size > 0
+        return "sha256:" + want.split(".", 1)[1], size if ok else None
+
+    async def download(
+        self, ref: Reference, arch: str, dest: Path, digest: str, size: int | None, limit: int
+    ) -> None:
+        """Legacy route: fetch the SIF into ``dest``, refused as soon as it streams past
+        ``size`` (what the library said) or ``limit`` (images.max_image_bytes)."""
+        path = f"{ref.repository}:{ref.tag}"
+        what = f"library image {path}"
+        bound = min(size, limit) if size is not None else limit
         h = hashlib.sha256()
         n = 0
         try:
@@ -163,6 +174,15 @@ class LibraryClient:
                             break
                         n += len(chunk)
                         self.on_bytes(len(chunk))
+                        if n > bound:
+                            if bound == limit:
+                                raise ResourceExhausted(
+                                    f"{what}: the SIF is more than images.max_image_bytes "
+                                    f"({limit} bytes)"
+                                )
+                            raise InvalidArgument(
+                                f"{what}: more than the {size} bytes the library says"
+                            )
                         h.update(chunk)
                         view = memoryview(chunk)
                         while view:
@@ -171,13 +191,12 @@ class LibraryClient:
                     os.close(fd)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise Unavailable(f"{what}: download failed: {exc}") from None
-        if isinstance(size, int) and size and n != size:
+        if size is not None and n != size:
             raise InvalidArgument(f"{what}: got {n} bytes, the library says {size}")
-        if h.hexdigest() != want_hex:
+        if "sha256:" + h.hexdigest() != digest:
             raise InvalidArgument(
-                f"{what}: content has digest sha256:{h.hexdigest()}, library says {want}"
+                f"{what}: content has digest sha256:{h.hexdigest()}, library says {digest}"
             )
-        return "sha256:" + want_hex
 
 
 def redirect_endpoint(redirect: Redirect):

@@ -167,6 +167,22 @@ def parse_manifest(data: bytes, media_type: str) -> Manifest:
     return Manifest(media_type, config, layers, {str(k): str(v) for k, v in ann.items()})
 
 
+def diff_ids(raw: dict[str, Any], layers: int) -> tuple[str, ...]:
+    """The config's ``rootfs.diff_ids``, one sha256 digest per manifest layer."""
+    rootfs = raw.get("rootfs")
+    ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(ids, list) or not all(isinstance(d, str) and is_digest(d) for d in ids):
+        raise InvalidArgument("image config: rootfs.diff_ids is not a list of digests")
+    if len(ids) != layers:
+        raise InvalidArgument(
+            f"image config lists {len(ids)} rootfs.diff_ids for a manifest of {layers} layers"
+        )
+    for d in ids:
+        if not d.startswith("sha256:"):
+            raise InvalidArgument(f"image config: diff_id {excerpt(d)} is not sha256")
+    return tuple(ids)
+
+
 @dataclass(frozen=True)
 class ImageConfig:
     """The parts of an OCI image config a runtime uses (``config`` section)."""

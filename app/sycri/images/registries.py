@@ -4,7 +4,11 @@ The semantics are those CRI-O and Podman users know: the ``[[registry]]`` entry 
 longest matching ``prefix`` (default: its ``location``) applies; its mirrors are tried in
 order, then its location; ``insecure`` allows plain HTTP and unverified TLS; ``blocked``
 refuses pulls; ``mirror-by-digest-only`` keeps mirrors for digest pulls. Pure parsing
-and matching; reading the file is the caller's one side effect.
+and matching; reading the files is the one side effect, in :func:`load`.
+
+Without ``images.registries_conf`` the node's own files are read, as CRI-O and Podman
+do: ``/etc/containers/registries.conf`` and then ``registries.conf.d/*.conf`` in name
+order, a later ``[[registry]]`` with the same prefix replacing an earlier one.
 """
 
 from __future__ import annotations
@@ -139,12 +143,36 @@ def parse(text: str, source: str = "registries.conf") -> Registries:
     return Registries(tuple(entries), tuple(str(s) for s in search))
 
 
-def load(path: str) -> Registries:
-    """The file at ``path``; an empty path means no configuration."""
-    if not path:
-        return Registries()
+SYSTEM_CONF = Path("/etc/containers/registries.conf")
+SYSTEM_DROPINS = Path("/etc/containers/registries.conf.d")
+
+
+def merge(parts: list[Registries]) -> Registries:
+    """Later parts win: an entry replaces one with the same prefix, a non-empty
+    unqualified-search list replaces the earlier one."""
+    entries: dict[str, RegistryEntry] = {}
+    search: tuple[str, ...] = ()
+    for part in parts:
+        for e in part.entries:
+            entries.pop(e.prefix, None)
+            entries[e.prefix] = e
+        search = part.unqualified_search or search
+    return Registries(tuple(entries.values()), search)
+
+
+def _read(path: Path) -> Registries:
     try:
-        text = Path(path).read_text()
+        text = path.read_text()
     except OSError as exc:
         raise RegistriesConfError(f"cannot read {path}: {exc.strerror}") from None
-    return parse(text, path)
+    return parse(text, str(path))
+
+
+def load(path: str, system: Path = SYSTEM_CONF, dropins: Path = SYSTEM_DROPINS) -> Registries:
+    """The file at ``path``; an empty path means the node's files, those present."""
+    if path:
+        return _read(Path(path))
+    parts = [_read(system)] if system.is_file() else []
+    if dropins.is_dir():
+        parts += [_read(f) for f in sorted(dropins.glob("*.conf")) if f.is_file()]
+    return merge(parts)

@@ -7,7 +7,13 @@ This is what the CRI ImageService adapter and the containers code call (``node.i
   reference; NotFound otherwise (``images.find`` returns None instead),
 - ``images.list()``, ``await images.remove(text)``, ``images.fs_usage()``,
 - ``images.users``: callables ``image_id -> str | None`` naming a container that uses the
-  image; RemoveImage refuses with FAILED_PRECONDITION when one answers.
+  image; RemoveImage refuses with FAILED_PRECONDITION when one answers,
+- ``images.mount_method(image_id)``: ``loop`` (kernel squashfs) or ``squashfuse``.
+
+An image id always names the bytes that run (docs/images.md): an OCI image's config
+digest, with every layer checked against the config's diff_ids while it unpacks; the
+digest of the SIF itself for SIFs made elsewhere (Singularity and Apptainer push the same
+``{}`` config for every SIF, so a config digest names nothing there).
 """
 
 from __future__ import annotations
@@ -43,8 +49,10 @@ from sycri.images.library import LibraryClient, redirect_endpoint
 from sycri.images.reference import Reference
 from sycri.images.registry import RegistryClient, new_session
 from sycri.images.store import Image, Store, usage
-from sycri.images.unpack import Applier
+from sycri.images.unpack import Applier, LimitExceeded, Limits
 from sycri.observability import metrics, tracing
+from sycri.sif import policy as sif_policy
+from sycri.sif.verify import load_keys
 
 log = logging.getLogger("sycri.images")
 
@@ -108,6 +116,8 @@ class Images:
         self.cfg = cfg
         self.store = Store(Path(cfg.root_dir) / "images")
         self.registries = registries.load(cfg.images.registries_conf)
+        self.keys = load_keys(cfg.images.trusted_keyrings) if cfg.images.trusted_keyrings else None
+        self.limits = Limits.of(cfg.images)
         self.arch, self.variant = reference.node_arch()
         self.users: list[Callable[[str], str | None]] = []
         self.container_usage: Callable[[], tuple[Path, int, int] | None] | None = None
@@ -142,10 +152,23 @@ class Images:
         return self.store.by_tag(tag_key(ref))
 
     async def resolve(self, text: str) -> Image:
+        """The image, for running: a local SIF whose file changed is hashed again first."""
         image = self.find(text)
         if image is None:
             raise NotFound(f"image {excerpt(text)} is not present on this node")
+        if image.local:
+            image = await self._recheck_local(image)
         return image
+
+    def mount_method(self, image_id: str) -> str:
+        """How the runtime mounts this image's partition (``images.kernel_mount``)."""
+        image = self.store.get(image_id)
+        if image is None:
+            return "squashfuse"
+        ok = sif_policy.kernel_mount_ok(
+            self.cfg.images.kernel_mount, image.origin, bool(image.signer)
+        )
+        return "loop" if ok else "squashfuse"
 
     def list(self) -> list[Image]:
         return self.store.list()
@@ -287,20 +310,82 @@ class Images:
         manifest = mf.parse_manifest(fetched.data, fetched.media_type)
         tags = [tag_key(ref)] if ref.tag else []
         digests = [digest_key(ref, top.digest)]
-        image_id = manifest.config.digest
-        existing = self.store.get(image_id)
-        if existing is not None:
-            return await self._tag(existing, text, tags, digests)
         if manifest.config.media_type == mf.SIF_CONFIG:
-            make = lambda: self._store_sif_artifact(client, manifest, text, tags, digests, p)  # noqa: E731
-        elif ref.transport == "oras":
+            return await self._sif_artifact(client, manifest, text, tags, digests, p)
+        if ref.transport == "oras":
             raise InvalidArgument(
                 f"{text}: oras:// expects a SIF artifact (config {mf.SIF_CONFIG}), "
                 f"got {excerpt(manifest.config.media_type)}"
             )
-        else:
-            make = lambda: self._convert(client, manifest, text, tags, digests, p)  # noqa: E731
+        if len(manifest.layers) > self.cfg.images.max_layers:
+            raise LimitExceeded(
+                f"{text}: {len(manifest.layers)} layers, more than images.max_layers "
+                f"({self.cfg.images.max_layers})"
+            )
+        # The config names the content: every layer is checked against its diff_ids.
+        image_id = manifest.config.digest
+        existing = self.store.get(image_id)
+        if existing is not None:
+            self._enforce_stored(existing, text)
+            return await self._tag(existing, text, tags, digests)
+        make = lambda: self._convert(client, manifest, text, tags, digests, p)  # noqa: E731
         return await self._once(image_id, make, text, tags, digests)
+
+    async def _sif_artifact(
+        self,
+        client: RegistryClient,
+        manifest: mf.Manifest,
+        text: str,
+        tags: list[str],
+        digests: list[str],
+        p: metrics.Pull,
+    ) -> Image:
+        """An oras SIF artifact: its id is the SIF's digest, never the config's."""
+        if len(manifest.layers) != 1 or manifest.layers[0].media_type != mf.SIF_LAYER:
+            raise InvalidArgument(
+                f"{text}: a SIF artifact has exactly one layer of type {mf.SIF_LAYER}"
+            )
+        layer = manifest.layers[0]
+        self._check_sif_size(layer.size, text)
+        image_id = layer.digest
+        existing = self.store.get(image_id)
+        if existing is not None:
+            self._enforce_stored(existing, text)
+            return await self._tag(existing, text, tags, digests)
+        return await self._once(
+            image_id,
+            lambda: self._store_sif_artifact(client, layer, text, tags, digests, p),
+            text,
+            tags,
+            digests,
+        )
+
+    def _check_sif_size(self, size: int, text: str) -> None:
+        if size > self.cfg.images.max_image_bytes:
+            raise LimitExceeded(
+                f"{text}: the SIF is {size} bytes, more than images.max_image_bytes "
+                f"({self.cfg.images.max_image_bytes})"
+            )
+
+    def _enforce_stored(self, image: Image, text: str) -> None:
+        """The SIF policy holds for an image already stored too (the policy may be newer)."""
+        if image.origin == sif_policy.OWN:
+            return
+        why = (
+            "not signed by a trusted key"
+            if image.signed
+            else "no valid signature covers its system partition"
+        )
+        sif_policy.enforce(
+            self.cfg.images.sif_policy,
+            sif_policy.Trust(image.signed, image.signer, why),
+            f"{text} (SIF {image.id})",
+        )
+
+    async def _trust(self, path: Path, what: str) -> sif_policy.Trust:
+        trust = await sif_policy.evaluate(path, self.keys)
+        sif_policy.enforce(self.cfg.images.sif_policy, trust, what)
+        return trust
 
     def _workdir(self, image_id: str) -> Path:
         return Path(
@@ -316,6 +401,7 @@ class Images:
         tags: list[str],
         digests: list[str],
         layers: list[str] = (),  # type: ignore[assignment]
+        trust: sif_policy.Trust | None = None,
     ) -> Image:
         final = self.store.sif_path_for(image_id)
         os.chmod(built, 0o644)
@@ -333,6 +419,9 @@ class Images:
                 user_ref=text,
                 layers=layers,
                 now=time.time(),
+                origin=sif_policy.OWN if trust is None else sif_policy.FOREIGN,
+                signed=bool(trust and trust.signed),
+                signer=trust.signer if trust else "",
             )
         )
 
@@ -347,14 +436,18 @@ class Images:
     ) -> Image:
         image_id = manifest.config.digest
         config_bytes = await client.blob_bytes(manifest.config, mf.MAX_CONFIG, "image config")
-        _, config = mf.parse_config(config_bytes)
+        raw, config = mf.parse_config(config_bytes)
         if config.os and config.os != "linux":
             raise InvalidArgument(f"{text}: image is for {excerpt(config.os)}, not linux")
+        try:
+            diff_ids = mf.diff_ids(raw, len(manifest.layers))
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"{text}: {exc.message}") from None
         work = self._workdir(image_id)
         try:
             rootfs = work / "rootfs"
             rootfs.mkdir(mode=0o755)
-            applier = Applier(rootfs)
+            applier = Applier(rootfs, self.limits)
             await fetch_and_apply(
                 client,
                 manifest.layers,
@@ -363,6 +456,7 @@ class Images:
                 self.cfg.images.max_concurrent_downloads,
                 self.store.blob_dir if self.cfg.images.keep_layers else None,
                 on_layer=p.layer,
+                diff_ids=diff_ids,
             )
             with converting():
                 await in_thread(applier.finish)
@@ -396,21 +490,16 @@ class Images:
     async def _store_sif_artifact(
         self,
         client: RegistryClient,
-        manifest: mf.Manifest,
+        layer: mf.Descriptor,
         text: str,
         tags: list[str],
         digests: list[str],
         p: metrics.Pull | None = None,
     ) -> Image:
-        if len(manifest.layers) != 1 or manifest.layers[0].media_type != mf.SIF_LAYER:
-            raise InvalidArgument(
-                f"{text}: a SIF artifact has exactly one layer of type {mf.SIF_LAYER}"
-            )
-        image_id = manifest.config.digest
+        image_id = layer.digest  # blob_to_file refuses bytes with any other digest
         work = self._workdir(image_id)
         try:
             path = work / "image.sif"
-            layer = manifest.layers[0]
             with tracing.span(
                 "layer.fetch", **{"layer.digest": layer.digest, "layer.size": layer.size}
             ):
@@ -418,7 +507,8 @@ class Images:
             if p is not None:
                 p.layer(reused=False)
             config = await in_thread(_sif_config, path, self.arch)
-            return await self._commit(image_id, path, config, text, tags, digests)
+            trust = await self._trust(path, f"{text} (SIF {image_id})")
+            return await self._commit(image_id, path, config, text, tags, digests, trust=trust)
         finally:
             await in_thread(shutil.rmtree, work, True)
 
@@ -453,27 +543,30 @@ class Images:
                 fetched = await client.manifest(chosen.digest)
             manifest = mf.parse_manifest(fetched.data, fetched.media_type)
             digests = [digest_key(oref, top.digest)]
-            existing = self.store.get(manifest.config.digest)
-            if existing is not None:
-                return await self._tag(existing, text, tags, digests)
-            return await self._once(
-                manifest.config.digest,
-                lambda: self._store_sif_artifact(client, manifest, text, tags, digests, p),
-                text,
-                tags,
-                digests,
-            )
-        work = self._workdir("library")
-        try:
-            path = work / "image.sif"
-            digest = await lib.download(ref, self.arch, path)
-            existing = self.store.get(digest)
-            if existing is not None:
-                return await self._tag(existing, text, tags, [])
-            config = await in_thread(_sif_config, path, self.arch)
-            return await self._commit(digest, path, config, text, tags, [])
-        finally:
-            await in_thread(shutil.rmtree, work, True)
+            return await self._sif_artifact(client, manifest, text, tags, digests, p)
+        digest, size = await lib.image_meta(ref, self.arch)
+        if isinstance(size, int):
+            self._check_sif_size(size, text)
+        existing = self.store.get(digest)
+        if existing is not None:
+            self._enforce_stored(existing, text)
+            return await self._tag(existing, text, tags, [])
+
+        async def make() -> Image:
+            work = self._workdir("library")
+            try:
+                path = work / "image.sif"
+                await lib.download(
+                    ref, self.arch, path, digest, size, self.cfg.images.max_image_bytes
+                )
+                p.layer(reused=False)
+                config = await in_thread(_sif_config, path, self.arch)
+                trust = await self._trust(path, f"{text} (SIF {digest})")
+                return await self._commit(digest, path, config, text, tags, [], trust=trust)
+            finally:
+                await in_thread(shutil.rmtree, work, True)
+
+        return await self._once(digest, make, text, tags, [])
 
     async def _import_local(self, ref: Reference, text: str) -> Image:
         """A local SIF is used in place: indexed by its path, never copied or deleted."""
@@ -481,24 +574,78 @@ class Images:
         if not path.is_file():
             raise NotFound(f"local SIF {excerpt(ref.path)} does not exist or is not a file")
         config = await in_thread(_sif_config, path, self.arch)
-        image_id = await in_thread(_sha256_file, path)
+        image_id, st = await in_thread(_hash_stable, path)
         existing = self.store.get(image_id)
         if existing is not None and not existing.local:
             raise FailedPrecondition(
                 f"{ref.path} is identical to stored image {image_id}; use that image"
             )
+        trust = await self._trust(path, f"{text} (SIF {image_id})")
         return await in_thread(
             lambda: self.store.add(
                 image_id,
                 str(path),
-                path.stat().st_size,
+                st.st_size,
                 config,
                 tags=[ref.path],
                 user_ref=text,
                 local=True,
                 now=time.time(),
+                origin=sif_policy.FOREIGN,
+                signed=trust.signed,
+                signer=trust.signer,
+                stat=_stat_key(st),
             )
         )
+
+    async def _recheck_local(self, image: Image) -> Image:
+        """A local SIF is used in place: when its size, mtime or inode changed since it
+        was hashed, hash it again; other bytes than the id names are refused."""
+        path = Path(image.sif_path)
+        try:
+            st = await in_thread(os.stat, path)
+        except OSError as exc:
+            raise FailedPrecondition(
+                f"local SIF {image.sif_path} of image {image.id} cannot be read: {exc.strerror}"
+            ) from None
+        if _stat_key(st) == image.stat:
+            return image
+        digest, st = await in_thread(_hash_stable, path)
+        if digest != image.id:
+            raise FailedPrecondition(
+                f"local SIF {image.sif_path} changed since it was pulled as image {image.id} "
+                f"(its content is now {digest}); pull it again"
+            )
+        trust = await self._trust(path, f"{image.sif_path} (SIF {image.id})")
+        return await in_thread(
+            lambda: self.store.add(
+                image.id,
+                image.sif_path,
+                st.st_size,
+                _raw(image),
+                user_ref=image.user_ref,
+                local=True,
+                now=time.time(),
+                origin=sif_policy.FOREIGN,
+                signed=trust.signed,
+                signer=trust.signer,
+                stat=_stat_key(st),
+            )
+        )
+
+
+def _stat_key(st: os.stat_result) -> str:
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def _hash_stable(path: Path) -> tuple[str, os.stat_result]:
+    """The file's digest and the stat it was taken under; refused if it changed meanwhile."""
+    before = os.stat(path)
+    digest = _sha256_file(path)
+    after = os.stat(path)
+    if _stat_key(before) != _stat_key(after):
+        raise Unavailable(f"{path} changed while it was being hashed; try again")
+    return digest, after
 
 
 def _span(text: str, source: str):

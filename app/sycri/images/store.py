@@ -1,6 +1,8 @@
 """The image store: one SIF per image under ``<root>/images/sif``, indexed in SQLite (WAL).
 
-An image is named by its id, the digest of its OCI image config. The index holds repo
+An image is named by its id: for an OCI image the digest of its config (whose diff_ids
+every layer was checked against), for a SIF made elsewhere (oras, library, local) the
+digest of the SIF file itself. The index holds repo
 tags, repo digests, size, the reference the user asked for and the pinned flag. Every
 change is one transaction; a SIF file is renamed into place before its row is committed,
 so a crash leaves at worst an unindexed file, which :meth:`Store.recover` removes at the
@@ -11,6 +13,7 @@ local SIF files are indexed with their own path and never deleted.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -23,6 +26,8 @@ from typing import Any
 
 from sycri.images.manifest import ImageConfig, parse_config
 from sycri.observability.metrics import StoreStats
+from sycri.sif.format import SifError
+from sycri.sif.reader import open_sif
 
 log = logging.getLogger("sycri.images.store")
 
@@ -54,13 +59,20 @@ CREATE TABLE IF NOT EXISTS layers (
 );
 CREATE INDEX IF NOT EXISTS layers_by_digest ON layers(digest);
 """
+# Columns added after the first release: (name, declaration). Added when missing.
+COLUMNS = (
+    ("origin", "TEXT NOT NULL DEFAULT ''"),  # own (built by sycri) or foreign; '' = unknown
+    ("signed", "INTEGER NOT NULL DEFAULT 0"),  # a signature covers the system partition
+    ("signer", "TEXT NOT NULL DEFAULT ''"),  # the trusted key that verified it
+    ("stat", "TEXT NOT NULL DEFAULT ''"),  # local SIF: dev:ino:size:mtime_ns when hashed
+)
 
 
 @dataclass(frozen=True)
 class Image:
     """One stored image, as the runtime and the CRI see it."""
 
-    id: str  # sha256:<hex> of the OCI image config
+    id: str  # sha256:<hex> of the OCI image config, or of the SIF for foreign SIFs
     sif_path: str
     size: int
     repo_tags: tuple[str, ...]
@@ -70,6 +82,10 @@ class Image:
     user_ref: str = ""
     pinned: bool = False
     local: bool = False  # a SIF used in place: never deleted
+    origin: str = ""  # "own" (sycri built the SIF) or "foreign"
+    signed: bool = False
+    signer: str = ""  # a trusted key verified a signature over the system partition
+    stat: str = ""  # local SIFs: the file's identity when it was last hashed
 
     @property
     def hex(self) -> str:
@@ -92,6 +108,10 @@ class Store:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
+        have = {r[1] for r in self._db.execute("PRAGMA table_info(images)")}
+        for name, decl in COLUMNS:
+            if name not in have:
+                self._db.execute(f"ALTER TABLE images ADD COLUMN {name} {decl}")
         self._stats = self._count()
 
     def stats(self) -> StoreStats:
@@ -154,10 +174,57 @@ class Store:
                         "image %s lost its SIF %s; dropping it from the index", image_id, path
                     )
                     db.execute("DELETE FROM images WHERE id=?", (image_id,))
+        self._migrate_identities()
         removed += self.prune_blobs()
         if removed:
             log.info("removed %d leftovers of unfinished pulls", len(removed))
         return removed
+
+    def _migrate_identities(self) -> None:
+        """Rows indexed before images carried their origin: a SIF whose ``oci-config.json``
+        has the id's digest was built by sycri; any other non-local SIF was indexed under
+        the digest of a config it does not own (oras pushes ``{}`` for every SIF) and is
+        re-keyed to its own digest. Local SIFs are hashed again at their next use."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, sif_path, local FROM images WHERE origin=''"
+            ).fetchall()
+        for image_id, path, local in rows:
+            if local:
+                with self._tx() as db:
+                    db.execute(
+                        "UPDATE images SET origin='foreign', stat='' WHERE id=?", (image_id,)
+                    )
+                continue
+            try:
+                own = _config_digest(path) == image_id
+                new_id = image_id if own else _file_digest(path)
+            except (OSError, SifError) as exc:
+                log.warning("image %s: cannot read its SIF %s: %s", image_id, path, exc)
+                continue
+            if own:
+                with self._tx() as db:
+                    db.execute("UPDATE images SET origin='own' WHERE id=?", (image_id,))
+                continue
+            log.warning("image %s is a foreign SIF; its id is now %s", image_id, new_id)
+            self._rekey(image_id, new_id, path)
+
+    def _rekey(self, old: str, new: str, path: str) -> None:
+        final = self.sif_path_for(new)
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM images WHERE id=?", (new,)).fetchone() is None:
+                db.execute(
+                    "INSERT INTO images (id, sif_path, size, config, user_ref, pinned, local,"
+                    " added_at, origin) SELECT ?, ?, size, config, user_ref, pinned, local,"
+                    " added_at, 'foreign' FROM images WHERE id=?",
+                    (new, str(final), old),
+                )
+                os.link(path, final)
+            for table in ("tags", "digests"):
+                db.execute(f"UPDATE OR REPLACE {table} SET image_id=? WHERE image_id=?", (new, old))
+            db.execute("DELETE FROM images WHERE id=?", (old,))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
     def prune_blobs(self) -> list[str]:
         """Delete cached layer blobs that no stored image was built from."""
@@ -178,7 +245,7 @@ class Store:
     # -- reads ------------------------------------------------------------------------------
 
     def _image(self, db: sqlite3.Connection, row: tuple) -> Image:
-        image_id, sif_path, size, config, user_ref, pinned, local = row
+        image_id, sif_path, size, config, user_ref, pinned, local, origin, signed, signer, st = row
         tags = tuple(
             r[0]
             for r in db.execute("SELECT tag FROM tags WHERE image_id=? ORDER BY tag", (image_id,))
@@ -191,10 +258,23 @@ class Store:
         )
         raw, typed = parse_config(config)
         return Image(
-            image_id, sif_path, size, tags, digests, typed, raw, user_ref, bool(pinned), bool(local)
+            image_id,
+            sif_path,
+            size,
+            tags,
+            digests,
+            typed,
+            raw,
+            user_ref,
+            bool(pinned),
+            bool(local),
+            origin,
+            bool(signed),
+            signer,
+            st,
         )
 
-    _COLS = "id, sif_path, size, config, user_ref, pinned, local"
+    _COLS = "id, sif_path, size, config, user_ref, pinned, local, origin, signed, signer, stat"
 
     def get(self, image_id: str) -> Image | None:
         with self._lock:
@@ -251,15 +331,38 @@ class Store:
         local: bool = False,
         layers: list[str] = (),  # type: ignore[assignment]
         now: float = 0.0,
+        origin: str = "",
+        signed: bool = False,
+        signer: str = "",
+        stat: str = "",
     ) -> Image:
-        """Index an image (or add tags/digests to a known one); a tag moves to this image."""
+        """Index an image (or add tags/digests to a known one); a tag moves to this image.
+        The trust fields are set when the image is first indexed (and for a local SIF,
+        whenever it is hashed again)."""
         parse_config(config)
         with self._tx() as db:
             db.execute(
-                "INSERT INTO images (id, sif_path, size, config, user_ref, pinned, local, added_at)"
-                " VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET"
-                " user_ref=excluded.user_ref, pinned=max(pinned, excluded.pinned)",
-                (image_id, sif_path, size, config, user_ref, int(pinned), int(local), now),
+                "INSERT INTO images (id, sif_path, size, config, user_ref, pinned, local, added_at,"
+                " origin, signed, signer, stat)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET"
+                " user_ref=excluded.user_ref, pinned=max(pinned, excluded.pinned),"
+                " stat=CASE WHEN excluded.local THEN excluded.stat ELSE stat END,"
+                " signed=CASE WHEN excluded.local THEN excluded.signed ELSE signed END,"
+                " signer=CASE WHEN excluded.local THEN excluded.signer ELSE signer END",
+                (
+                    image_id,
+                    sif_path,
+                    size,
+                    config,
+                    user_ref,
+                    int(pinned),
+                    int(local),
+                    now,
+                    origin,
+                    int(signed),
+                    signer,
+                    stat,
+                ),
             )
             for t in tags:
                 db.execute(
@@ -301,6 +404,23 @@ class Store:
     def set_pinned(self, image_id: str, pinned: bool) -> None:
         with self._tx() as db:
             db.execute("UPDATE images SET pinned=? WHERE id=?", (int(pinned), image_id))
+
+
+def _file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def _config_digest(path: str) -> str:
+    """The digest of the SIF's ``oci-config.json`` object ("" when it has none)."""
+    with open_sif(path) as img:
+        found = img.find(name="oci-config.json")
+        if not found:
+            return ""
+        return "sha256:" + hashlib.sha256(img.read_object(found[0], limit=8 << 20)).hexdigest()
 
 
 def usage(path: Path) -> tuple[int, int]:

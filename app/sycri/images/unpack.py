@@ -9,6 +9,11 @@ symlink's relative target climbs above the root, or when a hardlink names a targ
 is outside the root or missing. Device nodes are skipped: a container gets its devices
 from the runtime, never from an image.
 
+Every layer's uncompressed stream is hashed as it is read and must equal the image
+config's ``rootfs.diff_ids`` entry for it, and :class:`Limits` bound what an image may
+unpack (bytes, entries, a single file, header sizes) while it streams, so a gzip bomb or
+a million-entry layer fails early in bounded memory.
+
 Runs blocking I/O: call it from a worker thread.
 """
 
@@ -17,6 +22,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import gzip
+import hashlib
+import hmac
 import logging
 import os
 import shutil
@@ -28,13 +35,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from sycri.errors import InvalidArgument, excerpt
+from sycri.errors import InvalidArgument, ResourceExhausted, excerpt
 
 log = logging.getLogger("sycri.images.unpack")
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 COPY_CHUNK = 1 << 20
+MAX_HEADER = 1 << 20  # a pax or GNU long-name header; tarfile reads it into memory
+_BIG_HEADERS = (
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+    tarfile.SOLARIS_XHDTYPE,
+)
 
 
 class HostileLayer(InvalidArgument):
@@ -43,6 +58,73 @@ class HostileLayer(InvalidArgument):
 
 class CorruptLayer(InvalidArgument):
     """A layer that is not the compressed tar its media type says."""
+
+
+class DiffIdMismatch(InvalidArgument):
+    """A layer whose uncompressed content is not what the image config says."""
+
+
+class LimitExceeded(ResourceExhausted):
+    """An image that unpacks to more than the configured limits allow."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one image may unpack; each field is named after its ``images.*`` key."""
+
+    max_image_bytes: int = 64 << 30
+    max_image_entries: int = 5_000_000
+    max_file_bytes: int = 32 << 30
+
+    @classmethod
+    def of(cls, images_cfg) -> Limits:
+        return cls(
+            images_cfg.max_image_bytes, images_cfg.max_image_entries, images_cfg.max_file_bytes
+        )
+
+
+class _HeaderBound(tarfile.TarInfo):
+    """Refuses long-name and pax headers larger than MAX_HEADER before tarfile reads them."""
+
+    def _proc_member(self, tarfile_):  # type: ignore[override]
+        if self.type in _BIG_HEADERS and self.size > MAX_HEADER:
+            raise HostileLayer(f"an extended header of {self.size} bytes (more than {MAX_HEADER})")
+        return super()._proc_member(tarfile_)
+
+    # Sparse maps are read into memory without bound (and version 1.0 from the entry's
+    # data): refused, as few images hold sparse files.
+    def _refuse_sparse(self, *args, **kwargs):
+        raise HostileLayer(f"entry {excerpt(self.name)} is a sparse file (not supported)")
+
+    _proc_sparse = _proc_gnusparse_00 = _proc_gnusparse_01 = _proc_gnusparse_10 = _refuse_sparse
+
+
+class _Metered:
+    """The decompressed layer stream, hashed and counted against the byte limit as read."""
+
+    def __init__(self, stream: BinaryIO, applier: Applier, what: str) -> None:
+        self.stream = stream
+        self.applier = applier
+        self.what = what
+        self.hash = hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.stream.read(n if n is not None and n >= 0 else COPY_CHUNK)
+        if data:
+            self.hash.update(data)
+            a = self.applier
+            a.total_bytes += len(data)
+            if a.total_bytes > a.limits.max_image_bytes:
+                raise LimitExceeded(
+                    f"{self.what}: the image unpacks to more than images.max_image_bytes "
+                    f"({a.limits.max_image_bytes} bytes)"
+                )
+        return data
+
+    def drain(self) -> None:
+        """Read what tarfile left after the end-of-archive blocks (it counts in the digest)."""
+        while self.read(COPY_CHUNK):
+            pass
 
 
 @dataclass
@@ -97,10 +179,12 @@ def symlink_target_ok(parts: list[str], target: str) -> bool:
 class Applier:
     """Applies layers one after another to ``root`` (an empty or earlier-built directory)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, limits: Limits | None = None) -> None:
         self.root = Path(root)
         self.dir_times: dict[str, tuple[int, int]] = {}
         self.stats = Stats()
+        self.limits = limits or Limits()
+        self.total_bytes = 0  # uncompressed layer bytes read so far, over all layers
 
     # -- path handling ----------------------------------------------------------------------
 
@@ -139,13 +223,25 @@ class Applier:
 
     # -- one layer ----------------------------------------------------------------------------
 
-    def apply(self, stream: BinaryIO, what: str) -> None:
-        """Apply one layer's (already decompressed) tar stream."""
+    def apply(self, stream: BinaryIO, what: str, diff_id: str | None = None) -> None:
+        """Apply one layer's (already decompressed) tar stream; with ``diff_id``, refuse
+        the layer unless its uncompressed bytes have that digest."""
         created: set[str] = set()
+        metered = _Metered(stream, self, what)
         try:
-            with tarfile.open(fileobj=stream, mode="r|", errorlevel=1) as tar:
-                for member in tar:
+            with tarfile.open(
+                fileobj=metered, mode="r|", errorlevel=1, tarinfo=_HeaderBound
+            ) as tar:
+                # tar.next(), not iteration, and members cleared: TarFile would otherwise
+                # keep every member of the stream in memory.
+                while (member := tar.next()) is not None:
+                    tar.members.clear()
                     self._entry(tar, member, what, created)
+            metered.drain()
+        except HostileLayer as exc:
+            if not exc.message.startswith(what):
+                raise HostileLayer(f"{what}: {exc.message}") from None
+            raise
         except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
             raise CorruptLayer(f"{what}: not a valid tar stream: {exc}") from None
         except OSError as exc:
@@ -158,11 +254,28 @@ class Applier:
             if type(exc).__name__ == "ZstdError":
                 raise CorruptLayer(f"{what}: not valid zstd data: {exc}") from None
             raise
+        if diff_id is not None:
+            got = "sha256:" + metered.hash.hexdigest()
+            if not hmac.compare_digest(got, diff_id):
+                raise DiffIdMismatch(
+                    f"{what}: uncompressed content has digest {got}, but the image config's "
+                    f"rootfs.diff_ids says {excerpt(diff_id, 80)}"
+                )
 
     def _entry(
         self, tar: tarfile.TarFile, m: tarfile.TarInfo, what: str, created: set[str]
     ) -> None:
         self.stats.entries += 1
+        if self.stats.entries > self.limits.max_image_entries:
+            raise LimitExceeded(
+                f"{what}: the image has more than images.max_image_entries "
+                f"({self.limits.max_image_entries}) entries"
+            )
+        if m.isreg() and m.size > self.limits.max_file_bytes:
+            raise LimitExceeded(
+                f"{what}: file {excerpt(m.name)} is {m.size} bytes, more than "
+                f"images.max_file_bytes ({self.limits.max_file_bytes})"
+            )
         parts = split_name(m.name, what)
         if not parts:  # the root itself
             if m.isdir():
@@ -283,6 +396,8 @@ class Applier:
                     os.utime(path, ns=self.dir_times[rel], follow_symlinks=False)
 
 
-def apply_layer(applier: Applier, path: Path, compression: str, what: str) -> None:
+def apply_layer(
+    applier: Applier, path: Path, compression: str, what: str, diff_id: str | None = None
+) -> None:
     with open_layer(path, compression) as stream:
-        applier.apply(stream, what)
+        applier.apply(stream, what, diff_id)

@@ -52,6 +52,8 @@ class Launch:
     stdin: bool = False
     stdin_once: bool = False
     systemd_cgroup: bool = False
+    # Runs conmon inside its own cgroup (``conmon_cgroup.prefix``); empty: sycri's.
+    prefix: tuple[str, ...] = ()
 
     def argv(self) -> list[str]:
         argv = [
@@ -114,7 +116,7 @@ async def _create(launch: Launch) -> int:
     try:
         with open(stderr_path, "wb") as stderr_file:
             proc = subprocess.Popen(
-                launch.argv(),
+                [*launch.prefix, *launch.argv()],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=stderr_file,

@@ -36,7 +36,18 @@ from sycri.errors import (
 )
 from sycri.fsutil import atomic_write, confined
 from sycri.observability import metrics
-from sycri.runtime import conmon, features, hostfacts, ocispec, rootfs, statsview, userns
+from sycri.runtime import (
+    cgroups,
+    conmon,
+    conmon_cgroup,
+    features,
+    hostfacts,
+    hostpath,
+    ocispec,
+    rootfs,
+    statsview,
+    userns,
+)
 from sycri.runtime.container_store import (
     CREATED,
     EXITED,
@@ -53,6 +64,11 @@ log = logging.getLogger("sycri.containers")
 MAX_NAME = 253
 MAX_IMAGE_FILE = 4 * 1024 * 1024
 EXEC_OUTPUT_LIMIT = 16 * 1024 * 1024
+UNMONITORED = "its monitor (conmon) died: the container runs on, but its log and attach are cut"
+LOST_EXIT = (
+    "the container and its monitor (conmon) disappeared; conmon recorded no exit code, "
+    "so 255 stands for unknown"
+)
 
 
 @dataclass(frozen=True)
@@ -135,6 +151,9 @@ class Containers:
         settings: ocispec.Settings | None = None,
         log_size_max: int = -1,
         cdi_dirs: tuple[str, ...] = ("/etc/cdi", "/var/run/cdi"),
+        conmon_placement: str = conmon_cgroup.POD,
+        host_root: str = "/",
+        own_dirs: tuple[str, ...] = (),
     ) -> None:
         self.paths = paths
         self.runtimes = runtimes
@@ -146,8 +165,18 @@ class Containers:
         self.settings = settings or ocispec.Settings()
         self.log_size_max = log_size_max
         self.cdi_dirs = cdi_dirs
+        self.conmon_placement = conmon_placement  # the conmon_cgroup setting
+        self.cgroup_version = cgroups.detect_version()
+        self.host_root = host_root  # volume host paths are resolved under it
+        self.own_dirs = own_dirs  # ...except those under sycri's own directories
         self.store = ContainerStore(paths.containers)
-        self.image_mounts = rootfs.ImageMounts(paths.image_mounts)
+        self.image_mounts = rootfs.ImageMounts(
+            paths.image_mounts,
+            fuse_cgroup=lambda name: conmon_cgroup.mount_placement(
+                conmon_placement, cgroup_driver, name
+            ),
+            cgroup_version=self.cgroup_version,
+        )
         self._locks: dict[str, asyncio.Lock] = {}
         # Told (image_id, container_id, in_use) when a container starts/stops using an image.
         self.image_users: list[Callable[[str, str, bool], None]] = []
@@ -234,6 +263,7 @@ class Containers:
         log_path = self._log_path(sandbox, cfg, bundle)
         acquired: ImageInfo | None = None
         overlay = False
+        made: list[Path] = []  # log file and dirs this create made: a failure removes them
         try:
             image = await self.images.image_info(cfg.image.image)
             lower = await self.image_mounts.acquire(image.source, cid)
@@ -243,14 +273,23 @@ class Containers:
             passwd = _read_image_file(lower, "etc/passwd")
             group = _read_image_file(lower, "etc/group")
             feats = await features.probe(runc.binary)
+            # The spec bind-mounts the host's paths as sycri reaches them (host_root);
+            # the record keeps kubelet's.
+            spec_cfg = await asyncio.to_thread(
+                hostpath.resolve_mounts, cfg, self.host_root, self.own_dirs
+            )
             facts = await asyncio.to_thread(
-                hostfacts.gather, cfg, self.cgroup_driver, self.cdi_dirs, feats.recursive_read_only
+                hostfacts.gather,
+                spec_cfg,
+                self.cgroup_driver,
+                self.cdi_dirs,
+                feats.recursive_read_only,
             )
             built = ocispec.build(
                 ocispec.SpecInput(
                     container_id=cid,
                     rootfs=str(bundle / "rootfs"),
-                    config=cfg,
+                    config=spec_cfg,
                     sandbox_config=sandbox_config,
                     sandbox=sandbox.namespaces,
                     image=ocispec.ImageConfig.from_oci(image.oci_config),
@@ -292,7 +331,19 @@ class Containers:
                 resources=json_format.MessageToDict(cfg.linux.resources),
                 cgroup_path=built.cgroup_path,
             )
+            made = _new_paths(Path(log_path))
             Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+            place = conmon_cgroup.placement(
+                self.conmon_placement, self.cgroup_driver, built.cgroup_path, cid
+            )
+            try:
+                leaf = await asyncio.to_thread(
+                    conmon_cgroup.prepare, bundle / conmon_cgroup.RECORD, place, self.cgroup_version
+                )
+            except OSError as exc:
+                raise Internal(
+                    f"cannot make conmon's cgroup {place.path}: {exc.strerror}"
+                ) from None
             rec.pid = await conmon.create(
                 conmon.Launch(
                     conmon=self.conmon_binary,
@@ -310,12 +361,14 @@ class Containers:
                     stdin=cfg.stdin,
                     stdin_once=cfg.stdin_once,
                     systemd_cgroup=self.cgroup_driver == "systemd",
+                    prefix=tuple(conmon_cgroup.prefix(place, leaf)),
                 )
             )
             crashpoint.reach("container.create.conmon")
             self.store.save(rec)
         except BaseException:
             await self._undo_create(cid, runc, bundle, acquired, overlay)
+            _remove_new(made)
             self.store.unreserve(sandbox.id, name, cfg.metadata.attempt, cid)
             raise
         self._emit(rec, ContainerEventType.CREATED)
@@ -329,6 +382,7 @@ class Containers:
         with contextlib.suppress(Exception):
             await runc.delete(cid)
         try:
+            await asyncio.to_thread(conmon_cgroup.release, bundle / conmon_cgroup.RECORD)
             if overlay or bundle.exists():
                 await rootfs.remove_overlay(bundle)
             if image is not None:
@@ -338,6 +392,13 @@ class Containers:
             log.exception("cleaning up failed create of %s", cid)
         with contextlib.suppress(FileNotFoundError):
             self._exit_file(cid).unlink()
+        # conmon's attach-socket entry (a link or a dir, by conmon version).
+        attach = self.paths.sockets / cid
+        with contextlib.suppress(OSError):
+            if attach.is_dir() and not attach.is_symlink():
+                shutil.rmtree(attach)
+            else:
+                attach.unlink()
 
     def _log_path(self, sandbox: SandboxInfo, cfg: api_pb2.ContainerConfig, bundle: Path) -> str:
         if sandbox.log_directory and cfg.log_path:
@@ -442,6 +503,7 @@ class Containers:
             await self.runtime(rec.runtime_handler).delete(rec.id)
             crashpoint.reach("container.remove.runc")
             await rootfs.unmount(Path(rec.bundle) / "rootfs")
+            await asyncio.to_thread(conmon_cgroup.release, Path(rec.bundle) / conmon_cgroup.RECORD)
             await self.image_mounts.release(rec.image_id, rec.id)
             self._tell_images(rec.image_id, rec.id, False)
             self.store.delete(rec)
@@ -489,11 +551,37 @@ class Containers:
                 n += 1
         return n
 
-    async def watch_exits(self, interval: float = 0.2) -> None:
-        """Run :meth:`reap_exits` every ``interval`` seconds until cancelled."""
+    async def check_monitors(self) -> int:
+        """Find running containers whose conmon died while sycri runs (killed, OOM).
+
+        A live conmon is one /proc read. For a dead one: its exit file, if it wrote one,
+        is the truth (:meth:`refresh`); else runc says whether the container still runs
+        (then it stays RUNNING, unmonitored: its log and attach are cut, its message says
+        so) or is gone, which makes it EXITED with a STOPPED event. Returns how many
+        containers were found exited.
+        """
+        n = 0
+        for rec in self.store.all():
+            if rec.state != RUNNING or conmon.monitors_container(Path(rec.bundle), rec.id):
+                continue
+            lock = self._lock(rec.id)
+            if lock.locked():
+                continue  # a stop or remove is on it
+            async with lock:
+                if await self._reconcile_unmonitored(rec):
+                    n += 1
+        return n
+
+    async def watch_exits(self, interval: float = 0.2, monitor_every: int = 5) -> None:
+        """Run :meth:`reap_exits` every ``interval`` seconds, and :meth:`check_monitors`
+        every ``monitor_every`` of those, until cancelled."""
+        tick = 0
         while True:
             try:
                 self.reap_exits()
+                tick += 1
+                if tick % monitor_every == 0:
+                    await self.check_monitors()
             except Exception:
                 log.exception("watching conmon exit files failed")
             await asyncio.sleep(interval)
@@ -531,7 +619,9 @@ class Containers:
         runc = self.runtime(rec.runtime_handler)
         pid_file = Path(rec.bundle) / f"exec-{new_id()[:16]}.pid"
         argv = runc.argv("exec", "--pid-file", str(pid_file), rec.id, *cmd)
-        task = asyncio.create_task(command.run(argv, check=False, label="runc exec"))
+        task = asyncio.create_task(
+            command.run(argv, check=False, label="runc exec", exit_is_answer=True)
+        )
         timed_out = False
         try:
             done, _ = await asyncio.wait({task}, timeout=timeout if timeout > 0 else None)
@@ -570,7 +660,9 @@ class Containers:
             if rec.state not in (CREATED, RUNNING):
                 raise FailedPrecondition(f"container {rec.id} is {rec.state}")
             oci = ocispec.cgroup_resources(
-                resources, os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+                resources,
+                hostfacts.cgroup_v2(),
+                hostfacts.hugetlb_sizes() if resources.hugepage_limits else frozenset(),
             )
             await self.runtime(rec.runtime_handler).update(rec.id, oci)
             merged = api_pb2.LinuxContainerResources()
@@ -639,26 +731,37 @@ class Containers:
         log.info("container %s was started before the restart; runc says %s", rec.id, st["status"])
         self._emit(rec, ContainerEventType.STARTED)
 
-    async def _reconcile_unmonitored(self, rec: ContainerRecord) -> None:
-        """A record RUNNING whose conmon is gone and left no exit file (conmon killed, a
-        reboot wiped the run dir): runc decides. Still running, it stays RUNNING
-        (unmonitored); otherwise it is EXITED with an unknown code, never RUNNING forever.
+    async def _reconcile_unmonitored(self, rec: ContainerRecord) -> bool:
+        """A record RUNNING whose conmon is gone (conmon killed, a reboot wiped the run
+        dir): its exit file if conmon wrote one, else runc decides. Still running, it
+        stays RUNNING (unmonitored); gone, it is EXITED, never RUNNING forever. No process
+        of sycri's is the container's parent, so without conmon's exit file its code is
+        unknown: 255, and the message says so. True when it is found exited.
         """
+        if self.refresh(rec).state != RUNNING:
+            return True  # conmon wrote the exit file before it went
         try:
             st = await self.runtime(rec.runtime_handler).state(rec.id)
         except SycriError as exc:
-            log.warning("runc state of %s at recovery: %s", rec.id, exc.message)
-            return
+            log.warning("runc state of %s: %s", rec.id, exc.message)
+            return False
         if self.refresh(rec).state != RUNNING:
-            return  # conmon wrote the exit file after all
+            return True
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - self._exit_file(rec.id).stat().st_mtime < 5:
+                return False  # conmon is still writing it: the next look reads it
         if st is not None and st.get("status") in ("running", "paused"):
-            log.warning("container %s runs without its conmon", rec.id)
-            return
+            if rec.message != UNMONITORED:
+                log.warning("container %s runs without its conmon", rec.id)
+                rec.message = UNMONITORED
+                self.store.save(rec)
+            return False
         log.warning("container %s is gone with its conmon; recording it as exited", rec.id)
         rec.state, rec.exit_code, rec.finished_at = EXITED, 255, now_ns()
-        rec.reason, rec.message = "Error", "the container and its monitor disappeared"
+        rec.reason, rec.message = "Error", LOST_EXIT
         self.store.save(rec)
         self._emit(rec, ContainerEventType.STOPPED)
+        return True
 
     async def recover(self) -> None:
         """Start-up: reload records and reconcile them with runc and conmon, count image
@@ -697,6 +800,7 @@ class Containers:
                 for runc in self.runtimes.values():
                     with contextlib.suppress(Exception):
                         await runc.delete(entry.name)
+                await asyncio.to_thread(conmon_cgroup.release, entry / conmon_cgroup.RECORD)
                 await rootfs.remove_overlay(entry)
                 with contextlib.suppress(FileNotFoundError):
                     self._exit_file(entry.name).unlink()
@@ -713,6 +817,27 @@ class Containers:
                             else:
                                 os.unlink(e.path)
         await self.image_mounts.sweep()
+
+
+def _new_paths(log_path: Path) -> list[Path]:
+    """The log file and those of its parent dirs that do not exist yet, deepest first:
+    what a create that fails after conmon started must take away again."""
+    out = []
+    p = log_path
+    while not os.path.lexists(p) and p != p.parent:
+        out.append(p)
+        p = p.parent
+    return out
+
+
+def _remove_new(paths: list[Path]) -> None:
+    """Remove what :func:`_new_paths` listed; a dir only while empty."""
+    for p in paths:
+        with contextlib.suppress(OSError):
+            if p.is_dir() and not p.is_symlink():
+                p.rmdir()
+            else:
+                p.unlink()
 
 
 def _process_start_ns(pid: int) -> int:
@@ -863,6 +988,9 @@ def from_config(
             apparmor_default_profile=cfg.apparmor_default_profile,
         ),
         log_size_max=cfg.container_log_max_bytes,
+        conmon_placement=cfg.conmon_cgroup,
+        host_root=cfg.host_root,
+        own_dirs=(cfg.root_dir, cfg.run_dir, cfg.pod_log_dir),
     )
     if isinstance(images, StoredImages):
         component.image_users.append(images.track)

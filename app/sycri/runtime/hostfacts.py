@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import stat
@@ -116,6 +117,57 @@ def cgroup_v2() -> bool:
     return os.path.exists("/sys/fs/cgroup/cgroup.controllers")
 
 
+_UNITS = ("KB", "MB", "GB", "TB", "PB")
+
+
+def page_size_name(kib: int) -> str:
+    """A kernel hugepage size in KiB as kubelet and runc name it: 2048 -> "2MB"."""
+    unit = 0
+    while kib >= 1024 and kib % 1024 == 0 and unit < len(_UNITS) - 1:
+        kib //= 1024
+        unit += 1
+    return f"{kib}{_UNITS[unit]}"
+
+
+def hugetlb_controller(mountinfo: str, v2_controllers: str | None) -> bool:
+    """Whether the node has a hugetlb cgroup controller runc can use: on cgroup v2 listed
+    in the root's cgroup.controllers, on v1 a mounted hierarchy with it."""
+    if v2_controllers is not None:
+        return "hugetlb" in v2_controllers.split()
+    for line in mountinfo.splitlines():
+        fields = line.split(" ")
+        if "-" not in fields[6:]:
+            continue
+        tail = fields[fields.index("-", 6) + 1 :]
+        if len(tail) >= 3 and tail[0] == "cgroup" and "hugetlb" in tail[2].split(","):
+            return True
+    return False
+
+
+def hugetlb_sizes(
+    hugepages_dir: str = "/sys/kernel/mm/hugepages", cgroup_root: str = "/sys/fs/cgroup"
+) -> frozenset[str]:
+    """Hugepage sizes whose limits this node's cgroups can apply: the kernel's sizes when
+    a hugetlb controller is there, none otherwise."""
+    try:
+        controllers: str | None = Path(cgroup_root, "cgroup.controllers").read_text()
+    except OSError:
+        controllers = None
+    try:
+        mountinfo = "" if controllers is not None else Path("/proc/self/mountinfo").read_text()
+    except OSError:
+        mountinfo = ""
+    if not hugetlb_controller(mountinfo, controllers):
+        return frozenset()
+    sizes = set()
+    with contextlib.suppress(OSError):
+        for name in os.listdir(hugepages_dir):
+            m = re.fullmatch(r"hugepages-(\d+)kB", name)
+            if m:
+                sizes.add(page_size_name(int(m.group(1))))
+    return frozenset(sizes)
+
+
 def apparmor_enabled() -> bool:
     try:
         return Path("/sys/module/apparmor/parameters/enabled").read_text().strip() == "Y"
@@ -180,4 +232,5 @@ def gather(
         machine=os.uname().machine,
         recursive_read_only=recursive_read_only,
         propagation=propagation,
+        hugetlb_sizes=hugetlb_sizes() if cfg.linux.resources.hugepage_limits else frozenset(),
     )

@@ -10,15 +10,18 @@ without root, and a request that cannot run fails before anything is created.
 from __future__ import annotations
 
 import json
+import logging
 import posixpath
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from sycri.api import api_pb2
 from sycri.errors import InvalidArgument, excerpt
 from sycri.runtime import cdi, seccomp, userns, users
+
+log = logging.getLogger("sycri.ocispec")
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -167,6 +170,8 @@ class HostFacts:
     recursive_read_only: bool = False  # the runtime handler can do rro mounts here
     # host path -> (mount point, shared/slave/private), for non-private volumes
     propagation: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    # Hugepage sizes ("2MB", "1GB") the node's cgroups can limit; None: not looked at.
+    hugetlb_sizes: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -245,7 +250,7 @@ def build(inp: SpecInput) -> BuiltSpec:
         process["apparmorProfile"] = apparmor
 
     cgroup_path = _cgroup_path(inp)
-    resources = cgroup_resources(linux_cfg.resources, inp.host.cgroup_v2)
+    resources = cgroup_resources(linux_cfg.resources, inp.host.cgroup_v2, inp.host.hugetlb_sizes)
     devices, device_rules = _devices(cfg, inp.host, privileged, cdi_edits)
     resources["devices"] = device_rules
     linux: dict[str, Any] = {
@@ -601,7 +606,11 @@ _HUGEPAGE = re.compile(r"^\d+(KB|MB|GB)$")
 _CPUSET = re.compile(r"^[0-9,\-]*$")
 
 
-def cgroup_resources(res: api_pb2.LinuxContainerResources, cgroup_v2: bool) -> dict[str, Any]:
+def cgroup_resources(
+    res: api_pb2.LinuxContainerResources,
+    cgroup_v2: bool,
+    hugetlb_sizes: frozenset[str] | None = None,
+) -> dict[str, Any]:
     """CRI resources as OCI ``linux.resources`` (zero means unset, as in the CRI)."""
     out: dict[str, Any] = {}
     cpu: dict[str, Any] = {}
@@ -631,12 +640,8 @@ def cgroup_resources(res: api_pb2.LinuxContainerResources, cgroup_v2: bool) -> d
         memory["swap"] = swap
     if memory:
         out["memory"] = memory
-    if res.hugepage_limits:
-        pages = []
-        for hp in res.hugepage_limits:
-            if not _HUGEPAGE.match(hp.page_size):
-                raise InvalidArgument(f"hugepage_limits: bad page size {excerpt(hp.page_size)}")
-            pages.append({"pageSize": hp.page_size, "limit": hp.limit})
+    pages = hugepage_limits(res.hugepage_limits, hugetlb_sizes)
+    if pages:
         out["hugepageLimits"] = pages
     if res.unified:
         if not cgroup_v2:
@@ -646,6 +651,29 @@ def cgroup_resources(res: api_pb2.LinuxContainerResources, cgroup_v2: bool) -> d
                 raise InvalidArgument(f"unified: bad cgroup file {excerpt(key)}")
         out["unified"] = dict(res.unified)
     return out
+
+
+def hugepage_limits(
+    limits: Iterable[api_pb2.HugepageLimit], sizes: frozenset[str] | None
+) -> list[dict[str, Any]]:
+    """The limits the node can apply (``sizes``; None: all of them).
+
+    kubelet sends a limit (often 0) for every size under /sys/kernel/mm/hugepages, even
+    where no hugetlb cgroup controller is mounted; runc then fails the whole container.
+    Like containerd and CRI-O, limits the node cannot apply are left out.
+    """
+    pages = []
+    for hp in limits:
+        if not _HUGEPAGE.match(hp.page_size):
+            raise InvalidArgument(f"hugepage_limits: bad page size {excerpt(hp.page_size)}")
+        if sizes is not None and hp.page_size not in sizes:
+            log.debug(
+                "hugepage limit for %s left out: the node has no hugetlb cgroup for it",
+                hp.page_size,
+            )
+            continue
+        pages.append({"pageSize": hp.page_size, "limit": hp.limit})
+    return pages
 
 
 def _positive(value: int, name: str) -> int:

@@ -14,12 +14,13 @@ import contextlib
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from sycri import command
-from sycri.errors import Internal
-from sycri.runtime import userns
+from sycri.errors import FailedPrecondition, Internal
+from sycri.runtime import conmon_cgroup, userns
 
 log = logging.getLogger("sycri.rootfs")
 
@@ -49,6 +50,18 @@ def _unescape(text: str) -> str:
     return text.encode().decode("unicode_escape") if "\\" in text else text
 
 
+def fstype(target: str | os.PathLike[str]) -> str:
+    """The file system type of the mount at ``target`` ("" when nothing is mounted there)."""
+    found = ""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            parts = left.split(" ")
+            if len(parts) > 4 and _unescape(parts[4]) == str(target) and right:
+                found = right.split(" ")[0]
+    return found
+
+
 def is_mounted(path: str | os.PathLike[str]) -> bool:
     return str(path) in mounted_targets()
 
@@ -64,12 +77,27 @@ async def unmount(target: str | os.PathLike[str]) -> None:
 
 
 class ImageMounts:
-    """One read-only mount per image, shared by reference."""
+    """One read-only mount per image, shared by reference. ``method_for(image_id)`` says
+    whether the kernel (``loop``) or ``squashfuse`` parses it (``images.kernel_mount``)."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(
+        self,
+        base: Path,
+        fuse_cgroup: Callable[[str], conmon_cgroup.Placement] | None = None,
+        cgroup_version: int = 1,
+    ) -> None:
         self.base = base
         self._users: dict[str, set[str]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self.method_for: Callable[[str], str] = lambda image_id: "loop"
+        # Where a squashfuse for mount <name> lives (outside sycri's cgroup: it must
+        # survive sycri's pod like conmon does); None: left where sycri runs.
+        self.fuse_cgroup = fuse_cgroup
+        self.cgroup_version = cgroup_version
+        self._records = base.with_name(base.name + ".cgroups")  # squashfuse cgroup records
+
+    def _record(self, target: Path) -> Path:
+        return self._records / f"{target.name}.json"
 
     def target(self, image_id: str) -> Path:
         # "sha256:<hex>" -> "<hex>": a colon cannot appear in an overlay lowerdir.
@@ -87,12 +115,22 @@ class ImageMounts:
             target = self.target(src.image_id)
             if not is_mounted(target):
                 target.mkdir(parents=True, exist_ok=True)
-                opts = f"ro,loop,offset={src.offset},sizelimit={src.size}"
-                await command.run(
-                    ["mount", "-t", "squashfs", "-o", opts, src.path, str(target)],
-                    label="mount squashfs",
-                    timeout=60,
-                )
+                if self.method_for(src.image_id) == "squashfuse":
+                    # allow_other: containers run as any uid; default_permissions: the
+                    # kernel still checks the image's file modes.
+                    opts = f"ro,allow_other,default_permissions,offset={src.offset}"
+                    prefix = await self._confine(target)
+                    argv = [*prefix, "squashfuse", "-o", opts, src.path, str(target)]
+                    label = "mount squashfuse"
+                else:
+                    opts = f"ro,loop,offset={src.offset},sizelimit={src.size}"
+                    argv = ["mount", "-t", "squashfs", "-o", opts, src.path, str(target)]
+                    label = "mount mount"
+                try:
+                    await command.run(argv, label=label, timeout=60)
+                except BaseException:
+                    await asyncio.to_thread(conmon_cgroup.release, self._record(target))
+                    raise
             self._users.setdefault(src.image_id, set()).add(container_id)
             return target
 
@@ -108,6 +146,25 @@ class ImageMounts:
             await unmount(target)
             with contextlib.suppress(OSError):
                 target.rmdir()
+            # The squashfuse (if any) exits on unmount; then its cgroup goes.
+            await asyncio.to_thread(conmon_cgroup.release, self._record(target))
+
+    async def _confine(self, target: Path) -> list[str]:
+        """Make the cgroup a squashfuse for ``target`` runs in, and the argv prefix that
+        puts it there before it starts (as conmon's)."""
+        if self.fuse_cgroup is None:
+            return []
+        place = self.fuse_cgroup(target.name[:16])
+        self._records.mkdir(parents=True, exist_ok=True)
+        try:
+            dirs = await asyncio.to_thread(
+                conmon_cgroup.prepare, self._record(target), place, self.cgroup_version
+            )
+        except OSError as exc:
+            raise Internal(
+                f"cannot make squashfuse's cgroup {place.path}: {exc.strerror}"
+            ) from None
+        return conmon_cgroup.prefix(place, dirs)
 
     def adopt(self, image_id: str, container_id: str) -> None:
         """Recovery: count a container found on disk as a user of its image's mount."""
@@ -150,7 +207,16 @@ async def mount_overlay(lower: Path, bundle: Path, idmap: Idmap | None = None) -
     if idmap is not None:
         clone = bundle / "lower"
         clone.mkdir(exist_ok=True)
-        await asyncio.to_thread(userns.mount_idmapped, lower, clone, idmap.userns_path)
+        try:
+            await asyncio.to_thread(userns.mount_idmapped, lower, clone, idmap.userns_path)
+        except OSError:
+            if fstype(lower).startswith("fuse"):
+                raise FailedPrecondition(
+                    "the image is mounted with squashfuse (images.kernel_mount), which cannot "
+                    "be idmapped for a pod in its own user namespace; sign the SIF with a "
+                    "trusted key or set images.kernel_mount=all"
+                ) from None
+            raise
         os.chown(upper, idmap.root_uid, idmap.root_gid)
         lower = clone
     for p in (lower, upper, work):

@@ -96,7 +96,8 @@ async def mount_partition(
                 target,
             ]
         elif method == "squashfuse":
-            argv = ["squashfuse", "-o", f"ro,offset={loc.offset}", source, target]
+            opts = f"ro,allow_other,default_permissions,offset={loc.offset}"
+            argv = ["squashfuse", "-o", opts, source, target]
         else:
             raise SifError(f"unknown mount method {excerpt(method)}")
         try:
