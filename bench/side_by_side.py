@@ -9,7 +9,8 @@ Phases (each can be skipped):
            RSS of sycri (+conmons) and containerd (+shims).
   pulls  — a small busybox image and the realistic images of bench/realistic_images.py,
            cold each time (the image is removed afterwards); seconds and disk used
-           (containerd: content + overlay snapshots; sycri: its image store, SIF + kept layers).
+           (containerd: content + overlay snapshots + metadata; sycri: SIF + kept layers
+           + index, not the pull's work dir, which goes after the reply).
 With ``--profile DIR``, py-spy samples sycri during each phase (raw collapsed stacks
 plus a top-frames summary in DIR). Nothing here asserts on time.
 
@@ -131,7 +132,8 @@ def du_bytes(paths: list[Path]) -> int:
     existing = [str(p) for p in paths if p.exists()]
     if not existing:
         return 0
-    out = subprocess.run(["du", "-sbc", *existing], capture_output=True, text=True, check=True)
+    # Not check=True: a file deleted while du walks makes it exit 1 with a good total.
+    out = subprocess.run(["du", "-sbc", *existing], capture_output=True, text=True)
     return int(out.stdout.splitlines()[-1].split()[0])
 
 
@@ -491,7 +493,7 @@ def main() -> int:
             targets = [
                 Target("containerd", cch, ctrd.pid(), f"/{ct_cg}", work / "c-logs", ctrd.disk_paths(), ctrd.shim_pids),
                 Target("sycri", server.channel(), server.proc.pid, f"/{sy_cg}", sy_base / "pods",
-                       [sy_base / "root/images"], lambda: conmon_pids(sy_base)),
+                       [sy_base / "root/images" / d for d in ("sif", "blobs", "index.db")], lambda: conmon_pids(sy_base)),
             ]  # fmt: skip
             for t in targets:
                 t.img.PullImage(api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=busybox)))
