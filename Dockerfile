@@ -2,6 +2,12 @@
 # The sycri node image: what the Helm chart's DaemonSet runs on every sycri node.
 #
 # Build:  docker build -t sycri/sycri:0.1.0 .
+#         buildah bud --format docker -t sycri/sycri:0.1.0 .   (podman/buildah: see below)
+# In OCI format (buildah's and podman's default) HEALTHCHECK is dropped: the OCI image
+# config has no such field. Build with --format docker to keep it; Kubernetes ignores it
+# either way and uses the chart's startup, liveness and readiness probes instead.
+# Without the node agent (nodeAgent.enabled=false in the chart), 126 MB smaller:
+#         docker build --build-arg SYCRI_EXTRAS= -t sycri/sycri:0.1.0-noagent .
 # Both stages use the same Debian release so the virtual environment built in the
 # first runs unchanged on the second's /usr/bin/python3. The base is pinned by a dated
 # tag; pin it harder with --build-arg DEBIAN_IMAGE=debian:bookworm-20251229-slim@sha256:...
@@ -10,6 +16,8 @@ ARG DEBIAN_IMAGE=debian:bookworm-20251229-slim
 # --- build: the sycri wheel and a virtual environment holding it and its dependencies ---
 FROM ${DEBIAN_IMAGE} AS build
 ARG DEBIAN_FRONTEND=noninteractive
+# Optional extras of the sycri wheel: node-agent (the Kubernetes client) by default.
+ARG SYCRI_EXTRAS=node-agent
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
@@ -21,7 +29,8 @@ COPY app ./app
 RUN python3 -m venv /opt/sycri \
     && /opt/sycri/bin/pip install --no-cache-dir --upgrade pip \
     && /opt/sycri/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /dist . \
-    && /opt/sycri/bin/pip install --no-cache-dir /dist/sycri-*.whl \
+    && whl="$(echo /dist/sycri-*.whl)" \
+    && /opt/sycri/bin/pip install --no-cache-dir "${whl}${SYCRI_EXTRAS:+[${SYCRI_EXTRAS}]}" \
     && /opt/sycri/bin/pip uninstall -y pip \
     && /opt/sycri/bin/sycri version
 
@@ -41,6 +50,7 @@ RUN apt-get update \
         containernetworking-plugins \
         iptables \
         iproute2 \
+        systemd \
         mount \
         gpgv \
         ca-certificates \
@@ -59,6 +69,9 @@ LABEL org.opencontainers.image.title="sycri" \
 USER root
 HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 \
     CMD ["sycri", "health", "--config", "/etc/sycri/config.yaml"]
-# One process: sycri serves CRI; conmon monitors each container and outlives restarts.
-ENTRYPOINT ["sycri", "serve"]
+# One process: sycri-node picks the host's iptables backend (legacy or nft, as
+# kube-proxy's iptables-wrapper does) and execs sycri in its place; conmon monitors
+# each container and outlives restarts. The chart's init container runs
+# `sycri proxy install` instead (its own command).
+ENTRYPOINT ["sycri-node", "serve"]
 CMD ["--config", "/etc/sycri/config.yaml"]

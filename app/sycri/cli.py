@@ -1,4 +1,4 @@
-"""The ``sycri`` command line: serve, config show, version, health."""
+"""The ``sycri`` command line: serve, config show, version, health, proxy, ..."""
 
 from __future__ import annotations
 
@@ -79,9 +79,10 @@ def _extensions():
     """Subcommands contributed by the packages (``sif``, ``pull``, ...)."""
     from sycri import health
     from sycri.images import cli as images_cli
+    from sycri.proxy import cli as proxy_cli
     from sycri.sif import cli as sif_cli
 
-    return [sif_cli.register, images_cli.register, health.register]
+    return [sif_cli.register, images_cli.register, health.register, proxy_cli.register]
 
 
 def main(argv: list[str] | None = None) -> int:

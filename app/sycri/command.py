@@ -29,6 +29,7 @@ class Result:
     stdout: bytes
     stderr: bytes
     seconds: float
+    truncated: bool = False  # output beyond ``output_limit`` was read and dropped
 
     @property
     def ok(self) -> bool:
@@ -68,11 +69,14 @@ async def run(
     check: bool = True,
     label: str | None = None,
     exit_is_answer: bool = False,
+    output_limit: int | None = None,
 ) -> Result:
     """Run ``argv`` to completion; raise CommandFailed on non-zero exit when ``check``.
 
     ``exit_is_answer``: a non-zero exit is the program's answer, not a failure (``runc
     exec`` of a probe that says "not ready"): logged at debug level, not as a warning.
+    ``output_limit``: keep at most this many bytes of each of stdout and stderr; the
+    rest is read (so the program never blocks on a full pipe) and dropped as it comes.
     """
     name = label_of(argv, label)
     with tracing.span(
@@ -82,7 +86,9 @@ async def run(
             "process.command_args": _args(argv),
         },
     ) as span:
-        result = await _run(argv, name, input=input, env=env, cwd=cwd, timeout=timeout)
+        result = await _run(
+            argv, name, input=input, env=env, cwd=cwd, timeout=timeout, limit=output_limit
+        )
         span.set_attribute("process.exit.code", result.returncode)
         if not result.ok:
             tracing.set_error(span, f"{name} exited {result.returncode}")
@@ -116,6 +122,7 @@ async def _run(
     env: Mapping[str, str] | None,
     cwd: str | None,
     timeout: float | None,
+    limit: int | None = None,
 ) -> Result:
     t0 = time.monotonic()
     try:
@@ -131,8 +138,12 @@ async def _run(
     except OSError:  # not found, not executable: a failure of that command too
         _notify(name, False, time.monotonic() - t0)
         raise
+    truncated = False
     try:
-        out, err = await asyncio.wait_for(proc.communicate(input), timeout)
+        if limit is None:
+            out, err = await asyncio.wait_for(proc.communicate(input), timeout)
+        else:
+            out, err, truncated = await asyncio.wait_for(_bounded(proc, input, limit), timeout)
     except BaseException as exc:
         _kill(proc)
         await proc.wait()
@@ -140,9 +151,45 @@ async def _run(
         if isinstance(exc, asyncio.TimeoutError):
             raise DeadlineExceeded(f"{name} did not finish within {timeout:g}s") from None
         raise
-    result = Result(tuple(argv), proc.returncode or 0, out, err, time.monotonic() - t0)
+    result = Result(tuple(argv), proc.returncode or 0, out, err, time.monotonic() - t0, truncated)
     _notify(name, result.ok, result.seconds)
     return result
+
+
+_CHUNK = 64 * 1024
+
+
+async def _bounded(
+    proc: asyncio.subprocess.Process, input: bytes | None, limit: int
+) -> tuple[bytes, bytes, bool]:
+    """Like ``communicate()``, but memory stays bounded however much the program writes."""
+    dropped = False
+
+    async def keep(stream: asyncio.StreamReader | None) -> bytes:
+        nonlocal dropped
+        buf = bytearray()
+        if stream is None:
+            return b""
+        while chunk := await stream.read(_CHUNK):
+            room = limit - len(buf)
+            if len(chunk) > room:
+                dropped = True
+            if room > 0:
+                buf += chunk[:room]
+        return bytes(buf)
+
+    async def feed() -> None:
+        if proc.stdin is None:
+            return
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            if input:
+                proc.stdin.write(input)
+                await proc.stdin.drain()
+            proc.stdin.close()
+
+    _, out, err = await asyncio.gather(feed(), keep(proc.stdout), keep(proc.stderr))
+    await proc.wait()
+    return out, err, dropped
 
 
 def _kill(proc: asyncio.subprocess.Process) -> None:

@@ -104,8 +104,11 @@ class Config:
     # conmon's per-container log size limit in bytes (kubelet rotates logs itself); -1: none
     container_log_max_bytes: int = -1
     # Default ulimits for every container ("nofile=1048576:1048576"); pods may override
-    # them with the sycri.io/ulimits annotation (e.g. memlock=-1 for RDMA jobs).
+    # them with the sycri.io/ulimits annotation, within max_ulimits.
     default_ulimits: tuple[str, ...] = ()
+    # How far the annotation may raise a hard rlimit above the node's value
+    # ("memlock=unlimited" for RDMA nodes); empty: a pod can only lower them.
+    max_ulimits: tuple[str, ...] = ()
     apparmor_default_profile: str = ""  # a loaded profile for RuntimeDefault; "": none
     metrics_address: str = "127.0.0.1:9810"  # empty: no metrics endpoint
     shutdown_grace_seconds: float = 10.0
@@ -337,7 +340,7 @@ def validate(cfg: Config) -> Config:
         )
 
     try:
-        rlimits(cfg.default_ulimits, {})
+        rlimits(cfg.default_ulimits, {}, cfg.max_ulimits)
     except InvalidArgument as exc:
         raise ConfigError(exc.message) from None
     return cfg

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 from sycri import errors
-from sycri.images import convert
 from sycri.images.credentials import Credentials
 
 from tests.support import oci
+from tests.support.counting_proxy import counting_proxy
 from tests.support.images import make_images, mounted, siftool_list
 
 pytestmark = pytest.mark.root
@@ -236,34 +236,31 @@ def test_unreachable_registry_is_unavailable_after_retries(tmp_path):
         pull(make_images(tmp_path), f"127.0.0.1:{free_port()}/x/y:z")
 
 
-def test_concurrent_pulls_share_one_conversion(registry, tmp_path, monkeypatch):
+def test_concurrent_pulls_share_one_download(registry, tmp_path):
     r = repo()
     img = oci.Image(layers=[oci.layer(oci.busybox_entries()), oci.layer([oci.file("f", "1")])])
     oci.push(registry, r, "a", img)
     oci.push(registry, r, "b", img)
-    calls = []
-    real = convert.build_sif
-
-    async def counting(**kw):
-        calls.append(kw["image_id"])
-        return await real(**kw)
-
-    monkeypatch.setattr("sycri.images.service.build_sif", counting)
     images = make_images(tmp_path)
 
-    async def both():
-        return await asyncio.gather(
-            images.pull(f"{registry.host}/{r}:a"),
-            images.pull(f"{registry.host}/{r}:a"),
-            images.pull(f"{registry.host}/{r}:b"),
-        )
+    with counting_proxy(registry.url) as proxy:
 
-    a1, a2, b = asyncio.run(both())
-    assert calls == [img.id]
-    assert a1.id == a2.id == b.id
+        async def both():
+            return await asyncio.gather(
+                images.pull(f"{proxy.host}/{r}:a"),
+                images.pull(f"{proxy.host}/{r}:a"),
+                images.pull(f"{proxy.host}/{r}:b"),
+            )
+
+        a1, a2, b = asyncio.run(both())
+        gets = dict(proxy.blob_gets)
+    # Every blob (config and each layer) crossed the wire exactly once for three pulls.
+    assert len(gets) == len(img.layers) + 1, gets
+    assert set(gets.values()) == {1}, gets
+    assert a1.id == a2.id == b.id == img.id
     final = images.find(img.id)
     assert final is not None
-    assert set(final.repo_tags) == {f"{registry.host}/{r}:a", f"{registry.host}/{r}:b"}
+    assert set(final.repo_tags) == {f"{proxy.host}/{r}:a", f"{proxy.host}/{r}:b"}
 
 
 def test_second_pull_of_a_stored_image_downloads_no_layer(registry, tmp_path, monkeypatch):
@@ -390,6 +387,34 @@ def test_remove_shared_tag_only_untags_and_in_use_is_refused(registry, tmp_path)
     asyncio.run(images.remove(left.repo_digests[0]))
     assert images.find(img.id) is None
     assert not os.path.exists(left.sif_path)
+
+
+def test_remove_by_a_tag_that_occurs_in_the_image_id_only_untags(registry, tmp_path):
+    """A tag whose text is a piece of the id ("e0d" in "sha256:e0d...") is still a tag."""
+    img = oci.busybox_image(cmd=["substring"])
+    short = img.id.removeprefix("sha256:")[:3]  # docker.io/library/<short>:latest
+    oci.push(registry, f"library/{short}", "latest", img)
+    r = repo()
+    oci.push(registry, r, "two", img)
+    conf = tmp_path / "registries.conf"
+    conf.write_text(
+        f"""
+[[registry]]
+prefix = "docker.io"
+location = "docker.io"
+[[registry.mirror]]
+location = "{registry.host}"
+insecure = true
+"""
+    )
+    images = make_images(tmp_path, registries_conf=str(conf))
+    pull(images, short)
+    got = pull(images, f"{registry.host}/{r}:two")
+    assert set(got.repo_tags) == {f"docker.io/library/{short}:latest", f"{registry.host}/{r}:two"}
+    asyncio.run(images.remove(short))
+    left = images.find(img.id)
+    assert left is not None and left.repo_tags == (f"{registry.host}/{r}:two",)
+    assert os.path.exists(left.sif_path)
 
 
 def test_restart_removes_leftovers_of_a_killed_pull(registry, tmp_path):

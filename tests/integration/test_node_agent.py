@@ -306,6 +306,7 @@ def test_sycri_serve_labels_its_node_and_stops_cleanly(api: KubeAPI, tmp_path: P
         "--root-dir", str(base / "root"),
         "--run-dir", str(base / "run"),
         "--pod-log-dir", str(base / "pods"),
+        "--cni-conf-dir", str(base / "cni-net.d"),  # never the host's
         "--metrics-address", "",
     ]  # fmt: skip
     log_path = tmp_path / "sycri.log"
@@ -334,3 +335,25 @@ def test_event_names_stay_valid_for_the_longest_pod_names(api: KubeAPI, running:
     [(_, name)] = api.events.keys()
     assert len(name) <= 253 and name.startswith("a" * 200) and ".sycri-" in name
     assert next(iter(api.events.values()))["involvedObject"]["name"] == long_name
+
+
+def test_without_the_kubernetes_client_the_agent_is_off_and_says_why():
+    """kubernetes is the optional extra sycri[node-agent]: a node image built without it
+    serves CRI with the agent off, and the log says how to get it."""
+    code = (
+        "import sys, logging\n"
+        "sys.modules['kubernetes'] = None  # as if not installed: its import fails\n"
+        "logging.basicConfig(level=logging.INFO)\n"
+        "from sycri.config import Config\n"
+        "from sycri.k8s.agent import NodeAgent\n"
+        "agent = NodeAgent.from_environment(Config(), environ={\n"
+        "    'KUBERNETES_SERVICE_HOST': '10.0.0.1', 'KUBERNETES_SERVICE_PORT': '443',\n"
+        "    'NODE_NAME': 'n1'})\n"
+        "print('enabled', agent.enabled)\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=sycri_env()
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "enabled False"
+    assert "sycri[node-agent]" in res.stderr

@@ -178,11 +178,11 @@ def test_idle_stream_times_out(env):
     idle = ServerThread(StreamingConfig(idle_timeout_seconds=0.5), server.server.targets)
     try:
         req = ExecRequest("plain", ("sleep", "30"))
-        t0 = time.monotonic()
         client = WSClient(Configuration(), ws_url(idle.url(req)), None, capture_all=True)
         with contextlib.suppress(WebSocketConnectionClosedException):
-            client.run_forever(timeout=20)  # the server drops the connection
-        assert time.monotonic() - t0 < 10  # long before the command would end
+            client.run_forever(timeout=20)  # returns when the server drops the connection
+        # Still open would mean run_forever gave up waiting: the server never closed it.
+        assert not client.is_open()
     finally:
         idle.stop()
 
@@ -477,11 +477,9 @@ def test_concurrent_execs(env):
             await client.close()
 
     async def all_of_them():
-        t0 = time.monotonic()
-        outs = await asyncio.gather(*(one(i) for i in range(12)))
-        return outs, time.monotonic() - t0
+        return await asyncio.gather(*(one(i) for i in range(12)))
 
-    outs, _ = asyncio.run(all_of_them())
+    outs = asyncio.run(all_of_them())
     assert outs == [f"{i}\n".encode() for i in range(12)]
 
 

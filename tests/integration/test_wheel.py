@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -73,8 +74,11 @@ def test_wheel_holds_every_module_and_the_console_script(wheel: Path):
     assert "sycri = sycri.cli:main" in text
     [metadata] = [n for n in names if n.endswith(".dist-info/METADATA")]
     meta = zipfile.ZipFile(wheel).read(metadata).decode()
-    for dep in ("grpcio", "kubernetes", "protobuf", "PyYAML"):
+    for dep in ("grpcio", "protobuf", "PyYAML"):
         assert f"Requires-Dist: {dep}" in meta or f"Requires-Dist: {dep.lower()}" in meta
+    # the node agent's client is an extra (the node image installs it by default)
+    assert re.search(r"^Requires-Dist: kubernetes.*; extra == \"node-agent\"$", meta, re.M)
+    assert "sycri-node = sycri.iptables:main" in text
 
 
 def test_installed_wheel_runs_the_commands_the_image_uses(wheel: Path, tmp_path: Path):

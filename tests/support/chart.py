@@ -111,9 +111,28 @@ def notes(values: dict[str, Any] | None = None) -> str:
     return next(t for p, t in render(values).items() if p.endswith("NOTES.txt"))
 
 
+def is_hook(obj: dict[str, Any]) -> bool:
+    return "helm.sh/hook" in (obj.get("metadata", {}).get("annotations") or {})
+
+
 def one(objs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    found = [o for o in objs if o["kind"] == kind]
+    """The one release object of ``kind`` (Helm hooks, run only at install, upgrade or
+    delete, are not part of the release: see ``hook``)."""
+    found = [o for o in objs if o["kind"] == kind and not is_hook(o)]
     assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+def hook(objs: list[dict[str, Any]], kind: str, event: str) -> dict[str, Any]:
+    """The one hook object of ``kind`` that Helm runs on ``event`` (e.g. pre-delete)."""
+    found = [
+        o
+        for o in objs
+        if o["kind"] == kind
+        and is_hook(o)
+        and o["metadata"]["annotations"]["helm.sh/hook"] == event
+    ]
+    assert len(found) == 1, f"expected one {event} {kind} hook, found {len(found)}"
     return found[0]
 
 

@@ -24,17 +24,23 @@ def served(
     cgroup_root: str | None = None,
     forgiving: bool = False,
     own_cgroups: Sequence[Path] = (),
+    prefix: Sequence[str] = (),
 ) -> Iterator[tuple[SycriServer, PodNet]]:
     """sycri under ``base`` (keep it short: conmon socket paths) on a fresh bridge and free
     subnet. Afterwards, even when the body fails: every pod stopped and removed, sycri
     stopped, and its mounts, ``base``, the bridge and the ``cgroup_root`` cgroups gone.
     ``own_cgroups``: the cgroup directories sycri runs in (the caller made them).
+    ``prefix``: a command sycri runs under (``nsenter --net=...``).
 
     A failed pod removal is raised, unless ``forgiving`` (for bodies that may leave sycri
     dead or unreachable): then it is printed and the teardown goes on."""
     net = PodNet.new()
     server = SycriServer(
-        base, flags=[*net.flags(), *flags], env=dict(env or {}), cgroups=list(own_cgroups)
+        base,
+        flags=[*net.flags(), *flags],
+        env=dict(env or {}),
+        cgroups=list(own_cgroups),
+        prefix=list(prefix),
     )
     try:
         server.start()

@@ -38,6 +38,8 @@ class SycriServer:
     # cgroup directories sycri runs in (joined before it starts, as a container engine
     # would place it); empty: the test's own
     cgroups: list[Path] = field(default_factory=list)
+    # a command sycri runs under (e.g. nsenter into a network namespace of the test's)
+    prefix: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
     _channel: grpc.Channel | None = None
 
@@ -54,8 +56,11 @@ class SycriServer:
         return self.base / "sycri.log"
 
     def args(self) -> list[str]:
+        # Its own (empty) CNI config dir unless a flag names one: a network config some
+        # other runtime left in the host's /etc/cni/net.d must not change a result.
         return [
             "serve",
+            "--cni-conf-dir", str(self.base / "cni-net.d"),
             "--socket", str(self.socket),
             "--root-dir", str(self.base / "root"),
             "--run-dir", str(self.base / "run"),
@@ -73,6 +78,7 @@ class SycriServer:
         cmd = sycri_cmd(*self.args())
         if self.cgroups:
             cmd = [*_JOIN, *(str(d / "cgroup.procs") for d in self.cgroups), "--", *cmd]
+        cmd = [*self.prefix, *cmd]
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=sycri_env(self.env))
         log.close()
         deadline = time.monotonic() + timeout

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import tomllib
 
 import pytest
 
@@ -26,6 +27,7 @@ RUNTIME_PACKAGES = {
     "squashfuse",
     "containernetworking-plugins",
     "iptables",
+    "systemd",  # systemd-run: conmon's scope with the systemd cgroup driver (the chart's default)
 }
 BUILD_TOOLS = {
     "build-essential",
@@ -161,11 +163,15 @@ def test_no_add_and_absolute_workdirs(df):
 
 
 def test_one_process_in_exec_form_with_the_charts_config(df):
-    """DL3025 (JSON form); one ENTRYPOINT; no shell or supervisor in front of sycri."""
+    """DL3025 (JSON form); one ENTRYPOINT; no shell or supervisor in front of sycri:
+    sycri-node sets the iptables backend and execs sycri (tests/integration/
+    test_iptables_backend.py), and it is the wheel's console script."""
     final = df.final
     [entrypoint] = final.all("ENTRYPOINT")
     [cmd] = final.all("CMD")
-    assert entrypoint.exec_form() == ["sycri", "serve"]
+    assert entrypoint.exec_form() == ["sycri-node", "serve"]
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["sycri-node"] == "sycri.iptables:main"
     assert cmd.exec_form() == ["--config", "/etc/sycri/config.yaml"]
     joined = " ".join(entrypoint.exec_form() + cmd.exec_form())
     assert not re.search(r"\b(sh|bash|supervisord|s6|tini|dumb-init)\b|&", joined)
@@ -200,3 +206,24 @@ def test_dockerignore_lets_in_what_the_build_copies(df):
         for src in sources:
             assert src.rstrip("/") in allowed, f"{src} is excluded by .dockerignore"
             assert (ROOT / src).exists()
+
+
+def test_the_kubernetes_client_is_an_extra_the_image_installs_by_default(df):
+    """126 MB of the image: only the node agent needs it (SYCRI_EXTRAS= leaves it out)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not [d for d in project["dependencies"] if d.startswith("kubernetes")]
+    assert [d for d in project["optional-dependencies"]["node-agent"]] == ["kubernetes>=30,<40"]
+    args = {
+        a.args.split("=", 1)[0]: a.args.split("=", 1)[1]
+        for a in df.stage("build").all("ARG")
+        if "=" in a.args
+    }
+    assert args["SYCRI_EXTRAS"] == "node-agent"
+    assert any("${SYCRI_EXTRAS:+[${SYCRI_EXTRAS}]}" in r.args for r in df.stage("build").all("RUN"))
+
+
+def test_the_healthcheck_format_caveat_is_documented():
+    """OCI image configs have no HEALTHCHECK: buildah/podman drop it unless --format docker."""
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    assert "--format docker" in text
+    assert "--format docker" in DOCKERFILE.read_text()

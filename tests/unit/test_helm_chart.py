@@ -17,11 +17,23 @@ import kubernetes_validate
 import pytest
 import yaml
 from sycri import config
+from sycri.proxy import settings as proxy_settings
 
-from tests.support.chart import CHART, NAMESPACE, VARIANTS, kinds, notes, objects, one, render
+from tests.support.chart import (
+    CHART,
+    NAMESPACE,
+    VARIANTS,
+    hook,
+    kinds,
+    notes,
+    objects,
+    one,
+    render,
+)
 
 KUBE_VERSIONS = ("1.26.0", "1.37.0")  # Chart.yaml kubeVersion floor, newest schemas
 CONFIG_PATH = "/etc/sycri/config.yaml"
+HOST_ROOT = "/host"  # values.yaml hostRoot
 
 
 def _values(name: str) -> dict[str, Any]:
@@ -46,10 +58,15 @@ def _mounts(objs: list[dict[str, Any]]) -> dict[str, tuple[dict[str, Any], dict[
     return {m["mountPath"]: (m, volumes[m["name"]]) for m in _container(objs)["volumeMounts"]}
 
 
+def _config_data(objs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ConfigMap's config.yaml as data."""
+    return yaml.safe_load(one(objs, "ConfigMap")["data"]["config.yaml"])
+
+
 def _sycri_config(objs: list[dict[str, Any]], tmp_path) -> config.Config:
     """The ConfigMap's config.yaml, loaded by sycri's own loader (unknown keys fail)."""
     path = tmp_path / "config.yaml"
-    path.write_text(one(objs, "ConfigMap")["data"]["config.yaml"])
+    path.write_text(yaml.safe_dump(_config_data(objs)))
     return config.load(str(path), env={})
 
 
@@ -120,7 +137,8 @@ def test_host_paths_are_mounted_at_the_same_paths(variant, tmp_path):
     host = {
         path: (m, v["hostPath"])
         for path, (m, v) in mounts.items()
-        if "hostPath" in v  # config and credentials are not host paths
+        # config and credentials are not host paths; the host's / is at hostRoot
+        if "hostPath" in v and path != values["hostRoot"]
     }
     # Paths kubelet and runc see must be the same inside and outside the container.
     for path, (_, hp) in host.items():
@@ -202,7 +220,7 @@ def test_config_map_is_a_config_sycri_accepts(variant, tmp_path):
 
 
 def test_config_map_keys_are_config_py_keys():
-    data = yaml.safe_load(one(objects(_values("custom-paths")), "ConfigMap")["data"]["config.yaml"])
+    data = _config_data(objects(_values("custom-paths")))
     flat = set()
     for key, value in data.items():
         if isinstance(value, dict) and key != "runtimes":
@@ -393,12 +411,14 @@ def test_changed_config_rolls_the_daemonset_and_same_config_does_not():
 
 
 def test_notes_tell_the_kubelet_setting():
-    text = notes()
-    assert "containerRuntimeEndpoint: unix:///run/sycri/sycri.sock" in text
-    assert "--container-runtime-endpoint=unix:///run/sycri/sycri.sock" in text
+    text = notes()  # kubelet talks to the proxy, never to sycri directly
+    assert "containerRuntimeEndpoint: unix:///run/sycri-proxy/cri.sock" in text
+    assert "--container-runtime-endpoint=unix:///run/sycri-proxy/cri.sock" in text
+    assert "unix:///run/sycri/sycri.sock" not in text
     assert "cgroupDriver: systemd" in text
-    custom = notes(_values("custom-paths"))
-    assert "--container-runtime-endpoint=unix:///var/run/sycri-cri/cri.sock" in custom
+    assert "move the pods of sycri's handlers\n(runc)" in text
+    direct = notes({**_values("custom-paths"), "proxy": {"enabled": False}})
+    assert "--container-runtime-endpoint=unix:///var/run/sycri-cri/cri.sock" in direct
 
 
 BAD_VALUES = {
@@ -429,6 +449,13 @@ BAD_VALUES = {
     "pull policy typo": {"image": {"pullPolicy": "Sometimes"}},
     "log level typo": {"config": {"log": {"level": "verbose"}}},
     "bad probe": {"livenessProbe": {"periodSeconds": 0}},
+    "relative host root": {"hostRoot": "host"},
+    "host root is the root": {"hostRoot": "/"},
+    "proxy runtime endpoint without unix://": {"proxy": {"runtimeEndpoint": "/run/x.sock"}},
+    "proxy socket relative": {"proxy": {"socket": "cri.sock"}},
+    "proxy handler name with a space": {"proxy": {"handlers": ["ru nc"]}},
+    "proxy log level typo": {"proxy": {"logLevel": "loud"}},
+    "proxy unknown key": {"proxy": {"port": 1}},
 }
 
 
@@ -458,6 +485,26 @@ TEMPLATE_ERRORS = {
         {"config": {"defaultRuntime": "crun"}},
         'config.defaultRuntime "crun" is not a key of config.runtimes',
     ),
+    "proxy handler sycri does not have": (
+        {"proxy": {"handlers": ["kata"]}},
+        'proxy.handlers: "kata" is not a key of config.runtimes',
+    ),
+    "proxy on sycri's own socket": (
+        {"proxy": {"socket": "/run/sycri/sycri.sock"}},
+        "proxy.socket must differ from paths.socket",
+    ),
+    "proxy on the existing runtime's socket": (
+        {"proxy": {"socket": "/run/containerd/containerd.sock"}},
+        "proxy.socket must not be the existing runtime's socket",
+    ),
+    "runtime class the proxy would not route to sycri": (
+        {
+            "config": {"runtimes": {"runc": {"binary": "runc"}, "crun": {"binary": "crun"}}},
+            "proxy": {"handlers": ["crun"]},
+            "runtimeClass": {"create": True, "handler": "runc"},
+        },
+        'runtimeClass.handler "runc" is not in proxy.handlers',
+    ),
     "runtime class for an unknown handler": (
         {"runtimeClass": {"create": True, "handler": "kata"}},
         'runtimeClass.handler "kata" is not a key of config.runtimes',
@@ -471,3 +518,107 @@ def test_impossible_combinations_fail_with_a_clear_message(case):
     with pytest.raises(helm.HelmError) as err:
         render(values)
     assert message in str(err.value)
+
+
+# --- the CRI proxy, its installer and the host root (issue 14) --------------------------
+
+
+def _pod(objs: list[dict[str, Any]]) -> dict[str, Any]:
+    return one(objs, "DaemonSet")["spec"]["template"]["spec"]
+
+
+@variants
+def test_the_sycri_pod_never_runs_on_sycri(variant):
+    """No RuntimeClass: kubelet asks the node's existing runtime to run sycri's pod
+    (handler ""), which the proxy never routes to sycri."""
+    objs = objects(_values(variant))
+    for ds in [o for o in objs if o["kind"] == "DaemonSet"]:
+        assert "runtimeClassName" not in ds["spec"]["template"]["spec"]
+    handlers = yaml.safe_load(one(objs, "ConfigMap")["data"]["proxy.yaml"])["sycri_handlers"]
+    assert "" not in handlers
+
+
+def test_the_daemonset_rolls_one_node_at_a_time():
+    ds = one(objects(), "DaemonSet")
+    assert ds["spec"]["updateStrategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 1},
+    }
+
+
+@variants
+def test_the_hosts_root_is_mounted_and_is_sycris_host_root(variant, tmp_path):
+    objs = objects(_values(variant))
+    mount, volume = _mounts(objs)[HOST_ROOT]
+    assert volume["hostPath"] == {"path": "/", "type": "Directory"}
+    assert mount["mountPropagation"] == "HostToContainer"  # the host's later mounts too
+    assert not mount.get("readOnly")  # writable hostPath volumes are bound from here
+    assert _sycri_config(objs, tmp_path).host_root == HOST_ROOT
+
+
+@variants
+def test_the_installer_puts_the_proxy_on_the_host(variant, tmp_path):
+    objs = objects(_values(variant))
+    values = _merged(variant)
+    pod = _pod(objs)
+    [init] = pod["initContainers"]
+    assert init["image"] == _container(objs)["image"]  # the same version's files
+    assert init["securityContext"]["privileged"] is True
+    with helm.Chart.load(CHART) as chart:
+        app_version = chart.metadata["appVersion"]
+    version = values["image"]["tag"] or app_version
+    if values["image"]["digest"]:
+        version = f"{app_version}-{values['image']['digest'][7:19]}"
+    assert init["command"] == [
+        "sycri", "proxy", "install",
+        "--config", "/etc/sycri/proxy.yaml",
+        "--host-root", HOST_ROOT,
+        "--version", version,
+    ]  # fmt: skip
+    mounts = {m["mountPath"]: m for m in init["volumeMounts"]}
+    assert mounts[HOST_ROOT]["name"] == "host-root"
+    assert mounts["/etc/sycri"]["readOnly"] is True
+    assert pod["hostPID"] is True  # hosts without systemd: nsenter --target 1
+    # the proxy's settings, read by the proxy's own parser (unknown keys fail)
+    data = yaml.safe_load(one(objs, "ConfigMap")["data"]["proxy.yaml"])
+    proxy = proxy_settings.parse(data)
+    cfg = _sycri_config(objs, tmp_path)
+    assert proxy.sycri_endpoint == f"unix://{cfg.socket}"
+    assert proxy.listen == f"unix://{values['proxy']['socket']}"
+    assert proxy.runtime_endpoint == values["proxy"]["runtimeEndpoint"]
+    assert set(proxy.sycri_handlers) == set(values["proxy"]["handlers"] or cfg.runtimes)
+
+
+def test_uninstall_hook_removes_the_proxy_from_every_node():
+    objs = objects()
+    ds = hook(objs, "DaemonSet", "pre-delete")
+    pod = ds["spec"]["template"]["spec"]
+    [init] = pod["initContainers"]
+    assert init["command"] == [
+        "sycri", "proxy", "uninstall",
+        "--listen", "unix:///run/sycri-proxy/cri.sock",
+        "--host-root", HOST_ROOT,
+    ]  # fmt: skip
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    [mount] = init["volumeMounts"]
+    assert mount["mountPath"] == HOST_ROOT
+    assert volumes[mount["name"]]["hostPath"]["path"] == "/"
+    main = one(objs, "DaemonSet")["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == main["nodeSelector"]
+    assert pod["tolerations"] == main["tolerations"]
+    # selectors of the two DaemonSets must not claim each other's pods
+    sel = ds["spec"]["selector"]["matchLabels"]
+    main_labels = one(objs, "DaemonSet")["spec"]["template"]["metadata"]["labels"]
+    assert not sel.items() <= main_labels.items()
+
+
+def test_without_the_proxy_nothing_is_installed_on_the_host():
+    objs = objects({"proxy": {"enabled": False}})
+    assert "initContainers" not in _pod(objs)
+    assert "proxy.yaml" not in one(objs, "ConfigMap")["data"]
+    assert not [
+        o for o in objs if o["kind"] == "DaemonSet" and "-uninstall" in o["metadata"]["name"]
+    ]
+    assert "--container-runtime-endpoint=unix:///run/sycri/sycri.sock" in notes(
+        {"proxy": {"enabled": False}}
+    )

@@ -658,7 +658,7 @@ def test_bad_resources_refused():
         build(
             config(
                 res=api_pb2.LinuxContainerResources(
-                    memory_limit_in_bytes=100, memory_swap_limit_in_bytes=50
+                    memory_limit_in_bytes=100 << 20, memory_swap_limit_in_bytes=50 << 20
                 )
             )
         )
@@ -667,20 +667,78 @@ def test_bad_resources_refused():
 # --- ulimits ---------------------------------------------------------------------------
 
 
-def test_ulimits_default_and_per_pod():
+ULIMITS = ocispec.ULIMITS_ANNOTATION
+OWN_LIMITS = {
+    "memlock": (8 << 20, 8 << 20),
+    "nice": (0, 0),
+    "rtprio": (0, 0),
+    "nofile": (20000, 20000),
+}
+
+
+def _pod_ulimits(value: str) -> api_pb2.PodSandboxConfig:
     pod = api_pb2.PodSandboxConfig()
     pod.CopyFrom(POD)
-    pod.annotations[ocispec.ULIMITS_ANNOTATION] = "memlock=-1, nofile=2048:4096"
-    settings = ocispec.Settings(default_ulimits=("nofile=1024", "nproc=100:200"))
-    rl = {
-        r["type"]: (r["soft"], r["hard"])
-        for r in build(pod=pod, settings=settings)["process"]["rlimits"]
-    }
-    assert rl == {
-        "RLIMIT_MEMLOCK": (2**64 - 1, 2**64 - 1),
+    pod.annotations[ocispec.ULIMITS_ANNOTATION] = value
+    return pod
+
+
+def _rlimits(spec) -> dict[str, tuple[int, int]]:
+    return {r["type"]: (r["soft"], r["hard"]) for r in spec["process"]["rlimits"]}
+
+
+def test_ulimits_default_and_per_pod_lowering():
+    pod = _pod_ulimits("memlock=4096, nofile=2048:4096")
+    settings = ocispec.Settings(default_ulimits=("nofile=4096:8192", "nproc=100:200"))
+    host = HostFacts(own_rlimits=OWN_LIMITS)
+    assert _rlimits(build(pod=pod, settings=settings, host=host)) == {
+        "RLIMIT_MEMLOCK": (4096, 4096),
         "RLIMIT_NOFILE": (2048, 4096),
         "RLIMIT_NPROC": (100, 200),
     }
+
+
+@pytest.mark.parametrize(
+    "annotation, named",
+    [("rtprio=99", "rtprio"), ("nice=40", "nice"), ("memlock=-1", "memlock"),
+     ("nofile=100:9000", "nofile"), ("nproc=300", "nproc")],
+)  # fmt: skip
+def test_pod_cannot_raise_ulimits_above_the_node(annotation, named):
+    """A pod author must not get rlimits only the node may grant (runc sets them as root)."""
+    settings = ocispec.Settings(default_ulimits=("nofile=4096:8192", "nproc=100:200"))
+    host = HostFacts(own_rlimits=OWN_LIMITS)
+    with pytest.raises(InvalidArgument, match=f"{ULIMITS}: {named} hard limit"):
+        build(pod=_pod_ulimits(annotation), settings=settings, host=host)
+
+
+def test_max_ulimits_lets_pods_raise_within_the_ceiling():
+    settings = ocispec.Settings(max_ulimits=("memlock=unlimited", "nofile=65536"))
+    host = HostFacts(own_rlimits=OWN_LIMITS)  # CAP_SYS_RESOURCE held (all caps)
+    spec = build(pod=_pod_ulimits("memlock=-1,nofile=1024:65536"), settings=settings, host=host)
+    assert _rlimits(spec) == {
+        "RLIMIT_MEMLOCK": (2**64 - 1, 2**64 - 1),
+        "RLIMIT_NOFILE": (1024, 65536),
+    }
+    with pytest.raises(InvalidArgument, match="nofile hard limit 65537"):
+        build(pod=_pod_ulimits("nofile=65537"), settings=settings, host=host)
+
+
+def test_without_cap_sys_resource_no_hard_limit_goes_above_sycris_own():
+    settings = ocispec.Settings(max_ulimits=("memlock=unlimited",))
+    host = HostFacts(own_rlimits=OWN_LIMITS, bounding_caps=hostfacts.bounding_caps(NO_SYS_RESOURCE))
+    with pytest.raises(InvalidArgument, match="CAP_SYS_RESOURCE"):
+        build(pod=_pod_ulimits("memlock=-1"), settings=settings, host=host)
+    spec = build(pod=_pod_ulimits("memlock=1024:8388608"), settings=settings, host=host)
+    assert _rlimits(spec) == {"RLIMIT_MEMLOCK": (1024, 8 << 20)}
+
+
+def test_own_rlimits_read_from_proc():
+    text = (
+        "Limit                     Soft Limit           Hard Limit           Units     \n"
+        "Max open files            1024                 4096                 files     \n"
+        "Max locked memory         8388608              unlimited            bytes     \n"
+    )
+    assert hostfacts.own_rlimits(text) == {"nofile": (1024, 4096), "memlock": (8 << 20, 2**64 - 1)}
 
 
 def test_bad_ulimit_refused():
@@ -787,3 +845,55 @@ def test_propagation_needs_a_host_mount_that_propagates(kind, on, match):
     else:
         with pytest.raises(InvalidArgument, match=match):
             build(cfg, host=host)
+
+
+# --- resources runc would refuse (issue 17) ---------------------------------------------
+
+NODE = ocispec.CgroupFacts(
+    cpus=frozenset({0, 1, 2, 3}), mems=frozenset({0}), controllers=frozenset({"cpu", "memory"})
+)
+
+
+@pytest.mark.parametrize(
+    "res, field",
+    [(dict(unified={"cgroup.procs": "1"}), "unified"),
+     (dict(unified={"cgroup.kill": "1"}), "unified"),
+     (dict(unified={"../memory.max": "1"}), "unified"),
+     (dict(unified={"io.max": "8:0 rbps=1"}), "unified"),  # no io controller here
+     (dict(unified={"memory.high": "1\n2"}), "unified"),
+     (dict(cpuset_cpus="2-9"), "cpuset_cpus"),
+     (dict(cpuset_cpus="1,,2"), "cpuset_cpus"),
+     (dict(cpuset_mems="1"), "cpuset_mems"),
+     (dict(cpu_quota=999), "cpu_quota"),
+     (dict(cpu_period=999), "cpu_period"),
+     (dict(cpu_shares=1), "cpu_shares"),
+     (dict(memory_limit_in_bytes=(12 << 20) - 1), "memory_limit_in_bytes")],
+)  # fmt: skip
+def test_resources_the_kernel_or_runc_refuse_are_named(res, field):
+    with pytest.raises(InvalidArgument, match=field):
+        ocispec.cgroup_resources(api_pb2.LinuxContainerResources(**res), True, None, NODE)
+
+
+def test_resources_in_range_pass():
+    res = api_pb2.LinuxContainerResources(
+        cpu_shares=2, cpu_quota=1000, cpu_period=100000, cpuset_cpus="0-1,3", cpuset_mems="0",
+        memory_limit_in_bytes=12 << 20, memory_swap_limit_in_bytes=-1,
+        unified={"memory.high": "max", "cpu.weight": "100"},
+    )  # fmt: skip
+    out = ocispec.cgroup_resources(res, True, None, NODE)
+    assert out["cpu"] == {
+        "shares": 2,
+        "quota": 1000,
+        "period": 100000,
+        "cpus": "0-1,3",
+        "mems": "0",
+    }
+    assert out["memory"] == {"limit": 12 << 20, "swap": -1}
+    assert out["unified"] == {"memory.high": "max", "cpu.weight": "100"}
+
+
+def test_argv_over_the_kernels_limits_is_refused():
+    with pytest.raises(InvalidArgument, match="Argument list too long"):
+        build(config(command=["sh"], args=["x" * 200_000]))
+    with pytest.raises(InvalidArgument, match="ARG_MAX 4096"):
+        build(config(command=["sh"], args=["y" * 1000] * 5), host=HostFacts(arg_max=4096))

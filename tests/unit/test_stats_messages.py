@@ -93,3 +93,15 @@ def test_pod_stats_and_metrics_messages(tmp_path):
         "container": "app", "id": "c1", "image": "", "name": "k8s_app_web_ns_u1_3",
         "namespace": "ns", "pod": "web",
     }  # fmt: skip
+
+
+def test_pod_network_without_a_default_interface_is_left_out(tmp_path):
+    # kubelet's CRI stats (PodAndContainerStatsFromCRI) dereference default_interface
+    # whenever network is set: a pod whose interfaces are gone (stopped) must send none.
+    cu = usage(tmp_path)
+    pod = PodInfo(id="p1", name="web", namespace="ns", uid="u1")
+    lo = InterfaceStats("lo", 5, 1, 0, 0, 5, 1, 0, 0)
+    for net in (NetworkUsage(50, (lo,), None), NetworkUsage(50, (), None)):
+        m = cri_stats.pod_stats(PodUsage(pod, cu.sample, 7, net, (cu,)))
+        assert not m.linux.HasField("network")
+        assert m.linux.process.process_count.value == 1

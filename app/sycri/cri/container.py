@@ -11,10 +11,12 @@ from sycri.api import api_pb2
 from sycri.errors import InvalidArgument, NotFound, Unavailable
 from sycri.node import Node
 from sycri.observability import tracing
+from sycri.runtime import argv
 from sycri.runtime.container_store import STATE_PROTO, ContainerRecord
 from sycri.runtime.containers import Containers
 
 MAX_EXEC_TIMEOUT = 24 * 3600
+RUNTIME_ARGS = 8192  # room for runc's own arguments (binary, --root, --pid-file, id)
 
 
 def _containers(node: Node) -> Containers:
@@ -185,6 +187,7 @@ async def exec_sync(node: Node, request: api_pb2.ExecSyncRequest) -> api_pb2.Exe
         raise InvalidArgument("cmd is empty")
     if request.timeout < 0 or request.timeout > MAX_EXEC_TIMEOUT:
         raise InvalidArgument(f"timeout {request.timeout} is out of range")
+    argv.check("ExecSync: cmd", request.cmd, reserve=argv.environ_size() + RUNTIME_ARGS)
     result = await _containers(node).exec_sync(
         request.container_id, list(request.cmd), float(request.timeout)
     )

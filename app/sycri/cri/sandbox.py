@@ -51,8 +51,10 @@ async def stop_pod_sandbox(
     with contextlib.suppress(NotFound):
         manager = _manager(node)
         sb = manager.get(request.pod_sandbox_id)
+        was_ready = sb.state == READY
         await manager.stop(sb.id)
-        _publish(node, sb.id, ContainerEventType.STOPPED)
+        if was_ready:  # a repeated stop is no event: kubelet would sync the pod again
+            _publish(node, sb.id, ContainerEventType.STOPPED)
     return api_pb2.StopPodSandboxResponse()
 
 

@@ -20,10 +20,10 @@ from typing import Any, Protocol
 import grpc
 from google.protobuf import message_factory, text_format
 from google.protobuf.descriptor import MethodDescriptor
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from sycri.api import api_pb2
-from sycri.errors import SycriError
+from sycri.errors import InvalidArgument, SycriError, excerpt
 
 log = logging.getLogger("sycri.rpc")
 
@@ -72,6 +72,68 @@ def _short(message: Message) -> str:
     return text_format.MessageToString(redacted(message), as_one_line=True)[:2000]
 
 
+def decode(md: MethodDescriptor, data: bytes) -> Message:
+    """The request message of ``md`` from its wire bytes; InvalidArgument naming the RPC
+    (and the field, for a string with a NUL byte in it).
+
+    gRPC would call a deserializer before any handler runs and answer UNKNOWN when it
+    raises, so the handlers get raw bytes and decode them here, inside the wrapper.
+    """
+    cls = message_factory.GetMessageClass(md.input_type)
+    try:
+        request = cls.FromString(data)
+    except (DecodeError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise InvalidArgument(
+            f"{md.name}: the request is not a valid {md.input_type.name} "
+            f"(bad bytes or a string that is not UTF-8): {exc}"
+        ) from None
+    bad = nul_field(request)
+    if bad:
+        raise InvalidArgument(f"{md.name}: {bad} contains a NUL byte")
+    return request
+
+
+# Free text that only travels as data (JSON in the OCI spec, status replies): a NUL in
+# it reaches no system call, and Kubernetes allows any string there.
+_FREE_TEXT = frozenset({"annotations"})
+
+
+def nul_field(message: Message, prefix: str = "") -> str | None:
+    """The path of the first string field holding a NUL byte, or None.
+
+    Paths, commands, names and environment end up in system calls, where Python
+    refuses a NUL (``embedded null byte``) and C silently cuts the string short.
+    """
+    for fd, value in message.ListFields():
+        path = f"{prefix}{fd.name}"
+        if fd.type == fd.TYPE_STRING:
+            items = value if fd.is_repeated else [value]
+            for i, item in enumerate(items):
+                if "\x00" in item:
+                    return f"{path}[{i}]" if fd.is_repeated else path
+        elif fd.type == fd.TYPE_MESSAGE:
+            if fd.message_type.GetOptions().map_entry:
+                if fd.name in _FREE_TEXT:
+                    continue
+                for k, v in value.items():
+                    if "\x00" in str(k) or (isinstance(v, str) and "\x00" in v):
+                        return f"{path}[{excerpt(k)}]"
+                    if isinstance(v, Message):
+                        found = nul_field(v, f"{path}[{excerpt(k)}].")
+                        if found:
+                            return found
+            elif fd.is_repeated:
+                for i, item in enumerate(value):
+                    found = nul_field(item, f"{path}[{i}].")
+                    if found:
+                        return found
+            else:
+                found = nul_field(value, path + ".")
+                if found:
+                    return found
+    return None
+
+
 def _error_status(exc: BaseException, method: str) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, SycriError):
         return exc.code, exc.message
@@ -98,16 +160,14 @@ class Dispatcher:
         return out
 
     def _method_handler(self, md: MethodDescriptor) -> grpc.RpcMethodHandler:
-        req_cls = message_factory.GetMessageClass(md.input_type)
+        # No request deserializer: the behaviour gets the raw bytes (see :func:`decode`).
         resp_cls = message_factory.GetMessageClass(md.output_type)
         fn = self.handlers.get(md.name)
         if md.server_streaming:
             behaviour = self._stream(md, fn)
-            return grpc.unary_stream_rpc_method_handler(
-                behaviour, req_cls.FromString, resp_cls.SerializeToString
-            )
+            return grpc.unary_stream_rpc_method_handler(behaviour, None, resp_cls.SerializeToString)
         return grpc.unary_unary_rpc_method_handler(
-            self._unary(md, fn), req_cls.FromString, resp_cls.SerializeToString
+            self._unary(md, fn), None, resp_cls.SerializeToString
         )
 
     def _notify_start(self, name: str) -> float:
@@ -139,18 +199,19 @@ class Dispatcher:
         name = md.name
         unimplemented = f"{md.containing_service.name}.{name} is not implemented by sycri yet"
 
-        async def behaviour(request: Message, context: grpc.aio.ServicerContext) -> Message:
+        async def behaviour(raw: bytes, context: grpc.aio.ServicerContext) -> Message:
             t0 = self._notify_start(name)
             code = grpc.StatusCode.OK
             ended = False  # an abort sends the status at once: observers hear of it first
             try:
-                if log.isEnabledFor(logging.DEBUG):
-                    log.debug("%s request: %s", name, _short(request))
                 if fn is None:
                     code, ended = grpc.StatusCode.UNIMPLEMENTED, True
                     self._notify_end(name, code, t0)
                     await context.abort(code, unimplemented)
                 try:
+                    request = decode(md, raw)
+                    if log.isEnabledFor(logging.DEBUG):
+                        log.debug("%s request: %s", name, _short(request))
                     response = await fn(self.node, request)
                 except grpc.aio.AbortError:
                     raise
@@ -176,7 +237,7 @@ class Dispatcher:
         unimplemented = f"{md.containing_service.name}.{name} is not implemented by sycri yet"
 
         async def behaviour(
-            request: Message, context: grpc.aio.ServicerContext
+            raw: bytes, context: grpc.aio.ServicerContext
         ) -> AsyncIterator[Message]:
             t0 = self._notify_start(name)
             code = grpc.StatusCode.OK
@@ -187,6 +248,7 @@ class Dispatcher:
                     self._notify_end(name, code, t0)
                     await context.abort(code, unimplemented)
                 try:
+                    request = decode(md, raw)
                     async for item in fn(self.node, request):
                         yield item
                 except grpc.aio.AbortError:

@@ -239,8 +239,11 @@ def pod_stats(u: PodUsage) -> api_pb2.PodSandboxStats:
     io = io_usage(u.sample)
     if io is not None:
         linux.io.CopyFrom(io)
-    if u.network is not None:
-        linux.network.CopyFrom(network_usage(u.network))
+    net = network_usage(u.network) if u.network is not None else None
+    if net is not None and net.HasField("default_interface"):
+        # kubelet (CRI stats) reads default_interface whenever network is set, and
+        # crashes on a network without one (a pod whose interfaces are already gone).
+        linux.network.CopyFrom(net)
     if u.sample.pids is not None:
         linux.process.CopyFrom(
             api_pb2.ProcessUsage(timestamp=u.sample.timestamp_ns, process_count=_u64(u.sample.pids))

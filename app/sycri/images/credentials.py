@@ -38,12 +38,21 @@ class Credentials:
 def decode_auth(auth: str, where: str) -> tuple[str, str]:
     try:
         text = base64.b64decode(auth, validate=False).decode()
-    except (binascii.Error, UnicodeDecodeError):
+    except (binascii.Error, ValueError):  # ValueError: a str that is not ASCII
         raise InvalidArgument(f"{where}: 'auth' is not base64 of user:password") from None
     user, sep, password = text.partition(":")
     if not sep:
         raise InvalidArgument(f"{where}: 'auth' is not base64 of user:password")
     return user, password
+
+
+def _printable(value: str, field_name: str) -> str:
+    """Credentials travel in HTTP headers (Basic, Bearer): printable ASCII only."""
+    if any(not 0x20 <= ord(c) < 0x7F for c in value):
+        raise InvalidArgument(
+            f"AuthConfig.{field_name}: only printable ASCII characters can be sent to a registry"
+        )
+    return value
 
 
 def from_auth_config(auth) -> Credentials | None:
@@ -53,7 +62,14 @@ def from_auth_config(auth) -> Credentials | None:
     user, password = auth.username, auth.password
     if auth.auth and not user:
         user, password = decode_auth(auth.auth, "AuthConfig")
-    creds = Credentials(user, password, auth.identity_token, auth.registry_token)
+    if ":" in user:
+        raise InvalidArgument("AuthConfig.username: a user name cannot contain ':'")
+    creds = Credentials(
+        _printable(user, "username"),
+        _printable(password, "password"),
+        _printable(auth.identity_token, "identity_token"),
+        _printable(auth.registry_token, "registry_token"),
+    )
     return creds or None
 
 

@@ -135,22 +135,27 @@ class Images:
     # -- lookups ----------------------------------------------------------------------------
 
     def find(self, text: str) -> Image | None:
+        return self._lookup(text)[0]
+
+    def _lookup(self, text: str) -> tuple[Image | None, bool]:
+        """The image ``text`` names, and whether it named it by id (or id prefix)
+        rather than by tag or digest."""
         text = text.strip()
         if not text:
             raise InvalidArgument("image name is empty")
         if reference.is_image_id(text):
-            return self.store.get(text if text.startswith("sha256:") else "sha256:" + text)
+            return self.store.get(text if text.startswith("sha256:") else "sha256:" + text), True
         hexpart = text.removeprefix("sha256:")
         if 6 <= len(hexpart) < 64 and all(c in "0123456789abcdef" for c in hexpart):
             ids = self.store.by_id_prefix(hexpart)
             if len(ids) == 1:
-                return self.store.get(ids[0])
+                return self.store.get(ids[0]), True
             if len(ids) > 1:
                 raise InvalidArgument(f"image id prefix {excerpt(text)} is ambiguous")
         ref = reference.parse(text)
         if ref.digest:
-            return self.store.by_digest(digest_key(ref, ref.digest))
-        return self.store.by_tag(tag_key(ref))
+            return self.store.by_digest(digest_key(ref, ref.digest)), False
+        return self.store.by_tag(tag_key(ref)), False
 
     async def resolve(self, text: str) -> Image:
         """The image, for running: a local SIF whose file changed is hashed again first."""
@@ -179,10 +184,12 @@ class Images:
     async def remove(self, text: str) -> Image | None:
         """Remove by id, tag or digest. A tag shared with other tags only untags; an image a
         container uses is refused. Returns the image removed (None if it was not there)."""
-        image = self.find(text)
+        image, by_id = self._lookup(text)
         if image is None:
             return None
-        by_tag = not reference.is_image_id(text) and text.strip() not in image.id
+        # By id only when it was found by id: a tag whose text happens to occur in the
+        # id ("e0d" in "sha256:e0d...") is still a tag, and untags.
+        by_tag = not by_id
         try:
             ref = reference.parse(text) if by_tag else None
         except SycriError:

@@ -122,9 +122,16 @@ class NodeAgent:
         if not environ.get("KUBERNETES_SERVICE_HOST"):  # not in a pod: skip the client import
             log.info("not running in a Kubernetes pod: node labels and events are off")
             return cls.disabled(cfg)
-        from kubernetes import client
-        from kubernetes.config.config_exception import ConfigException
-        from kubernetes.config.incluster_config import InClusterConfigLoader
+        try:  # an optional extra: sycri[node-agent]
+            from kubernetes import client
+            from kubernetes.config.config_exception import ConfigException
+            from kubernetes.config.incluster_config import InClusterConfigLoader
+        except ImportError:
+            log.warning(
+                "the Kubernetes client is not installed (sycri[node-agent]): "
+                "node labels and events are off"
+            )
+            return cls.disabled(cfg)
 
         configuration = client.Configuration()
         try:

@@ -63,7 +63,8 @@ log = logging.getLogger("sycri.containers")
 
 MAX_NAME = 253
 MAX_IMAGE_FILE = 4 * 1024 * 1024
-EXEC_OUTPUT_LIMIT = 16 * 1024 * 1024
+# Per stream: both must fit one 16 MiB gRPC reply (sycri's and kubelet's message limit).
+EXEC_OUTPUT_LIMIT = 8 * 1024 * 1024 - 4096
 UNMONITORED = "its monitor (conmon) died: the container runs on, but its log and attach are cut"
 LOST_EXIT = (
     "the container and its monitor (conmon) disappeared; conmon recorded no exit code, "
@@ -431,22 +432,25 @@ class Containers:
             self.store.save(rec)
             self._emit(rec, ContainerEventType.STARTED)
 
-    async def stop(self, ref: str, timeout: float) -> None:
-        """StopSignal, wait ``timeout`` seconds, then SIGKILL; already stopped is fine."""
+    async def stop(self, ref: str, timeout: float, pod_going: bool = False) -> None:
+        """StopSignal, wait ``timeout`` seconds, then SIGKILL; already stopped is fine.
+
+        A container never started stays CREATED, as in containerd: kubelet must not
+        read a stop as a run that completed. ``pod_going``: its pod stops, so runc's
+        init waiting to start it is killed too (no process outlives its pod).
+        """
         rec = self.store.get(ref)
         async with self._lock(rec.id):
-            await self._stop_locked(rec, timeout)
+            await self._stop_locked(rec, timeout, pod_going)
 
-    async def _stop_locked(self, rec: ContainerRecord, timeout: float) -> None:
+    async def _stop_locked(
+        self, rec: ContainerRecord, timeout: float, pod_going: bool = False
+    ) -> None:
         self.refresh(rec)
         runc = self.runtime(rec.runtime_handler)
         if rec.state == CREATED:
-            # Never started: there is no process to signal but runc's init; kill it.
-            await runc.kill(rec.id, 9, all_processes=True)
-            rec.state, rec.finished_at, rec.exit_code = EXITED, now_ns(), 0
-            rec.reason = rec.reason or "Completed"
-            self.store.save(rec)
-            self._emit(rec, ContainerEventType.STOPPED)
+            if pod_going:
+                await runc.kill(rec.id, 9, all_processes=True)
             return
         if rec.state != RUNNING:
             return
@@ -627,7 +631,13 @@ class Containers:
         pid_file = Path(rec.bundle) / f"exec-{new_id()[:16]}.pid"
         argv = runc.argv("exec", "--pid-file", str(pid_file), rec.id, *cmd)
         task = asyncio.create_task(
-            command.run(argv, check=False, label="runc exec", exit_is_answer=True)
+            command.run(
+                argv,
+                check=False,
+                label="runc exec",
+                exit_is_answer=True,
+                output_limit=EXEC_OUTPUT_LIMIT,
+            )
         )
         timed_out = False
         try:
@@ -653,12 +663,24 @@ class Containers:
             )
         code = result.returncode
         if code != 0 and b"exec failed" in result.stderr and not result.stdout:
-            raise Internal(
-                f"exec in {rec.id[:12]} failed: {result.stderr.decode(errors='replace')[-500:]}"
+            why = result.stderr.decode(errors="replace")[-500:]
+            if b"unable to start container process" in result.stderr:
+                # The command itself cannot start (not found, not executable): the
+                # request named it, so it is the request's error, not sycri's.
+                raise InvalidArgument(
+                    f"cmd: {excerpt(cmd[0])} cannot be started in {rec.id[:12]}: {why}"
+                )
+            raise Internal(f"exec in {rec.id[:12]} failed: {why}")
+        if result.truncated:
+            # As containerd (which keeps 16 MiB per stream): the start of each stream is
+            # kept; the rest was read and dropped while the command ran, never held.
+            log.warning(
+                "exec %s in %s: output over %d bytes per stream was dropped",
+                excerpt(" ".join(cmd)),
+                rec.id[:12],
+                EXEC_OUTPUT_LIMIT,
             )
-        return ExecResult(
-            result.stdout[:EXEC_OUTPUT_LIMIT], result.stderr[:EXEC_OUTPUT_LIMIT], code
-        )
+        return ExecResult(result.stdout, result.stderr, code)
 
     async def update_resources(self, ref: str, resources: api_pb2.LinuxContainerResources) -> None:
         rec = self.store.get(ref)
@@ -670,6 +692,7 @@ class Containers:
                 resources,
                 hostfacts.cgroup_v2(),
                 hostfacts.hugetlb_sizes() if resources.hugepage_limits else frozenset(),
+                hostfacts.cgroup_facts(),
             )
             await self.runtime(rec.runtime_handler).update(rec.id, oci)
             merged = api_pb2.LinuxContainerResources()
@@ -693,7 +716,9 @@ class Containers:
     # --- pods ------------------------------------------------------------------------
 
     async def stop_pod(self, pod_id: str, timeout: float = 0) -> None:
-        await asyncio.gather(*(self.stop(r.id, timeout) for r in self.in_pod(pod_id)))
+        await asyncio.gather(
+            *(self.stop(r.id, timeout, pod_going=True) for r in self.in_pod(pod_id))
+        )
 
     async def remove_pod(self, pod_id: str) -> None:
         for r in self.in_pod(pod_id):
@@ -992,6 +1017,7 @@ def from_config(
         cgroup_driver=cgroup_driver,
         settings=ocispec.Settings(
             default_ulimits=cfg.default_ulimits,
+            max_ulimits=cfg.max_ulimits,
             apparmor_default_profile=cfg.apparmor_default_profile,
         ),
         log_size_max=cfg.container_log_max_bytes,

@@ -9,8 +9,8 @@ import stat
 from pathlib import Path
 
 from sycri.api import api_pb2
-from sycri.runtime import cdi
-from sycri.runtime.ocispec import ALL_CAPS, DeviceNode, HostFacts
+from sycri.runtime import argv, cdi
+from sycri.runtime.ocispec import ALL_CAPS, CgroupFacts, DeviceNode, HostFacts
 
 MAX_PROFILE_BYTES = 1024 * 1024
 
@@ -168,6 +168,64 @@ def hugetlb_sizes(
     return frozenset(sizes)
 
 
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return None
+
+
+def id_set(text: str | None) -> frozenset[int] | None:
+    """The ids of a kernel list such as ``0-3,8`` (``/sys/.../online``); None if unknown."""
+    if text is None or not text.strip():
+        return None
+    out: set[int] = set()
+    for item in text.strip().split(","):
+        lo, _, hi = item.partition("-")
+        try:
+            out.update(range(int(lo), int(hi or lo) + 1))
+        except ValueError:
+            return None
+    return frozenset(out)
+
+
+def cgroup_facts() -> CgroupFacts:
+    """Online CPUs and memory nodes, and the root's cgroup v2 controllers."""
+    controllers = _read("/sys/fs/cgroup/cgroup.controllers") if cgroup_v2() else None
+    return CgroupFacts(
+        cpus=id_set(_read("/sys/devices/system/cpu/online")),
+        mems=id_set(_read("/sys/devices/system/node/online") or "0"),
+        controllers=frozenset(controllers.split()) if controllers is not None else None,
+    )
+
+
+# /proc/self/limits row titles of the rlimits ocispec knows.
+_LIMIT_ROWS = {
+    "Max cpu time": "cpu", "Max file size": "fsize", "Max data size": "data",
+    "Max stack size": "stack", "Max core file size": "core", "Max resident set": "rss",
+    "Max processes": "nproc", "Max open files": "nofile", "Max locked memory": "memlock",
+    "Max address space": "as", "Max file locks": "locks", "Max pending signals": "sigpending",
+    "Max msgqueue size": "msgqueue", "Max nice priority": "nice",
+    "Max realtime priority": "rtprio", "Max realtime timeout": "rttime",
+}  # fmt: skip
+_UNLIMITED = 2**64 - 1
+
+
+def own_rlimits(text: str | None = None) -> dict[str, tuple[int, int]]:
+    """sycri's own (soft, hard) rlimits by name, from ``/proc/self/limits``."""
+    text = _read("/proc/self/limits") if text is None else text
+    out: dict[str, tuple[int, int]] = {}
+    for line in (text or "").splitlines():
+        for title, name in _LIMIT_ROWS.items():
+            if line.startswith(title + " "):
+                fields = line[len(title) :].split()
+                if len(fields) >= 2:
+                    vals = [_UNLIMITED if f == "unlimited" else f for f in fields[:2]]
+                    with contextlib.suppress(ValueError):
+                        out[name] = (int(vals[0]), int(vals[1]))
+    return out
+
+
 def apparmor_enabled() -> bool:
     try:
         return Path("/sys/module/apparmor/parameters/enabled").read_text().strip() == "Y"
@@ -233,4 +291,7 @@ def gather(
         recursive_read_only=recursive_read_only,
         propagation=propagation,
         hugetlb_sizes=hugetlb_sizes() if cfg.linux.resources.hugepage_limits else frozenset(),
+        cgroups=cgroup_facts(),
+        arg_max=argv.arg_max(),
+        own_rlimits=own_rlimits(),
     )

@@ -19,7 +19,7 @@ from typing import Any
 
 from sycri.api import api_pb2
 from sycri.errors import InvalidArgument, excerpt
-from sycri.runtime import cdi, seccomp, userns, users
+from sycri.runtime import argv, cdi, seccomp, userns, users
 
 log = logging.getLogger("sycri.ocispec")
 
@@ -153,6 +153,15 @@ class DeviceNode:
 
 
 @dataclass(frozen=True)
+class CgroupFacts:
+    """What the node's cgroups can take; None: not looked at (anything goes)."""
+
+    cpus: frozenset[int] | None = None  # online CPUs
+    mems: frozenset[int] | None = None  # online memory nodes
+    controllers: frozenset[str] | None = None  # cgroup v2 controllers of the root
+
+
+@dataclass(frozen=True)
 class HostFacts:
     """The host state the spec depends on, gathered at the edge."""
 
@@ -172,6 +181,11 @@ class HostFacts:
     propagation: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     # Hugepage sizes ("2MB", "1GB") the node's cgroups can limit; None: not looked at.
     hugetlb_sizes: frozenset[str] | None = None
+    cgroups: CgroupFacts = CgroupFacts()
+    # sycri's own rlimits (soft, hard) by name: the node's values where default_ulimits
+    # names none. Empty: unknown, and a pod can raise nothing without max_ulimits.
+    own_rlimits: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    arg_max: int = 2 * 1024 * 1024  # the kernel's limit for argv + environment
 
 
 @dataclass(frozen=True)
@@ -179,6 +193,7 @@ class Settings:
     """sycri's settings that shape every container."""
 
     default_ulimits: tuple[str, ...] = ()
+    max_ulimits: tuple[str, ...] = ()  # how far a pod may raise a hard limit
     apparmor_default_profile: str = ""  # loaded profile name for RuntimeDefault; "": none
     default_cgroup_parent: str = "/sycri"
 
@@ -229,10 +244,13 @@ def build(inp: SpecInput) -> BuiltSpec:
         _check_mapped(user, id_maps)
     caps = capabilities(sc.capabilities, privileged, inp.host.bounding_caps)
     cdi_edits = cdi.edits_for([d.name for d in cfg.CDI_devices], list(inp.host.cdi_specs))
+    args = process_args(cfg, inp.image)
+    env = environment(cfg, inp.image, inp.sandbox, cdi_edits.env)
+    argv.check("command, args and envs", args, env, limit=inp.host.arg_max)
     process: dict[str, Any] = {
         "terminal": cfg.tty,
-        "args": process_args(cfg, inp.image),
-        "env": environment(cfg, inp.image, inp.sandbox, cdi_edits.env),
+        "args": args,
+        "env": env,
         "cwd": working_dir(cfg, inp.image),
         "user": {"uid": user.uid, "gid": user.gid, "additionalGids": list(user.additional_gids)},
         "capabilities": {
@@ -241,16 +259,27 @@ def build(inp: SpecInput) -> BuiltSpec:
             "permitted": caps,
             "ambient": _ambient(sc.capabilities, caps),
         },
-        "rlimits": rlimits(inp.settings.default_ulimits, inp.sandbox_config.annotations),
+        "rlimits": rlimits(
+            inp.settings.default_ulimits,
+            inp.sandbox_config.annotations,
+            inp.settings.max_ulimits,
+            inp.host.own_rlimits,
+            "CAP_SYS_RESOURCE" in inp.host.bounding_caps,
+        ),
         "noNewPrivileges": sc.no_new_privs,
-        "oomScoreAdj": max(linux_cfg.resources.oom_score_adj, inp.host.own_oom_score_adj),
+        "oomScoreAdj": max(
+            _ranged(linux_cfg.resources.oom_score_adj, "oom_score_adj", -1000, 1000),
+            inp.host.own_oom_score_adj,
+        ),
     }
     apparmor = _apparmor(sc, inp.host, inp.settings, privileged)
     if apparmor:
         process["apparmorProfile"] = apparmor
 
     cgroup_path = _cgroup_path(inp)
-    resources = cgroup_resources(linux_cfg.resources, inp.host.cgroup_v2, inp.host.hugetlb_sizes)
+    resources = cgroup_resources(
+        linux_cfg.resources, inp.host.cgroup_v2, inp.host.hugetlb_sizes, inp.host.cgroups
+    )
     devices, device_rules = _devices(cfg, inp.host, privileged, cdi_edits)
     resources["devices"] = device_rules
     linux: dict[str, Any] = {
@@ -406,21 +435,58 @@ def _ambient(spec: api_pb2.Capability, held: list[str]) -> list[str]:
     return ambient
 
 
-def rlimits(defaults: tuple[str, ...], pod_annotations: Mapping[str, str]) -> list[dict[str, Any]]:
-    """Default ulimits from config, overridden per pod by the ``sycri.io/ulimits`` annotation."""
-    limits: dict[str, tuple[int, int]] = {}
+def rlimits(
+    defaults: tuple[str, ...],
+    pod_annotations: Mapping[str, str],
+    ceilings: tuple[str, ...] = (),
+    own: Mapping[str, tuple[int, int]] | None = None,
+    can_raise_hard: bool = True,
+) -> list[dict[str, Any]]:
+    """The node's rlimits (``default_ulimits``), changed per pod by ``sycri.io/ulimits``.
+
+    rlimits are the node's decision: runc applies them as root, so a pod author could
+    otherwise take ``rtprio=99`` or ``memlock=unlimited``. A pod may ask for any soft
+    limit up to its hard limit, and for a hard limit up to the node's (its default, else
+    sycri's own, ``own``) or up to the node's ceiling (``max_ulimits``). Without
+    CAP_SYS_RESOURCE (``can_raise_hard`` False) no hard limit can exceed sycri's own.
+    """
+    node: dict[str, tuple[int, int]] = {}
     for item in defaults:
         name, soft, hard = _parse_ulimit(item, "default_ulimits")
-        limits[name] = (soft, hard)
+        node[name] = (soft, hard)
+    ceiling: dict[str, int] = {}
+    for item in ceilings:
+        name, _, hard = _parse_ulimit(item, "max_ulimits")
+        ceiling[name] = hard
+    limits = dict(node)
     raw = pod_annotations.get(ULIMITS_ANNOTATION, "")
+    where = f"annotation {ULIMITS_ANNOTATION}"
     for item in (p.strip() for p in raw.split(",")):
-        if item:
-            name, soft, hard = _parse_ulimit(item, f"annotation {ULIMITS_ANNOTATION}")
-            limits[name] = (soft, hard)
+        if not item:
+            continue
+        name, soft, hard = _parse_ulimit(item, where)
+        base = node.get(name) or (own or {}).get(name)
+        allowed = max(base[1] if base else 0, ceiling.get(name, 0))
+        if hard > allowed:
+            raise InvalidArgument(
+                f"{where}: {name} hard limit {_shown(hard)} is above the node's "
+                f"{_shown(allowed)}; only max_ulimits on the node can allow more"
+            )
+        mine = (own or {}).get(name)
+        if not can_raise_hard and mine is not None and hard > mine[1]:
+            raise InvalidArgument(
+                f"{where}: {name} hard limit {_shown(hard)} is above sycri's own "
+                f"{_shown(mine[1])}, and the node lacks CAP_SYS_RESOURCE to raise it"
+            )
+        limits[name] = (soft, hard)
     return [
         {"type": "RLIMIT_" + n.upper(), "soft": s, "hard": h}
         for n, (s, h) in sorted(limits.items())
     ]
+
+
+def _shown(value: int) -> str:
+    return "unlimited" if value >= _UNLIMITED else str(value)
 
 
 _UNLIMITED = 2**64 - 1
@@ -603,40 +669,97 @@ def _cgroup_path(inp: SpecInput) -> str:
 
 
 _HUGEPAGE = re.compile(r"^\d+(KB|MB|GB)$")
-_CPUSET = re.compile(r"^[0-9,\-]*$")
+_CPU_ITEM = re.compile(r"^(\d{1,5})(?:-(\d{1,5}))?$")
+# A cgroup v2 interface file of a resource controller ("memory.high", "io.weight");
+# never a core file such as cgroup.procs, which would move processes.
+_UNIFIED_KEY = re.compile(r"^[a-z][a-z0-9_]*\.[a-z0-9_]+(\.[a-z0-9_]+)*$")
+
+# The kernel's CFS bandwidth bounds (kernel/sched/core.c), in microseconds.
+MIN_CFS = 1000
+MAX_CFS_PERIOD = 1_000_000
+MAX_CFS_QUOTA = (1 << 44) - 1
+# cgroup v1 cpu.shares range; runc maps it onto v2's cpu.weight 1-10000.
+MIN_SHARES, MAX_SHARES = 2, 262144
+# Below this runc's own init cannot start in the cgroup (CRI-O refuses the same).
+MIN_MEMORY = 12 * 1024 * 1024
+
+
+def cpu_list(value: str, field_name: str, online: frozenset[int] | None) -> set[int]:
+    """The CPUs (or memory nodes) of a cpuset list such as ``0-3,8``; InvalidArgument
+    when it is not one or names one the node does not have."""
+    out: set[int] = set()
+    for item in value.split(","):
+        m = _CPU_ITEM.match(item.strip())
+        if not m:
+            raise InvalidArgument(f"{field_name}: {excerpt(value)} is not a CPU list like 0-3,8")
+        lo = int(m.group(1))
+        hi = int(m.group(2)) if m.group(2) is not None else lo
+        if hi < lo:
+            raise InvalidArgument(f"{field_name}: {excerpt(value)} has a range that runs backwards")
+        if online is not None and not set(range(lo, hi + 1)) <= online:
+            missing = min(set(range(lo, hi + 1)) - online)
+            raise InvalidArgument(f"{field_name}: {missing} is not online on this node")
+        out.update(range(lo, min(hi, lo + 65536) + 1))
+    return out
+
+
+def _ranged(value: int, name: str, lo: int, hi: int) -> int:
+    if not lo <= value <= hi:
+        raise InvalidArgument(f"{name}: {value} is out of the range {lo}-{hi} the kernel takes")
+    return value
 
 
 def cgroup_resources(
     res: api_pb2.LinuxContainerResources,
     cgroup_v2: bool,
     hugetlb_sizes: frozenset[str] | None = None,
+    node: CgroupFacts = CgroupFacts(),
 ) -> dict[str, Any]:
-    """CRI resources as OCI ``linux.resources`` (zero means unset, as in the CRI)."""
+    """CRI resources as OCI ``linux.resources`` (zero means unset, as in the CRI).
+
+    Every value runc or the kernel would refuse is refused here first, naming its field:
+    a refusal inside ``runc update`` can leave some files written and others not.
+    """
     out: dict[str, Any] = {}
     cpu: dict[str, Any] = {}
     if res.cpu_shares:
-        cpu["shares"] = _positive(res.cpu_shares, "cpu_shares")
+        cpu["shares"] = _ranged(res.cpu_shares, "cpu_shares", MIN_SHARES, MAX_SHARES)
     if res.cpu_quota:
         cpu["quota"] = (
-            res.cpu_quota if res.cpu_quota == -1 else _positive(res.cpu_quota, "cpu_quota")
+            res.cpu_quota
+            if res.cpu_quota == -1
+            else _ranged(res.cpu_quota, "cpu_quota", MIN_CFS, MAX_CFS_QUOTA)
         )
     if res.cpu_period:
-        cpu["period"] = _positive(res.cpu_period, "cpu_period")
-    for field_name, key in (("cpuset_cpus", "cpus"), ("cpuset_mems", "mems")):
+        cpu["period"] = _ranged(res.cpu_period, "cpu_period", MIN_CFS, MAX_CFS_PERIOD)
+    for field_name, key, online in (
+        ("cpuset_cpus", "cpus", node.cpus),
+        ("cpuset_mems", "mems", node.mems),
+    ):
         value = getattr(res, field_name)
         if value:
-            if not _CPUSET.match(value):
-                raise InvalidArgument(f"{field_name}: {excerpt(value)} is not a CPU list")
+            cpu_list(value, field_name, online)
             cpu[key] = value
     if cpu:
         out["cpu"] = cpu
     memory: dict[str, Any] = {}
     if res.memory_limit_in_bytes:
-        memory["limit"] = _positive(res.memory_limit_in_bytes, "memory_limit_in_bytes")
+        limit = _positive(res.memory_limit_in_bytes, "memory_limit_in_bytes")
+        if limit < MIN_MEMORY:
+            raise InvalidArgument(
+                f"memory_limit_in_bytes: {limit} is below the minimum of {MIN_MEMORY} bytes"
+            )
+        memory["limit"] = limit
     if res.memory_swap_limit_in_bytes:
         swap = res.memory_swap_limit_in_bytes
-        if swap != -1 and memory.get("limit", 0) > swap:
-            raise InvalidArgument("memory_swap_limit_in_bytes: below memory_limit_in_bytes")
+        if swap != -1:
+            _positive(swap, "memory_swap_limit_in_bytes")
+            if "limit" not in memory:
+                raise InvalidArgument(
+                    "memory_swap_limit_in_bytes: a swap limit needs memory_limit_in_bytes"
+                )
+            if memory["limit"] > swap:
+                raise InvalidArgument("memory_swap_limit_in_bytes: below memory_limit_in_bytes")
         memory["swap"] = swap
     if memory:
         out["memory"] = memory
@@ -646,9 +769,16 @@ def cgroup_resources(
     if res.unified:
         if not cgroup_v2:
             raise InvalidArgument("unified: cgroup v2 settings on a cgroup v1 host")
-        for key in res.unified:
-            if "/" in key or key.startswith(".") or not key:
+        for key, value in res.unified.items():
+            controller = key.split(".", 1)[0]
+            if not _UNIFIED_KEY.match(key) or controller == "cgroup":
                 raise InvalidArgument(f"unified: bad cgroup file {excerpt(key)}")
+            if node.controllers is not None and controller not in node.controllers:
+                raise InvalidArgument(
+                    f"unified: {excerpt(key)}: the node has no {excerpt(controller)} controller"
+                )
+            if "\n" in value or not value.strip():
+                raise InvalidArgument(f"unified: bad value {excerpt(value)} for {excerpt(key)}")
         out["unified"] = dict(res.unified)
     return out
 

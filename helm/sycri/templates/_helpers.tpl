@@ -101,6 +101,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
     "default_bridge" $c.cni.defaultBridge)
   "images" $images
   "log" (dict "level" $c.log.level "format" $c.log.format)
+  "host_root" .Values.hostRoot
 -}}
 {{- toYaml $cfg -}}
 {{- end -}}
@@ -123,4 +124,36 @@ location = {{ .location | toJson }}
 insecure = {{ .insecure | default false }}
 {{- end }}
 {{- end }}
+{{- end -}}
+
+{{/* The RuntimeClass handlers the proxy sends to sycri: proxy.handlers, else every runtime. */}}
+{{- define "sycri.proxyHandlers" -}}
+{{- if .Values.proxy.handlers -}}
+{{- toJson .Values.proxy.handlers -}}
+{{- else -}}
+{{- keys .Values.config.runtimes | sortAlpha | toJson -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The proxy's settings file (sycri.proxy.settings reads it on the host). */}}
+{{- define "sycri.proxyConfig" -}}
+{{- $cfg := dict
+  "listen" (printf "unix://%s" .Values.proxy.socket)
+  "runtime_endpoint" .Values.proxy.runtimeEndpoint
+  "sycri_endpoint" (printf "unix://%s" .Values.paths.socket)
+  "sycri_handlers" (include "sycri.proxyHandlers" . | fromJsonArray)
+  "log_level" .Values.proxy.logLevel
+-}}
+{{- toYaml $cfg -}}
+{{- end -}}
+
+{{- define "sycri.proxyConfigPath" -}}/etc/sycri/proxy.yaml{{- end -}}
+
+{{/* The host directory name of this image's files: /opt/sycri/<version>. */}}
+{{- define "sycri.installVersion" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s-%s" .Chart.AppVersion (.Values.image.digest | trimPrefix "sha256:" | trunc 12) -}}
+{{- else -}}
+{{- default .Chart.AppVersion .Values.image.tag -}}
+{{- end -}}
 {{- end -}}
