@@ -85,3 +85,19 @@ def test_delete_frees_name_and_file(tmp_path):
     with pytest.raises(NotFound):
         store.get(rec.id)
     store.reserve(rec.pod_id, rec.name, 0, "f" * 64)
+
+
+def test_config_follows_the_record_and_is_saved_without_its_parse(tmp_path):
+    """The parsed config is kept for list calls, but a new config_b64 is what is read,
+    and the record on disk holds only the fields."""
+    rec = record("c" * 64, name="first")
+    assert rec.config.metadata.name == "first"
+    changed = api_pb2.ContainerConfig(metadata=api_pb2.ContainerMetadata(name="second"))
+    rec.config_b64 = ContainerRecord.encode_config(changed)
+    assert rec.config.metadata.name == "second"
+    store = ContainerStore(tmp_path)
+    store.save(rec)
+    on_disk = json.loads((tmp_path / rec.id / "state.json").read_text())
+    assert "_parsed" not in on_disk
+    (loaded,) = ContainerStore(tmp_path).load()
+    assert loaded == rec and loaded.config.metadata.name == "second"

@@ -66,3 +66,17 @@ def test_unreadable_record_is_skipped(tmp_path):
     (tmp_path / ("d" * 64)).mkdir()
     (tmp_path / ("d" * 64) / "sandbox.json").write_text("{truncated")
     assert [s.id for s in SandboxStore(tmp_path).load()] == ["c" * 64]
+
+
+def test_config_follows_config_bytes(tmp_path):
+    """The parsed config is kept for list and status calls; a resize that writes new
+    config bytes is what the next read sees, and the record on disk has no parse in it."""
+    sb = _sandbox("d" * 64, "web")
+    assert dict(sb.config.labels) == {"app": "web"}
+    sb.config_bytes = encode_config(api_pb2.PodSandboxConfig(labels={"app": "api"}))
+    assert dict(sb.config.labels) == {"app": "api"}
+    assert "_parsed" not in sb.to_json()
+    store = SandboxStore(tmp_path)
+    store.save(sb)
+    (loaded,) = SandboxStore(tmp_path).load()
+    assert dict(loaded.config.labels) == {"app": "api"}

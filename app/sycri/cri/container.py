@@ -77,27 +77,28 @@ def _image_spec(rec: ContainerRecord, cfg: api_pb2.ContainerConfig) -> api_pb2.I
     return spec
 
 
-def _listed(rec: ContainerRecord) -> api_pb2.Container:
+def _listed(rec: ContainerRecord, out: api_pb2.Container) -> None:
+    """Fill ``out`` (a message already in the response: built in place, not copied in)."""
     cfg = rec.config
-    return api_pb2.Container(
-        id=rec.id,
-        pod_sandbox_id=rec.pod_id,
-        metadata=cfg.metadata,
-        image=_image_spec(rec, cfg),
-        image_ref=rec.image_ref,
-        image_id=rec.image_id,
-        state=STATE_PROTO[rec.state],
-        created_at=rec.created_at,
-        labels=cfg.labels,
-        annotations=cfg.annotations,
-    )
+    out.id = rec.id
+    out.pod_sandbox_id = rec.pod_id
+    out.metadata.CopyFrom(cfg.metadata)
+    out.image.CopyFrom(cfg.image)
+    if not out.image.image:
+        out.image.image = rec.image_id
+    out.image_ref = rec.image_ref
+    out.image_id = rec.image_id
+    out.state = STATE_PROTO[rec.state]
+    out.created_at = rec.created_at
+    out.labels.update(cfg.labels)
+    out.annotations.update(cfg.annotations)
 
 
 async def list_containers(
     node: Node, request: api_pb2.ListContainersRequest
 ) -> api_pb2.ListContainersResponse:
     f = request.filter
-    out = []
+    resp = api_pb2.ListContainersResponse()
     for rec in _containers(node).list():
         if f.id and not rec.id.startswith(f.id):
             continue
@@ -108,8 +109,8 @@ async def list_containers(
         labels = rec.config.labels
         if any(labels.get(k) != v for k, v in f.label_selector.items()):
             continue
-        out.append(_listed(rec))
-    return api_pb2.ListContainersResponse(containers=out)
+        _listed(rec, resp.containers.add())
+    return resp
 
 
 def status_of(rec: ContainerRecord) -> api_pb2.ContainerStatus:

@@ -182,24 +182,23 @@ def matches(sb: Sandbox, f: api_pb2.PodSandboxFilter) -> bool:
 async def list_pod_sandbox(
     node: Node, request: api_pb2.ListPodSandboxRequest
 ) -> api_pb2.ListPodSandboxResponse:
-    items = []
-    for sb in _manager(node).list():
+    resp = api_pb2.ListPodSandboxResponse()
+    # Built in place in the response (a message passed in would be copied), oldest first.
+    for sb in sorted(_manager(node).list(), key=lambda sb: sb.created_at):
         if request.HasField("filter") and not matches(sb, request.filter):
             continue
         cfg = sb.config
-        items.append(
-            api_pb2.PodSandbox(
-                id=sb.id,
-                metadata=sb.metadata,
-                state=_state(sb),
-                created_at=sb.created_at,
-                labels=dict(cfg.labels),
-                annotations=dict(cfg.annotations),
-                runtime_handler=sb.runtime_handler,
-            )
+        item = resp.items.add(
+            id=sb.id,
+            state=_state(sb),
+            created_at=sb.created_at,
+            runtime_handler=sb.runtime_handler,
         )
-    items.sort(key=lambda p: p.created_at)
-    return api_pb2.ListPodSandboxResponse(items=items)
+        m = item.metadata
+        m.name, m.uid, m.namespace, m.attempt = sb.name, sb.uid, sb.namespace, sb.attempt
+        item.labels.update(cfg.labels)
+        item.annotations.update(cfg.annotations)
+    return resp
 
 
 async def update_pod_sandbox_resources(

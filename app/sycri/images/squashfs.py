@@ -3,6 +3,11 @@
 Debian's mksquashfs with a fast compressor (lz4 by default; gzip costs ~20x the time for
 ~10 % less space, see DESIGN.md). Reproducible: fixed filesystem and root times, sorted
 directories (mksquashfs' default ``-reproducible``), so the same tree gives the same bytes.
+
+``-no-duplicates``: mksquashfs finds duplicate files by comparing each file with every
+earlier file of the same size, which is quadratic in the files sharing a size. A layer
+of 100,000 small files (five sizes) took 58 s to squash with it and 2.2 s without; real
+images lose ~1 % of space (python3-minimal on bookworm: 76.2 MB against 77.3 MB).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ def argv(source: Path, dest: Path, compression: str, mkfs_time: int) -> list[str
         str(source),
         str(dest),
         "-noappend",
+        "-no-duplicates",
         "-no-progress",
         "-quiet",
         "-comp",

@@ -69,9 +69,14 @@ class ContainerRecord:
 
     @property
     def config(self) -> api_pb2.ContainerConfig:
-        cfg = api_pb2.ContainerConfig()
-        cfg.ParseFromString(base64.b64decode(self.config_b64))
-        return cfg
+        """The config as sent, parsed once per value of ``config_b64`` (list and status
+        calls read it for every container). Shared: read it, never modify it."""
+        cached = self.__dict__.get("_parsed")
+        if cached is None or cached[0] is not self.config_b64:
+            cfg = api_pb2.ContainerConfig()
+            cfg.ParseFromString(base64.b64decode(self.config_b64))
+            cached = self.__dict__["_parsed"] = (self.config_b64, cfg)
+        return cached[1]
 
     @staticmethod
     def encode_config(cfg: api_pb2.ContainerConfig) -> str:

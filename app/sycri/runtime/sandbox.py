@@ -78,9 +78,14 @@ class Sandbox:
 
     @property
     def config(self) -> api_pb2.PodSandboxConfig:
-        cfg = api_pb2.PodSandboxConfig()
-        cfg.ParseFromString(base64.b64decode(self.config_bytes))
-        return cfg
+        """The config as sent, parsed once per value of ``config_bytes`` (list and status
+        calls read it for every pod). Shared: read it, never modify it; copy to change."""
+        cached = self.__dict__.get("_parsed")
+        if cached is None or cached[0] is not self.config_bytes:
+            cfg = api_pb2.PodSandboxConfig()
+            cfg.ParseFromString(base64.b64decode(self.config_bytes))
+            cached = self.__dict__["_parsed"] = (self.config_bytes, cfg)
+        return cached[1]
 
     @property
     def metadata(self) -> api_pb2.PodSandboxMetadata:

@@ -494,7 +494,8 @@ class SandboxManager:
         async with self._lock(sb.id):
             if self.store.find(sb.id) is None or sb.removing:
                 raise NotFound(f"pod sandbox {sb.id} is being removed")
-            cfg = sb.config
+            cfg = api_pb2.PodSandboxConfig()
+            cfg.CopyFrom(sb.config)  # the record's is shared; it changes only once saved
             old = pod_limits(cfg)
             if resources is not None:
                 cfg.linux.resources.CopyFrom(resources)
