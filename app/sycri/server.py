@@ -196,6 +196,8 @@ async def serve(cfg: Config, observers: list | None = None) -> int:
         asyncio.create_task(node.containers.watch_exits()) if node.containers is not None else None
     )
     await stop.wait()
+    if node.events is not None:
+        node.events.close_all()  # event streams end; other calls drain
     await server.stop(cfg.shutdown_grace_seconds)
     if exit_watch is not None:
         exit_watch.cancel()

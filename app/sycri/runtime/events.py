@@ -125,6 +125,15 @@ class EventBus:
             self._subs.append(sub)
         return sub
 
+    def close_all(self) -> None:
+        """End every subscription (on shutdown): each stream sends what it holds and
+        then finishes, so kubelet reconnects to the next sycri at once instead of the
+        drain waiting out its grace period for streams that never end."""
+        with self._lock:
+            subs = list(self._subs)
+        for sub in subs:
+            sub._loop.call_soon_threadsafe(sub.close)
+
     def _remove(self, sub: Subscription) -> None:
         with self._lock:
             if sub in self._subs:
