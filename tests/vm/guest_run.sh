@@ -17,4 +17,4 @@ site=$(echo "$repo"/.venv/lib/python3*/site-packages)
 echo "import site; site.addsitedir('$site')" > "$(echo /run/gvenv/lib/python3*/site-packages)/host.pth"
 export PYTHONDONTWRITEBYTECODE=1 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 exec /run/gvenv/bin/python -m pytest -p no:cacheprovider -o addopts="" -q -rA \
-  --junitxml="$out/junit.xml" "$repo/tests/vm/guest_checks.py" ${SYCRI_VM_PYTEST_ARGS:-}
+  --junitxml="$out/junit.xml" "$repo/tests/vm/guest_checks.py" $(cat "$repo/tests/vm/pytest-args" 2>/dev/null)
