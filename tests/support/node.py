@@ -25,12 +25,14 @@ def served(
     forgiving: bool = False,
     own_cgroups: Sequence[Path] = (),
     prefix: Sequence[str] = (),
+    start_timeout: float = 20.0,
 ) -> Iterator[tuple[SycriServer, PodNet]]:
     """sycri under ``base`` (keep it short: conmon socket paths) on a fresh bridge and free
     subnet. Afterwards, even when the body fails: every pod stopped and removed, sycri
     stopped, and its mounts, ``base``, the bridge and the ``cgroup_root`` cgroups gone.
     ``own_cgroups``: the cgroup directories sycri runs in (the caller made them).
     ``prefix``: a command sycri runs under (``nsenter --net=...``).
+    ``start_timeout``: longer in an emulated guest (tests/vm), where Python starts slowly.
 
     A failed pod removal is raised, unless ``forgiving`` (for bodies that may leave sycri
     dead or unreachable): then it is printed and the teardown goes on."""
@@ -43,7 +45,7 @@ def served(
         prefix=list(prefix),
     )
     try:
-        server.start()
+        server.start(start_timeout)
         try:
             yield server, net
         finally:

@@ -203,3 +203,36 @@ def test_squashfuse_goes_in_a_node_level_leaf_never_a_pod_cgroup():
     )
     with pytest.raises(InvalidArgument, match="slice name"):
         conmon_cgroup.mount_placement("/monitors", "systemd", "0123abcd")
+
+
+def test_pod_init_gets_a_leaf_of_the_pod_cgroup_never_the_pod_cgroup_itself():
+    pid = "a" * 64
+    fs = conmon_cgroup.init_placement("cgroupfs", "/kubepods/burstable/pod1", pid)
+    assert fs == conmon_cgroup.Placement("cgroupfs", f"/kubepods/burstable/pod1/sycri-init-{pid}")
+    sd = conmon_cgroup.init_placement("systemd", "kubepods-burstable-pod1.slice", pid)
+    assert sd == conmon_cgroup.Placement(
+        "systemd", "kubepods-burstable-pod1.slice", f"sycri-init-{pid}.scope"
+    )
+    # Its leaf is one that release() may remove.
+    assert conmon_cgroup.is_ours(f"/sys/fs/cgroup/x/sycri-init-{pid}")
+
+
+def test_pod_slice_properties_for_systemd():
+    from sycri.runtime import slices
+
+    lim = cgroups.Limits(cpu_period=100000, cpu_quota=50000, cpu_shares=512, memory=1 << 28)
+    props = dict((n, (sig, v)) for n, sig, v in slices.properties(lim))
+    assert props["CPUQuotaPerSecUSec"] == ("t", "500000")
+    assert props["CPUQuotaPeriodUSec"] == ("t", "100000")
+    assert props["CPUWeight"] == ("t", str(cgroups.shares_to_weight(512)))
+    assert props["MemoryMax"] == ("t", str(1 << 28))
+    assert props["MemoryAccounting"] == ("b", "true")
+    # An update lifts what became unlimited; a start leaves it out.
+    assert "MemoryMax" not in dict((n, v) for n, _, v in slices.properties(cgroups.Limits()))
+    upd = dict((n, v) for n, _, v in slices.properties(cgroups.Limits(), update=True))
+    assert upd["MemoryMax"] == upd["CPUQuotaPerSecUSec"] == str(slices.INFINITY)
+    argv = slices.start_argv("kubepods-pod1.slice", lim)
+    i = argv.index("StartTransientUnit")
+    assert argv[i + 1 : i + 4] == ["ssa(sv)a(sa(sv))", "kubepods-pod1.slice", "fail"]
+    assert int(argv[i + 4]) == len(slices.properties(lim)) + 1  # with Description
+    assert argv[-1] == "0"  # no auxiliary units

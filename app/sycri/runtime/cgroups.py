@@ -205,13 +205,6 @@ class PodCgroup:
                     f"pod cgroup {self.rel}: cannot set {rel_file} to {value}: {exc.strerror}"
                 ) from None
 
-    def add_process(self, pid: int) -> None:
-        for d in directories(self.version, self.rel, self.root):
-            procs = os.path.join(d, "cgroup.procs")
-            if os.path.exists(procs):
-                with contextlib.suppress(OSError):
-                    Path(procs).write_text(str(pid))
-
     def remove(self) -> None:
         remove_dirs(self.created)
         self.created = []

@@ -34,6 +34,8 @@ log = logging.getLogger("sycri.conmon")
 POD = "pod"
 PREFIX = "sycri-conmon-"
 MOUNT_PREFIX = "sycri-mount-"
+INIT_PREFIX = "sycri-init-"  # the pod's init (catatonit and its holder)
+INIT_RECORD = "init.cgroup"  # in the pod's run dir
 MOUNTS_CGROUP = "/sycri-mounts"  # squashfuse's parent with cgroupfs and ``pod``
 MOUNTS_SLICE = "system.slice"  # ...and with systemd
 RECORD = "conmon.cgroup"  # in the bundle: the leaf directories, written before they exist
@@ -93,6 +95,17 @@ def mount_placement(setting: str, driver: str, name: str) -> Placement:
     else:
         parent = _configured(setting, driver)
     return _leaf(driver, parent, MOUNT_PREFIX + name)
+
+
+def init_placement(driver: str, pod_cgroup: str, sandbox_id: str) -> Placement:
+    """The cgroup of the pod's init: a leaf of the pod's cgroup (``pod_cgroup``, its path
+    with cgroupfs, its slice with systemd), as containerd gives the pause container one.
+
+    In the pod's cgroup itself it would break cgroup v2's rule that a cgroup whose
+    children use controllers holds no process: the kernel makes the containers' cgroups
+    invalid (cgroupfs: runc "cannot enter cgroupv2 ... invalid state"; systemd: their
+    scopes fail with "Structure needs cleaning")."""
+    return _leaf(driver, pod_cgroup, INIT_PREFIX + sandbox_id)
 
 
 def _configured(setting: str, driver: str) -> str:
@@ -184,11 +197,12 @@ def recorded(record: Path) -> list[str]:
     if not isinstance(dirs, list):
         return []
     # Only leaves sycri names: a record is ours, but never rmdir anything else.
-    return [
-        d
-        for d in dirs
-        if isinstance(d, str) and posixpath.basename(d).startswith((PREFIX, MOUNT_PREFIX))
-    ]
+    return [d for d in dirs if isinstance(d, str) and is_ours(d)]
+
+
+def is_ours(d: str) -> bool:
+    """Whether ``d`` is a leaf sycri names (conmon, squashfuse or pod init)."""
+    return posixpath.basename(d).startswith((PREFIX, MOUNT_PREFIX, INIT_PREFIX))
 
 
 def release(record: Path, timeout: float = 5.0) -> None:

@@ -53,9 +53,16 @@ def alive(pid: int | None, start: int | None) -> bool:
 
 
 async def start(
-    namespaces: dict[str, str], log_path: Path, timeout: float = 10.0, owner: str = ""
+    namespaces: dict[str, str],
+    log_path: Path,
+    timeout: float = 10.0,
+    owner: str = "",
+    prefix: list[str] | None = None,
 ) -> PodInit:
     """Start catatonit in a new PID namespace, inside the pod's other ``namespaces``.
+
+    ``prefix`` runs first and execs the rest (it places the processes in their cgroup
+    before they start; :func:`sycri.runtime.conmon_cgroup.prefix`).
 
     Both processes carry ``SYCRI_POD_INIT=<owner>`` in their environment: a crash
     before their pids are recorded leaves them findable (:func:`kill_marked`).
@@ -63,6 +70,7 @@ async def start(
     argv = ["unshare", "--pid", "--fork", "--kill-child=SIGKILL", "catatonit", "-P"]
     if namespaces:
         argv = ["nsenter", *(f"--{k}={p}" for k, p in namespaces.items()), "--", *argv]
+    argv = [*(prefix or []), *argv]
     with open(log_path, "ab") as err:
         proc = await asyncio.create_subprocess_exec(
             *argv,

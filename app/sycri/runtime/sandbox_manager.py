@@ -30,12 +30,14 @@ from sycri.fsutil import atomic_write
 from sycri.network import cni
 from sycri.runtime import (
     cgroups,
+    conmon_cgroup,
     features,
     idindex,
     linux,
     namespaces,
     pod_init,
     podfiles,
+    slices,
     sysctls,
     userns,
 )
@@ -367,7 +369,14 @@ class SandboxManager:
                 sysctls.apply_here(items)
 
             await linux.in_fresh_thread(apply)
-        if sb.cgroup_path:
+        if sb.cgroup_path and self._systemd_slices(sb):
+            path = os.path.join(cgroups.CGROUP_ROOT, sb.cgroup_path.strip("/"))
+            if not os.path.isdir(path):
+                # Recorded before the start, so a crash in between leaks no slice.
+                sb.cgroup_created = [path]
+                self.store.save(sb)
+                await asyncio.to_thread(slices.start, self._slice(sb), plan.limits)
+        elif sb.cgroup_path:
             # Recorded before the mkdirs, so a crash in between leaks no cgroup.
             sb.cgroup_created = cgroups.PodCgroup.missing(sb.cgroup_version, sb.cgroup_path)
             if sb.cgroup_created:
@@ -399,8 +408,24 @@ class SandboxManager:
         self._write_files(sb, plan)
 
     async def _start_init(self, sb: Sandbox, targets: dict[str, Path]) -> None:
+        prefix = None
+        if sb.cgroup_path:
+            # A leaf of the pod's cgroup, joined before the init starts: in the pod's
+            # cgroup itself it would make every container's cgroup invalid on v2.
+            parent = self._slice(sb) if self.cgroup_driver == "systemd" else sb.cgroup_path
+            place = conmon_cgroup.init_placement(self.cgroup_driver, parent, sb.id)
+            dirs = await asyncio.to_thread(
+                conmon_cgroup.prepare,
+                Path(sb.run_dir) / conmon_cgroup.INIT_RECORD,
+                place,
+                sb.cgroup_version,
+            )
+            prefix = conmon_cgroup.prefix(place, dirs)
         init = await pod_init.start(
-            {k: str(v) for k, v in targets.items()}, Path(sb.run_dir) / "init.log", owner=sb.id
+            {k: str(v) for k, v in targets.items()},
+            Path(sb.run_dir) / "init.log",
+            owner=sb.id,
+            prefix=prefix,
         )
         crashpoint.reach("pod.run.init")
         sb.init_pid, sb.init_start = init.pid, init.start
@@ -410,9 +435,6 @@ class SandboxManager:
         namespaces.pin_process(init.pid, "pid", target)
         sb.pid_ns_path = str(target)
         self.store.save(sb)
-        if sb.cgroup_path:
-            pc = cgroups.PodCgroup(sb.cgroup_version, sb.cgroup_path, [])
-            await asyncio.to_thread(pc.add_process, init.pid)
 
     def _attachment(self, sb: Sandbox, ifname: str, caps: dict | None = None) -> cni.Attachment:
         return cni.Attachment(
@@ -502,7 +524,9 @@ class SandboxManager:
             if overhead is not None:
                 cfg.linux.overhead.CopyFrom(overhead)
             new = pod_limits(cfg)
-            if self._owns_cgroup(sb) and new != old:
+            if self._owns_cgroup(sb) and new != old and self._systemd_slices(sb):
+                await asyncio.to_thread(slices.resize, self._slice(sb), new)
+            elif self._owns_cgroup(sb) and new != old:
                 pc = cgroups.PodCgroup(sb.cgroup_version, sb.cgroup_path, [])
                 try:
                     await asyncio.to_thread(pc.apply, new, update=True)
@@ -514,6 +538,14 @@ class SandboxManager:
             self.store.save(sb)
             log.info("pod sandbox %s resources now %s", sb.id[:12], new)
         return sb
+
+    def _systemd_slices(self, sb: Sandbox) -> bool:
+        """Whether the pod's slice is systemd's to make (systemd driver, cgroup v2)."""
+        return self.cgroup_driver == "systemd" and sb.cgroup_version == 2
+
+    @staticmethod
+    def _slice(sb: Sandbox) -> str:
+        return sb.cgroup_parent.split(":", 1)[0]
 
     @staticmethod
     def _owns_cgroup(sb: Sandbox) -> bool:
@@ -604,6 +636,9 @@ class SandboxManager:
                 linux.umount(sb.shm_path, linux.MNT_DETACH)
         for kind in ("pid", "net", "ipc", "uts", "user"):
             namespaces.release(run_dir / "ns" / kind)
+        await asyncio.to_thread(conmon_cgroup.release, run_dir / conmon_cgroup.INIT_RECORD)
+        if sb.cgroup_created and self._systemd_slices(sb):
+            await asyncio.to_thread(slices.stop, self._slice(sb))
         if sb.cgroup_created:
             await asyncio.to_thread(cgroups.remove_dirs, sb.cgroup_created)
         # Anything still mounted below the pod dir is ours; never delete through a mount.

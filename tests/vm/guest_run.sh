@@ -1,0 +1,20 @@
+#!/bin/sh
+# In the guest (from sycri-guest.service): facts about the node, then the guest checks
+# with pytest; junit XML and logs go to $1 (the results share).
+out=$1
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$repo" || exit 126
+{
+  echo "kernel: $(uname -r)"
+  echo "systemd: $(systemctl --version | head -1)"
+  echo "controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
+  echo "subtree_control: $(cat /sys/fs/cgroup/cgroup.subtree_control)"
+} > "$out/facts.txt"
+# The host's .venv may be built on another python 3.11 build (pyenv): a guest venv on
+# Debian's python3 that reads the host venv's site-packages (same minor version).
+site=$(echo "$repo"/.venv/lib/python3*/site-packages)
+/usr/bin/python3 -m venv --without-pip /run/gvenv || exit 126
+echo "import site; site.addsitedir('$site')" > "$(echo /run/gvenv/lib/python3*/site-packages)/host.pth"
+export PYTHONDONTWRITEBYTECODE=1 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+exec /run/gvenv/bin/python -m pytest -p no:cacheprovider -o addopts="" -q -rA \
+  --junitxml="$out/junit.xml" "$repo/tests/vm/guest_checks.py" $(cat "$repo/tests/vm/pytest-args" 2>/dev/null)
