@@ -44,6 +44,7 @@ from sycri.runtime import (
     hostfacts,
     hostpath,
     ocispec,
+    oom,
     rootfs,
     statsview,
     userns,
@@ -231,14 +232,19 @@ class Containers:
         rec.exit_code = code
         rec.finished_at = st.st_mtime_ns
         bundle = Path(rec.bundle)
-        oom = (bundle / "oom").exists() or (bundle / "persist" / "oom").exists()
-        if oom:
+        oom_killed = (bundle / "oom").exists() or (bundle / "persist" / "oom").exists()
+        if not oom_killed and code == 137:  # SIGKILL: the OOM killer, if conmon missed it
+            oom_killed = oom.killed_since_start(bundle, self._oom_parent(rec))
+        if oom_killed:
             rec.reason, rec.message = "OOMKilled", "the container exceeded its memory limit"
         else:
             rec.reason = "Completed" if code == 0 else "Error"
         self.store.save(rec)
         self._emit(rec, ContainerEventType.STOPPED)
         return rec
+
+    def _oom_parent(self, rec: ContainerRecord) -> Path | None:
+        return oom.parent_dir(self.cgroup_version, self.cgroup_driver, rec.cgroup_path)
 
     # --- create ----------------------------------------------------------------------
 
@@ -416,6 +422,7 @@ class Containers:
             if rec.state != CREATED:
                 raise FailedPrecondition(f"container {rec.id} is {rec.state}, not created")
             runc = self.runtime(rec.runtime_handler)
+            oom.record_base(Path(rec.bundle), self._oom_parent(rec))
             try:
                 await runc.start(rec.id)
                 crashpoint.reach("container.start.runc")
