@@ -274,3 +274,21 @@ def test_a_failing_exec_probe_is_no_sycri_warning(node, registry):
         rt.ExecSync(api_pb2.ExecSyncRequest(container_id=cid, cmd=["/no/such/probe"], timeout=5))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "/no/such/probe" in err.value.details()
+
+
+def test_status_of_a_removed_container_is_not_found_and_no_sycri_warning(node, registry):
+    """kubelet asks ContainerStatus for containers it has just removed on every sync:
+    NOT_FOUND is the answer it expects, not a fault for sycri's log."""
+    server, _ = node
+    rt = server.runtime()
+    image = pull(server, registry)
+    pod, pod_cfg, logs = start_pod(server, "gone")
+    (logs / "c").mkdir(parents=True)
+    cid = create(server, pod, pod_cfg, container("c", image, ["sleep", "1000"], log_path="c/0.log"))
+    rt.StopContainer(api_pb2.StopContainerRequest(container_id=cid, timeout=0))
+    rt.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=cid))
+    with pytest.raises(grpc.RpcError) as err:
+        rt.ContainerStatus(api_pb2.ContainerStatusRequest(container_id=cid))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    lines = [line for line in server.log_path.read_text().splitlines() if " WARNING " in line]
+    assert not [line for line in lines if cid[:12] in line or "NOT_FOUND" in line], lines

@@ -141,6 +141,11 @@ def _error_status(exc: BaseException, method: str) -> tuple[grpc.StatusCode, str
     return grpc.StatusCode.INTERNAL, f"{method}: internal error: {type(exc).__name__}: {exc}"
 
 
+# How loud a failed RPC is in sycri's log. NOT_FOUND is an answer, not a fault: kubelet
+# asks for the status of containers it has just removed on every sync.
+_LEVELS = {grpc.StatusCode.INTERNAL: logging.ERROR, grpc.StatusCode.NOT_FOUND: logging.DEBUG}
+
+
 class Dispatcher:
     """Builds the generic gRPC handlers for both CRI services."""
 
@@ -185,8 +190,7 @@ class Dispatcher:
         """Map a handler's exception, log it and tell observers, before the abort sends it."""
         code, msg = _error_status(exc, name)
         self._notify_error(name, code, exc)
-        level = logging.ERROR if code == grpc.StatusCode.INTERNAL else logging.WARNING
-        log.log(level, "%s: %s: %s", name, code.name, msg)
+        log.log(_LEVELS.get(code, logging.WARNING), "%s: %s: %s", name, code.name, msg)
         self._notify_end(name, code, t0)
         return code, msg
 
