@@ -144,6 +144,15 @@ def test_nul_bytes_are_invalid_argument_naming_the_field(node: Node):
         assert (code, field in details) == (BAD, True), details
 
 
+@pytest.mark.parametrize("name", ["\u0080", "a b", "tab\there", "x/y", "é"])
+def test_container_names_that_are_no_names_are_invalid_argument(node: Node, name):
+    """Found by the fuzz test: a control character in the name reached conmon, which
+    failed, and the answer was INTERNAL."""
+    code, details = _code(lambda: node.create(node.config(name, ["true"])))
+    assert (code, "config.metadata.name" in details) == (BAD, True), details
+    assert node.create(node.config(f"ok-{secrets.token_hex(3)}", ["true"]))  # still serves
+
+
 def test_argv_longer_than_the_kernel_takes_is_refused_before_running(node: Node):
     big = "x" * 200_000  # over MAX_ARG_STRLEN (128 KiB): the kernel's E2BIG
     many = ["y" * 100_000] * 24  # 2.4 MB: over ARG_MAX (2 MiB)

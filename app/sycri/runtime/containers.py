@@ -254,8 +254,17 @@ class Containers:
         if not cfg.HasField("metadata") or not cfg.metadata.name:
             raise InvalidArgument("config.metadata.name is required")
         name = cfg.metadata.name
-        if len(name) > MAX_NAME or "/" in name or "\x00" in name:
-            raise InvalidArgument(f"config.metadata.name {excerpt(name)} is not a valid name")
+        # As pod names: what kubelet sends (DNS labels) fits; control characters and
+        # the like would reach conmon's and runc's command lines.
+        if not (
+            len(name) <= MAX_NAME
+            and name.isascii()
+            and all(c.isalnum() or c in "-._" for c in name)
+        ):
+            raise InvalidArgument(
+                f"config.metadata.name {excerpt(name)} is not a valid name: at most "
+                f"{MAX_NAME} letters, digits, '-', '.' or '_'"
+            )
         if not cfg.image.image:
             raise InvalidArgument("config.image.image is required")
         sandbox = self.sandboxes.sandbox_info(pod_id)
