@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 import yaml
 
 from sycri.errors import FailedPrecondition, InvalidArgument
-from sycri.proxy import unit
+from sycri.proxy import supervisor, unit
 from sycri.proxy.settings import ProxySettings
 
 log = logging.getLogger("sycri.proxy.install")
@@ -153,7 +153,7 @@ def install(
             # OpenRC's local service runs /etc/local.d/*.start at boot
             _atomic_write(host.path(LOCAL_D), f"#!/bin/sh\nexec /bin/sh {script}\n", 0o755)
         cmds = [["nsenter", "--target", "1", "--mount", "--", "/bin/sh", str(script)]]
-        pid = _pid(host.path(PIDFILE))
+        pid = supervisor.running(host.path(PIDFILE))
         if changed and pid is not None:
             # the running supervisor chroots into the old version: stop it, start anew
             cmds.insert(0, ["kill", "-TERM", str(pid)])
@@ -165,15 +165,6 @@ def install(
     keep = [version] + ([previous] if previous and previous != version else [])
     _prune(opt, keep)
     return ran
-
-
-def _pid(pidfile: Path) -> int | None:
-    try:
-        pid = int(pidfile.read_text().split()[0])
-        os.kill(pid, 0)
-    except (OSError, ValueError, IndexError):
-        return None
-    return pid
 
 
 def kubelet_uses(host: Host, listen: str) -> str:
@@ -216,7 +207,7 @@ def uninstall(host: Host, listen: str, start: bool = True, force: bool = False) 
             full = host_command(host, *cmd)
             subprocess.run(full, check=False, timeout=120)
             ran.append(" ".join(full))
-    pid = _pid(host.path(PIDFILE))
+    pid = supervisor.running(host.path(PIDFILE))
     if pid is not None and start:
         os.kill(pid, 15)
         ran.append(f"kill -TERM {pid}")
