@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "app"), str(ROOT)]
 
 from sycri.api import api_pb2  # noqa: E402
-from sycri.runtime import cgroups, conmon_cgroup  # noqa: E402
-from sycri.runtime.containers import UNMONITORED  # noqa: E402
+from sycri.runtime.cgroups import cgroups, conmon_cgroup  # noqa: E402
+from sycri.runtime.container.containers import UNMONITORED  # noqa: E402
 
 from bench.containers import show  # noqa: E402
 from tests.support import oci, registry  # noqa: E402

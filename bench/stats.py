@@ -28,9 +28,9 @@ from sycri.api import api_pb2, api_pb2_grpc
 from sycri.cri import events as cri_events
 from sycri.cri import pod_metrics, stats
 from sycri.cri.service import Dispatcher
-from sycri.runtime import cgroupstats
+from sycri.runtime.cgroups import cgroupstats
 from sycri.runtime.events import ContainerEvent, ContainerEventType, EventBus
-from sycri.runtime.stats import ContainerInfo, PodInfo, StatsCollector
+from sycri.runtime.stats.stats import ContainerInfo, PodInfo, StatsCollector
 
 from tests.support.stats_env import RealCgroup, RealNetns, StaticContainers, StaticPods, token
 

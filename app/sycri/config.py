@@ -327,8 +327,8 @@ def validate(cfg: Config) -> Config:
         if handler.root and not os.path.isabs(handler.root):
             raise ConfigError(f"runtimes.{name}.root: must be an absolute path")
     from sycri.errors import InvalidArgument
-    from sycri.runtime.conmon_cgroup import check_setting
-    from sycri.runtime.ocispec import rlimits
+    from sycri.runtime.cgroups.conmon_cgroup import check_setting
+    from sycri.runtime.oci.ocispec import rlimits
 
     problem = check_setting(cfg.conmon_cgroup)
     if problem:

@@ -10,10 +10,10 @@ from sycri.k8s.agent import NodeAgent
 
 if TYPE_CHECKING:
     from sycri.images.service import Images
-    from sycri.runtime.containers import Containers
+    from sycri.runtime.container.containers import Containers
     from sycri.runtime.events import EventBus
-    from sycri.runtime.sandbox_manager import SandboxManager
-    from sycri.runtime.stats import StatsCollector
+    from sycri.runtime.pod.sandbox_manager import SandboxManager
+    from sycri.runtime.stats.stats import StatsCollector
     from sycri.streaming.server import StreamingServer
 
 

@@ -34,10 +34,10 @@ from sycri.cri.service import Dispatcher, Handler
 from sycri.k8s.agent import NodeAgent
 from sycri.node import Node
 from sycri.observability import metrics, telemetry
-from sycri.runtime import containers
+from sycri.runtime.container import containers
 from sycri.runtime.events import EventBus
-from sycri.runtime.sandbox_manager import SandboxManager
-from sycri.runtime.stats import StatsCollector
+from sycri.runtime.pod.sandbox_manager import SandboxManager
+from sycri.runtime.stats.stats import StatsCollector
 from sycri.streaming.server import StreamingServer
 from sycri.streaming.targets import NodeTargets
 

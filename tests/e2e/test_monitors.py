@@ -16,7 +16,7 @@ import pytest
 from kubernetes.client import Configuration
 from kubernetes.stream.ws_client import WSClient
 from sycri.api import api_pb2
-from sycri.runtime.containers import LOST_EXIT, UNMONITORED
+from sycri.runtime.container.containers import LOST_EXIT, UNMONITORED
 
 from tests.e2e.test_containers_cri import container, pull, wait_state
 from tests.support import own_cgroup

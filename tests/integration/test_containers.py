@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from sycri.api import api_pb2
 from sycri.errors import DeadlineExceeded, Internal, InvalidArgument, NotFound
-from sycri.runtime import rootfs
-from sycri.runtime.containers import Containers, SandboxInfo
+from sycri.runtime.container import rootfs
+from sycri.runtime.container.containers import Containers, SandboxInfo
 
 from tests.support.containers import (
     IMAGE_CONFIG,

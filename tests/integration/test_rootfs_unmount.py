@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from sycri.errors import Internal
-from sycri.runtime import rootfs
+from sycri.runtime.container import rootfs
 
 pytestmark = pytest.mark.root
 

@@ -19,9 +19,9 @@ from sycri.api import api_pb2
 from sycri.config import CniConfig, Config
 from sycri.errors import AlreadyExists, InvalidArgument, NotFound
 from sycri.network import cni
-from sycri.runtime import cgroups
-from sycri.runtime.sandbox import NOTREADY, READY
-from sycri.runtime.sandbox_manager import SandboxManager
+from sycri.runtime.cgroups import cgroups
+from sycri.runtime.pod.sandbox import NOTREADY, READY
+from sycri.runtime.pod.sandbox_manager import SandboxManager
 
 from tests.support.pods import (
     PodNet,
@@ -603,7 +603,7 @@ def test_host_ipc_and_host_pid_use_the_hosts_namespaces(env: Env):
 
 
 def test_code_can_run_inside_a_pods_network_namespace(env: Env):
-    from sycri.runtime import namespaces
+    from sycri.runtime.pod import namespaces
 
     sb = env.run(pod_config("enter"))
     trie = "/proc/thread-self/net/fib_trie"

@@ -12,8 +12,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from sycri.runtime import cgroupstats, netstats
-from sycri.runtime.stats import ContainerInfo, StatsCollector
+from sycri.runtime.cgroups import cgroupstats
+from sycri.runtime.stats import netstats
+from sycri.runtime.stats.stats import ContainerInfo, StatsCollector
 
 from tests.support.aio import run_async
 from tests.support.stats_env import ALLOC, BURN, RealCgroup, RealNetns, token

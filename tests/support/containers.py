@@ -13,9 +13,10 @@ from pathlib import Path
 
 from sycri.api import api_pb2
 from sycri.errors import NotFound
-from sycri.runtime import ocispec, rootfs
-from sycri.runtime.containers import Containers, ImageInfo, Paths, SandboxInfo
-from sycri.runtime.runc import Runc
+from sycri.runtime.container import rootfs
+from sycri.runtime.container.containers import Containers, ImageInfo, Paths, SandboxInfo
+from sycri.runtime.container.runc import Runc
+from sycri.runtime.oci import ocispec
 
 BUSYBOX = "/bin/busybox"
 

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sycri.runtime import cgroupstats
+from sycri.runtime.cgroups import cgroupstats
 
 V1_CONTROLLERS = ("cpu", "cpuacct", "memory", "pids")
 

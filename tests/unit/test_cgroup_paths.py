@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from sycri.errors import InvalidArgument
-from sycri.runtime import cgroups, conmon_cgroup
+from sycri.runtime.cgroups import cgroups, conmon_cgroup
 
 
 def test_cgroupfs_parent_is_a_path():
@@ -103,7 +103,7 @@ def test_update_files_reset_what_became_unlimited():
 
 def test_pod_limits_from_a_config_add_the_overhead():
     from sycri.api import api_pb2
-    from sycri.runtime.sandbox_manager import pod_limits
+    from sycri.runtime.pod.sandbox_manager import pod_limits
 
     cfg = api_pb2.PodSandboxConfig()
     cfg.linux.resources.memory_limit_in_bytes = 512 << 20
@@ -218,7 +218,7 @@ def test_pod_init_gets_a_leaf_of_the_pod_cgroup_never_the_pod_cgroup_itself():
 
 
 def test_pod_slice_properties_for_systemd():
-    from sycri.runtime import slices
+    from sycri.runtime.cgroups import slices
 
     lim = cgroups.Limits(cpu_period=100000, cpu_quota=50000, cpu_shares=512, memory=1 << 28)
     props = dict((n, (sig, v)) for n, sig, v in slices.properties(lim))

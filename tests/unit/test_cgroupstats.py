@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from sycri.runtime import cgroupstats as cs
+from sycri.runtime.cgroups import cgroupstats as cs
 
 DATA = Path(__file__).parent / "data" / "cgroup"
 

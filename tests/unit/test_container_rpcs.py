@@ -10,7 +10,7 @@ from sycri.config import Config
 from sycri.cri import container
 from sycri.errors import InvalidArgument, NotFound, Unavailable
 from sycri.node import Node
-from sycri.runtime.containers import from_config
+from sycri.runtime.container.containers import from_config
 
 
 def run(coro):

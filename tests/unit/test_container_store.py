@@ -7,7 +7,7 @@ import json
 import pytest
 from sycri.api import api_pb2
 from sycri.errors import AlreadyExists, InvalidArgument, NotFound
-from sycri.runtime.container_store import ContainerRecord, ContainerStore
+from sycri.runtime.container.container_store import ContainerRecord, ContainerStore
 
 
 def record(cid: str, pod: str = "p" * 64, name: str = "c", attempt: int = 0) -> ContainerRecord:

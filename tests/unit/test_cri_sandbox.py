@@ -11,8 +11,8 @@ from sycri.cri import sandbox
 from sycri.cri.sandbox import matches, status_of
 from sycri.errors import InvalidArgument, NotFound
 from sycri.node import Node
-from sycri.runtime.sandbox import NOTREADY, READY, Sandbox, encode_config
-from sycri.runtime.sandbox_manager import SandboxManager
+from sycri.runtime.pod.sandbox import NOTREADY, READY, Sandbox, encode_config
+from sycri.runtime.pod.sandbox_manager import SandboxManager
 
 
 def _pod(sid: str, state: str = READY, labels: dict[str, str] | None = None) -> Sandbox:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from sycri.runtime.diskusage import dir_usage, mountpoint_of
+from sycri.runtime.stats.diskusage import dir_usage, mountpoint_of
 
 
 def test_counts_blocks_and_inodes(tmp_path):

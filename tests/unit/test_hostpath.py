@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sycri.api import api_pb2
 from sycri.errors import InvalidArgument
-from sycri.runtime import hostpath
+from sycri.runtime.container import hostpath
 
 
 @pytest.fixture

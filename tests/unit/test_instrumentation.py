@@ -11,7 +11,7 @@ from sycri.images.convert import converting, failed_converting
 from sycri.images.store import Store
 from sycri.network import cni
 from sycri.observability.metrics import REGISTRY, StoreStats
-from sycri.runtime.container_store import EXITED, RUNNING, ContainerStore
+from sycri.runtime.container.container_store import EXITED, RUNNING, ContainerStore
 
 from tests.unit.test_container_store import record
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sycri.runtime import netstats
+from sycri.runtime.stats import netstats
 
 RECORDED = (Path(__file__).parent / "data" / "net" / "proc_net_dev").read_text()
 

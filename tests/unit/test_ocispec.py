@@ -7,8 +7,8 @@ import json
 import pytest
 from sycri.api import api_pb2
 from sycri.errors import InvalidArgument
-from sycri.runtime import cdi, hostfacts, ocispec, users
-from sycri.runtime.ocispec import DeviceNode, HostFacts, ImageConfig, Sandbox, SpecInput
+from sycri.runtime.oci import cdi, hostfacts, ocispec, users
+from sycri.runtime.oci.ocispec import DeviceNode, HostFacts, ImageConfig, Sandbox, SpecInput
 
 from tests.support.containers import with_fields
 

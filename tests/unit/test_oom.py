@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sycri.runtime import oom
+from sycri.runtime.cgroups import oom
 
 EVENTS = "low 0\nhigh 0\nmax 12\noom 3\noom_kill {}\noom_group_kill 0\n"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from sycri.errors import InvalidArgument
-from sycri.runtime import podfiles
+from sycri.runtime.pod import podfiles
 
 
 def test_resolv_conf_from_dns_config():

@@ -7,8 +7,8 @@ import json
 import pytest
 from sycri.api import api_pb2
 from sycri.errors import InvalidArgument
-from sycri.runtime import features
-from sycri.runtime.ocispec import HostFacts
+from sycri.runtime.oci import features
+from sycri.runtime.oci.ocispec import HostFacts
 
 from tests.unit.test_ocispec import build, config
 

@@ -6,7 +6,7 @@ import pytest
 from sycri.api import api_pb2
 from sycri.errors import AlreadyExists, InvalidArgument, NotFound
 from sycri.runtime import idindex
-from sycri.runtime.sandbox import READY, Sandbox, SandboxStore, encode_config
+from sycri.runtime.pod.sandbox import READY, Sandbox, SandboxStore, encode_config
 
 
 def _sandbox(sid: str, name: str = "web") -> Sandbox:

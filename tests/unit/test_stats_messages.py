@@ -7,10 +7,10 @@ from pathlib import Path
 
 from sycri.cri import pod_metrics
 from sycri.cri import stats as cri_stats
-from sycri.runtime import cgroupstats as cs
-from sycri.runtime.diskusage import DiskUsage
-from sycri.runtime.netstats import InterfaceStats
-from sycri.runtime.stats import ContainerInfo, ContainerUsage, NetworkUsage, PodInfo, PodUsage
+from sycri.runtime.cgroups import cgroupstats as cs
+from sycri.runtime.stats.diskusage import DiskUsage
+from sycri.runtime.stats.netstats import InterfaceStats
+from sycri.runtime.stats.stats import ContainerInfo, ContainerUsage, NetworkUsage, PodInfo, PodUsage
 
 DATA = Path(__file__).parent / "data" / "cgroup" / "v2" / "limited"
 

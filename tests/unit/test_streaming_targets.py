@@ -11,14 +11,14 @@ from sycri.streaming.targets import ContainerTarget, NodeTargets
 
 
 @dataclass
-class Runc:  # the shape of sycri.runtime.runc.Runc
+class Runc:  # the shape of sycri.runtime.container.runc.Runc
     binary: str
     root: str
     systemd_cgroup: bool = False
 
 
 @dataclass
-class StreamTarget:  # the shape of sycri.runtime.containers.StreamTarget
+class StreamTarget:  # the shape of sycri.runtime.container.containers.StreamTarget
     container_id: str
     runtime: Runc
     attach_socket: Path

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from sycri.errors import InvalidArgument
-from sycri.runtime import sysctls
+from sycri.runtime.pod import sysctls
 
 
 def test_namespaced_sysctls_are_planned_per_namespace():

@@ -8,8 +8,9 @@ import json
 import pytest
 from sycri.api import api_pb2
 from sycri.errors import InvalidArgument
-from sycri.runtime import features, userns
-from sycri.runtime.userns import IDMap, Mappings
+from sycri.runtime.oci import features
+from sycri.runtime.pod import userns
+from sycri.runtime.pod.userns import IDMap, Mappings
 
 from tests.unit.test_ocispec import POD, SANDBOX, build, config
 

@@ -11,9 +11,9 @@ from sycri.api import api_pb2
 from sycri.errors import InvalidArgument, NotFound, Unavailable
 from sycri.node import Node
 from sycri.observability import tracing
-from sycri.runtime import argv
-from sycri.runtime.container_store import STATE_PROTO, ContainerRecord
-from sycri.runtime.containers import Containers
+from sycri.runtime.container.container_store import STATE_PROTO, ContainerRecord
+from sycri.runtime.container.containers import Containers
+from sycri.runtime.oci import argv
 
 MAX_EXEC_TIMEOUT = 24 * 3600
 RUNTIME_ARGS = 8192  # room for runc's own arguments (binary, --root, --pid-file, id)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from sycri.api import api_pb2
 from sycri.cri.stats import StatsNode, batches, sources
-from sycri.runtime.stats import ContainerUsage, PodUsage
+from sycri.runtime.stats.stats import ContainerUsage, PodUsage
 
 COUNTER = api_pb2.COUNTER
 GAUGE = api_pb2.GAUGE

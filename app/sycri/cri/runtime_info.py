@@ -9,7 +9,7 @@ from sycri import __version__
 from sycri.api import api_pb2
 from sycri.network.readiness import readiness
 from sycri.node import Node
-from sycri.runtime import features
+from sycri.runtime.oci import features
 
 CRI_VERSION = "0.1.0"  # the value kubelet expects in VersionResponse.version
 API_VERSION = "v1"

@@ -15,10 +15,10 @@ from sycri.cri.container import status_of as container_status_of
 from sycri.cri.events import Snapshot
 from sycri.errors import InvalidArgument, NotFound
 from sycri.node import Node
-from sycri.runtime.container_store import ContainerRecord
+from sycri.runtime.container.container_store import ContainerRecord
 from sycri.runtime.events import ContainerEvent, ContainerEventType
-from sycri.runtime.sandbox import READY, Sandbox
-from sycri.runtime.sandbox_manager import SandboxManager, pod_limits
+from sycri.runtime.pod.sandbox import READY, Sandbox
+from sycri.runtime.pod.sandbox_manager import SandboxManager, pod_limits
 
 _MODE = {"POD": api_pb2.POD, "CONTAINER": api_pb2.CONTAINER, "NODE": api_pb2.NODE}
 

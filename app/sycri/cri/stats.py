@@ -1,7 +1,7 @@
-"""Container and pod stats RPCs: usage from :mod:`sycri.runtime.stats` as CRI messages.
+"""Container and pod stats RPCs: usage from :mod:`sycri.runtime.stats.stats` as CRI messages.
 
 The handlers need from the node only ``containers`` and ``sandboxes`` (the small
-Protocols of :mod:`sycri.runtime.stats`) and ``stats`` (the collector that keeps CPU
+Protocols of :mod:`sycri.runtime.stats.stats`) and ``stats`` (the collector that keeps CPU
 baselines between calls). Stream* variants send what List* returns, in batches, so a
 node with thousands of containers never hits the gRPC message limit (KEP-5825).
 """
@@ -13,8 +13,8 @@ from typing import Protocol, TypeVar
 
 from sycri.api import api_pb2
 from sycri.errors import Internal, InvalidArgument, NotFound, Unavailable, excerpt
-from sycri.runtime.cgroupstats import CgroupSample, Pressure, PsiData
-from sycri.runtime.stats import (
+from sycri.runtime.cgroups.cgroupstats import CgroupSample, Pressure, PsiData
+from sycri.runtime.stats.stats import (
     ContainerInfo,
     ContainerSource,
     ContainerUsage,

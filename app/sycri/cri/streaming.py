@@ -8,7 +8,7 @@ from __future__ import annotations
 from sycri.api import api_pb2
 from sycri.errors import InvalidArgument, Unavailable, excerpt
 from sycri.node import Node
-from sycri.runtime import argv
+from sycri.runtime.oci import argv
 from sycri.streaming.server import StreamingServer
 from sycri.streaming.tokens import AttachRequest, ExecRequest, PortForwardRequest
 

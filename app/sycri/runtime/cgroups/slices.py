@@ -16,7 +16,7 @@ import subprocess
 import time
 
 from sycri.errors import Internal, InvalidArgument
-from sycri.runtime import cgroups
+from sycri.runtime.cgroups import cgroups
 
 INFINITY = 18446744073709551615  # systemd's "no limit" for a uint64 property
 _DEST = ("org.freedesktop.systemd1", "/org/freedesktop/systemd1",

@@ -62,7 +62,7 @@ async def start(
     """Start catatonit in a new PID namespace, inside the pod's other ``namespaces``.
 
     ``prefix`` runs first and execs the rest (it places the processes in their cgroup
-    before they start; :func:`sycri.runtime.conmon_cgroup.prefix`).
+    before they start; :func:`sycri.runtime.cgroups.conmon_cgroup.prefix`).
 
     Both processes carry ``SYCRI_POD_INIT=<owner>`` in their environment: a crash
     before their pids are recorded leaves them findable (:func:`kill_marked`).

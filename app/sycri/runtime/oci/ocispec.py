@@ -19,7 +19,8 @@ from typing import Any
 
 from sycri.api import api_pb2
 from sycri.errors import InvalidArgument, excerpt
-from sycri.runtime import argv, cdi, seccomp, userns, users
+from sycri.runtime.oci import argv, cdi, seccomp, users
+from sycri.runtime.pod import userns
 
 log = logging.getLogger("sycri.ocispec")
 

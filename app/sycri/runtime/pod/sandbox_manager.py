@@ -28,20 +28,11 @@ from sycri.config import Config
 from sycri.errors import FailedPrecondition, InvalidArgument, NotFound, excerpt
 from sycri.fsutil import atomic_write
 from sycri.network import cni
-from sycri.runtime import (
-    cgroups,
-    conmon_cgroup,
-    features,
-    idindex,
-    linux,
-    namespaces,
-    pod_init,
-    podfiles,
-    slices,
-    sysctls,
-    userns,
-)
-from sycri.runtime.sandbox import (
+from sycri.runtime import idindex, linux
+from sycri.runtime.cgroups import cgroups, conmon_cgroup, slices
+from sycri.runtime.oci import features
+from sycri.runtime.pod import namespaces, pod_init, podfiles, sysctls, userns
+from sycri.runtime.pod.sandbox import (
     CREATING,
     NOTREADY,
     READY,
@@ -152,7 +143,7 @@ class SandboxManager:
 
     def stats_pods(self) -> list:
         """Every pod as stats see it (the PodSource protocol of ``runtime.stats``)."""
-        from sycri.runtime import statsview
+        from sycri.runtime.stats import statsview
 
         return statsview.pod_infos(self.list())
 

@@ -36,20 +36,9 @@ from sycri.errors import (
 )
 from sycri.fsutil import atomic_write, confined
 from sycri.observability import metrics
-from sycri.runtime import (
-    cgroups,
-    conmon,
-    conmon_cgroup,
-    features,
-    hostfacts,
-    hostpath,
-    ocispec,
-    oom,
-    rootfs,
-    statsview,
-    userns,
-)
-from sycri.runtime.container_store import (
+from sycri.runtime.cgroups import cgroups, conmon_cgroup, oom
+from sycri.runtime.container import conmon, hostpath, rootfs
+from sycri.runtime.container.container_store import (
     CREATED,
     EXITED,
     RUNNING,
@@ -57,8 +46,11 @@ from sycri.runtime.container_store import (
     ContainerStore,
     new_id,
 )
+from sycri.runtime.container.runc import Runc
 from sycri.runtime.events import ContainerEventType
-from sycri.runtime.runc import Runc
+from sycri.runtime.oci import features, hostfacts, ocispec
+from sycri.runtime.pod import userns
+from sycri.runtime.stats import statsview
 
 log = logging.getLogger("sycri.containers")
 

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sycri.errors import InvalidArgument
-from sycri.runtime import cgroups
+from sycri.runtime.cgroups import cgroups
 
 log = logging.getLogger("sycri.conmon")
 

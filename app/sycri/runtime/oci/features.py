@@ -5,7 +5,7 @@ know the ``rro`` mount option (``runc features``, runc >= 1.1) and the kernel to
 ``mount_setattr`` (5.12). Pod user namespaces need the runtime to join a user
 namespace (``user`` among its namespaces), overlayfs to take an idmapped lower layer
 (5.19) and this kernel to idmap a squashfs mount, which is tried for real once
-(:func:`sycri.runtime.userns.idmap_works`).
+(:func:`sycri.runtime.pod.userns.idmap_works`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from sycri import command
 from sycri.errors import DeadlineExceeded
-from sycri.runtime import userns
+from sycri.runtime.pod import userns
 
 MOUNT_SETATTR_KERNEL = (5, 12)
 IDMAPPED_OVERLAY_LOWER_KERNEL = (5, 19)

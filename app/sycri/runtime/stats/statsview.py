@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from sycri.runtime.container_store import RUNNING, ContainerRecord
-from sycri.runtime.sandbox import READY, Sandbox
-from sycri.runtime.stats import ContainerInfo, PodInfo
+from sycri.runtime.container.container_store import RUNNING, ContainerRecord
+from sycri.runtime.pod.sandbox import READY, Sandbox
+from sycri.runtime.stats.stats import ContainerInfo, PodInfo
 
 _labels: dict[str, tuple[dict[str, str], dict[str, str]]] = {}
 

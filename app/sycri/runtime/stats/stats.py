@@ -15,8 +15,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from sycri.runtime import cgroupstats, diskusage, netstats
-from sycri.runtime.cgroupstats import CgroupLayout, CgroupSample, CpuRates, MemoryStats
+from sycri.runtime.cgroups import cgroupstats
+from sycri.runtime.cgroups.cgroupstats import CgroupLayout, CgroupSample, CpuRates, MemoryStats
+from sycri.runtime.stats import diskusage, netstats
 
 
 @dataclass(frozen=True)

@@ -196,7 +196,8 @@ async def _holder(mappings: Mappings, *kinds: str) -> AsyncIterator[int]:
 async def create_pinned(mappings: Mappings, targets: dict[str, Path]) -> None:
     """Create a user namespace with ``mappings`` owning new net/ipc/uts namespaces and pin
     each at ``targets[kind]`` (kinds from :data:`KINDS`). Nothing is left on failure."""
-    from sycri.runtime import linux, namespaces
+    from sycri.runtime import linux
+    from sycri.runtime.pod import namespaces
 
     done: list[Path] = []
     try:

@@ -16,7 +16,7 @@ import contextlib
 import posixpath
 from pathlib import Path
 
-from sycri.runtime import cgroups
+from sycri.runtime.cgroups import cgroups
 
 BASE = "oom_kill.base"  # in the bundle: the parent's count before the container started
 

@@ -21,7 +21,9 @@ from pathlib import Path
 
 from sycri import command
 from sycri.errors import FailedPrecondition, Internal
-from sycri.runtime import conmon_cgroup, linux, userns
+from sycri.runtime import linux
+from sycri.runtime.cgroups import conmon_cgroup
+from sycri.runtime.pod import userns
 
 log = logging.getLogger("sycri.rootfs")
 
@@ -196,7 +198,7 @@ class ImageMounts:
 
 @dataclass(frozen=True)
 class Idmap:
-    """Map the image's ids through a pod's user namespace (see :mod:`sycri.runtime.userns`)."""
+    """Map the image's ids through a pod's user namespace (see :mod:`sycri.runtime.pod.userns`)."""
 
     userns_path: str
     root_uid: int  # the host ids of the namespace's root, owner of the upper directory

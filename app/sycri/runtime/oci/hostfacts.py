@@ -9,8 +9,8 @@ import stat
 from pathlib import Path
 
 from sycri.api import api_pb2
-from sycri.runtime import argv, cdi
-from sycri.runtime.ocispec import ALL_CAPS, CgroupFacts, DeviceNode, HostFacts
+from sycri.runtime.oci import argv, cdi
+from sycri.runtime.oci.ocispec import ALL_CAPS, CgroupFacts, DeviceNode, HostFacts
 
 MAX_PROFILE_BYTES = 1024 * 1024
 

@@ -1,0 +1,1 @@
+"""Cgroups: pod parents per driver and version, systemd slices, placement, usage, OOM."""

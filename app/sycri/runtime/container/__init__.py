@@ -1,0 +1,1 @@
+"""A container: its record, lifecycle, root filesystem, monitor (conmon) and OCI runtime (runc)."""
