@@ -18,6 +18,7 @@ from pathlib import Path
 
 import grpc
 
+from sycri import adapters
 from sycri.config import Config, detect_cgroup_driver
 from sycri.cri import (
     container,
@@ -109,12 +110,11 @@ def assemble(cfg: Config) -> Node:
         node_agent=NodeAgent.from_environment(cfg),
     )
     node.sandboxes = SandboxManager(cfg, node.cgroup_driver)
+    stored_images = adapters.StoredImages(images)
     node.containers = containers.from_config(
-        cfg,
-        node.cgroup_driver,
-        containers.PodSandboxes(node.sandboxes),
-        containers.StoredImages(images),
+        cfg, node.cgroup_driver, adapters.PodSandboxes(node.sandboxes), stored_images
     )
+    node.containers.image_users.append(stored_images.track)
     node.containers.follow_pods(node.sandboxes)
     node.containers.image_mounts.method_for = images.mount_method  # images.kernel_mount
     node.events = EventBus(cfg.event_buffer, on_drop=metrics.event_dropped)
