@@ -79,6 +79,15 @@ class ExitMonitor:
         await self.c.store.set_status(rec, status)
         self.c.emit(rec, ContainerEventType.STOPPED)
 
+    async def record_exit(
+        self, rec: ContainerRecord, code: int, message: str, reason: str = "Error"
+    ) -> None:
+        """An exit no exit file tells (a failed start, a lost container): now, ``code``."""
+        status = rec.status.but(
+            state=EXITED, exit_code=code, finished_at=time.time_ns(), reason=reason, message=message
+        )
+        await self.record(rec, status)
+
     async def collect(self, rec: ContainerRecord) -> bool:
         """Record the exit conmon wrote for ``rec``, if any. True when it has exited."""
         if rec.state != RUNNING:
@@ -165,16 +174,7 @@ class ExitMonitor:
                 await self.c.store.set_status(rec, rec.status.but(message=UNMONITORED))
             return False
         log.warning("container %s is gone with its conmon; recording it as exited", rec.id)
-        await self.record(
-            rec,
-            rec.status.but(
-                state=EXITED,
-                exit_code=255,
-                finished_at=time.time_ns(),
-                reason="Error",
-                message=LOST_EXIT,
-            ),
-        )
+        await self.record_exit(rec, 255, LOST_EXIT)
         return True
 
     async def watch(self, interval: float = 0.2, monitor_every: int = 5) -> None:

@@ -16,7 +16,7 @@ from sycri.errors import DeadlineExceeded, FailedPrecondition, SycriError
 from sycri.observability import metrics
 from sycri.runtime.cgroups import conmon_cgroup, oom
 from sycri.runtime.container import conmon, rootfs
-from sycri.runtime.container.record import CREATED, EXITED, RUNNING, ContainerRecord
+from sycri.runtime.container.record import CREATED, RUNNING, ContainerRecord
 from sycri.runtime.events import ContainerEventType
 from sycri.runtime.stats import statsview
 
@@ -38,16 +38,7 @@ async def start(c: Containers, ref: str) -> None:
             crashpoint.reach("container.start.runc")
         except SycriError as exc:
             metrics.container_start_failed()
-            await c.exits.record(
-                rec,
-                rec.status.but(
-                    state=EXITED,
-                    exit_code=128,
-                    reason="ContainerCannotRun",
-                    message=exc.message[-1000:],
-                    finished_at=time.time_ns(),
-                ),
-            )
+            await c.exits.record_exit(rec, 128, exc.message[-1000:], "ContainerCannotRun")
             raise
         metrics.container_started()
         await c.store.set_status(rec, rec.status.but(state=RUNNING, started_at=time.time_ns()))
@@ -86,16 +77,7 @@ async def _stop_locked(
     if not killed and await runc.state(rec.id) is None and not await c.exits.wait(rec, 1):
         # runc has no such container and conmon wrote no exit file (both lost,
         # e.g. to a reboot): it is not running, with an unknown exit code.
-        await c.exits.record(
-            rec,
-            rec.status.but(
-                state=EXITED,
-                exit_code=255,
-                finished_at=time.time_ns(),
-                reason="Error",
-                message="the container disappeared",
-            ),
-        )
+        await c.exits.record_exit(rec, 255, "the container disappeared")
         return
     monitored = conmon.monitors_container(Path(rec.bundle), rec.id)
     if await c.exits.wait(rec, 30 if monitored else 2):
@@ -104,16 +86,7 @@ async def _stop_locked(
     if not monitored and (st or {}).get("status", "stopped") == "stopped":
         # Its conmon died (killed while sycri was down): no exit file will
         # come, but runc saw it die of our SIGKILL.
-        await c.exits.record(
-            rec,
-            rec.status.but(
-                state=EXITED,
-                exit_code=137,
-                finished_at=time.time_ns(),
-                reason="Error",
-                message="killed; its conmon was gone",
-            ),
-        )
+        await c.exits.record_exit(rec, 137, "killed; its conmon was gone")
         return
     raise DeadlineExceeded(f"container {rec.id} did not die after SIGKILL")
 
