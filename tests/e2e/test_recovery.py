@@ -35,6 +35,7 @@ import pytest
 from sycri import crashpoint
 from sycri.api import api_pb2
 
+from tests.e2e.test_containers_cri import wait_state
 from tests.support import oci, spdy_client
 from tests.support.load import leftovers
 from tests.support.node import served
@@ -342,6 +343,7 @@ def test_sigterm_restart_keeps_containers_exec_and_logs(node):
     by_pod, by_cid, by_log = bystander(node)
     pod, cfg = node.pod("other")
     done = node.run(pod, cfg, "done", "exit 0")
+    wait_state(node.rt, done, R.CONTAINER_EXITED)  # exited before the restart
     before = (node.pods(), node.containers())
     lines = len(by_log.read_text().splitlines())
     node.server.stop()

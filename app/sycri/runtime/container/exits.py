@@ -1,11 +1,12 @@
 """The exit monitor: the one place a container's exit becomes its status.
 
 conmon writes ``<exits>/<id>`` (the exit code) when a container's process ends. The
-monitor task lists that directory five times a second and, for each running container
-with a file, records the exit (status written off the event loop) and publishes
-CONTAINER_STOPPED; once a second it checks that each running container's conmon is
-alive. StopContainer waits on the same code for the container it stops. Reads never
-fold exits in: they answer from the index, which this monitor keeps current.
+monitor task lists that directory when a file is written there (inotify) and at least
+five times a second and, for each running container with a file, records the exit
+(status written off the event loop) and publishes CONTAINER_STOPPED; once a second
+it checks that each running container's conmon is alive. StopContainer waits on the
+same code for the container it stops. Reads never fold exits in: they answer from the
+index, which this monitor keeps current.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from sycri.errors import SycriError
 from sycri.runtime.cgroups import oom
-from sycri.runtime.container import conmon
+from sycri.runtime.container import conmon, dirwatch
 from sycri.runtime.container.record import EXITED, RUNNING, ContainerRecord, Status
 from sycri.runtime.events import ContainerEventType
 
@@ -178,15 +179,24 @@ class ExitMonitor:
         return True
 
     async def watch(self, interval: float = 0.2, monitor_every: int = 5) -> None:
-        """Run :meth:`reap` every ``interval`` seconds, and :meth:`check_monitors`
-        every ``monitor_every`` of those, until cancelled."""
-        tick = 0
-        while True:
-            try:
-                await self.reap()
-                tick += 1
-                if tick % monitor_every == 0:
-                    await self.check_monitors()
-            except Exception:
-                log.exception("watching conmon exit files failed")
-            await asyncio.sleep(interval)
+        """Until cancelled: :meth:`reap` when conmon writes an exit file (inotify) and
+        at least every ``interval`` seconds, and :meth:`check_monitors` every
+        ``monitor_every`` intervals."""
+        watch = dirwatch.open_watch(self.c.paths.exits)
+        next_check = time.monotonic() + interval * monitor_every
+        try:
+            while True:
+                try:
+                    await self.reap()
+                    if time.monotonic() >= next_check:
+                        next_check = time.monotonic() + interval * monitor_every
+                        await self.check_monitors()
+                except Exception:
+                    log.exception("watching conmon exit files failed")
+                if watch is None:
+                    await asyncio.sleep(interval)
+                else:
+                    await watch.wait(interval)
+        finally:
+            if watch is not None:
+                watch.close()
