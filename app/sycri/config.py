@@ -328,7 +328,7 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"runtimes.{name}.root: must be an absolute path")
     from sycri.errors import InvalidArgument
     from sycri.runtime.cgroups.conmon_cgroup import check_setting
-    from sycri.runtime.oci.ocispec import rlimits
+    from sycri.runtime.oci.rlimits import rlimits
 
     problem = check_setting(cfg.conmon_cgroup)
     if problem:
