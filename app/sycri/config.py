@@ -125,7 +125,8 @@ class Config:
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data for ``sycri config show`` (tuples become lists)."""
-        return _plain(dataclasses.asdict(self))
+        plain: dict[str, Any] = _plain(dataclasses.asdict(self))
+        return plain
 
 
 _SECTIONS = {"streaming", "cni", "images", "log"}

@@ -72,7 +72,6 @@ class Backend:
     async def stream(self, method: str, request: bytes) -> AsyncIterator[bytes]:
         stub: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = self.channel.unary_stream(method)
         call = stub(request)
-
         try:
             async for message in call:
                 yield message

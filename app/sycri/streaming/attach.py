@@ -67,7 +67,6 @@ async def run_attach(target: ContainerTarget, tty: bool, io: Stdio) -> None:
     sock = await connect_attach(target)
     loop = asyncio.get_running_loop()
     tasks: list[asyncio.Future[None]] = []
-
     try:
         if io.stdin is not None:
             stdin = io.stdin

@@ -182,5 +182,4 @@ def status_error(message: str) -> dict[str, Any]:
 
 
 def encode_status(status: dict[str, Any]) -> bytes:
-
     return json.dumps(status, separators=(",", ":")).encode()

@@ -255,7 +255,6 @@ async def _exec_pipes(argv: list[str], io: Stdio, pidfile: str) -> int:
         if proc.stderr is not None:
             stderr = proc.stderr
             outputs.append(_copy_out(lambda: stderr.read(_CHUNK), io.stderr))
-
         await asyncio.gather(*outputs)
         return await proc.wait()
     finally:
