@@ -11,7 +11,7 @@ from typing import Any
 from sycri.api import api_pb2
 from sycri.runtime.oci import cdi, users
 from sycri.runtime.oci.capabilities import ALL_CAPS
-from sycri.runtime.pod.userns import Mappings
+from sycri.runtime.pod.idmaps import Mappings
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from sycri.api import api_pb2
 from sycri.errors import InvalidArgument, excerpt
 from sycri.runtime.oci import users
 from sycri.runtime.oci.inputs import Sandbox, SpecInput
-from sycri.runtime.pod import userns
+from sycri.runtime.pod import idmaps
 
 _IPC_SYSCTLS = ("kernel.shm", "kernel.msg", "kernel.sem", "fs.mqueue.")
 
@@ -76,7 +76,7 @@ def namespaces(
     return out
 
 
-def check_mapped(user: users.ResolvedUser, maps: userns.Mappings) -> None:
+def check_mapped(user: users.ResolvedUser, maps: idmaps.Mappings) -> None:
     """The process's ids must exist in the pod's user namespace (runc fails late otherwise)."""
     if not 0 <= user.uid < maps.uids.size:
         raise InvalidArgument(

@@ -42,7 +42,7 @@ from sycri.runtime.oci.process import (
 from sycri.runtime.oci.resources import cgroup_resources, ranged
 from sycri.runtime.oci.rlimits import ULIMITS_ANNOTATION, rlimits
 from sycri.runtime.oci.security import DEFAULT_MASKED, DEFAULT_READONLY, apparmor, seccomp_profile
-from sycri.runtime.pod import userns
+from sycri.runtime.pod import idmaps
 
 # What callers name through this module: the inputs and a few rules they reuse.
 __all__ = [
@@ -78,7 +78,7 @@ def build(inp: SpecInput) -> BuiltSpec:
 
     user = users.resolve(user_request(sc), inp.image.user, inp.passwd, inp.group)
     id_maps = inp.sandbox.userns_maps if inp.sandbox.userns else None
-    userns.container_mode_ok(
+    idmaps.container_mode_ok(
         id_maps, sc.namespace_options if sc.HasField("namespace_options") else None
     )
     if id_maps is not None:
