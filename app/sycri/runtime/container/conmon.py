@@ -25,7 +25,6 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from sycri.errors import DeadlineExceeded, Internal
 from sycri.observability import metrics, tracing
@@ -154,7 +153,7 @@ async def _create(launch: Launch) -> int:
     return pid
 
 
-def _read_sync(fd: int) -> dict[str, Any] | None:
+def _read_sync(fd: int) -> dict[str, object] | None:
     """The first JSON object conmon writes to the sync pipe, or None at EOF."""
     buf = b""
     decoder = json.JSONDecoder()

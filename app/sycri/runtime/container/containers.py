@@ -180,7 +180,7 @@ class Containers:
     async def remove(self, ref: str) -> None:
         await lifecycle.remove(self, ref)
 
-    async def exec_sync(self, ref: str, cmd: list[str], timeout: float) -> ExecResult:
+    async def exec_sync(self, ref: str, cmd: builtins.list[str], timeout: float) -> ExecResult:
         return await execsync.exec_sync(self, ref, cmd, timeout)
 
     async def update_resources(self, ref: str, resources: api_pb2.LinuxContainerResources) -> None:
