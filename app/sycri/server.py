@@ -18,6 +18,7 @@ from pathlib import Path
 
 import grpc
 
+from sycri import blocking
 from sycri.config import Config, detect_cgroup_driver
 from sycri.cri import (
     container,
@@ -139,6 +140,8 @@ def watch(node: Node) -> None:
 
 
 async def serve(cfg: Config, observers: list | None = None) -> int:
+    blocking.install_from_env()  # tests only: record blocking calls on the loop
+    blocking.watch_slow_callbacks(asyncio.get_running_loop())
     sock = Path(cfg.socket)
     prepare_socket(sock)
     node = assemble(cfg)
@@ -174,6 +177,7 @@ async def serve(cfg: Config, observers: list | None = None) -> int:
     finally:
         os.umask(old_umask)
     os.chmod(sock, 0o660)
+    blocking.arm()  # from here on, every blocking call on the loop stalls an RPC
     log.info("sycri serving on unix://%s (root %s, run %s)", sock, cfg.root_dir, cfg.run_dir)
     node.node_agent.start()  # labels the Node from its own thread once the socket serves
 
@@ -199,6 +203,7 @@ async def serve(cfg: Config, observers: list | None = None) -> int:
     if node.events is not None:
         node.events.close_all()  # event streams end; other calls drain
     await server.stop(cfg.shutdown_grace_seconds)
+    blocking.arm(False)
     if exit_watch is not None:
         exit_watch.cancel()
     if node.streaming is not None:

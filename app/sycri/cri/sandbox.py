@@ -4,6 +4,7 @@ out."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -215,7 +216,10 @@ async def update_pod_sandbox_resources(
 async def update_runtime_config(
     node: Node, request: api_pb2.UpdateRuntimeConfigRequest
 ) -> api_pb2.UpdateRuntimeConfigResponse:
-    _manager(node).set_pod_cidr(request.runtime_config.network_config.pod_cidr)
+    # It writes the subnet file (an fsync): off the event loop.
+    await asyncio.to_thread(
+        _manager(node).set_pod_cidr, request.runtime_config.network_config.pod_cidr
+    )
     return api_pb2.UpdateRuntimeConfigResponse()
 
 
