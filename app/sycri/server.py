@@ -75,6 +75,33 @@ def prepare_socket(path: Path) -> None:
     raise StartupError(f"{path} is held by a running server; stop it first")
 
 
+def private_socket(path: Path) -> Path:
+    """Where this process binds before renaming into ``path``: gRPC unlinks the path it
+    bound when its listener goes, so it must never be the shared one."""
+    return path.parent / f".sycri-{os.getpid()}.sock"
+
+
+def publish_socket(private: Path, path: Path) -> tuple[int, int]:
+    """Rename the bound socket into place (atomic: kubelet never sees no socket or a
+    half-made one); returns its (device, inode), which says later whether it is still
+    ours."""
+    os.chmod(private, 0o660)
+    os.replace(private, path)
+    st = path.lstat()
+    return st.st_dev, st.st_ino
+
+
+def unlink_socket_if_ours(path: Path, ours: tuple[int, int]) -> None:
+    """Remove ``path`` only while it is the socket this process published: during an
+    upgrade the next sycri may already have put its own there."""
+    with contextlib.suppress(FileNotFoundError):
+        st = path.lstat()
+        if (st.st_dev, st.st_ino) == ours:
+            path.unlink()
+        else:
+            log.info("%s belongs to another sycri now; leaving it", path)
+
+
 def handlers() -> dict[str, Handler]:
     out: dict[str, Handler] = {}
     for module in (
@@ -170,13 +197,15 @@ async def serve(cfg: Config, observers: list | None = None) -> int:
         ],
     )
     server.add_generic_rpc_handlers(dispatcher.generic_handlers())
-    server.add_insecure_port(f"unix:{sock}")
+    private = private_socket(sock)
+    private.unlink(missing_ok=True)  # a pid reused after a crash
+    server.add_insecure_port(f"unix:{private}")
     old_umask = os.umask(0o117)  # the socket is born 0660
     try:
         await server.start()
     finally:
         os.umask(old_umask)
-    os.chmod(sock, 0o660)
+    ours = publish_socket(private, sock)
     blocking.arm()  # from here on, every blocking call on the loop stalls an RPC
     log.info("sycri serving on unix://%s (root %s, run %s)", sock, cfg.root_dir, cfg.run_dir)
     node.node_agent.start()  # labels the Node from its own thread once the socket serves
@@ -188,7 +217,7 @@ async def serve(cfg: Config, observers: list | None = None) -> int:
         if stop.is_set():
             log.warning("second %s: exiting at once", signal.Signals(signum).name)
             with contextlib.suppress(OSError):
-                sock.unlink()
+                unlink_socket_if_ours(sock, ours)
             os._exit(1)
         log.info("%s: draining and stopping", signal.Signals(signum).name)
         stop.set()
@@ -210,7 +239,6 @@ async def serve(cfg: Config, observers: list | None = None) -> int:
         await node.streaming.stop()
     obs.close()
     await asyncio.to_thread(node.node_agent.close)
-    with contextlib.suppress(FileNotFoundError):
-        sock.unlink()
+    unlink_socket_if_ours(sock, ours)
     log.info("sycri stopped; containers keep running")
     return 0
