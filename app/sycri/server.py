@@ -31,7 +31,7 @@ from sycri.cri import (
     stats,
     streaming,
 )
-from sycri.cri.service import Dispatcher, Handler
+from sycri.cri.service import Dispatcher, Handler, RpcObserver
 from sycri.k8s.agent import NodeAgent
 from sycri.node import Node
 from sycri.observability import metrics, telemetry
@@ -130,25 +130,26 @@ def assemble(cfg: Config) -> Node:
     except RegistriesConfError as exc:
         raise StartupError(str(exc)) from None
     images.start()
+    driver = detect_cgroup_driver(cfg)
+    sandboxes = SandboxManager(cfg, driver)
+    conts = containers.from_config(
+        cfg, driver, containers.PodSandboxes(sandboxes), containers.StoredImages(images)
+    )
+    conts.follow_pods(sandboxes)
+    conts.image_mounts.method_for = images.mount_method  # images.kernel_mount
+    bus = EventBus(cfg.event_buffer, on_drop=metrics.event_dropped)
+    events.connect(sandboxes, conts, bus)
     node = Node(
         config=cfg,
-        cgroup_driver=detect_cgroup_driver(cfg),
+        cgroup_driver=driver,
         images=images,
+        sandboxes=sandboxes,
+        containers=conts,
+        events=bus,
+        stats=StatsCollector(driver, disk_max_age=cfg.stats_disk_max_age_seconds),
+        streaming=StreamingServer(cfg.streaming, NodeTargets(conts, sandboxes)),
         node_agent=NodeAgent.from_environment(cfg),
     )
-    node.sandboxes = SandboxManager(cfg, node.cgroup_driver)
-    node.containers = containers.from_config(
-        cfg,
-        node.cgroup_driver,
-        containers.PodSandboxes(node.sandboxes),
-        containers.StoredImages(images),
-    )
-    node.containers.follow_pods(node.sandboxes)
-    node.containers.image_mounts.method_for = images.mount_method  # images.kernel_mount
-    node.events = EventBus(cfg.event_buffer, on_drop=metrics.event_dropped)
-    events.connect(node, node.events)
-    node.stats = StatsCollector(node.cgroup_driver, disk_max_age=cfg.stats_disk_max_age_seconds)
-    node.streaming = StreamingServer(cfg.streaming, NodeTargets(node))
     watch(node)
     return node
 
@@ -158,32 +159,27 @@ def watch(node: Node) -> None:
     thread at scrape time, so they read in-memory indexes only (no disk, no awaiting)."""
     metrics.inventory.images = node.images.store.stats
     pods, conts = node.sandboxes, node.containers
-    if pods is not None:
-        metrics.inventory.pods = lambda: Counter(
-            "ready" if sb.ready else "notready" for sb in pods.list()
-        )
-    if conts is not None:
-        metrics.inventory.containers = lambda: Counter(r.state for r in conts.store.all())
+    metrics.inventory.pods = lambda: Counter(
+        "ready" if sb.ready else "notready" for sb in pods.list()
+    )
+    metrics.inventory.containers = lambda: Counter(r.state for r in conts.store.all())
 
 
-async def serve(cfg: Config, observers: list | None = None) -> int:
+async def serve(cfg: Config, observers: list[RpcObserver] | None = None) -> int:
     blocking.install_from_env()  # tests only: record blocking calls on the loop
     blocking.watch_slow_callbacks(asyncio.get_running_loop())
     sock = Path(cfg.socket)
     prepare_socket(sock)
     node = assemble(cfg)
-    if node.streaming is not None:
-        try:
-            await node.streaming.start()
-        except OSError as exc:  # address in use, unreadable TLS key, ...
-            raise StartupError(
-                f"cannot start the streaming server on {cfg.streaming.address}: {exc}"
-            ) from None
+    try:
+        await node.streaming.start()
+    except OSError as exc:  # address in use, unreadable TLS key, ...
+        raise StartupError(
+            f"cannot start the streaming server on {cfg.streaming.address}: {exc}"
+        ) from None
     # Containers first: finishing a pod removal a crash cut short removes its containers.
-    if node.containers is not None:
-        await node.containers.recover()
-    if node.sandboxes is not None:
-        await node.sandboxes.recover()
+    await node.containers.recover()
+    await node.sandboxes.recover()
     try:
         obs = telemetry.start(cfg)
     except telemetry.TelemetryError as exc:
@@ -225,18 +221,13 @@ async def serve(cfg: Config, observers: list | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     # Containers that exit on their own are seen (and their STOPPED event sent) at once.
-    exit_watch = (
-        asyncio.create_task(node.containers.watch_exits()) if node.containers is not None else None
-    )
+    exit_watch = asyncio.create_task(node.containers.watch_exits())
     await stop.wait()
-    if node.events is not None:
-        node.events.close_all()  # event streams end; other calls drain
+    node.events.close_all()  # event streams end; other calls drain
     await server.stop(cfg.shutdown_grace_seconds)
     blocking.arm(False)
-    if exit_watch is not None:
-        exit_watch.cancel()
-    if node.streaming is not None:
-        await node.streaming.stop()
+    exit_watch.cancel()
+    await node.streaming.stop()
     obs.close()
     await asyncio.to_thread(node.node_agent.close)
     unlink_socket_if_ours(sock, ours)
