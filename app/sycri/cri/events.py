@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Protocol
 
 from sycri.api import api_pb2
 from sycri.errors import SycriError
@@ -95,10 +95,18 @@ def connect(sandboxes: SandboxManager, containers: Containers, bus: EventBus) ->
     containers.event_hooks.append(publish)
 
 
+_CRI_EVENT_TYPES = {
+    ContainerEventType.CREATED: api_pb2.CONTAINER_CREATED_EVENT,
+    ContainerEventType.STARTED: api_pb2.CONTAINER_STARTED_EVENT,
+    ContainerEventType.STOPPED: api_pb2.CONTAINER_STOPPED_EVENT,
+    ContainerEventType.DELETED: api_pb2.CONTAINER_DELETED_EVENT,
+}
+
+
 def event_response(event: ContainerEvent) -> api_pb2.ContainerEventResponse:
     out = api_pb2.ContainerEventResponse(
         container_id=event.container_id,
-        container_event_type=cast("api_pb2.ContainerEventType", int(event.type)),
+        container_event_type=_CRI_EVENT_TYPES[event.type],
         created_at=event.created_at,
     )
     snap = event.snapshot
