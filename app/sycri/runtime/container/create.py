@@ -119,7 +119,7 @@ async def create(
         if ns.userns:
             volumes = {m.container_path for m in cfg.mounts}
             await asyncio.to_thread(userns.idmap_volumes, built.spec, volumes, bundle, ns.userns)
-        atomic_write(bundle / "config.json", built.json(), mode=0o600)
+        await asyncio.to_thread(atomic_write, bundle / "config.json", built.json(), 0o600)
         crashpoint.reach("container.create.overlay")
         meta = Metadata(
             id=cid,
