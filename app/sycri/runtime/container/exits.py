@@ -61,7 +61,7 @@ def exited_status(
     return status.but(
         state=EXITED,
         exit_code=code,
-        finished_at=st.st_mtime_ns,
+        finished_at=max(st.st_mtime_ns, status.started_at),  # clocks read apart
         reason=reason,
         message=message,
         oom_killed=oom_killed,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,8 +42,19 @@ async def start(c: Containers, ref: str) -> None:
             await c.exits.record_exit(rec, 128, exc.message[-1000:], "ContainerCannotRun")
             raise
         metrics.container_started()
-        await c.store.set_status(rec, rec.status.but(state=RUNNING, started_at=time.time_ns()))
+        started = max(await asyncio.to_thread(started_ns, runc.root, rec.id), rec.created_at)
+        await c.store.set_status(rec, rec.status.but(state=RUNNING, started_at=started))
         c.emit(rec, ContainerEventType.STARTED)
+
+
+def started_ns(runtime_root: str, container_id: str) -> int:
+    """When ``runc start`` let the container's process run: it unlinks the exec FIFO
+    from runc's state dir, so that dir's mtime (never after the process's exit, unlike a
+    clock read once ``runc start`` returned). Now, if runc's dir cannot be read."""
+    try:
+        return os.stat(Path(runtime_root) / container_id).st_mtime_ns
+    except OSError:
+        return time.time_ns()
 
 
 async def stop(c: Containers, ref: str, timeout: float, pod_going: bool = False) -> None:

@@ -84,11 +84,10 @@ async def _reconcile_created(c: Containers, rec: ContainerRecord) -> None:
         return
     if st is None or st.get("status") not in ("running", "paused", "stopped"):
         return
-    # The init process was forked at create; ``runc start`` unlinks the exec FIFO
-    # from runc's state dir, so that dir's mtime is when the container started.
-    try:
-        started = os.stat(Path(runc.root) / rec.id).st_mtime_ns
-    except OSError:
+    # The init process was forked at create; runc's state dir says when it started.
+    if os.path.isdir(Path(runc.root) / rec.id):
+        started = lifecycle.started_ns(runc.root, rec.id)
+    else:
         started = _process_start_ns(int(st.get("pid") or 0)) or time.time_ns()
     await c.store.set_status(
         rec, rec.status.but(state=RUNNING, started_at=max(started, rec.created_at))
