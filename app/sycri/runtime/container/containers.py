@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -292,6 +293,9 @@ class Containers:
                 self.cgroup_driver,
                 self.cdi_dirs,
                 feats.recursive_read_only,
+                None
+                if os.path.realpath(self.host_root) == "/"
+                else functools.partial(hostpath.resolve, self.host_root),
             )
             built = ocispec.build(
                 ocispec.SpecInput(
@@ -1032,6 +1036,7 @@ def from_config(
         conmon_placement=cfg.conmon_cgroup,
         host_root=cfg.host_root,
         own_dirs=(cfg.root_dir, cfg.run_dir, cfg.pod_log_dir),
+        cdi_dirs=cfg.cdi_spec_dirs,
     )
     if isinstance(images, StoredImages):
         component.image_users.append(images.track)

@@ -170,6 +170,9 @@ class HostFacts:
     devices: Mapping[str, DeviceNode | None] = field(default_factory=dict)
     all_devices: tuple[DeviceNode, ...] = ()  # for privileged containers
     cdi_specs: tuple[cdi.Spec, ...] = ()
+    # CDI host paths (mount sources, hook programs) -> where sycri reaches them
+    # (under host_root); absent: as written
+    cdi_sources: Mapping[str, str] = field(default_factory=dict)
     seccomp_profiles: Mapping[str, str] = field(default_factory=dict)  # path -> text
     apparmor: bool = False
     own_oom_score_adj: int = 0
@@ -244,7 +247,7 @@ def build(inp: SpecInput) -> BuiltSpec:
     if id_maps is not None:
         _check_mapped(user, id_maps)
     caps = capabilities(sc.capabilities, privileged, inp.host.bounding_caps)
-    cdi_edits = cdi.edits_for([d.name for d in cfg.CDI_devices], list(inp.host.cdi_specs))
+    cdi_edits = cdi.edits_for(cdi.requested(cfg), list(inp.host.cdi_specs))
     args = process_args(cfg, inp.image)
     env = environment(cfg, inp.image, inp.sandbox, cdi_edits.env)
     argv.check("command, args and envs", args, env, limit=inp.host.arg_max)
@@ -253,7 +256,13 @@ def build(inp: SpecInput) -> BuiltSpec:
         "args": args,
         "env": env,
         "cwd": working_dir(cfg, inp.image),
-        "user": {"uid": user.uid, "gid": user.gid, "additionalGids": list(user.additional_gids)},
+        "user": {
+            "uid": user.uid,
+            "gid": user.gid,
+            "additionalGids": list(
+                dict.fromkeys([*user.additional_gids, *cdi_edits.additional_gids])
+            ),
+        },
         "capabilities": {
             "bounding": caps,
             "effective": caps,
@@ -313,7 +322,7 @@ def build(inp: SpecInput) -> BuiltSpec:
     if propagation:
         linux["rootfsPropagation"] = propagation
     if cdi_edits.hooks:
-        spec["hooks"] = _hooks(cdi_edits.hooks)
+        spec["hooks"] = cdi.oci_hooks(cdi_edits, inp.host.cdi_sources)
     return BuiltSpec(spec, user, stop_signal(cfg, inp.image), cgroup_path)
 
 
@@ -849,8 +858,18 @@ def _devices(
             )
         if node is None:
             raise InvalidArgument(f"CDI device node {excerpt(host_path)} is not on this host")
-        nodes.append(_node(node, d["path"]))
-        rules.append(_rule(node, d.get("permissions") or "rwm"))
+        entry = _node(node, d["path"])
+        # The spec's own type/numbers/mode/owner win over what the host node says.
+        entry.update(
+            {
+                k: d[k]
+                for k in ("type", "major", "minor", "fileMode", "uid", "gid")
+                if d.get(k) is not None and d.get(k) != ""
+            }
+        )
+        nodes.append(entry)
+        if entry["type"] in ("b", "c"):
+            rules.append(_rule(node, d.get("permissions") or "rwm"))
     seen: dict[str, dict[str, Any]] = {}
     for n in nodes:
         seen[n["path"]] = n
@@ -966,15 +985,11 @@ def mounts(
         if m.recursive_read_only:
             opts.append("rro")
         user.append({"destination": target, "type": "bind", "source": m.host_path, "options": opts})
-    for m in edits.mounts:
-        user.append(
-            {
-                "destination": _container_path(m["containerPath"], "CDI mount"),
-                "type": m.get("type") or "bind",
-                "source": m["hostPath"],
-                "options": list(m.get("options") or ["rbind", "rprivate", "ro"]),
-            }
-        )
+    cdi_mounts = cdi.mount_entries(edits, host.cdi_sources)
+    # A CDI mount replaces a request's mount at the same path, as containerd's and CRI-O's
+    # CDI libraries apply their edits over the finished spec.
+    over = {m["destination"] for m in cdi_mounts}
+    user = [m for m in user if m["destination"] not in over] + cdi_mounts
     taken = {m["destination"] for m in user}
     ro = "ro" if readonly_rootfs else "rw"
     defaults: list[dict[str, Any]] = [
@@ -1000,15 +1015,6 @@ def mounts(
     # Parents before children: a mount at /a/b must come after one at /a.
     user.sort(key=lambda m: len([p for p in m["destination"].split("/") if p]))
     return out + user
-
-
-def _hooks(hooks: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    out: dict[str, list[dict[str, Any]]] = {}
-    for h in hooks:
-        name = h.get("hookName") or "createContainer"
-        entry = {k: v for k, v in h.items() if k in ("path", "args", "env", "timeout")}
-        out.setdefault(name, []).append(entry)
-    return out
 
 
 def _annotations(inp: SpecInput) -> dict[str, str]:
