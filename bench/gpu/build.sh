@@ -34,7 +34,9 @@ import json, sys
 from sycri.sif import JsonObject, PartitionObject, write_sif
 
 dest = sys.argv[1]
-config = {"config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+# LD_LIBRARY_PATH as NVIDIA's CUDA images set it, for drivers mounted at /usr/local/nvidia
+config = {"config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                             "LD_LIBRARY_PATH=/usr/local/nvidia/lib:/usr/local/nvidia/lib64"],
                      "Cmd": ["/bin/sh"]}}
 write_sif(f"{dest}/gpu.sif", [JsonObject("oci-config.json", json.dumps(config).encode()),
                               PartitionObject(f"{dest}/rootfs.sqfs")])

@@ -55,6 +55,7 @@ def host_facts() -> None:
         "grep -E 'overlay|squashfs|fuse|cgroup2' /proc/filesystems | tr -s '\\t\\n' '  '",
         "ls /usr/local/nvidia /usr/local/nvidia/* 2>&1 | head -40",
         "nvidia-smi -L 2>&1 || /usr/local/nvidia/bin/nvidia-smi -L 2>&1",
+        "head -c 600 /usr/bin/nvidia-smi | grep -a -v '^#' | head -12",
         "for p in criu runc conmon squashfuse nvidia-ctk nvidia-cdi-hook; do "
         "command -v $p || echo $p: none; done",
     ):
@@ -95,19 +96,19 @@ def uvm_nodes() -> None:
 
 
 def generate(python: list[str], target: Path, *more: str) -> bool:
-    gen = [*python, "-m", "sycri", "cdi", "generate", "-o", str(target),
-           "--container-lib-dir", "/usr/lib/x86_64-linux-gnu", *more]  # fmt: skip
+    gen = [*python, "-m", "sycri", "cdi", "generate", "-o", str(target), *more]
     res = subprocess.run(gen, capture_output=True, text=True, timeout=60)
     say(f"$ sycri cdi generate {' '.join(more)} -> exit {res.returncode}: {res.stderr.strip()}")
     return res.returncode == 0
 
 
-def write_spec(cdi_dir: Path, out: Path, python: list[str]) -> bool:
+def write_spec(cdi_dir: Path, out: Path, python: list[str], lib_dir: str) -> bool:
     """The node's spec from ``sycri cdi generate``; True when a GPU was found."""
     cdi_dir.mkdir(parents=True, exist_ok=True)
     target = cdi_dir / "nvidia.yaml"
     uvm_nodes()
-    gpu = generate(python, target)
+    where = ["--container-lib-dir", lib_dir] if lib_dir else []
+    gpu = generate(python, target, *where)
     if not gpu and Path("/dev/nvidia0").exists():  # a driver layout the defaults miss
         libs = sh("find /usr /opt /lib /lib64 -name 'libcuda.so.*' 2>/dev/null")
         smi = sh("find /usr /opt -name nvidia-smi -type f 2>/dev/null")
@@ -117,7 +118,7 @@ def write_spec(cdi_dir: Path, out: Path, python: list[str]) -> bool:
         more += [
             a for p in sorted({os.path.dirname(x) for x in smi.split()}) for a in ("--bin-dir", p)
         ]
-        gpu = generate(python, target, *more)
+        gpu = generate(python, target, *where, *more)
     doc = yaml.safe_load(target.read_text()) if gpu else json.loads(json.dumps(STAND_IN))
     # What an admin might add: a createContainer hook, here one that records its input.
     doc["containerEdits"].setdefault("hooks", []).append(
@@ -247,6 +248,11 @@ def main() -> int:
     ap.add_argument("--base", default="/tmp/sg")
     ap.add_argument("--bin-dir", default="", help="runc and conmon (wrappers) to use")
     ap.add_argument("--n", default="", help="floats in cudacheck's vector add")
+    ap.add_argument(
+        "--container-lib-dir",
+        default="",
+        help="where containers get the driver libraries (default: their host paths)",
+    )
     opts = ap.parse_args()
     out, base = Path(opts.out).resolve(), Path(opts.base)
     out.mkdir(parents=True, exist_ok=True)
@@ -254,7 +260,7 @@ def main() -> int:
     base.mkdir(parents=True)
     python = [sys.executable]
     host_facts()
-    gpu = write_spec(base / "cdi", out, python)
+    gpu = write_spec(base / "cdi", out, python, opts.container_lib_dir)
     say("GPU found:", gpu)
     proc = start_sycri(base, base / "cdi", opts.bin_dir, python)
     ok = False

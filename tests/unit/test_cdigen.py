@@ -148,3 +148,39 @@ def test_cli_writes_a_spec_the_loader_reads(driver, tmp_path, capsys):
     assert main(["cdi", "generate", "-o", str(empty / "x.yaml"), *bad]) == 1
     assert "no NVIDIA driver" in capsys.readouterr().err
     assert os.listdir(empty) == []
+
+
+def fake_elf(path: Path, interp: str) -> None:
+    """A 64-bit little-endian ELF header and one PT_INTERP program header naming ``interp``."""
+    raw = interp.encode() + b"\0"
+    head = bytearray(64)
+    head[:6] = b"\x7fELF\x02\x01"
+    head[0x20:0x28] = (64).to_bytes(8, "little")  # e_phoff
+    head[0x36:0x38] = (56).to_bytes(2, "little")  # e_phentsize
+    head[0x38:0x3A] = (1).to_bytes(2, "little")  # e_phnum
+    ph = bytearray(56)
+    ph[0:4] = (3).to_bytes(4, "little")  # PT_INTERP
+    ph[8:16] = (120).to_bytes(8, "little")  # p_offset
+    ph[32:40] = len(raw).to_bytes(8, "little")  # p_filesz
+    path.write_bytes(bytes(head + ph) + raw)
+    path.chmod(0o755)
+
+
+def test_a_wrapper_and_the_binary_with_its_own_loader_all_reach_the_container(driver, tmp_path):
+    """As on a Nix-packaged driver: /usr/bin/nvidia-smi is a script that execs the real
+    binary, whose ELF loader is the driver's own glibc."""
+    real_bin, glibc = tmp_path / "nvbin", tmp_path / "nvglibc"
+    real_bin.mkdir()
+    glibc.mkdir()
+    (glibc / "ld-linux-x86-64.so.2").write_bytes(b"\x7fELF")
+    fake_elf(real_bin / "nvidia-smi", str(glibc / "ld-linux-x86-64.so.2"))
+    Path(driver["bin"], "nvidia-smi").write_text(f'#!/bin/sh\nexec {real_bin}/nvidia-smi "$@"\n')
+    assert cdigen.elf_interpreter(str(real_bin / "nvidia-smi")) == f"{glibc}/ld-linux-x86-64.so.2"
+    found = cdigen.discover(
+        proc=driver["proc"], dev=driver["dev"], lib_dirs=[driver["lib"]],
+        bin_dirs=[driver["bin"], str(real_bin)], firmware_dirs=[], sockets=[],
+    )  # fmt: skip
+    assert found.programs == (f"{driver['bin']}/nvidia-smi", f"{real_bin}/nvidia-smi")
+    assert found.loader_dirs == (str(glibc),)
+    targets = {m["containerPath"] for m in loaded(cdigen.spec(found)).edits["mounts"]}
+    assert {f"{driver['bin']}/nvidia-smi", f"{real_bin}/nvidia-smi", str(glibc)} <= targets

@@ -4,7 +4,9 @@ own files, for nodes without NVIDIA's toolkit (``nvidia-ctk cdi generate``).
 The spec has the toolkit's shape: kind ``nvidia.com/gpu``, one device per GPU by index
 (PCI bus order, as ``nvidia-smi`` numbers them) and by UUID, and ``all``; common edits
 with the control device nodes, the driver's libraries (with their soname links, so no
-ldconfig hook is needed for ``libcuda.so.1`` to be found), its programs (``nvidia-smi``),
+ldconfig hook is needed for ``libcuda.so.1`` to be found), its programs (``nvidia-smi``, every copy
+found: a wrapper script and the binary it runs, and the binary's own loader folder when
+it is not the system's),
 its GSP firmware, the persistenced socket, and ``NVIDIA_VISIBLE_DEVICES=void``. Where
 ``nvidia-cdi-hook`` is installed, a createContainer hook refreshes the container's
 ldcache for the library folders, as the toolkit's does.
@@ -48,6 +50,16 @@ PROGRAMS = (
 CONTROL_NODES = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset")
 SOCKETS = ("/run/nvidia-persistenced/socket", "/run/nvidia-fabricmanager/socket")
 HOOK = "nvidia-cdi-hook"
+_SYSTEM_LIB_DIRS = (
+    "/lib",
+    "/lib64",
+    "/usr/lib",
+    "/usr/lib64",
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib/aarch64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+)
 MOUNT_OPTIONS = ["ro", "nosuid", "nodev", "bind"]
 _VERSION = re.compile(r"Kernel Module(?: for \S+)?\s+(\d+\.\d+(?:\.\d+)?)")
 _LIB = r"lib(?:cuda|cudadebugger|nvcuvid|nvoptix|nvidia-[A-Za-z0-9_\-]+)\.so"
@@ -76,7 +88,8 @@ class Driver:
     gpus: tuple[Gpu, ...]
     control_nodes: tuple[str, ...]  # /dev paths
     libraries: tuple[Library, ...]
-    programs: tuple[str, ...] = ()
+    programs: tuple[str, ...] = ()  # every copy found: a wrapper script and its binary
+    loader_dirs: tuple[str, ...] = ()  # a program's own ELF loader's folder (not /lib*)
     firmware: tuple[str, ...] = ()
     sockets: tuple[str, ...] = ()
     hook: str = ""  # nvidia-cdi-hook's path; empty: none installed
@@ -100,7 +113,7 @@ def spec(driver: Driver, container_lib_dir: str = "") -> dict[str, Any]:
         mounts.append(_mount(lib.path, os.path.join(where, os.path.basename(lib.path))))
         # A link mounted as a file: the bind follows it to the library itself.
         mounts.extend(_mount(os.path.join(host_dir, n), os.path.join(where, n)) for n in lib.links)
-    mounts.extend(_mount(p, p) for p in (*driver.programs, *driver.firmware))
+    mounts.extend(_mount(p, p) for p in (*driver.programs, *driver.loader_dirs, *driver.firmware))
     mounts.extend(_mount(p, p, "noexec") for p in driver.sockets)
     common: dict[str, Any] = {
         "env": ["NVIDIA_VISIBLE_DEVICES=void"],
@@ -198,6 +211,30 @@ def _libraries(version: str, dirs: Iterable[str]) -> list[Library]:
     return out
 
 
+def elf_interpreter(path: str) -> str:
+    """A 64-bit little-endian ELF program's PT_INTERP (its loader); "" for anything else.
+    Some driver packagings (Nix, for one) ship programs whose loader is the driver's own
+    glibc: the container needs that folder too, or the program is "not found"."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+            if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
+                return ""
+            phoff = int.from_bytes(head[0x20:0x28], "little")
+            size = int.from_bytes(head[0x36:0x38], "little")
+            count = int.from_bytes(head[0x38:0x3A], "little")
+            for i in range(min(count, 64)):
+                f.seek(phoff + i * size)
+                ph = f.read(56)
+                if len(ph) == 56 and int.from_bytes(ph[0:4], "little") == 3:  # PT_INTERP
+                    f.seek(int.from_bytes(ph[8:16], "little"))
+                    raw = f.read(min(int.from_bytes(ph[32:40], "little"), 4096))
+                    return raw.split(b"\0", 1)[0].decode(errors="replace")
+    except OSError:
+        return ""
+    return ""
+
+
 def _version(proc: Path, lib_dirs: Iterable[str]) -> str:
     try:
         found = _VERSION.search((proc / "version").read_text())
@@ -241,16 +278,21 @@ def discover(
     libraries = _libraries(version, lib_dirs)
     if not any(os.path.basename(lib.path).startswith("libcuda.so") for lib in libraries):
         raise NoDriver(f"driver {version}: no libcuda.so.{version} in {', '.join(lib_dirs)}")
-    programs: dict[str, str] = {}
+    programs: dict[str, str] = {}  # real path -> path found
+    loaders: list[str] = []
     hook = ""
     for d in bin_dirs:
         for name in (*PROGRAMS, HOOK):
             path = os.path.join(d, name)
-            if os.access(path, os.X_OK) and os.path.isfile(path):
-                if name == HOOK:
-                    hook = hook or path
-                else:
-                    programs.setdefault(name, path)
+            if not (os.access(path, os.X_OK) and os.path.isfile(path)):
+                continue
+            if name == HOOK:
+                hook = hook or path
+                continue
+            programs.setdefault(os.path.realpath(path), path)
+            where = os.path.dirname(elf_interpreter(path))
+            if where and where not in _SYSTEM_LIB_DIRS and where not in loaders:
+                loaders.append(where)
     firmware = sorted(
         str(p) for d in firmware_dirs for p in Path(d, version).glob("*.bin") if p.is_file()
     )
@@ -260,6 +302,7 @@ def discover(
         control_nodes=tuple(f"{dev}/{n}" for n in CONTROL_NODES if _is_char(f"{dev}/{n}")),
         libraries=tuple(libraries),
         programs=tuple(programs.values()),
+        loader_dirs=tuple(d for d in loaders if os.path.isdir(d)),
         firmware=tuple(firmware),
         sockets=tuple(s for s in sockets if os.path.exists(s)),
         hook=hook,
