@@ -39,7 +39,11 @@ LIB_DIRS = (
     "/usr/local/nvidia/lib",
 )
 BIN_DIRS = ("/usr/bin", "/usr/local/nvidia/bin", "/usr/sbin")
-FIRMWARE_DIRS = ("/lib/firmware/nvidia", "/usr/lib/firmware/nvidia")
+FIRMWARE_DIRS = (
+    "/lib/firmware/nvidia",
+    "/usr/lib/firmware/nvidia",
+    "/usr/local/nvidia/firmware/nvidia",
+)
 PROGRAMS = (
     "nvidia-smi",
     "nvidia-debugdump",
