@@ -138,6 +138,7 @@ def test_cli_writes_a_spec_the_loader_reads(driver, tmp_path, capsys):
             "--bin-dir", driver["bin"], "--firmware-dir", driver["fw"]]  # fmt: skip
     assert main(["cdi", "generate", "-o", str(out), *args]) == 0
     assert "2 GPU(s), driver 580.95.05, 3 libraries" in capsys.readouterr().err
+    assert "&id" not in out.read_text()  # plain YAML, no anchors
     (spec_obj,) = cdi.load((str(out.parent),))
     assert spec_obj.kind == "nvidia.com/gpu" and "all" in spec_obj.devices
     assert os.listdir(out.parent) == ["nvidia.yaml"]

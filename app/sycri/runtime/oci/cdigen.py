@@ -135,10 +135,10 @@ def spec(driver: Driver, container_lib_dir: str = "") -> dict[str, Any]:
     gpus = sorted(driver.gpus, key=lambda g: g.bus)
     devices: list[dict[str, Any]] = []
     for index, gpu in enumerate(gpus):
-        edits = {"deviceNodes": [{"path": f"{driver.dev}/nvidia{gpu.minor}"}]}
-        devices.append({"name": str(index), "containerEdits": edits})
-        if gpu.uuid:
-            devices.append({"name": gpu.uuid, "containerEdits": edits})
+        for name in (str(index), gpu.uuid):  # fresh dicts: YAML without anchors
+            if name:
+                node = {"path": f"{driver.dev}/nvidia{gpu.minor}"}
+                devices.append({"name": name, "containerEdits": {"deviceNodes": [node]}})
     devices.append(
         {
             "name": "all",
