@@ -236,6 +236,19 @@ def test_spec_node_fields_and_gids_win():
     assert 44 in spec["process"]["user"]["additionalGids"]
 
 
+def test_spec_numbers_win_for_the_node_and_its_cgroup_rule():
+    doc = _doc(deviceNodes=[{"path": "/dev/x", "hostPath": "/dev/nvidia0", "minor": 7}])
+    spec = build(
+        config(CDI_devices=[api_pb2.CDIDevice(name="vendor.com/dev=a")]),
+        host=HostFacts(cdi_specs=(cdi.parse("/etc/cdi/x.json", json.dumps(doc)),), devices=NODES),
+    )
+    node = next(d for d in spec["linux"]["devices"] if d["path"] == "/dev/x")
+    assert (node["major"], node["minor"]) == (195, 7)
+    rules = spec["linux"]["resources"]["devices"]
+    assert {"allow": True, "type": "c", "major": 195, "minor": 7, "access": "rwm"} in rules
+    assert not any(r.get("major") == 195 and r.get("minor") == 0 for r in rules)
+
+
 def _doc(**edits) -> dict:
     return {
         "cdiVersion": "0.6.0",

@@ -868,8 +868,16 @@ def _devices(
             }
         )
         nodes.append(entry)
-        if entry["type"] in ("b", "c"):
-            rules.append(_rule(node, d.get("permissions") or "rwm"))
+        if entry["type"] in ("b", "c"):  # the rule allows the node the container gets
+            rules.append(
+                {
+                    "allow": True,
+                    "type": entry["type"],
+                    "major": entry["major"],
+                    "minor": entry["minor"],
+                    "access": d.get("permissions") or "rwm",
+                }
+            )
     seen: dict[str, dict[str, Any]] = {}
     for n in nodes:
         seen[n["path"]] = n
