@@ -193,6 +193,12 @@ def test_a_store_that_goes_away_makes_its_images_unavailable(hpc_node):
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "is the file system mounted?" in err.value.details()
     assert not svc.ImageStatus(api_pb2.ImageStatusRequest(image=spec(STORE_NAME))).HasField("image")
+    # Once the store was read again its image is not listed; kubelet's CreateContainer by
+    # id still gets the reason, not "not present".
+    with pytest.raises(grpc.RpcError) as err:
+        run_pod(server, image_id)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "is the file system mounted?" in err.value.details()
 
     store.mount()  # back: the same bytes, the same image
     assert svc.PullImage(api_pb2.PullImageRequest(image=spec(STORE_NAME))).image_ref == image_id
@@ -229,7 +235,12 @@ def test_image_volumes_are_read_only_mounts_of_other_images(hpc_node, registry):
     assert sh(server, cid, "cat /opt/app/data/store.txt")[1] == MARKER
     code, _out, err = sh(server, cid, "touch /opt/data/x")
     assert code != 0 and "Read-only file system" in err
-    # kubelet's image GC: an image used as a volume is not removed under the container
+    # kubelet's image GC: an image used as a volume is not removed under the container,
+    # also after sycri restarted
+    server.stop()
+    server.start()
+    svc = server.images()
+    assert sh(server, cid, "cat /opt/sub/README")[1] == "oci dataset\n"
     with pytest.raises(grpc.RpcError) as refused:
         svc.RemoveImage(api_pb2.RemoveImageRequest(image=spec(oci_id)))
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION

@@ -178,6 +178,9 @@ class Images:
         """The image, for running: a local SIF whose file changed is hashed again first."""
         image = self.find(text)
         if image is None:
+            why = self.sif_stores.error_for(_store_key(text))
+            if why is not None:  # an image of a SIF store that is down now
+                raise why
             raise NotFound(f"image {excerpt(text)} is not present on this node")
         if self.sif_stores.store_of(image.id):
             return await self.sif_stores.check(image)
@@ -245,7 +248,7 @@ class Images:
                 return await self._import_local(ref, text)
         if self.sif_stores.stores and not ref.digest:
             # A name a shared SIF store holds: served in place, no download, no copy.
-            await self.sif_stores.refresh()
+            await self.sif_stores.refresh_for(tag_key(ref))
             shared = self.sif_stores.by_key(tag_key(ref))
             if shared is not None:
                 return await self.sif_stores.check(shared)
@@ -686,6 +689,17 @@ class Images:
                 stat=_stat_key(st),
             )
         )
+
+
+def _store_key(text: str) -> str:
+    """How the SIF stores know ``text``: an image id, or a name's tag key."""
+    text = text.strip()
+    if reference.is_image_id(text):
+        return text if text.startswith("sha256:") else "sha256:" + text
+    try:
+        return tag_key(reference.parse(text))
+    except SycriError:
+        return text
 
 
 def _stat_key(st: os.stat_result) -> str:

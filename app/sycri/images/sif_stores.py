@@ -232,7 +232,8 @@ class SifStores:
         return [i for i in self._images if i.split(":", 1)[-1].startswith(hexpart)]
 
     def error_for(self, key: str) -> SycriError | None:
-        """Why a name some store's index holds cannot be used now (store down, policy)."""
+        """Why a name some store's index holds, or the id of an image a store held, cannot
+        be used now (the store is down, the policy refuses it)."""
         return self._errors.get(key)
 
     def store_of(self, image_id: str) -> str | None:
@@ -251,6 +252,16 @@ class SifStores:
         if self._background is None or self._background.done():
             self._background = asyncio.create_task(self.refresh(), name="sif-stores refresh")
 
+    async def refresh_for(self, key: str) -> None:
+        """Before a pull: read the stores again if ``key`` is (or was) one of their names,
+        or the listing is old. A store that hangs then delays only its own names' pulls."""
+        if (
+            key in self._by_key
+            or key in self._errors
+            or time.monotonic() - self._read_at >= MAX_AGE
+        ):
+            await self.refresh()
+
     async def refresh(self) -> None:
         """Read every store's index, hash new or changed files, apply the policy."""
         if not self.stores:
@@ -265,8 +276,13 @@ class SifStores:
             for listing in listings:
                 if listing.down:
                     log.warning("SIF store %s is unavailable: %s", listing.store, listing.down)
-                    for key in self._names.get(listing.store, {}):
+                    for key, path in self._names.get(listing.store, {}).items():
                         errors.setdefault(key, self._down(listing.store, key, listing.down))
+                        known = self._known.get(path)
+                        if known is not None:  # kubelet names it by id in CreateContainer
+                            errors.setdefault(
+                                known.id, self._down(listing.store, known.id, listing.down)
+                            )
                     continue
                 self._names[listing.store] = {e.key: e.path for e in listing.entries}
                 for entry in listing.entries:
