@@ -59,3 +59,59 @@ def test_a_symlink_leaving_the_store_is_ignored(tmp_path):
 def test_a_name_that_is_no_image_reference_makes_the_store_unavailable(tmp_path):
     (tmp_path / INDEX).write_text("images:\n  'UPPER/Case::': a.sif\n")
     assert "UPPER/Case::" in read_store(str(tmp_path), key).down
+
+
+def stores_for(store, tmp_path):
+    from sycri.images.sif_stores import SifStores
+    from sycri.sif.policy import Trust
+
+    async def trust(_path):
+        return Trust()
+
+    return SifStores(
+        [str(store)],
+        tmp_path / "cache.json",
+        name_key=key,
+        config_of=lambda _p: b'{"architecture": "amd64", "os": "linux", "config": {}}',
+        trust_of=trust,
+        policy="accept",
+    )
+
+
+def test_a_store_that_hangs_is_unavailable_and_holds_one_thread(tmp_path, monkeypatch):
+    """An NFS server that stops answering: here an index that is a FIFO nobody writes."""
+    import asyncio
+    import os
+    import threading
+
+    from sycri.errors import Unavailable
+    from sycri.images import sif_stores
+
+    monkeypatch.setattr(sif_stores, "TIMEOUT", 0.2)
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "a.sif").write_bytes(b"sif bytes")
+    (store / INDEX).write_text("images:\n  hpc/app:1: a.sif\n")
+    stores = stores_for(store, tmp_path)
+
+    async def scenario():
+        await stores.refresh()
+        image = stores.by_key("docker.io/hpc/app:1")
+        assert image is not None and image.pinned and image.sif_path == str(store / "a.sif")
+        (store / INDEX).unlink()
+        os.mkfifo(store / INDEX)
+        try:
+            for _ in range(3):
+                await stores.refresh()
+            hung = [t for t in threading.enumerate() if t.name == "sif-store"]
+            assert len(hung) == 1, "each refresh started another blocked read"
+            assert stores.by_key("docker.io/hpc/app:1") is None
+            for what in ("docker.io/hpc/app:1", image.id):
+                err = stores.error_for(what)
+                assert isinstance(err, Unavailable)
+                assert f"SIF store {store}" in err.message and "no answer within" in err.message
+        finally:
+            fd = os.open(store / INDEX, os.O_WRONLY | os.O_NONBLOCK)  # let the read end
+            os.close(fd)
+
+    asyncio.run(scenario())

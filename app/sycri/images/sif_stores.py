@@ -30,11 +30,12 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -60,6 +61,7 @@ MAX_AGE = 10.0  # seconds a listing may be old before it is read again
 NameKey = Callable[[str], str]  # image name -> the key tags are stored under
 ConfigOf = Callable[[Path], bytes]  # SIF -> its OCI config (blocking)
 TrustOf = Callable[[Path], Awaitable[sif_policy.Trust]]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -217,6 +219,11 @@ class SifStores:
         self._read_at = 0.0
         self._lock = asyncio.Lock()
         self._background: asyncio.Task[None] | None = None
+        # Store I/O runs in daemon threads of its own: a hung NFS server blocks those,
+        # never the threads the rest of sycri uses, nor its exit. A read or stat whose
+        # last try has not come back is not started again, so a hung store holds one
+        # thread per store and per file, not one per request.
+        self._pending: dict[str, asyncio.Future[Any]] = {}
         self._load_cache()
 
     # -- lookups (in memory: no I/O on a store) ----------------------------------------
@@ -324,7 +331,9 @@ class SifStores:
         file still has the bytes the id names, else a precise error and nothing mounted."""
         store = self._store_of.get(image.id, os.path.dirname(image.sif_path))
         try:
-            st = await asyncio.wait_for(asyncio.to_thread(os.stat, image.sif_path), TIMEOUT)
+            st = await asyncio.wait_for(
+                self._once(image.sif_path, os.stat, image.sif_path), TIMEOUT
+            )
         except TimeoutError:
             raise self._down(store, image.id, f"no answer within {TIMEOUT:g}s") from None
         except OSError as exc:
@@ -358,19 +367,27 @@ class SifStores:
 
     async def _read(self, store: str) -> Listing:
         try:
-            return await asyncio.wait_for(
-                asyncio.to_thread(read_store, store, self.name_key), TIMEOUT
+            listing: Listing = await asyncio.wait_for(
+                self._once("index:" + store, read_store, store, self.name_key), TIMEOUT
             )
         except TimeoutError:
             return Listing(store, down=f"no answer within {TIMEOUT:g}s")
+        return listing
+
+    def _once(self, what: str, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """``fn(*args)`` in a store thread, shared with a call for ``what`` still running."""
+        pending = self._pending.get(what)
+        if pending is None or pending.done():
+            pending = self._pending[what] = _io(fn, *args)
+        return asyncio.shield(pending)
 
     async def _facts(self, path: str, stat: str) -> Known:
         known = self._known.get(path)
         if known is not None and known.stat == stat:
             return known
         try:
-            digest, st = await asyncio.to_thread(sha256_file, path)
-            config = await asyncio.to_thread(self.config_of, Path(path))
+            digest, st = await _io(sha256_file, path)
+            config = await _io(self.config_of, Path(path))
         except OSError as exc:
             raise Unavailable(f"SIF {path} cannot be read: {exc.strerror}") from None
         trust = await self.trust_of(Path(path))
@@ -411,3 +428,30 @@ class SifStores:
             atomic_write_json(self.cache, data, mode=0o600)
         except OSError as exc:
             log.warning("cannot write %s: %s", self.cache, exc)
+
+
+def _io(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    """``fn(*args)`` in a daemon thread of its own (see ``SifStores._pending``)."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[T] = loop.create_future()
+
+    def settle(value: T | None, exc: BaseException | None) -> None:
+        if fut.done():
+            return
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(value)  # type: ignore[arg-type]
+
+    def work() -> None:
+        try:
+            value = fn(*args)
+        except BaseException as exc:  # handed to the awaiting task
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(settle, None, exc)
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, value, None)
+
+    threading.Thread(target=work, name="sif-store", daemon=True).start()
+    return fut
