@@ -226,6 +226,8 @@ def test_image_volumes_are_read_only_mounts_of_other_images(hpc_node, registry):
             container_path="/opt/sub", image=spec(oci_id), readonly=True, image_sub_path="dataset"
         ),
     ]
+    status = server.runtime().Status(api_pb2.StatusRequest(verbose=True))
+    assert json.loads(status.info["features"])["imageVolumes"] is True
     _pod, cid = run_pod(server, sif_id, volumes)
     assert sh(server, cid, "cat /opt/data/dataset/README /opt/sub/README") == (
         0,
