@@ -224,6 +224,7 @@ class SifStores:
         # last try has not come back is not started again, so a hung store holds one
         # thread per store and per file, not one per request.
         self._pending: dict[str, asyncio.Future[Any]] = {}
+        self._saved: dict[str, Any] = {}  # the cache file's content as last written
         self._load_cache()
 
     # -- lookups (in memory: no I/O on a store) ----------------------------------------
@@ -418,16 +419,22 @@ class SifStores:
             data: dict[str, Any] = json.loads(self.cache.read_text())
             self._known = {p: Known(**k) for p, k in data["files"].items()}
             self._names = {s: dict(n) for s, n in data["names"].items() if s in self.stores}
+            self._saved = data
 
     def _save_cache(self) -> None:
+        """Written when it changed (not at every read of the stores: kubelet polls)."""
         data = {
             "files": {p: asdict(k) for p, k in self._known.items()},
             "names": self._names,
         }
+        if data == self._saved:
+            return
         try:
             atomic_write_json(self.cache, data, mode=0o600)
         except OSError as exc:
             log.warning("cannot write %s: %s", self.cache, exc)
+            return
+        self._saved = data
 
 
 def _io(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
