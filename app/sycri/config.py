@@ -128,7 +128,8 @@ class Config:
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data for ``sycri config show`` (tuples become lists)."""
-        return _plain(dataclasses.asdict(self))
+        plain: dict[str, Any] = _plain(dataclasses.asdict(self))
+        return plain
 
 
 _SECTIONS = {"streaming", "cni", "images", "log"}
@@ -331,7 +332,7 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"runtimes.{name}.root: must be an absolute path")
     from sycri.errors import InvalidArgument
     from sycri.runtime.cgroups.conmon_cgroup import check_setting
-    from sycri.runtime.oci.ocispec import rlimits
+    from sycri.runtime.oci.rlimits import rlimits
 
     problem = check_setting(cfg.conmon_cgroup)
     if problem:
@@ -415,7 +416,13 @@ def load(
 
 
 # Variables with the prefix that are not configuration keys.
-_IGNORED_ENV = {"SYCRI_CONFIG", "SYCRI_TEST_CRASH_AT"}  # the latter: sycri.crashpoint (tests)
+# SYCRI_TEST_*: sycri.crashpoint and sycri.blocking (tests), not settings
+_IGNORED_ENV = {
+    "SYCRI_CONFIG",
+    "SYCRI_TEST_CRASH_AT",
+    "SYCRI_TEST_LOOP_CHECK",
+    "SYCRI_TEST_SLOW_CALLBACKS",
+}
 
 
 def detect_cgroup_driver(cfg: Config) -> str:

@@ -26,8 +26,12 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
+
+import aiohttp
+from opentelemetry.trace import Span
 
 from sycri import crashpoint, sif
 from sycri.config import Config
@@ -122,9 +126,9 @@ class Images:
         self.arch, self.variant = reference.node_arch()
         self.users: list[Callable[[str], str | None]] = []
         self.container_usage: Callable[[], tuple[Path, int, int] | None] | None = None
-        self._pulls: dict[str, asyncio.Task] = {}
-        self._converting: dict[str, asyncio.Task] = {}
-        self._cleanups: set[asyncio.Task] = set()
+        self._pulls: dict[str, asyncio.Task[Image]] = {}
+        self._converting: dict[str, asyncio.Future[Image]] = {}
+        self._cleanups: set[asyncio.Task[None]] = set()
         # Shared read-only SIF stores (images.sif_stores): served in place, never removed.
         self.sif_stores = SifStores(
             cfg.images.sif_stores,
@@ -221,7 +225,7 @@ class Images:
         except SycriError:
             ref = None
         if ref is not None and not ref.digest and len(image.repo_tags) > 1:
-            self.store.untag(tag_key(ref))
+            await in_thread(self.store.untag, tag_key(ref))
             return image
         for user in self.users:
             who = user(image.id)
@@ -269,8 +273,8 @@ class Images:
         image_id: str,
         make: Callable[[], Awaitable[Image]],
         text: str,
-        tags: list[str],
-        digests: list[str],
+        tags: Sequence[str],
+        digests: Sequence[str],
     ) -> Image:
         """One conversion per image id, shared by pulls of different names (each adds its
         own tags and digests once the image is stored)."""
@@ -283,7 +287,9 @@ class Images:
         image = await asyncio.shield(task)
         return await self._tag(image, text, tags, digests)
 
-    async def _tag(self, image: Image, text: str, tags: list[str], digests: list[str]) -> Image:
+    async def _tag(
+        self, image: Image, text: str, tags: Sequence[str], digests: Sequence[str]
+    ) -> Image:
         return await in_thread(
             lambda: self.store.add(
                 image.id,
@@ -315,7 +321,12 @@ class Images:
         return image
 
     async def _pull_registry(
-        self, session, ref: Reference, text: str, auth, p: metrics.Pull
+        self,
+        session: aiohttp.ClientSession,
+        ref: Reference,
+        text: str,
+        auth: Credentials | None,
+        p: metrics.Pull,
     ) -> Image:
         errors: list[SycriError] = []
         endpoints = self.registries.endpoints(ref)
@@ -343,14 +354,9 @@ class Images:
     async def _pull_from(
         self, client: RegistryClient, ref: Reference, text: str, p: metrics.Pull
     ) -> Image:
-        top = await client.manifest(ref.digest or ref.tag)
-        fetched = top
-        if top.media_type in mf.INDEXES:
-            chosen = mf.choose_platform(mf.parse_index(top.data), self.arch, self.variant)
-            fetched = await client.manifest(chosen.digest)
-            if fetched.media_type in mf.INDEXES:
-                raise InvalidArgument(f"{text}: an index inside an index is not supported")
-        manifest = mf.parse_manifest(fetched.data, fetched.media_type)
+        top, manifest = await client.image_manifest(
+            ref.digest or ref.tag, self.arch, self.variant, text
+        )
         tags = [tag_key(ref)] if ref.tag else []
         digests = [digest_key(ref, top.digest)]
         if manifest.config.media_type == mf.SIF_CONFIG:
@@ -379,8 +385,8 @@ class Images:
         client: RegistryClient,
         manifest: mf.Manifest,
         text: str,
-        tags: list[str],
-        digests: list[str],
+        tags: Sequence[str],
+        digests: Sequence[str],
         p: metrics.Pull,
     ) -> Image:
         """An oras SIF artifact: its id is the SIF's digest, never the config's."""
@@ -441,9 +447,9 @@ class Images:
         built: Path,
         config: bytes,
         text: str,
-        tags: list[str],
-        digests: list[str],
-        layers: list[str] = (),  # type: ignore[assignment]
+        tags: Sequence[str],
+        digests: Sequence[str],
+        layers: Sequence[str] = (),
         trust: sif_policy.Trust | None = None,
     ) -> Image:
         final = self.store.sif_path_for(image_id)
@@ -473,8 +479,8 @@ class Images:
         client: RegistryClient,
         manifest: mf.Manifest,
         text: str,
-        tags: list[str],
-        digests: list[str],
+        tags: Sequence[str],
+        digests: Sequence[str],
         p: metrics.Pull,
     ) -> Image:
         image_id = manifest.config.digest
@@ -549,8 +555,8 @@ class Images:
         client: RegistryClient,
         layer: mf.Descriptor,
         text: str,
-        tags: list[str],
-        digests: list[str],
+        tags: Sequence[str],
+        digests: Sequence[str],
         p: metrics.Pull | None = None,
     ) -> Image:
         image_id = layer.digest  # blob_to_file refuses bytes with any other digest
@@ -570,7 +576,12 @@ class Images:
             await in_thread(shutil.rmtree, work, True)
 
     async def _pull_library(
-        self, session, ref: Reference, text: str, auth, p: metrics.Pull
+        self,
+        session: aiohttp.ClientSession,
+        ref: Reference,
+        text: str,
+        auth: Credentials | None,
+        p: metrics.Pull,
     ) -> Image:
         token = (auth.registry_token or auth.password) if auth else ""
         base = f"https://{ref.registry}" if ref.registry else self.cfg.images.library_url
@@ -593,12 +604,7 @@ class Images:
                 on_bytes=p.downloaded,
             )
             oref = Reference("oras", ep.host, ep.repository, ref.tag)
-            top = await client.manifest(ref.tag)
-            fetched = top
-            if top.media_type in mf.INDEXES:
-                chosen = mf.choose_platform(mf.parse_index(top.data), self.arch, self.variant)
-                fetched = await client.manifest(chosen.digest)
-            manifest = mf.parse_manifest(fetched.data, fetched.media_type)
+            top, manifest = await client.image_manifest(ref.tag, self.arch, self.variant, text)
             digests = [digest_key(oref, top.digest)]
             return await self._sif_artifact(client, manifest, text, tags, digests, p)
         digest, size = await lib.image_meta(ref, self.arch)
@@ -716,7 +722,7 @@ def _hash_stable(path: Path) -> tuple[str, os.stat_result]:
     return digest, after
 
 
-def _span(text: str, source: str):
+def _span(text: str, source: str) -> AbstractContextManager[Span]:
     return tracing.span("image.pull", **{"image.reference": text[:512], "image.source": source})
 
 
