@@ -12,7 +12,8 @@ from pathlib import Path
 from sycri.api import api_pb2
 from sycri.errors import InvalidArgument, excerpt
 from sycri.runtime.oci import argv, cdi
-from sycri.runtime.oci.ocispec import ALL_CAPS, CgroupFacts, DeviceNode, HostFacts
+from sycri.runtime.oci.capabilities import ALL_CAPS
+from sycri.runtime.oci.inputs import CgroupFacts, DeviceNode, HostFacts
 
 MAX_PROFILE_BYTES = 1024 * 1024
 
