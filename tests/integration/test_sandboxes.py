@@ -62,6 +62,7 @@ class Env:
 
     def restart(self) -> SandboxManager:
         """A new manager over the same dirs, as a restarted sycri builds it."""
+        self.manager.close()
         self.manager = SandboxManager(self.config(), "cgroupfs")
         self.call(self.manager.recover())
         return self.manager
@@ -89,6 +90,8 @@ def env(tmp_path: Path) -> Iterator[Env]:
                 e.call(e.manager.remove(sb.id))
             except Exception as exc:  # keep cleaning
                 print("cleanup:", exc)
+        e.manager.close()
+        loop.run_until_complete(asyncio.sleep(0))  # let cancelled tasks finish
         loop.close()
         unmount_all(tmp_path)
         net.cleanup()
@@ -315,8 +318,8 @@ def test_restart_lists_same_pods_and_del_works_after_restart(env: Env):
 
 def test_crash_during_creation_is_cleaned_up_at_start(env: Env):
     sb = env.run(pod_config("half"))
-    sb.state = "creating"  # as if sycri died before replying
-    env.manager.store.save(sb)
+    sb.status.state = "creating"  # as if sycri died before replying
+    env.call(env.manager.store.save_status(sb))
     m2 = env.restart()
     assert m2.list() == []
     fp = footprint(env.base / "run", env.net, {sb.id})
@@ -404,7 +407,7 @@ def test_first_config_in_conf_dir_is_used_with_cni_args_and_capabilities(env: En
     (env.conf_dir / "10-first.conflist").write_text(json.dumps(conflist))
     (env.conf_dir / "20-second.conf").write_text('{"name": "x", "type": "nonexistent"}')
     (env.conf_dir / "05-ignored.txt").write_text("not a config")
-    env.manager.cni = cni.Runner(("/usr/lib/cni", str(bindir)))
+    env.manager.net.cni = cni.Runner(("/usr/lib/cni", str(bindir)))
     port = _free_port()
     try:
         cfg = pod_config("args", ports=[(port, 80)])
@@ -488,9 +491,18 @@ def test_fifty_create_remove_cycles_leave_nothing_behind(env: Env):
 
 def test_pod_whose_init_dies_turns_notready(env: Env):
     sb = env.run(pod_config("fragile", pid=api_pb2.POD))
+    heard: list[str] = []
+    env.manager.on_exit.append(lambda pod: heard.append(pod.id))
     os.kill(sb.init_pid, 9)
     assert wait_gone(sb.init_pid)
-    assert env.manager.check_alive(env.manager.get(sb.id)).state == NOTREADY
+
+    async def until_notready() -> None:  # nobody asks: the watch on the init sees it
+        while env.manager.get(sb.id).state != NOTREADY:
+            await asyncio.sleep(0.01)
+
+    env.call(asyncio.wait_for(until_notready(), 20))
+    assert heard == [sb.id]
+    assert "init" in env.manager.get(sb.id).status.reason
     env.call(env.manager.remove(sb.id))
     assert footprint(env.base / "run", env.net, {sb.id}).ns_files == 0
 

@@ -13,7 +13,7 @@ from typing import Protocol
 
 from sycri.api import api_pb2
 from sycri.errors import SycriError, Unavailable
-from sycri.runtime.events import ContainerEvent, EventBus
+from sycri.runtime.events import ContainerEvent, ContainerEventType, EventBus
 
 
 class PodStatusSource(Protocol):
@@ -87,6 +87,11 @@ def connect(node: object, bus: EventBus) -> None:
     """Publish the node's container lifecycle on ``bus``, with status snapshots."""
     statuses = NodeStatuses(node)
     bus.snapshot = snapshotter(statuses, statuses)
+    pods = getattr(node, "sandboxes", None)
+    if pods is not None:  # a pod whose init exited went NOTREADY with nobody asking
+        pods.on_exit.append(
+            lambda sb: bus.publish(ContainerEvent(sb.id, ContainerEventType.STOPPED, sb.id))
+        )
     containers = getattr(node, "containers", None)
     if containers is not None:
         containers.event_hooks.append(

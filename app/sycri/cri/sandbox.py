@@ -129,6 +129,9 @@ def verbose_info(sb: Sandbox) -> dict[str, str]:
             "shm": sb.shm_path,
         },
         "network": (sb.network or {}).get("name"),
+        # Why the pod is NOTREADY, and what a teardown that failed still holds.
+        "reason": sb.status.reason,
+        "teardownLeft": sb.status.left,
         "cniResult": sb.cni_result,
     }
     return {"info": json.dumps(doc, sort_keys=True)}
@@ -151,7 +154,7 @@ async def pod_sandbox_status(
     node: Node, request: api_pb2.PodSandboxStatusRequest
 ) -> api_pb2.PodSandboxStatusResponse:
     manager = _manager(node)
-    sb = manager.check_alive(manager.get(request.pod_sandbox_id))
+    sb = manager.get(request.pod_sandbox_id)  # from memory: a status call never writes
     # The timestamp goes with the statuses: taken before them, so an event published
     # after them is never older than this reply (kubelet's cache keeps the newer one).
     stamp = time.time_ns()

@@ -23,7 +23,7 @@ from sycri.runtime import procfs
 
 log = logging.getLogger("sycri.pod_init")
 
-_reapers: set[asyncio.Task] = set()
+_reapers: set[asyncio.Task[int]] = set()
 
 MARK = "SYCRI_POD_INIT"
 

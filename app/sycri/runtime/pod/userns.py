@@ -314,7 +314,7 @@ def _nr(table: dict[str, int]) -> int:
 
 
 def _sys(what: str, nr: int, *args: object) -> int:
-    rc = _libc.syscall(ctypes.c_long(nr), *args)
+    rc = int(_libc.syscall(ctypes.c_long(nr), *args))
     if rc < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"{what}: {os.strerror(err)}")
