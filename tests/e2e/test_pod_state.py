@@ -134,9 +134,9 @@ def test_init_exit_makes_the_pod_notready_with_an_event_and_reads_never_write(no
         assert read_everything(rt, pod).status.state == R.SANDBOX_NOTREADY
     assert files_under(*state_dirs) == before
     info = json.loads(
-        rt.PodSandboxStatus(
-            R.PodSandboxStatusRequest(pod_sandbox_id=pod, verbose=True)
-        ).info["info"]
+        rt.PodSandboxStatus(R.PodSandboxStatusRequest(pod_sandbox_id=pod, verbose=True)).info[
+            "info"
+        ]
     )
     assert "init" in info["reason"]
     events.call.cancel()

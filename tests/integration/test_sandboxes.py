@@ -23,6 +23,7 @@ from sycri.runtime.cgroups import cgroups
 from sycri.runtime.pod.sandbox import NOTREADY, READY
 from sycri.runtime.pod.sandbox_manager import SandboxManager
 
+from tests.support.node import remove_cgroups
 from tests.support.pods import (
     PodNet,
     connect_from,
@@ -326,6 +327,49 @@ def test_crash_during_creation_is_cleaned_up_at_start(env: Env):
     assert (fp.veths, fp.iptables_rules, fp.ns_files, fp.pod_dirs) == (0, 0, 0, 0)
 
 
+def test_teardown_a_restart_cannot_finish_is_kept_and_retried(env: Env):
+    """Start-up recovery of a pod a crash left half-created, whose cgroup is busy: the
+    record stays (listed NOTREADY, with what is left) instead of being forgotten, and
+    the periodic retry finishes the teardown once the cgroup empties."""
+    cg = f"sycri-test-{secrets.token_hex(4)}"
+    sb = env.run(pod_config("stuck", cgroup_parent=f"/{cg}/pod"))
+    busy = Path("/sys/fs/cgroup/pids") / cg / "pod"
+    sleeper = subprocess.Popen(["sleep", "3600"])
+    try:
+        (busy / "cgroup.procs").write_text(str(sleeper.pid))
+        sb.status.state = "creating"  # as if sycri died before replying
+        env.call(env.manager.store.save_status(sb))
+        env.manager.close()
+        env.manager = SandboxManager(env.config(), "cgroupfs", retry_interval=0.05)
+        env.call(env.manager.recover())
+        (kept,) = env.manager.list()
+        assert (kept.id, kept.state, kept.status.failed) == (sb.id, NOTREADY, True)
+        assert any(str(busy) in what for what in kept.status.left)
+        assert busy.is_dir()
+        sleeper.kill()
+        sleeper.wait()
+
+        async def until_gone() -> None:
+            while env.manager.store.find(sb.id) is not None:
+                await asyncio.sleep(0.02)
+
+        env.call(asyncio.wait_for(until_gone(), 20))
+        assert env.manager.list() == []
+        fp = footprint(env.base / "run", env.net, {sb.id}, cg)
+        assert (fp.veths, fp.iptables_rules, fp.ns_files, fp.pod_dirs, fp.cgroups) == (
+            0,
+            0,
+            0,
+            0,
+            0,
+        )
+        assert list((env.base / "root" / "sandboxes").iterdir()) == []
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        remove_cgroups(cg)
+
+
 def test_pod_cgroup_with_resources_and_overhead(env: Env):
     parent = f"/sycri-test-{secrets.token_hex(4)}/pod-a"
     cfg = pod_config("cg", cgroup_parent=parent, pid=api_pb2.POD)
@@ -497,11 +541,11 @@ def test_pod_whose_init_dies_turns_notready(env: Env):
     assert wait_gone(sb.init_pid)
 
     async def until_notready() -> None:  # nobody asks: the watch on the init sees it
-        while env.manager.get(sb.id).state != NOTREADY:
+        while not heard:
             await asyncio.sleep(0.01)
 
     env.call(asyncio.wait_for(until_notready(), 20))
-    assert heard == [sb.id]
+    assert heard == [sb.id] and env.manager.get(sb.id).state == NOTREADY
     assert "init" in env.manager.get(sb.id).status.reason
     env.call(env.manager.remove(sb.id))
     assert footprint(env.base / "run", env.net, {sb.id}).ns_files == 0
