@@ -564,14 +564,14 @@ def test_run_dir_is_a_shared_mount_once_pods_exist(env: Env):
 
 def test_bad_pod_cidr_is_refused(env: Env):
     with pytest.raises(InvalidArgument, match="not a network"):
-        env.manager.set_pod_cidr("10.0.0.0/33")
-    env.manager.set_pod_cidr("10.9.0.0/24,fd00:9::/64")
+        env.call(env.manager.set_pod_cidr("10.0.0.0/33"))
+    env.call(env.manager.set_pod_cidr("10.9.0.0/24,fd00:9::/64"))
     assert env.manager.pod_subnets() == ["10.9.0.0/24", "fd00:9::/64"]
 
 
 def test_dual_stack_pods_get_both_ips_and_talk_over_ipv6(env: Env):
     v6 = free_subnet6()
-    env.manager.set_pod_cidr(f"{env.net.subnet},{v6}")
+    env.call(env.manager.set_pod_cidr(f"{env.net.subnet},{v6}"))
     a = env.run(pod_config("v6a"))
     b = env.run(pod_config("v6b"))
     assert len(a.ips) == 2 and ":" not in a.ips[0] and ":" in a.ips[1]

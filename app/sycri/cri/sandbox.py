@@ -218,7 +218,7 @@ async def update_pod_sandbox_resources(
 async def update_runtime_config(
     node: Node, request: api_pb2.UpdateRuntimeConfigRequest
 ) -> api_pb2.UpdateRuntimeConfigResponse:
-    _manager(node).set_pod_cidr(request.runtime_config.network_config.pod_cidr)
+    await _manager(node).set_pod_cidr(request.runtime_config.network_config.pod_cidr)
     return api_pb2.UpdateRuntimeConfigResponse()
 
 

@@ -6,6 +6,7 @@ after a restart) goes through the same plugins even if the conf dir changed sinc
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import ipaddress
@@ -105,7 +106,7 @@ class PodNetwork:
         if sb.status.network_up and sb.network is not None:
             net = cni.parse(sb.network, f"sandbox {sb.id[:12]}")
             att = self.attachment(sb, "eth0", caps_of(sb))
-            if att.netns and not linux.is_mountpoint(att.netns):
+            if att.netns and not await asyncio.to_thread(linux.is_mountpoint, att.netns):
                 # The namespace is gone (its pin was undone): the CNI spec's DEL then
                 # gets no CNI_NETNS and still releases the address; the bridge
                 # plugin's NAT rules need the namespace, so they go here.

@@ -25,9 +25,7 @@ def slice_name(sb: Sandbox) -> str:
 def owns(sb: Sandbox) -> bool:
     """Whether sycri made the pod's cgroup (then it also set its limits)."""
     leaf = sb.cgroup_path.rstrip("/")
-    return bool(leaf) and any(
-        d.rstrip("/").endswith(leaf) for d in sb.status.cgroup_created
-    )
+    return bool(leaf) and any(d.rstrip("/").endswith(leaf) for d in sb.status.cgroup_created)
 
 
 async def make(

@@ -97,8 +97,9 @@ class SandboxManager:
     def pod_subnets(self) -> builtins.list[str]:
         return self.net.pod_subnets()
 
-    def set_pod_cidr(self, cidr: str) -> None:
-        self.net.set_pod_cidr(cidr)
+    async def set_pod_cidr(self, cidr: str) -> None:
+        """UpdateRuntimeConfig: validated, then written (fsynced) in a worker thread."""
+        await asyncio.to_thread(self.net.set_pod_cidr, cidr)
 
     def network(self, bandwidth: bool = False) -> cni.Network:
         return self.net.network(bandwidth)
@@ -109,7 +110,9 @@ class SandboxManager:
     # ----- run ------------------------------------------------------------------
 
     async def run(self, cfg: api_pb2.PodSandboxConfig, handler: str) -> Sandbox:
-        sb, plan = planning.plan(
+        # Validation reads the CNI conf dir: in a worker thread, like every file access.
+        sb, plan = await asyncio.to_thread(
+            planning.plan,
             self.config,
             cfg,
             handler,
