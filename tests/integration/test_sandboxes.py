@@ -317,6 +317,40 @@ def test_restart_lists_same_pods_and_del_works_after_restart(env: Env):
     assert (fp.veths, fp.iptables_rules, fp.ns_files, fp.pod_dirs) == (0, 0, 0, 0)
 
 
+def test_pod_recorded_by_the_previous_version_survives_the_upgrade(env: Env):
+    """A DaemonSet upgrade: a running pod whose record is the single ``sandbox.json`` of
+    sycri before the metadata/status split is READY after the restart, its init watched,
+    and removed without leaving anything."""
+    port = _free_port()
+    sb = env.run(pod_config("veteran", ports=[(port, 80)], pid=api_pb2.POD))
+    d = env.base / "root" / "sandboxes" / sb.id
+    legacy = {**json.loads((d / "metadata.json").read_text())}
+    legacy.update(json.loads((d / "status.json").read_text()))
+    for new_field in ("reason", "failed", "left"):  # the old version had none of these
+        del legacy[new_field]
+    (d / "sandbox.json").write_text(json.dumps(legacy))
+    (d / "metadata.json").unlink()
+    (d / "status.json").unlink()
+    m2 = env.restart()
+    again = m2.get(sb.id)
+    assert (again.state, again.ips, again.init_pid) == (READY, sb.ips, sb.init_pid)
+    assert again.network == sb.network and again.status.cgroup_created == []
+    assert sorted(p.name for p in d.iterdir()) == ["metadata.json", "status.json"]
+    heard: list[str] = []
+    m2.on_exit.append(lambda pod: heard.append(pod.id))
+    os.kill(sb.init_pid, 9)
+
+    async def until_heard() -> None:
+        while not heard:
+            await asyncio.sleep(0.01)
+
+    env.call(asyncio.wait_for(until_heard(), 20))
+    assert m2.get(sb.id).state == NOTREADY
+    env.call(m2.remove(sb.id))
+    fp = footprint(env.base / "run", env.net, {sb.id})
+    assert (fp.veths, fp.iptables_rules, fp.ns_files, fp.pod_dirs) == (0, 0, 0, 0)
+
+
 def test_crash_during_creation_is_cleaned_up_at_start(env: Env):
     sb = env.run(pod_config("half"))
     sb.status.state = "creating"  # as if sycri died before replying
