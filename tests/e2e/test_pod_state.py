@@ -218,12 +218,13 @@ def test_failed_run_keeps_its_record_until_its_teardown_really_finished(tmp_path
         assert str(pids_cgroup) in (err.value.details() or "")
         assert [p.id for p in rt.ListPodSandbox(R.ListPodSandboxRequest()).items] == [item.id]
 
-        # The process leaves; kubelet's next RemovePodSandbox finishes the teardown.
+        # The process leaves; kubelet's next StopPodSandbox finishes the teardown, and
+        # its RemovePodSandbox then has nothing left to do.
         os.kill(sleeper, signal.SIGKILL)
         assert wait_gone(sleeper)
         rt.StopPodSandbox(R.StopPodSandboxRequest(pod_sandbox_id=item.id))
-        rt.RemovePodSandbox(R.RemovePodSandboxRequest(pod_sandbox_id=item.id))
         assert rt.ListPodSandbox(R.ListPodSandboxRequest()).items == []
+        rt.RemovePodSandbox(R.RemovePodSandboxRequest(pod_sandbox_id=item.id))
         fp = footprint(server.base / "run", net, {item.id}, cg_root)
         assert (fp.ns_files, fp.pod_dirs, fp.cgroups) == (0, 0, 0)
         assert linux.mount_targets_under(server.base / "run" / "pods") == []
