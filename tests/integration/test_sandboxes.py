@@ -404,6 +404,22 @@ def test_teardown_a_restart_cannot_finish_is_kept_and_retried(env: Env):
         remove_cgroups(cg)
 
 
+def test_a_parent_cgroup_other_pods_still_use_does_not_block_a_removal(env: Env):
+    """The first pod under a new parent makes the parent too; removing that pod while a
+    second one lives below the same parent removes its own cgroup and succeeds."""
+    cg = f"sycri-test-{secrets.token_hex(4)}"
+    try:
+        first = env.run(pod_config("first", cgroup_parent=f"/{cg}/first"))
+        second = env.run(pod_config("second", cgroup_parent=f"/{cg}/second"))
+        assert env.call(env.manager.remove(first.id))
+        pids = Path("/sys/fs/cgroup/pids") / cg
+        assert not (pids / "first").exists() and (pids / "second").is_dir()
+        assert [sb.id for sb in env.manager.list()] == [second.id]
+        assert env.call(env.manager.remove(second.id))
+    finally:
+        remove_cgroups(cg)
+
+
 def test_pod_cgroup_with_resources_and_overhead(env: Env):
     parent = f"/sycri-test-{secrets.token_hex(4)}/pod-a"
     cfg = pod_config("cg", cgroup_parent=parent, pid=api_pb2.POD)

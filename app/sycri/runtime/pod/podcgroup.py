@@ -81,7 +81,19 @@ def release(sb: Sandbox, driver: str) -> list[str]:
         except Exception as exc:
             left.append(f"systemd slice {slice_name(sb)} ({exc})")
     cgroups.remove_dirs(created)
+    # The pod's own cgroup (and below) must go. A parent sycri made for it may hold
+    # other pods' cgroups too: once the pod's own is gone, removing it is best effort,
+    # as it always was; while the pod's own is there, the parent stays recorded.
+    leaf = sb.cgroup_path.rstrip("/")
     remaining = [d for d in created if os.path.isdir(d)]
-    sb.status.cgroup_created = remaining
-    left.extend(f"cgroup {d}" for d in remaining)
+    own = [d for d in remaining if _at_or_below(d, leaf)]
+    sb.status.cgroup_created = remaining if own else []
+    left.extend(f"cgroup {d}" for d in own)
     return left
+
+
+def _at_or_below(d: str, leaf: str) -> bool:
+    """Whether cgroup dir ``d`` is the pod's cgroup ``leaf`` (a path relative to each
+    hierarchy) or below it."""
+    d = d.rstrip("/")
+    return bool(leaf) and (d.endswith(leaf) or f"{leaf}/" in d)
