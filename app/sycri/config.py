@@ -413,7 +413,13 @@ def load(
 
 
 # Variables with the prefix that are not configuration keys.
-_IGNORED_ENV = {"SYCRI_CONFIG", "SYCRI_TEST_CRASH_AT"}  # the latter: sycri.crashpoint (tests)
+# SYCRI_TEST_*: sycri.crashpoint and sycri.blocking (tests), not settings
+_IGNORED_ENV = {
+    "SYCRI_CONFIG",
+    "SYCRI_TEST_CRASH_AT",
+    "SYCRI_TEST_LOOP_CHECK",
+    "SYCRI_TEST_SLOW_CALLBACKS",
+}
 
 
 def detect_cgroup_driver(cfg: Config) -> str:

@@ -24,7 +24,6 @@ _MODE = {"POD": api_pb2.POD, "CONTAINER": api_pb2.CONTAINER, "NODE": api_pb2.NOD
 
 
 def _manager(node: Node) -> SandboxManager:
-    assert node.sandboxes is not None, "sandbox manager not assembled"
     return node.sandboxes
 
 
@@ -79,8 +78,7 @@ def _publish(
 ) -> None:
     """A sandbox lifecycle event for evented PLEG, as containerd sends them: the sandbox
     id as the container id (kubelet syncs the pod on it)."""
-    if node.events is not None:
-        node.events.publish(ContainerEvent(sandbox_id, kind, sandbox_id, snapshot=snapshot))
+    node.events.publish(ContainerEvent(sandbox_id, kind, sandbox_id, snapshot=snapshot))
 
 
 def status_of(sb: Sandbox) -> api_pb2.PodSandboxStatus:
@@ -159,9 +157,7 @@ async def pod_sandbox_status(
     # after them is never older than this reply (kubelet's cache keeps the newer one).
     stamp = time.time_ns()
     containers = node.containers
-    records = (
-        [containers.refresh(r) for r in containers.in_pod(sb.id)] if containers is not None else []
-    )
+    records = [containers.refresh(r) for r in containers.in_pod(sb.id)]
     resp = api_pb2.PodSandboxStatusResponse(
         status=status_of(sb), timestamp=stamp, containers_statuses=container_statuses(records)
     )

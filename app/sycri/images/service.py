@@ -199,7 +199,7 @@ class Images:
         except SycriError:
             ref = None
         if ref is not None and not ref.digest and len(image.repo_tags) > 1:
-            self.store.untag(tag_key(ref))
+            await in_thread(self.store.untag, tag_key(ref))
             return image
         for user in self.users:
             who = user(image.id)
@@ -319,14 +319,9 @@ class Images:
     async def _pull_from(
         self, client: RegistryClient, ref: Reference, text: str, p: metrics.Pull
     ) -> Image:
-        top = await client.manifest(ref.digest or ref.tag)
-        fetched = top
-        if top.media_type in mf.INDEXES:
-            chosen = mf.choose_platform(mf.parse_index(top.data), self.arch, self.variant)
-            fetched = await client.manifest(chosen.digest)
-            if fetched.media_type in mf.INDEXES:
-                raise InvalidArgument(f"{text}: an index inside an index is not supported")
-        manifest = mf.parse_manifest(fetched.data, fetched.media_type)
+        top, manifest = await client.image_manifest(
+            ref.digest or ref.tag, self.arch, self.variant, text
+        )
         tags = [tag_key(ref)] if ref.tag else []
         digests = [digest_key(ref, top.digest)]
         if manifest.config.media_type == mf.SIF_CONFIG:
@@ -574,12 +569,7 @@ class Images:
                 on_bytes=p.downloaded,
             )
             oref = Reference("oras", ep.host, ep.repository, ref.tag)
-            top = await client.manifest(ref.tag)
-            fetched = top
-            if top.media_type in mf.INDEXES:
-                chosen = mf.choose_platform(mf.parse_index(top.data), self.arch, self.variant)
-                fetched = await client.manifest(chosen.digest)
-            manifest = mf.parse_manifest(fetched.data, fetched.media_type)
+            top, manifest = await client.image_manifest(ref.tag, self.arch, self.variant, text)
             digests = [digest_key(oref, top.digest)]
             return await self._sif_artifact(client, manifest, text, tags, digests, p)
         digest, size = await lib.image_meta(ref, self.arch)
