@@ -77,6 +77,9 @@ class ImageConfig:
     # require-trusted (signed by a key in trusted_keyrings).
     sif_policy: str = "accept"
     trusted_keyrings: tuple[str, ...] = ()  # PGP public keys (armored/binary) or PEM keys
+    # Read-only directories of SIF files shared by many nodes (NFS, Lustre, CephFS), each
+    # with a sycri-index.yaml naming its images: served in place, never pulled or removed.
+    sif_stores: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -287,7 +290,7 @@ def validate(cfg: Config) -> Config:
     for key in _ABSOLUTE:
         if not os.path.isabs(values[key]):
             raise ConfigError(f"{key}: must be an absolute path, got {values[key]!r}")
-    for key in ("cni.bin_dirs", "images.trusted_keyrings"):
+    for key in ("cni.bin_dirs", "images.trusted_keyrings", "images.sif_stores"):
         for p in values[key]:
             if not os.path.isabs(p):
                 raise ConfigError(f"{key}: must hold absolute paths, got {p!r}")
