@@ -135,6 +135,7 @@ def assemble(cfg: Config) -> Node:
     stored_images = adapters.StoredImages(images)
     conts = containers.from_config(cfg, driver, adapters.PodSandboxes(sandboxes), stored_images)
     conts.image_users.append(stored_images.track)
+    images.users.append(conts.image_volumes.user_of)
     conts.follow_pods(sandboxes)
     conts.image_mounts.method_for = images.mount_method  # images.kernel_mount
     bus = EventBus(cfg.event_buffer, on_drop=metrics.event_dropped)

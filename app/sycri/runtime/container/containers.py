@@ -27,6 +27,7 @@ from sycri.runtime.container import execsync, lifecycle, recovery, rootfs, updat
 from sycri.runtime.container.container_store import ContainerStore
 from sycri.runtime.container.execsync import EXEC_OUTPUT_LIMIT, ExecResult
 from sycri.runtime.container.exits import LOST_EXIT, UNMONITORED, ExitMonitor
+from sycri.runtime.container.image_volumes import ImageVolumes
 from sycri.runtime.container.lookups import (
     ImageInfo,
     ImageLookup,
@@ -123,6 +124,7 @@ class Containers:
             cgroup_version=self.cgroup_version,
         )
         self._locks: dict[str, asyncio.Lock] = {}
+        self.image_volumes = ImageVolumes(self.image_mounts, images, paths.containers)
         # Told (image_id, container_id, in_use) when a container starts/stops using an image.
         self.image_users: list[Callable[[str, str, bool], None]] = []
         # Told (record, event) on every lifecycle change: the GetContainerEvents bus.

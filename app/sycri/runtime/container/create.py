@@ -89,6 +89,7 @@ async def create(
         # The spec bind-mounts the host's paths as sycri reaches them (host_root);
         # the record keeps kubelet's.
         spec_cfg = await asyncio.to_thread(hostpath.resolve_mounts, cfg, c.host_root, c.own_dirs)
+        spec_cfg = await c.image_volumes.attach(cid, spec_cfg)  # Mount.image
         facts = await asyncio.to_thread(
             hostfacts.gather,
             spec_cfg,
@@ -196,6 +197,7 @@ async def _undo_create(
         if image is not None:
             await c.image_mounts.release(image.id, cid)
             c.tell_images(image.id, cid, False)
+        await c.image_volumes.detach(cid)
     except Exception:
         log.exception("cleaning up failed create of %s", cid)
     with contextlib.suppress(FileNotFoundError):

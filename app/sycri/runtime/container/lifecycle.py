@@ -121,6 +121,7 @@ async def remove(c: Containers, ref: str) -> None:
         await asyncio.to_thread(conmon_cgroup.release, Path(rec.bundle) / conmon_cgroup.RECORD)
         await c.image_mounts.release(rec.image_id, rec.id)
         c.tell_images(rec.image_id, rec.id, False)
+        await c.image_volumes.detach(rec.id)
         await c.store.delete(rec)
         crashpoint.reach("container.remove.record")
         await rootfs.remove_overlay(Path(rec.bundle))

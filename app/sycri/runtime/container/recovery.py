@@ -36,6 +36,7 @@ async def recover(c: Containers) -> None:
     for rec in records:
         c.image_mounts.adopt(rec.image_id, rec.id)
         c.tell_images(rec.image_id, rec.id, True)
+        c.image_volumes.adopt(rec.id)
         if rec.state == CREATED:
             await _reconcile_created(c, rec)
         await c.exits.collect(rec)
@@ -50,6 +51,7 @@ async def recover(c: Containers) -> None:
                 log.exception("removing container %s", rec.id)
     # Ours: every container with a record, and those whose record is quarantined.
     ours = {r.id for r in c.store.all()} | c.store.quarantined
+    c.image_volumes.forget_unknown(ours)
     for cid, pid in conmon.monitors(c.paths.exits).items():
         if cid not in ours:
             # A create killed after conmon started: nothing was promised to
