@@ -18,7 +18,7 @@ from pathlib import Path
 
 import grpc
 
-from sycri import blocking
+from sycri import adapters, blocking
 from sycri.config import Config, detect_cgroup_driver
 from sycri.cri import (
     container,
@@ -132,9 +132,10 @@ def assemble(cfg: Config) -> Node:
     images.start()
     driver = detect_cgroup_driver(cfg)
     sandboxes = SandboxManager(cfg, driver)
-    conts = containers.from_config(
-        cfg, driver, containers.PodSandboxes(sandboxes), containers.StoredImages(images)
-    )
+    stored_images = adapters.StoredImages(images)
+    conts = containers.from_config(cfg, driver, adapters.PodSandboxes(sandboxes), stored_images)
+    conts.image_users.append(stored_images.track)
+    images.users.append(conts.image_volumes.user_of)
     conts.follow_pods(sandboxes)
     conts.image_mounts.method_for = images.mount_method  # images.kernel_mount
     bus = EventBus(cfg.event_buffer, on_drop=metrics.event_dropped)

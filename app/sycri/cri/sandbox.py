@@ -157,7 +157,7 @@ async def pod_sandbox_status(
     # after them is never older than this reply (kubelet's cache keeps the newer one).
     stamp = time.time_ns()
     containers = node.containers
-    records = [containers.refresh(r) for r in containers.in_pod(sb.id)]
+    records = containers.in_pod(sb.id)
     resp = api_pb2.PodSandboxStatusResponse(
         status=status_of(sb), timestamp=stamp, containers_statuses=container_statuses(records)
     )

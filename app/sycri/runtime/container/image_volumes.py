@@ -16,6 +16,7 @@ Which images a container mounts is kept beside its bundle
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -118,7 +119,9 @@ class ImageVolumes:
                     ids.append(info.id)
                     # Recorded before it is mounted: a crash in between leaves a count
                     # that recovery drops with the container, never a mount nobody owns.
-                    atomic_write_json(self._record(container_id), ids, mode=0o600)
+                    await asyncio.to_thread(
+                        atomic_write_json, self._record(container_id), list(ids), 0o600
+                    )
                     top = await self.mounts.acquire(info.source, _key(container_id))
                     self._users.setdefault(info.id, set()).add(container_id)
                 else:
