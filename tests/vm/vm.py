@@ -104,11 +104,28 @@ def image() -> Image:
         return Image(out, time.monotonic() - t0)
 
 
-def boot(img: Image, work: Path, *, timeout: float = 1200.0, repo: Path = REPO) -> Run:
+def boot(
+    img: Image,
+    work: Path,
+    *,
+    timeout: float = 1200.0,
+    repo: Path = REPO,
+    shares: dict[str, Path] | None = None,
+    task: str = "checks",
+) -> Run:
     """Boot the guest once on an overlay of ``img``; it runs the guest script and powers
-    off. Results land in ``work/results``."""
+    off. Results land in ``work/results``.
+
+    ``shares``: more host directories (9p tag → path), mounted in the guest at the same
+    path by ``guest_run.sh``. ``task``: what the guest runs (``checks``: the pytest
+    guest checks; ``critest``: ``guest_critest.sh``)."""
     results = work / "results"
     results.mkdir(parents=True, exist_ok=True)
+    (results / "task").write_text(task + "\n")
+    shares = dict(shares or {})
+    for tag in shares:
+        if not re.fullmatch(r"[a-z][a-z0-9]{0,15}", tag) or tag in ("repo", "results"):
+            raise ValueError(f"bad 9p tag {tag!r}")
     overlay = work / "overlay.qcow2"
     subprocess.run(
         ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(img.disk), "-F", "raw",
@@ -118,6 +135,8 @@ def boot(img: Image, work: Path, *, timeout: float = 1200.0, repo: Path = REPO) 
     append = (
         f"root=/dev/vda rw console=ttyS0 systemd.unified_cgroup_hierarchy=1 quiet sycri.repo={repo}"
     )
+    if shares:
+        append += " sycri.shares=" + ",".join(f"{t}:{p}" for t, p in shares.items())
     argv = [
         "qemu-system-x86_64", "-accel", "tcg,thread=multi", "-cpu", "max",
         "-smp", str(min(2, os.cpu_count() or 1)), "-m", "2048",
@@ -128,6 +147,8 @@ def boot(img: Image, work: Path, *, timeout: float = 1200.0, repo: Path = REPO) 
         "-virtfs", f"local,path={repo},mount_tag=repo,security_model=none",
         "-virtfs", f"local,path={results},mount_tag=results,security_model=none",
     ]  # fmt: skip
+    for tag, path in shares.items():
+        argv += ["-virtfs", f"local,path={path},mount_tag={tag},security_model=none"]
     console = work / "console.log"
     t0 = time.monotonic()
     boot_s = 0.0
