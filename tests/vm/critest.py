@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     img = vm.image()
     opts.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="vm-critest-", dir=opts.out))
+    repo = vm.snapshot(work / "repo")  # a run this long must not see later edits
     (work / "results").mkdir()
     (work / "results" / "critest.env").write_text(
         f"CRITEST={critest}\nCRITEST_DIR={cdir}\n"
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         f"GINKGO_TIMEOUT={max(5, int(opts.timeout / 60) - 8)}m\n"
     )
     run = vm.boot(
-        img, work, timeout=opts.timeout, task="critest",
+        img, work, timeout=opts.timeout, task="critest", repo=repo, venv=vm.REPO / ".venv",
         shares={"critest": critest.parent, "critestdir": cdir, "registry": data},
     )  # fmt: skip
     print(f"vm: boot {run.boot_s:.0f} s, whole run {run.total_s:.0f} s, guest rc {run.rc}")
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     if (work / "console.log").exists():
         shutil.copy(work / "console.log", run.results)
     print(f"results in {run.results}")
+    shutil.rmtree(repo, ignore_errors=True)
     return 0 if summary.exists() else 1
 
 

@@ -12,6 +12,8 @@ repo=$(cd "$(dirname "$0")/../.." && pwd)
 work=/run/critest
 mkdir -p "$work/net.d" "$work/ctmp"
 
+# Debian's docker-registry package starts its own registry on :5000: not ours.
+systemctl stop docker-registry.service 2>/dev/null
 # The test images, served from the host-built storage on the address sycri's
 # registries.conf mirrors to.
 cat > "$work/registry.yml" <<CFG
@@ -34,10 +36,10 @@ images: {registries_conf: $CRITEST_DIR/registries.conf}
 cni: {conf_dir: $work/net.d, default_subnet: 10.234.0.0/16, default_bridge: sycriconf}
 CFG
 sysctl -qw net.ipv4.ip_forward=1
-PYTHONPATH="$repo/app" setsid /run/gvenv/bin/python -m sycri serve --config "$work/sycri.yaml" \
+setsid /run/gvenv/bin/python -m sycri serve --config "$work/sycri.yaml" \
   > "$out/sycri.log" 2>&1 < /dev/null &
-/run/gvenv/bin/python - "$work/sycri.sock" <<'PY' || { echo "sycri or the registry did not come up"; exit 1; }
-import sys, time, urllib.request
+/run/gvenv/bin/python - "$work/sycri.sock" $! <<'PY' || { echo "sycri or the registry did not come up"; exit 1; }
+import os, sys, time, urllib.request
 import grpc
 from sycri.api import api_pb2, api_pb2_grpc
 deadline = time.monotonic() + 600
@@ -48,6 +50,7 @@ while True:
         api_pb2_grpc.RuntimeServiceStub(ch).Version(api_pb2.VersionRequest(), timeout=5)
         break
     except Exception:
+        os.kill(int(sys.argv[2]), 0)  # sycri died: its log says why
         if time.monotonic() > deadline:
             raise
         time.sleep(1)

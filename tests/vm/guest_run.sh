@@ -13,7 +13,10 @@ cd "$repo" || exit 126
   echo "subtree_control: $(cat /sys/fs/cgroup/cgroup.subtree_control)"
 } > "$out/facts.txt"
 for arg in $(cat /proc/cmdline); do
-  case $arg in sycri.shares=*) shares=${arg#sycri.shares=} ;; esac
+  case $arg in
+    sycri.shares=*) shares=${arg#sycri.shares=} ;;
+    sycri.venv=*) venv=${arg#sycri.venv=} ;;
+  esac
 done
 for share in $(echo "${shares:-}" | tr , ' '); do
   mkdir -p "${share#*:}"
@@ -21,10 +24,11 @@ for share in $(echo "${shares:-}" | tr , ' '); do
 done
 # The host's .venv may be built on another python 3.11 build (pyenv): a guest venv on
 # Debian's python3 that reads the host venv's site-packages (same minor version).
-site=$(echo "$repo"/.venv/lib/python3*/site-packages)
+site=$(echo "${venv:-$repo/.venv}"/lib/python3*/site-packages)
 /usr/bin/python3 -m venv --without-pip /run/gvenv || exit 126
 echo "import site; site.addsitedir('$site')" > "$(echo /run/gvenv/lib/python3*/site-packages)/host.pth"
-export PYTHONDONTWRITEBYTECODE=1 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+# This tree's code, not the one the venv's editable install names.
+export PYTHONPATH="$repo/app" PYTHONDONTWRITEBYTECODE=1 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 if [ "$(cat "$out/task" 2>/dev/null)" = critest ]; then
   exec sh "$repo/tests/vm/guest_critest.sh" "$out"
 fi

@@ -104,6 +104,22 @@ def image() -> Image:
         return Image(out, time.monotonic() - t0)
 
 
+def snapshot(dest: Path, repo: Path = REPO) -> Path:
+    """A copy of the repository's files (without .git and .venv) at ``dest``, for a long
+    guest run that edits of the working tree must not reach half way (the guest reads
+    the repository live over 9p). Boot it with ``repo=dest, venv=repo / ".venv"``."""
+    dest.mkdir(parents=True)
+    tar = subprocess.Popen(
+        ["tar", "-C", str(repo), "--exclude=./.git", "--exclude=./.venv",
+         "--exclude=__pycache__", "--exclude=.*_cache", "-cf", "-", "."],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    subprocess.run(["tar", "-C", str(dest), "-xf", "-"], stdin=tar.stdout, check=True)
+    if tar.wait() != 0:
+        raise RuntimeError(f"could not copy {repo}")
+    return dest
+
+
 def boot(
     img: Image,
     work: Path,
@@ -112,13 +128,15 @@ def boot(
     repo: Path = REPO,
     shares: dict[str, Path] | None = None,
     task: str = "checks",
+    venv: Path | None = None,
 ) -> Run:
     """Boot the guest once on an overlay of ``img``; it runs the guest script and powers
     off. Results land in ``work/results``.
 
     ``shares``: more host directories (9p tag → path), mounted in the guest at the same
     path by ``guest_run.sh``. ``task``: what the guest runs (``checks``: the pytest
-    guest checks; ``critest``: ``guest_critest.sh``)."""
+    guest checks; ``critest``: ``guest_critest.sh``). ``venv``: the host virtualenv
+    whose packages the guest uses, when it is not ``repo/.venv``."""
     results = work / "results"
     results.mkdir(parents=True, exist_ok=True)
     (results / "task").write_text(task + "\n")
@@ -135,6 +153,9 @@ def boot(
     append = (
         f"root=/dev/vda rw console=ttyS0 systemd.unified_cgroup_hierarchy=1 quiet sycri.repo={repo}"
     )
+    if venv is not None:
+        shares["venv"] = venv
+        append += f" sycri.venv={venv}"
     if shares:
         append += " sycri.shares=" + ",".join(f"{t}:{p}" for t, p in shares.items())
     argv = [

@@ -197,6 +197,7 @@ class Settings:
     max_ulimits: tuple[str, ...] = ()  # how far a pod may raise a hard limit
     apparmor_default_profile: str = ""  # loaded profile name for RuntimeDefault; "": none
     default_cgroup_parent: str = "/sycri"
+    pids_limit: int = 0  # every container's pids.max; 0: none
 
 
 @dataclass(frozen=True)
@@ -283,6 +284,8 @@ def build(inp: SpecInput) -> BuiltSpec:
     )
     devices, device_rules = _devices(cfg, inp.host, privileged, cdi_edits)
     resources["devices"] = device_rules
+    if inp.settings.pids_limit > 0:
+        resources["pids"] = {"limit": inp.settings.pids_limit}
     linux: dict[str, Any] = {
         "namespaces": namespaces(inp.sandbox_config, sc, inp.sandbox, inp.host.cgroup_v2),
         "resources": resources,
