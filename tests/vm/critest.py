@@ -77,7 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         img, work, timeout=opts.timeout, task="critest", repo=repo, venv=vm.REPO / ".venv",
         shares={"critest": critest.parent, "critestdir": cdir, "registry": data},
     )  # fmt: skip
-    print(f"vm: boot {run.boot_s:.0f} s, whole run {run.total_s:.0f} s, guest rc {run.rc}")
+    print(
+        f"vm: boot {run.boot_s:.0f} s, whole run {run.total_s:.0f} s, guest rc {run.rc}, "
+        f"{run.attempts} boot(s)"
+    )
     summary = run.results / "summary.txt"
     if summary.exists():
         print(summary.read_text())

@@ -48,6 +48,7 @@ class Run:
     boot_s: float  # QEMU start to the guest's "booted" mark
     total_s: float  # QEMU start to power-off
     console: str
+    attempts: int = 1  # boots it took (a guest that died before booting is tried again)
 
 
 def image_key() -> str:
@@ -173,23 +174,38 @@ def boot(
     console = work / "console.log"
     t0 = time.monotonic()
     boot_s = 0.0
-    with open(console, "wb") as out:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
-        try:
-            while proc.poll() is None:
-                if not boot_s and (results / "booted").exists():
-                    boot_s = time.monotonic() - t0
-                if time.monotonic() - t0 > timeout:
+    attempts = 0
+    while True:
+        attempts += 1
+        # A guest that dies before it boots (seen now and then under TCG: QEMU exits
+        # within seconds, nothing on the console) is booted again, at most twice.
+        with open(console, "ab") as out:
+            out.write(f"--- boot attempt {attempts}\n".encode())
+            out.flush()
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+            try:
+                while proc.poll() is None:
+                    if not boot_s and (results / "booted").exists():
+                        boot_s = time.monotonic() - t0
+                    if time.monotonic() - t0 > timeout:
+                        proc.kill()
+                        proc.wait()
+                        break
+                    time.sleep(0.5)
+            finally:
+                if proc.poll() is None:
                     proc.kill()
                     proc.wait()
-                    break
-                time.sleep(0.5)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        if (results / "booted").exists() or attempts == 3 or time.monotonic() - t0 > timeout:
+            break
+        overlay.unlink()
+        subprocess.run(
+            ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(img.disk), "-F", "raw",
+             str(overlay)],
+            check=True,
+        )  # fmt: skip
     total = time.monotonic() - t0
     overlay.unlink(missing_ok=True)
     rc_file = results / "rc"
     rc = int(rc_file.read_text().strip()) if rc_file.exists() else None
-    return Run(results, rc, boot_s, total, console.read_text(errors="replace"))
+    return Run(results, rc, boot_s, total, console.read_text(errors="replace"), attempts)
