@@ -260,3 +260,26 @@ def test_pod_slice_cpuset_as_systemd_cpu_sets():
     # A string with spaces stays one argument.
     argv = slices.start_argv("kubepods-pod1.slice", lim)
     assert argv[argv.index("Description") + 2] == "sycri pod slice kubepods-pod1.slice"
+
+
+@pytest.mark.parametrize(
+    ("parent", "kept"),
+    [
+        ("kubepods-burstable-podx.slice", "kubepods-burstable-podx.slice"),  # kubelet's
+        ("/test.slice", "test.slice"),  # critest's, with the systemd driver
+        ("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pody.slice",
+         "kubepods-besteffort-pody.slice"),
+        ("system.slice:sycri:abc", "system.slice:sycri:abc"),
+    ],
+)  # fmt: skip
+def test_a_path_of_slices_is_its_last_slice_as_containerd_takes_it(parent, kept):
+    assert cgroups.pod_parent("systemd", parent) == kept
+    assert cgroups.relative_path("systemd", parent) == cgroups.systemd_slice_path(
+        kept.split(":", 1)[0]
+    )
+    assert cgroups.pod_parent("cgroupfs", parent) == parent
+
+
+def test_a_path_that_is_not_of_slices_is_still_refused_with_systemd():
+    with pytest.raises(InvalidArgument, match="not a systemd slice name"):
+        cgroups.relative_path("systemd", "/kubepods/burstable/podx")

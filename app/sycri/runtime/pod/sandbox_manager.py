@@ -289,7 +289,7 @@ class SandboxManager:
             net_mode=modes["network"],
             ipc_mode=modes["ipc"],
             pid_mode=modes["pid"],
-            cgroup_parent=cfg.linux.cgroup_parent,
+            cgroup_parent=cgroups.pod_parent(self.cgroup_driver, cfg.linux.cgroup_parent),
             cgroup_path=cgroup_path,
             cgroup_version=self.cgroup_version,
             hosts_path=str(run_dir / "hosts"),
