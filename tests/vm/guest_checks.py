@@ -562,7 +562,7 @@ def test_proxy_and_sycri_units_keep_containers_through_restarts(image):
 
         pids = {cid: pid_of(cid) for cid in (ticker, sevens)}
         monitors = [
-            int(p) for p in Path("/proc").iterdir()
+            int(p.name) for p in Path("/proc").iterdir()
             if p.name.isdigit() and (p / "comm").exists()
             and (p / "comm").read_text().strip() == "conmon"
             and any(cid in (p / "cmdline").read_text() for cid in pids)
