@@ -465,6 +465,8 @@ def proxy_rootfs(rootfs: Path) -> list[Path]:
         target.mkdir(parents=True, exist_ok=True)
         subprocess.run(["mount", "--bind", str(src), str(target)], check=True)
         mounts.append(target)
+        # private: a bind nested in this one must not propagate back to the source
+        subprocess.run(["mount", "--make-private", str(target)], check=True)
         subprocess.run(["mount", "-o", "remount,bind,ro", str(target)], check=True)
     return mounts
 
@@ -621,7 +623,7 @@ def test_proxy_and_sycri_units_keep_containers_through_restarts(image):
             print(f"cleanup: {exc}")
         subprocess.run(["systemctl", "stop", PROXY_UNIT], capture_output=True)
         for m in reversed(mounts):
-            subprocess.run(["umount", str(m)], check=False)
+            subprocess.run(["umount", "-R", "-l", str(m)], check=False, capture_output=True)
         left = read_only_mounts_under(Path("/opt/sycri"))
         if not left:  # uninstall removes /opt/sycri: never with a bind mount in it
             removed = subprocess.run(
