@@ -77,6 +77,9 @@ class ImageConfig:
     # require-trusted (signed by a key in trusted_keyrings).
     sif_policy: str = "accept"
     trusted_keyrings: tuple[str, ...] = ()  # PGP public keys (armored/binary) or PEM keys
+    # Read-only directories of SIF files shared by many nodes (NFS, Lustre, CephFS), each
+    # with a sycri-index.yaml naming its images: served in place, never pulled or removed.
+    sif_stores: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,8 @@ class Config:
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data for ``sycri config show`` (tuples become lists)."""
-        return _plain(dataclasses.asdict(self))
+        plain: dict[str, Any] = _plain(dataclasses.asdict(self))
+        return plain
 
 
 _SECTIONS = {"streaming", "cni", "images", "log"}
@@ -289,7 +293,7 @@ def validate(cfg: Config) -> Config:
     for key in _ABSOLUTE:
         if not os.path.isabs(values[key]):
             raise ConfigError(f"{key}: must be an absolute path, got {values[key]!r}")
-    for key in ("cni.bin_dirs", "images.trusted_keyrings"):
+    for key in ("cni.bin_dirs", "images.trusted_keyrings", "images.sif_stores"):
         for p in values[key]:
             if not os.path.isabs(p):
                 raise ConfigError(f"{key}: must hold absolute paths, got {p!r}")
@@ -333,7 +337,7 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"runtimes.{name}.root: must be an absolute path")
     from sycri.errors import InvalidArgument
     from sycri.runtime.cgroups.conmon_cgroup import check_setting
-    from sycri.runtime.oci.ocispec import rlimits
+    from sycri.runtime.oci.rlimits import rlimits
 
     problem = check_setting(cfg.conmon_cgroup)
     if problem:
@@ -417,7 +421,13 @@ def load(
 
 
 # Variables with the prefix that are not configuration keys.
-_IGNORED_ENV = {"SYCRI_CONFIG", "SYCRI_TEST_CRASH_AT"}  # the latter: sycri.crashpoint (tests)
+# SYCRI_TEST_*: sycri.crashpoint and sycri.blocking (tests), not settings
+_IGNORED_ENV = {
+    "SYCRI_CONFIG",
+    "SYCRI_TEST_CRASH_AT",
+    "SYCRI_TEST_LOOP_CHECK",
+    "SYCRI_TEST_SLOW_CALLBACKS",
+}
 
 
 def detect_cgroup_driver(cfg: Config) -> str:

@@ -10,9 +10,8 @@ from sycri.config import Config
 from sycri.cri import sandbox
 from sycri.cri.sandbox import matches, status_of
 from sycri.errors import InvalidArgument, NotFound
-from sycri.node import Node
 from sycri.runtime.pod.sandbox import NOTREADY, READY, Sandbox, encode_config
-from sycri.runtime.pod.sandbox_manager import SandboxManager
+from sycri.server import assemble
 
 
 def _pod(sid: str, state: str = READY, labels: dict[str, str] | None = None) -> Sandbox:
@@ -66,8 +65,7 @@ def test_filters():
 def test_stop_unknown_pod_is_idempotent_but_status_is_not(tmp_path):
     """kubelet stops pods it may have removed already; containerd and CRI-O answer OK."""
     cfg = Config(root_dir=str(tmp_path / "root"), run_dir=str(tmp_path / "run"))
-    node = Node(config=cfg, cgroup_driver="cgroupfs")
-    node.sandboxes = SandboxManager(cfg, "cgroupfs")
+    node = assemble(cfg)
     for pid in ("ab" * 32, "e2cef978-5e06-4774-ab6b-543c9f895b35"):
         asyncio.run(
             sandbox.stop_pod_sandbox(node, api_pb2.StopPodSandboxRequest(pod_sandbox_id=pid))

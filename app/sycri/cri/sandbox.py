@@ -4,6 +4,7 @@ out."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -24,11 +25,10 @@ _MODE = {"POD": api_pb2.POD, "CONTAINER": api_pb2.CONTAINER, "NODE": api_pb2.NOD
 
 
 def _manager(node: Node) -> SandboxManager:
-    assert node.sandboxes is not None, "sandbox manager not assembled"
     return node.sandboxes
 
 
-def _state(sb: Sandbox) -> int:
+def _state(sb: Sandbox) -> api_pb2.PodSandboxState:
     return api_pb2.SANDBOX_READY if sb.state == READY else api_pb2.SANDBOX_NOTREADY
 
 
@@ -79,8 +79,7 @@ def _publish(
 ) -> None:
     """A sandbox lifecycle event for evented PLEG, as containerd sends them: the sandbox
     id as the container id (kubelet syncs the pod on it)."""
-    if node.events is not None:
-        node.events.publish(ContainerEvent(sandbox_id, kind, sandbox_id, snapshot=snapshot))
+    node.events.publish(ContainerEvent(sandbox_id, kind, sandbox_id, snapshot=snapshot))
 
 
 def status_of(sb: Sandbox) -> api_pb2.PodSandboxStatus:
@@ -156,9 +155,7 @@ async def pod_sandbox_status(
     # after them is never older than this reply (kubelet's cache keeps the newer one).
     stamp = time.time_ns()
     containers = node.containers
-    records = (
-        [containers.refresh(r) for r in containers.in_pod(sb.id)] if containers is not None else []
-    )
+    records = [containers.refresh(r) for r in containers.in_pod(sb.id)]
     resp = api_pb2.PodSandboxStatusResponse(
         status=status_of(sb), timestamp=stamp, containers_statuses=container_statuses(records)
     )
@@ -215,7 +212,10 @@ async def update_pod_sandbox_resources(
 async def update_runtime_config(
     node: Node, request: api_pb2.UpdateRuntimeConfigRequest
 ) -> api_pb2.UpdateRuntimeConfigResponse:
-    _manager(node).set_pod_cidr(request.runtime_config.network_config.pod_cidr)
+    # It writes the subnet file (an fsync): off the event loop.
+    await asyncio.to_thread(
+        _manager(node).set_pod_cidr, request.runtime_config.network_config.pod_cidr
+    )
     return api_pb2.UpdateRuntimeConfigResponse()
 
 

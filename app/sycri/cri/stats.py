@@ -12,8 +12,9 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Protocol, TypeVar
 
 from sycri.api import api_pb2
-from sycri.errors import Internal, InvalidArgument, NotFound, Unavailable, excerpt
+from sycri.errors import InvalidArgument, NotFound, excerpt
 from sycri.runtime.cgroups.cgroupstats import CgroupSample, Pressure, PsiData
+from sycri.runtime.stats.netstats import InterfaceStats
 from sycri.runtime.stats.stats import (
     ContainerInfo,
     ContainerSource,
@@ -30,43 +31,22 @@ MAX_ID = 128
 
 
 class StatsNode(Protocol):
-    containers: ContainerSource
-    sandboxes: PodSource
-    stats: StatsCollector
+    """The parts of the node stats read (a test rig may be just these)."""
+
+    @property
+    def containers(self) -> ContainerSource: ...
+    @property
+    def sandboxes(self) -> PodSource: ...
+    @property
+    def stats(self) -> StatsCollector: ...
 
 
 T = TypeVar("T")
 
 
-class _NoObjects:
-    """Stands in for a store the node does not have yet: it holds nothing."""
-
-    def stats_containers(self) -> list[ContainerInfo]:
-        return []
-
-    def stats_pods(self) -> list[PodInfo]:
-        return []
-
-
-def _source(node: object, attr: str, method: str):
-    src = getattr(node, attr, None)
-    if src is None:
-        return _NoObjects()
-    if not callable(getattr(src, method, None)):
-        raise Internal(f"node.{attr} does not provide {method}() for stats")
-    return src
-
-
 def sources(node: StatsNode) -> tuple[ContainerSource, PodSource, StatsCollector]:
     """The node's container and pod stores as stats see them, and its collector."""
-    collector = getattr(node, "stats", None)
-    if collector is None:
-        raise Unavailable("the stats collector is not running")
-    return (
-        _source(node, "containers", "stats_containers"),
-        _source(node, "sandboxes", "stats_pods"),
-        collector,
-    )
+    return node.containers, node.sandboxes, node.stats
 
 
 def batches(items: Sequence[T], size: int | None = None) -> Iterable[Sequence[T]]:
@@ -197,7 +177,7 @@ def container_stats(u: ContainerUsage) -> api_pb2.ContainerStats:
 
 
 def network_usage(n: NetworkUsage) -> api_pb2.NetworkUsage:
-    def iface(i) -> api_pb2.NetworkInterfaceUsage:
+    def iface(i: InterfaceStats) -> api_pb2.NetworkInterfaceUsage:
         return api_pb2.NetworkInterfaceUsage(
             name=i.name,
             rx_bytes=_u64(i.rx_bytes),
@@ -284,7 +264,9 @@ def select_pods(items: Iterable[PodInfo], f: api_pb2.PodSandboxStatsFilter | Non
     return items
 
 
-async def _list_containers(node: StatsNode, f) -> list[api_pb2.ContainerStats]:
+async def _list_containers(
+    node: StatsNode, f: api_pb2.ContainerStatsFilter | None
+) -> list[api_pb2.ContainerStats]:
     containers, pods, collector = sources(node)
     everything = list(containers.stats_containers())
     usage = await collector.containers(select_containers(everything, f))
@@ -292,7 +274,9 @@ async def _list_containers(node: StatsNode, f) -> list[api_pb2.ContainerStats]:
     return [container_stats(u) for u in usage]
 
 
-async def _list_pods(node: StatsNode, f) -> list[api_pb2.PodSandboxStats]:
+async def _list_pods(
+    node: StatsNode, f: api_pb2.PodSandboxStatsFilter | None
+) -> list[api_pb2.PodSandboxStats]:
     containers, pods, collector = sources(node)
     usage = await collector.pods(select_pods(pods.stats_pods(), f), containers.stats_containers())
     return [pod_stats(u) for u in usage]

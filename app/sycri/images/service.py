@@ -26,8 +26,12 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
+
+import aiohttp
+from opentelemetry.trace import Span
 
 from sycri import crashpoint, sif
 from sycri.config import Config
@@ -48,6 +52,7 @@ from sycri.images.credentials import Credentials
 from sycri.images.library import LibraryClient, redirect_endpoint
 from sycri.images.reference import Reference
 from sycri.images.registry import RegistryClient, new_session
+from sycri.images.sif_stores import SifStores
 from sycri.images.store import Image, Store, usage
 from sycri.images.unpack import Applier, LimitExceeded, Limits
 from sycri.observability import metrics, tracing
@@ -121,9 +126,18 @@ class Images:
         self.arch, self.variant = reference.node_arch()
         self.users: list[Callable[[str], str | None]] = []
         self.container_usage: Callable[[], tuple[Path, int, int] | None] | None = None
-        self._pulls: dict[str, asyncio.Task] = {}
-        self._converting: dict[str, asyncio.Task] = {}
-        self._cleanups: set[asyncio.Task] = set()
+        self._pulls: dict[str, asyncio.Task[Image]] = {}
+        self._converting: dict[str, asyncio.Future[Image]] = {}
+        self._cleanups: set[asyncio.Task[None]] = set()
+        # Shared read-only SIF stores (images.sif_stores): served in place, never removed.
+        self.sif_stores = SifStores(
+            cfg.images.sif_stores,
+            self.store.root / "sif-stores.json",
+            name_key=lambda name: tag_key(reference.parse(name)),
+            config_of=lambda path: _sif_config(path, self.arch),
+            trust_of=lambda path: sif_policy.evaluate(path, self.keys),
+            policy=cfg.images.sif_policy,
+        )
 
     def start(self) -> None:
         """Remove what unfinished pulls left (kill -9, crash) before serving."""
@@ -143,32 +157,44 @@ class Images:
         text = text.strip()
         if not text:
             raise InvalidArgument("image name is empty")
+        stores = self.sif_stores
         if reference.is_image_id(text):
-            return self.store.get(text if text.startswith("sha256:") else "sha256:" + text), True
+            image_id = text if text.startswith("sha256:") else "sha256:" + text
+            return stores.get(image_id) or self.store.get(image_id), True
         hexpart = text.removeprefix("sha256:")
         if 6 <= len(hexpart) < 64 and all(c in "0123456789abcdef" for c in hexpart):
-            ids = self.store.by_id_prefix(hexpart)
+            ids = set(self.store.by_id_prefix(hexpart)) | set(stores.by_id_prefix(hexpart))
             if len(ids) == 1:
-                return self.store.get(ids[0]), True
+                (image_id,) = ids
+                return stores.get(image_id) or self.store.get(image_id), True
             if len(ids) > 1:
                 raise InvalidArgument(f"image id prefix {excerpt(text)} is ambiguous")
         ref = reference.parse(text)
         if ref.digest:
             return self.store.by_digest(digest_key(ref, ref.digest)), False
+        if ref.transport != "file":
+            found = stores.by_key(tag_key(ref))  # a store's name wins over a pulled tag
+            if found is not None:
+                return found, False
         return self.store.by_tag(tag_key(ref)), False
 
     async def resolve(self, text: str) -> Image:
         """The image, for running: a local SIF whose file changed is hashed again first."""
         image = self.find(text)
         if image is None:
+            why = self.sif_stores.error_for(_store_key(text))
+            if why is not None:  # an image of a SIF store that is down now
+                raise why
             raise NotFound(f"image {excerpt(text)} is not present on this node")
+        if self.sif_stores.store_of(image.id):
+            return await self.sif_stores.check(image)
         if image.local:
             image = await self._recheck_local(image)
         return image
 
     def mount_method(self, image_id: str) -> str:
         """How the runtime mounts this image's partition (``images.kernel_mount``)."""
-        image = self.store.get(image_id)
+        image = self.sif_stores.get(image_id) or self.store.get(image_id)
         if image is None:
             return "squashfuse"
         ok = sif_policy.kernel_mount_ok(
@@ -177,7 +203,9 @@ class Images:
         return "loop" if ok else "squashfuse"
 
     def list(self) -> list[Image]:
-        return self.store.list()
+        shared = self.sif_stores.list()
+        ids = {i.id for i in shared}
+        return [*(i for i in self.store.list() if i.id not in ids), *shared]
 
     # -- removal -----------------------------------------------------------------------------
 
@@ -187,6 +215,8 @@ class Images:
         image, by_id = self._lookup(text)
         if image is None:
             return None
+        if self.sif_stores.store_of(image.id):
+            raise self.sif_stores.refuse_removal(image)
         # By id only when it was found by id: a tag whose text happens to occur in the
         # id ("e0d" in "sha256:e0d...") is still a tag, and untags.
         by_tag = not by_id
@@ -195,7 +225,7 @@ class Images:
         except SycriError:
             ref = None
         if ref is not None and not ref.digest and len(image.repo_tags) > 1:
-            self.store.untag(tag_key(ref))
+            await in_thread(self.store.untag, tag_key(ref))
             return image
         for user in self.users:
             who = user(image.id)
@@ -220,6 +250,15 @@ class Images:
         if ref.transport == "file":
             with metrics.pull("local"), _span(text, "local"):
                 return await self._import_local(ref, text)
+        if self.sif_stores.stores and not ref.digest:
+            # A name a shared SIF store holds: served in place, no download, no copy.
+            await self.sif_stores.refresh_for(tag_key(ref))
+            shared = self.sif_stores.by_key(tag_key(ref))
+            if shared is not None:
+                return await self.sif_stores.check(shared)
+            refused = self.sif_stores.error_for(tag_key(ref))
+            if refused is not None:
+                raise refused
         # Pulls share a download only when they would show the registry the same credentials.
         key = str(ref) + "\0" + _fingerprint(auth)
         task = self._pulls.get(key)
@@ -234,8 +273,8 @@ class Images:
         image_id: str,
         make: Callable[[], Awaitable[Image]],
         text: str,
-        tags: list[str],
-        digests: list[str],
+        tags: Sequence[str],
+        digests: Sequence[str],
     ) -> Image:
         """One conversion per image id, shared by pulls of different names (each adds its
         own tags and digests once the image is stored)."""
@@ -248,7 +287,9 @@ class Images:
         image = await asyncio.shield(task)
         return await self._tag(image, text, tags, digests)
 
-    async def _tag(self, image: Image, text: str, tags: list[str], digests: list[str]) -> Image:
+    async def _tag(
+        self, image: Image, text: str, tags: Sequence[str], digests: Sequence[str]
+    ) -> Image:
         return await in_thread(
             lambda: self.store.add(
                 image.id,
@@ -280,7 +321,12 @@ class Images:
         return image
 
     async def _pull_registry(
-        self, session, ref: Reference, text: str, auth, p: metrics.Pull
+        self,
+        session: aiohttp.ClientSession,
+        ref: Reference,
+        text: str,
+        auth: Credentials | None,
+        p: metrics.Pull,
     ) -> Image:
         errors: list[SycriError] = []
         endpoints = self.registries.endpoints(ref)
@@ -308,14 +354,9 @@ class Images:
     async def _pull_from(
         self, client: RegistryClient, ref: Reference, text: str, p: metrics.Pull
     ) -> Image:
-        top = await client.manifest(ref.digest or ref.tag)
-        fetched = top
-        if top.media_type in mf.INDEXES:
-            chosen = mf.choose_platform(mf.parse_index(top.data), self.arch, self.variant)
-            fetched = await client.manifest(chosen.digest)
-            if fetched.media_type in mf.INDEXES:
-                raise InvalidArgument(f"{text}: an index inside an index is not supported")
-        manifest = mf.parse_manifest(fetched.data, fetched.media_type)
+        top, manifest = await client.image_manifest(
+            ref.digest or ref.tag, self.arch, self.variant, text
+        )
         tags = [tag_key(ref)] if ref.tag else []
         digests = [digest_key(ref, top.digest)]
         if manifest.config.media_type == mf.SIF_CONFIG:
@@ -344,8 +385,8 @@ class Images:
         client: RegistryClient,
         manifest: mf.Manifest,
         text: str,
-        tags: list[str],
-        digests: list[str],
+        tags: Sequence[str],
+        digests: Sequence[str],
         p: metrics.Pull,
     ) -> Image:
         """An oras SIF artifact: its id is the SIF's digest, never the config's."""
@@ -406,9 +447,9 @@ class Images:
         built: Path,
         config: bytes,
         text: str,
-        tags: list[str],
-        digests: list[str],
-        layers: list[str] = (),  # type: ignore[assignment]
+        tags: Sequence[str],
+        digests: Sequence[str],
+        layers: Sequence[str] = (),
         trust: sif_policy.Trust | None = None,
     ) -> Image:
         final = self.store.sif_path_for(image_id)
@@ -438,8 +479,8 @@ class Images:
         client: RegistryClient,
         manifest: mf.Manifest,
         text: str,
-        tags: list[str],
-        digests: list[str],
+        tags: Sequence[str],
+        digests: Sequence[str],
         p: metrics.Pull,
     ) -> Image:
         image_id = manifest.config.digest
@@ -514,8 +555,8 @@ class Images:
         client: RegistryClient,
         layer: mf.Descriptor,
         text: str,
-        tags: list[str],
-        digests: list[str],
+        tags: Sequence[str],
+        digests: Sequence[str],
         p: metrics.Pull | None = None,
     ) -> Image:
         image_id = layer.digest  # blob_to_file refuses bytes with any other digest
@@ -535,7 +576,12 @@ class Images:
             await in_thread(shutil.rmtree, work, True)
 
     async def _pull_library(
-        self, session, ref: Reference, text: str, auth, p: metrics.Pull
+        self,
+        session: aiohttp.ClientSession,
+        ref: Reference,
+        text: str,
+        auth: Credentials | None,
+        p: metrics.Pull,
     ) -> Image:
         token = (auth.registry_token or auth.password) if auth else ""
         base = f"https://{ref.registry}" if ref.registry else self.cfg.images.library_url
@@ -558,12 +604,7 @@ class Images:
                 on_bytes=p.downloaded,
             )
             oref = Reference("oras", ep.host, ep.repository, ref.tag)
-            top = await client.manifest(ref.tag)
-            fetched = top
-            if top.media_type in mf.INDEXES:
-                chosen = mf.choose_platform(mf.parse_index(top.data), self.arch, self.variant)
-                fetched = await client.manifest(chosen.digest)
-            manifest = mf.parse_manifest(fetched.data, fetched.media_type)
+            top, manifest = await client.image_manifest(ref.tag, self.arch, self.variant, text)
             digests = [digest_key(oref, top.digest)]
             return await self._sif_artifact(client, manifest, text, tags, digests, p)
         digest, size = await lib.image_meta(ref, self.arch)
@@ -656,6 +697,17 @@ class Images:
         )
 
 
+def _store_key(text: str) -> str:
+    """How the SIF stores know ``text``: an image id, or a name's tag key."""
+    text = text.strip()
+    if reference.is_image_id(text):
+        return text if text.startswith("sha256:") else "sha256:" + text
+    try:
+        return tag_key(reference.parse(text))
+    except SycriError:
+        return text
+
+
 def _stat_key(st: os.stat_result) -> str:
     return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
 
@@ -670,7 +722,7 @@ def _hash_stable(path: Path) -> tuple[str, os.stat_result]:
     return digest, after
 
 
-def _span(text: str, source: str):
+def _span(text: str, source: str) -> AbstractContextManager[Span]:
     return tracing.span("image.pull", **{"image.reference": text[:512], "image.source": source})
 
 

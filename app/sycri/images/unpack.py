@@ -33,9 +33,12 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, NoReturn
 
 from sycri.errors import InvalidArgument, ResourceExhausted, excerpt
+
+if TYPE_CHECKING:
+    from sycri.config import ImageConfig
 
 log = logging.getLogger("sycri.images.unpack")
 
@@ -77,7 +80,7 @@ class Limits:
     max_file_bytes: int = 32 << 30
 
     @classmethod
-    def of(cls, images_cfg) -> Limits:
+    def of(cls, images_cfg: ImageConfig) -> Limits:
         return cls(
             images_cfg.max_image_bytes, images_cfg.max_image_entries, images_cfg.max_file_bytes
         )
@@ -86,14 +89,16 @@ class Limits:
 class _HeaderBound(tarfile.TarInfo):
     """Refuses long-name and pax headers larger than MAX_HEADER before tarfile reads them."""
 
-    def _proc_member(self, tarfile_):  # type: ignore[override]
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
         if self.type in _BIG_HEADERS and self.size > MAX_HEADER:
             raise HostileLayer(f"an extended header of {self.size} bytes (more than {MAX_HEADER})")
-        return super()._proc_member(tarfile_)
+        # tarfile's private hook, which typeshed leaves out
+        member: tarfile.TarInfo = super()._proc_member(tarfile_)  # type: ignore[misc]
+        return member
 
     # Sparse maps are read into memory without bound (and version 1.0 from the entry's
     # data): refused, as few images hold sparse files.
-    def _refuse_sparse(self, *args, **kwargs):
+    def _refuse_sparse(self, *args: object, **kwargs: object) -> NoReturn:
         raise HostileLayer(f"entry {excerpt(self.name)} is a sparse file (not supported)")
 
     _proc_sparse = _proc_gnusparse_00 = _proc_gnusparse_01 = _proc_gnusparse_10 = _refuse_sparse
@@ -146,7 +151,7 @@ def open_layer(path: Path, compression: str) -> Iterator[BinaryIO]:
             import zstandard
 
             with zstandard.ZstdDecompressor().stream_reader(raw, read_size=COPY_CHUNK) as r:
-                yield r  # type: ignore[misc]
+                yield r
         else:
             yield raw
 
@@ -229,7 +234,8 @@ class Applier:
         created: set[str] = set()
         metered = _Metered(stream, self, what)
         try:
-            with tarfile.open(
+            # stream mode only reads; typeshed asks every mode for a seekable, writable file
+            with tarfile.open(  # type: ignore[call-overload]
                 fileobj=metered, mode="r|", errorlevel=1, tarinfo=_HeaderBound
             ) as tar:
                 # tar.next(), not iteration, and members cleared: TarFile would otherwise
@@ -358,6 +364,7 @@ class Applier:
                     f"{what}: hardlink {excerpt(rel)} -> {excerpt(m.linkname)} names no file "
                     "inside the root filesystem"
                 )
+            assert target is not None  # tst came from it
             os.link(target, path, follow_symlinks=False)
         elif m.isfifo():
             os.mkfifo(path, 0o600)
@@ -366,7 +373,12 @@ class Applier:
             log.debug("%s: skipping entry %s of tar type %r", what, rel, m.type)
 
     def _meta(
-        self, path: Path, m: tarfile.TarInfo, is_dir: bool = False, link: bool = False, key=None
+        self,
+        path: Path,
+        m: tarfile.TarInfo,
+        is_dir: bool = False,
+        link: bool = False,
+        key: str | None = None,
     ) -> None:
         with contextlib.suppress(OSError):
             os.lchown(path, m.uid, m.gid)

@@ -10,6 +10,7 @@ to disk before the call returns; one lock per container serialises changes to it
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import logging
 import os
@@ -46,11 +47,13 @@ from sycri.runtime.container.container_store import (
     ContainerStore,
     new_id,
 )
+from sycri.runtime.container.image_volumes import ImageVolumes
 from sycri.runtime.container.runc import Runc
 from sycri.runtime.events import ContainerEventType
 from sycri.runtime.oci import features, hostfacts, ocispec
 from sycri.runtime.pod import userns
 from sycri.runtime.stats import statsview
+from sycri.runtime.stats.stats import ContainerInfo
 
 log = logging.getLogger("sycri.containers")
 
@@ -172,6 +175,7 @@ class Containers:
             cgroup_version=self.cgroup_version,
         )
         self._locks: dict[str, asyncio.Lock] = {}
+        self.image_volumes = ImageVolumes(self.image_mounts, images, paths.containers)
         # Told (image_id, container_id, in_use) when a container starts/stops using an image.
         self.image_users: list[Callable[[str, str, bool], None]] = []
         # Told (record, event) on every lifecycle change: the GetContainerEvents bus.
@@ -286,6 +290,7 @@ class Containers:
             spec_cfg = await asyncio.to_thread(
                 hostpath.resolve_mounts, cfg, self.host_root, self.own_dirs
             )
+            spec_cfg = await self.image_volumes.attach(cid, spec_cfg)  # Mount.image
             facts = await asyncio.to_thread(
                 hostfacts.gather,
                 spec_cfg,
@@ -396,6 +401,7 @@ class Containers:
             if image is not None:
                 await self.image_mounts.release(image.id, cid)
                 self._tell_images(image.id, cid, False)
+            await self.image_volumes.detach(cid)
         except Exception:
             log.exception("cleaning up failed create of %s", cid)
         with contextlib.suppress(FileNotFoundError):
@@ -522,6 +528,7 @@ class Containers:
             await asyncio.to_thread(conmon_cgroup.release, Path(rec.bundle) / conmon_cgroup.RECORD)
             await self.image_mounts.release(rec.image_id, rec.id)
             self._tell_images(rec.image_id, rec.id, False)
+            await self.image_volumes.detach(rec.id)
             self.store.delete(rec)
             crashpoint.reach("container.remove.record")
             await rootfs.remove_overlay(Path(rec.bundle))
@@ -545,10 +552,10 @@ class Containers:
         self.reap_exits()
         return self.store.all()
 
-    def in_pod(self, pod_id: str) -> list[ContainerRecord]:
+    def in_pod(self, pod_id: str) -> builtins.list[ContainerRecord]:
         return [r for r in self.store.all() if r.pod_id == pod_id]
 
-    def stats_containers(self) -> list[statsview.ContainerInfo]:
+    def stats_containers(self) -> builtins.list[ContainerInfo]:
         """Every container as stats see it (the ContainerSource protocol)."""
         return statsview.container_infos(self.list())
 
@@ -628,7 +635,7 @@ class Containers:
 
     # --- exec, update, logs ----------------------------------------------------------
 
-    async def exec_sync(self, ref: str, cmd: list[str], timeout: float) -> ExecResult:
+    async def exec_sync(self, ref: str, cmd: builtins.list[str], timeout: float) -> ExecResult:
         """Run ``cmd`` in the container; at ``timeout`` the process is killed (exit 137)."""
         rec = self.get(ref)
         if rec.state != RUNNING:
@@ -811,6 +818,7 @@ class Containers:
         for rec in records:
             self.image_mounts.adopt(rec.image_id, rec.id)
             self._tell_images(rec.image_id, rec.id, True)
+            self.image_volumes.adopt(rec.id)
             if rec.state == CREATED:
                 await self._reconcile_created(rec)
             self.refresh(rec)
@@ -825,6 +833,7 @@ class Containers:
                     log.exception("removing container %s", rec.id)
         records = self.store.all()
         known = {r.id for r in records}
+        self.image_volumes.forget_unknown(known)
         monitors = conmon.monitors(self.paths.exits)
         for cid, pid in monitors.items():
             if cid not in known:
@@ -1036,4 +1045,5 @@ def from_config(
     )
     if isinstance(images, StoredImages):
         component.image_users.append(images.track)
+        images.images.users.append(component.image_volumes.user_of)
     return component
