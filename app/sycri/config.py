@@ -116,6 +116,8 @@ class Config:
     # ("memlock=unlimited" for RDMA nodes); empty: a pod can only lower them.
     max_ulimits: tuple[str, ...] = ()
     apparmor_default_profile: str = ""  # a loaded profile for RuntimeDefault; "": none
+    # CDI spec directories, later ones winning for the same device (the CDI default).
+    cdi_spec_dirs: tuple[str, ...] = ("/etc/cdi", "/var/run/cdi")
     metrics_address: str = "127.0.0.1:9810"  # empty: no metrics endpoint
     shutdown_grace_seconds: float = 10.0
     event_buffer: int = 1000  # container events held per GetContainerEvents client

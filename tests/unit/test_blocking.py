@@ -73,13 +73,13 @@ def test_blocking_calls_on_the_loop_thread_are_recorded_and_others_are_not(tmp_p
 
 def test_a_record_fails_the_test_unless_a_known_site_made_it():
     known = {"call": "os.fsync", "where": "fsutil.py:24 atomic_write",
-             "stack": ["fsutil.py:24 atomic_write", "runtime/pod/sandbox.py:164 save"]}  # fmt: skip
+             "stack": ["fsutil.py:24 atomic_write", "runtime/container/container_store.py:164 save"]}  # fmt: skip
     other = {"call": "os.fsync", "where": "fsutil.py:24 atomic_write",
              "stack": ["fsutil.py:24 atomic_write", "images/store.py:1 add"]}  # fmt: skip
     loopcheck.fail_on([known])
     try:
         loopcheck.fail_on([known, other])
     except AssertionError as exc:
-        assert "images/store.py:1 add" in str(exc) and "sandbox.py" not in str(exc)
+        assert "images/store.py:1 add" in str(exc) and "container_store.py" not in str(exc)
     else:
         raise AssertionError("an unknown blocking call passed")

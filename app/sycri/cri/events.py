@@ -18,6 +18,7 @@ from sycri.runtime.events import ContainerEvent, ContainerEventType, EventBus
 if TYPE_CHECKING:
     from sycri.runtime.container.container_store import ContainerRecord
     from sycri.runtime.container.containers import Containers
+    from sycri.runtime.pod.sandbox import Sandbox
     from sycri.runtime.pod.sandbox_manager import SandboxManager
 
 
@@ -93,6 +94,11 @@ def connect(sandboxes: SandboxManager, containers: Containers, bus: EventBus) ->
         bus.publish(ContainerEvent(rec.id, kind, rec.pod_id))
 
     containers.event_hooks.append(publish)
+
+    def pod_exited(sb: Sandbox) -> None:  # its init exited: NOTREADY, nobody asked
+        bus.publish(ContainerEvent(sb.id, ContainerEventType.STOPPED, sb.id))
+
+    sandboxes.on_exit.append(pod_exited)
 
 
 _CRI_EVENT_TYPES = {

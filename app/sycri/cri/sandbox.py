@@ -4,7 +4,6 @@ out."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import json
@@ -128,6 +127,9 @@ def verbose_info(sb: Sandbox) -> dict[str, str]:
             "shm": sb.shm_path,
         },
         "network": (sb.network or {}).get("name"),
+        # Why the pod is NOTREADY, and what a teardown that failed still holds.
+        "reason": sb.status.reason,
+        "teardownLeft": sb.status.left,
         "cniResult": sb.cni_result,
     }
     return {"info": json.dumps(doc, sort_keys=True)}
@@ -150,7 +152,7 @@ async def pod_sandbox_status(
     node: Node, request: api_pb2.PodSandboxStatusRequest
 ) -> api_pb2.PodSandboxStatusResponse:
     manager = _manager(node)
-    sb = manager.check_alive(manager.get(request.pod_sandbox_id))
+    sb = manager.get(request.pod_sandbox_id)  # from memory: a status call never writes
     # The timestamp goes with the statuses: taken before them, so an event published
     # after them is never older than this reply (kubelet's cache keeps the newer one).
     stamp = time.time_ns()
@@ -212,10 +214,7 @@ async def update_pod_sandbox_resources(
 async def update_runtime_config(
     node: Node, request: api_pb2.UpdateRuntimeConfigRequest
 ) -> api_pb2.UpdateRuntimeConfigResponse:
-    # It writes the subnet file (an fsync): off the event loop.
-    await asyncio.to_thread(
-        _manager(node).set_pod_cidr, request.runtime_config.network_config.pod_cidr
-    )
+    await _manager(node).set_pod_cidr(request.runtime_config.network_config.pod_cidr)
     return api_pb2.UpdateRuntimeConfigResponse()
 
 

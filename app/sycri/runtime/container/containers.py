@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -297,6 +298,9 @@ class Containers:
                 self.cgroup_driver,
                 self.cdi_dirs,
                 feats.recursive_read_only,
+                None
+                if os.path.realpath(self.host_root) == "/"
+                else functools.partial(hostpath.resolve, self.host_root),
             )
             built = ocispec.build(
                 ocispec.SpecInput(
@@ -1042,6 +1046,7 @@ def from_config(
         conmon_placement=cfg.conmon_cgroup,
         host_root=cfg.host_root,
         own_dirs=(cfg.root_dir, cfg.run_dir, cfg.pod_log_dir),
+        cdi_dirs=cfg.cdi_spec_dirs,
     )
     if isinstance(images, StoredImages):
         component.image_users.append(images.track)
