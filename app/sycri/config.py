@@ -106,6 +106,9 @@ class Config:
     host_root: str = "/"
     # conmon's per-container log size limit in bytes (kubelet rotates logs itself); -1: none
     container_log_max_bytes: int = -1
+    # Every container's pids.max (CRI has no field for it; CRI-O's pids_limit); 0: none
+    # of sycri's, the pod's limit (kubelet's podPidsLimit) still applies.
+    pids_limit: int = 0
     # Default ulimits for every container ("nofile=1048576:1048576"); pods may override
     # them with the sycri.io/ulimits annotation, within max_ulimits.
     default_ulimits: tuple[str, ...] = ()
@@ -324,6 +327,8 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"images.trusted_keyrings: {exc}") from None
     if net.num_addresses < 4:
         raise ConfigError(f"cni.default_subnet: {net} is too small for pods")
+    if cfg.pids_limit < 0:
+        raise ConfigError(f"pids_limit: {cfg.pids_limit} is negative (0: no limit)")
     if cfg.default_runtime not in cfg.runtimes:
         raise ConfigError(
             f"default_runtime: {cfg.default_runtime!r} is not among runtimes "

@@ -236,3 +236,50 @@ def test_pod_slice_properties_for_systemd():
     assert argv[i + 1 : i + 4] == ["ssa(sv)a(sa(sv))", "kubepods-pod1.slice", "fail"]
     assert int(argv[i + 4]) == len(slices.properties(lim)) + 1  # with Description
     assert argv[-1] == "0"  # no auxiliary units
+
+
+def test_pod_slice_cpuset_as_systemd_cpu_sets():
+    from sycri.runtime.cgroups import slices
+
+    assert slices.cpu_mask("0") == [1]
+    assert slices.cpu_mask("1") == [2]
+    assert slices.cpu_mask("0-3,8") == [0x0F, 0x01]
+    assert slices.cpu_mask("9") == [0, 2]
+    with pytest.raises(InvalidArgument, match="'a-b'"):
+        slices.cpu_mask("a-b")
+    lim = cgroups.Limits(cpuset_cpus="1,3", cpuset_mems="0")
+    props = dict((n, (sig, v)) for n, sig, v in slices.properties(lim))
+    assert props["AllowedCPUs"] == ("ay", "1 10")
+    assert props["AllowedMemoryNodes"] == ("ay", "1 1")
+    # An update without a cpuset leaves the slice's as it is (as cgroupfs does).
+    assert "AllowedCPUs" not in dict((n, v) for n, _, v in slices.properties(
+        cgroups.Limits(), update=True))  # fmt: skip
+    argv = slices.set_argv("kubepods-pod1.slice", lim)
+    i = argv.index("AllowedCPUs")
+    assert argv[i : i + 4] == ["AllowedCPUs", "ay", "1", "10"]
+    # A string with spaces stays one argument.
+    argv = slices.start_argv("kubepods-pod1.slice", lim)
+    assert argv[argv.index("Description") + 2] == "sycri pod slice kubepods-pod1.slice"
+
+
+@pytest.mark.parametrize(
+    ("parent", "kept"),
+    [
+        ("kubepods-burstable-podx.slice", "kubepods-burstable-podx.slice"),  # kubelet's
+        ("/test.slice", "test.slice"),  # critest's, with the systemd driver
+        ("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pody.slice",
+         "kubepods-besteffort-pody.slice"),
+        ("system.slice:sycri:abc", "system.slice:sycri:abc"),
+    ],
+)  # fmt: skip
+def test_a_path_of_slices_is_its_last_slice_as_containerd_takes_it(parent, kept):
+    assert cgroups.pod_parent("systemd", parent) == kept
+    assert cgroups.relative_path("systemd", parent) == cgroups.systemd_slice_path(
+        kept.split(":", 1)[0]
+    )
+    assert cgroups.pod_parent("cgroupfs", parent) == parent
+
+
+def test_a_path_that_is_not_of_slices_is_still_refused_with_systemd():
+    with pytest.raises(InvalidArgument, match="not a systemd slice name"):
+        cgroups.relative_path("systemd", "/kubepods/burstable/podx")

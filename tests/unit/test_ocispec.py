@@ -687,6 +687,12 @@ def _rlimits(spec) -> dict[str, tuple[int, int]]:
     return {r["type"]: (r["soft"], r["hard"]) for r in spec["process"]["rlimits"]}
 
 
+def test_pids_limit_of_the_node_reaches_every_container():
+    spec = build(settings=ocispec.Settings(pids_limit=512))
+    assert spec["linux"]["resources"]["pids"] == {"limit": 512}
+    assert "pids" not in build()["linux"]["resources"]  # 0: none of sycri's
+
+
 def test_ulimits_default_and_per_pod_lowering():
     pod = _pod_ulimits("memlock=4096, nofile=2048:4096")
     settings = ocispec.Settings(default_ulimits=("nofile=4096:8192", "nproc=100:200"))

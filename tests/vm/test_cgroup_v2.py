@@ -32,7 +32,10 @@ def guest(tmp_path_factory) -> dict:
     img = vm.image()
     run = vm.boot(img, tmp_path_factory.mktemp("vm"))
     built = f"built in {img.built_s:.0f} s" if img.built_s else "cached"
-    print(f"vm: image {built}, boot {run.boot_s:.0f} s, whole run {run.total_s:.0f} s")
+    print(
+        f"vm: image {built}, boot {run.boot_s:.0f} s, whole run {run.total_s:.0f} s, "
+        f"{run.attempts} boot(s)"
+    )
     junit = run.results / "junit.xml"
     log = run.results / "guest.log"
     if not junit.exists():

@@ -48,6 +48,7 @@ class Run:
     boot_s: float  # QEMU start to the guest's "booted" mark
     total_s: float  # QEMU start to power-off
     console: str
+    attempts: int = 1  # boots it took (a guest that died before booting is tried again)
 
 
 def image_key() -> str:
@@ -104,11 +105,46 @@ def image() -> Image:
         return Image(out, time.monotonic() - t0)
 
 
-def boot(img: Image, work: Path, *, timeout: float = 1200.0, repo: Path = REPO) -> Run:
+def snapshot(dest: Path, repo: Path = REPO) -> Path:
+    """A copy of the repository's files (without .git and .venv) at ``dest``, for a long
+    guest run that edits of the working tree must not reach half way (the guest reads
+    the repository live over 9p). Boot it with ``repo=dest, venv=repo / ".venv"``."""
+    dest.mkdir(parents=True)
+    tar = subprocess.Popen(
+        ["tar", "-C", str(repo), "--exclude=./.git", "--exclude=./.venv",
+         "--exclude=__pycache__", "--exclude=.*_cache", "-cf", "-", "."],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    subprocess.run(["tar", "-C", str(dest), "-xf", "-"], stdin=tar.stdout, check=True)
+    if tar.wait() != 0:
+        raise RuntimeError(f"could not copy {repo}")
+    return dest
+
+
+def boot(
+    img: Image,
+    work: Path,
+    *,
+    timeout: float = 1200.0,
+    repo: Path = REPO,
+    shares: dict[str, Path] | None = None,
+    task: str = "checks",
+    venv: Path | None = None,
+) -> Run:
     """Boot the guest once on an overlay of ``img``; it runs the guest script and powers
-    off. Results land in ``work/results``."""
+    off. Results land in ``work/results``.
+
+    ``shares``: more host directories (9p tag → path), mounted in the guest at the same
+    path by ``guest_run.sh``. ``task``: what the guest runs (``checks``: the pytest
+    guest checks; ``critest``: ``guest_critest.sh``). ``venv``: the host virtualenv
+    whose packages the guest uses, when it is not ``repo/.venv``."""
     results = work / "results"
     results.mkdir(parents=True, exist_ok=True)
+    (results / "task").write_text(task + "\n")
+    shares = dict(shares or {})
+    for tag in shares:
+        if not re.fullmatch(r"[a-z][a-z0-9]{0,15}", tag) or tag in ("repo", "results"):
+            raise ValueError(f"bad 9p tag {tag!r}")
     overlay = work / "overlay.qcow2"
     subprocess.run(
         ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(img.disk), "-F", "raw",
@@ -118,6 +154,11 @@ def boot(img: Image, work: Path, *, timeout: float = 1200.0, repo: Path = REPO) 
     append = (
         f"root=/dev/vda rw console=ttyS0 systemd.unified_cgroup_hierarchy=1 quiet sycri.repo={repo}"
     )
+    if venv is not None:
+        shares["venv"] = venv
+        append += f" sycri.venv={venv}"
+    if shares:
+        append += " sycri.shares=" + ",".join(f"{t}:{p}" for t, p in shares.items())
     argv = [
         "qemu-system-x86_64", "-accel", "tcg,thread=multi", "-cpu", "max",
         "-smp", str(min(2, os.cpu_count() or 1)), "-m", "2048",
@@ -128,26 +169,43 @@ def boot(img: Image, work: Path, *, timeout: float = 1200.0, repo: Path = REPO) 
         "-virtfs", f"local,path={repo},mount_tag=repo,security_model=none",
         "-virtfs", f"local,path={results},mount_tag=results,security_model=none",
     ]  # fmt: skip
+    for tag, path in shares.items():
+        argv += ["-virtfs", f"local,path={path},mount_tag={tag},security_model=none"]
     console = work / "console.log"
     t0 = time.monotonic()
     boot_s = 0.0
-    with open(console, "wb") as out:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
-        try:
-            while proc.poll() is None:
-                if not boot_s and (results / "booted").exists():
-                    boot_s = time.monotonic() - t0
-                if time.monotonic() - t0 > timeout:
+    attempts = 0
+    while True:
+        attempts += 1
+        # A guest that dies before it boots (seen now and then under TCG: QEMU exits
+        # within seconds, nothing on the console) is booted again, at most twice.
+        with open(console, "ab") as out:
+            out.write(f"--- boot attempt {attempts}\n".encode())
+            out.flush()
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+            try:
+                while proc.poll() is None:
+                    if not boot_s and (results / "booted").exists():
+                        boot_s = time.monotonic() - t0
+                    if time.monotonic() - t0 > timeout:
+                        proc.kill()
+                        proc.wait()
+                        break
+                    time.sleep(0.5)
+            finally:
+                if proc.poll() is None:
                     proc.kill()
                     proc.wait()
-                    break
-                time.sleep(0.5)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        if (results / "booted").exists() or attempts == 3 or time.monotonic() - t0 > timeout:
+            break
+        overlay.unlink()
+        subprocess.run(
+            ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(img.disk), "-F", "raw",
+             str(overlay)],
+            check=True,
+        )  # fmt: skip
     total = time.monotonic() - t0
     overlay.unlink(missing_ok=True)
     rc_file = results / "rc"
     rc = int(rc_file.read_text().strip()) if rc_file.exists() else None
-    return Run(results, rc, boot_s, total, console.read_text(errors="replace"))
+    return Run(results, rc, boot_s, total, console.read_text(errors="replace"), attempts)

@@ -47,8 +47,20 @@ def systemd_slice_path(slice_name: str) -> str:
     return path
 
 
+def pod_parent(driver: str, parent: str) -> str:
+    """The pod's cgroup parent as sycri keeps it. With systemd, kubelet names the slice
+    (``kubepods-burstable-pod<uid>.slice``) but other clients send a path of slices
+    (critest: ``/test.slice``); containerd and CRI-O take its last element, as here."""
+    if driver == "systemd" and "/" in parent and ":" not in parent:
+        last = parent.rstrip("/").rsplit("/", 1)[-1]
+        if last.endswith(".slice"):
+            return last
+    return parent
+
+
 def relative_path(driver: str, parent: str) -> str:
     """The cgroup path (from the hierarchy root, leading ``/``) of a pod's cgroup parent."""
+    parent = pod_parent(driver, parent)
     if driver == "systemd":
         # runc also accepts "slice:prefix:name"; only the slice names a pod's parent.
         return systemd_slice_path(parent.split(":", 1)[0] if ":" in parent else parent)

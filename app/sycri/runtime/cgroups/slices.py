@@ -23,6 +23,26 @@ _DEST = ("org.freedesktop.systemd1", "/org/freedesktop/systemd1",
          "org.freedesktop.systemd1.Manager")  # fmt: skip
 
 
+def cpu_mask(spec: str) -> list[int]:
+    """A cpuset list (``0-3,8``) as systemd's D-Bus CPU set: bytes of a bitmask, CPU n in
+    bit n % 8 of byte n // 8 (what ``AllowedCPUs``/``AllowedMemoryNodes`` take)."""
+    cpus: set[int] = set()
+    for part in spec.split(","):
+        lo, _, hi = part.strip().partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()):
+            raise InvalidArgument(f"cpuset {spec!r} is not a list such as 0-3,8")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    out = [0] * (max(cpus) // 8 + 1)
+    for n in cpus:
+        out[n // 8] |= 1 << (n % 8)
+    return out
+
+
+def _bytes(mask: list[int]) -> str:
+    """An ``ay`` value as busctl takes it: the count, then each byte."""
+    return " ".join(str(x) for x in (len(mask), *mask))
+
+
 def properties(limits: cgroups.Limits, *, update: bool = False) -> list[tuple[str, str, str]]:
     """(name, D-Bus signature, value) of the unit properties for ``limits``; ``update``
     also resets what is now unlimited."""
@@ -40,11 +60,20 @@ def properties(limits: cgroups.Limits, *, update: bool = False) -> list[tuple[st
         out.append(("MemoryMax", "t", str(limits.memory)))
     elif update:
         out.append(("MemoryMax", "t", str(INFINITY)))
+    # A cpuset not given is left as it is, as the cgroupfs driver leaves cpuset.cpus.
+    if limits.cpuset_cpus:
+        out.append(("AllowedCPUs", "ay", _bytes(cpu_mask(limits.cpuset_cpus))))
+    if limits.cpuset_mems:
+        out.append(("AllowedMemoryNodes", "ay", _bytes(cpu_mask(limits.cpuset_mems))))
     return out
 
 
 def _flat(props: list[tuple[str, str, str]]) -> list[str]:
-    return [str(len(props)), *(x for p in props for x in p)]
+    """busctl's arguments for ``a(sv)``: an array value (``ay``) is several arguments."""
+    out = [str(len(props))]
+    for name, sig, value in props:
+        out += [name, sig, *(value.split() if sig.startswith("a") else [value])]
+    return out
 
 
 def start_argv(name: str, limits: cgroups.Limits) -> list[str]:

@@ -285,6 +285,7 @@ def from_config(
             default_ulimits=cfg.default_ulimits,
             max_ulimits=cfg.max_ulimits,
             apparmor_default_profile=cfg.apparmor_default_profile,
+            pids_limit=cfg.pids_limit,
         ),
         log_size_max=cfg.container_log_max_bytes,
         conmon_placement=cfg.conmon_cgroup,

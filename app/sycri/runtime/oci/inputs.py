@@ -126,6 +126,7 @@ class Settings:
     max_ulimits: tuple[str, ...] = ()  # how far a pod may raise a hard limit
     apparmor_default_profile: str = ""  # loaded profile name for RuntimeDefault; "": none
     default_cgroup_parent: str = "/sycri"
+    pids_limit: int = 0  # every container's pids.max; 0: none
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,8 @@ def build(inp: SpecInput) -> BuiltSpec:
     )
     devices, device_rules = nodes_and_rules(cfg, inp.host, privileged, cdi_edits)
     resources["devices"] = device_rules
+    if inp.settings.pids_limit > 0:
+        resources["pids"] = {"limit": inp.settings.pids_limit}
     linux: dict[str, Any] = {
         "namespaces": namespaces(inp.sandbox_config, sc, inp.sandbox, inp.host.cgroup_v2),
         "resources": resources,

@@ -179,7 +179,7 @@ def plan(
         net_mode=modes["network"],
         ipc_mode=modes["ipc"],
         pid_mode=modes["pid"],
-        cgroup_parent=cfg.linux.cgroup_parent,
+        cgroup_parent=cgroups.pod_parent(cgroup_driver, cfg.linux.cgroup_parent),
         cgroup_path=cgroup_path,
         cgroup_version=cgroup_version,
         hosts_path=str(run_dir / "hosts"),
