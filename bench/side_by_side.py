@@ -463,6 +463,11 @@ def main() -> int:
     ap.add_argument(
         "--skip", action="append", default=[], choices=["calls", "scale", "pulls", "realistic"]
     )
+    ap.add_argument(
+        "--images",
+        default=",".join(realistic_names()),
+        help="realistic images to pull, comma-separated (of: %(default)s)",
+    )
     ap.add_argument("--profile", type=Path, help="py-spy sycri during each phase, into this dir")
     ap.add_argument("--sycri-flag", action="append", default=[], help="extra sycri serve flag")
     args = ap.parse_args()
@@ -478,7 +483,7 @@ def main() -> int:
         if "pulls" not in args.skip and "realistic" not in args.skip:
             from bench.realistic_images import images as realistic
 
-            pulls.update(realistic())
+            pulls.update(realistic(tuple(n for n in args.images.split(",") if n)))
         for name, image in pulls.items():
             oci.push(reg, f"bench/{name}", "v1", image)
         sy_cg, ct_cg = f"sybench-s{tag}", f"sybench-c{tag}"
@@ -514,6 +519,12 @@ def main() -> int:
         reg.stop()
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def realistic_names() -> tuple[str, ...]:
+    from bench.realistic_images import NAMES
+
+    return NAMES
 
 
 def ctrd_binary() -> str:

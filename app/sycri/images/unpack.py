@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from isal import isal_zlib
+
 from sycri.errors import InvalidArgument, ResourceExhausted, excerpt
 from sycri.images import fstree
 
@@ -138,12 +140,64 @@ class Stats:
     whiteouts: int = 0
 
 
+class Gunzip:
+    """A gzip stream inflated by ISA-L (3x zlib's speed), one member after another as
+    gzip(1) reads them; output in bounded pieces, so a gzip bomb costs no memory."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.inflate = isal_zlib.decompressobj(31)
+        self.pending = b""  # compressed input not yet given to ``inflate``
+        self.buf = b""
+        self.pos = 0
+        self.started = False  # the current member has had input
+        self.eof = False
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = COPY_CHUNK
+        while len(self.buf) - self.pos < n and not self.eof:
+            self._fill(n)
+        out = self.buf[self.pos : self.pos + n]
+        self.pos += len(out)
+        if self.pos >= len(self.buf):
+            self.buf, self.pos = b"", 0
+        return out
+
+    def _fill(self, n: int) -> None:
+        d = self.inflate
+        if d.eof:
+            rest = d.unused_data + self.pending
+            self.pending = b""
+            if not rest:
+                rest = self.raw.read(COPY_CHUNK)
+                if not rest:
+                    self.eof = True
+                    return
+            if rest[:2] != b"\x1f\x8b":
+                raise gzip.BadGzipFile("trailing data after the gzip stream")
+            self.inflate = d = isal_zlib.decompressobj(31)
+            self.pending = rest
+        data = d.unconsumed_tail or self.pending or self.raw.read(COPY_CHUNK)
+        self.pending = b""
+        if not data:
+            if self.started and not d.eof:
+                raise EOFError("the gzip stream ended before its end marker")
+            self.eof = True
+            return
+        self.started = True
+        out = d.decompress(data, max(n, COPY_CHUNK))
+        if out:
+            self.buf = self.buf[self.pos :] + out if self.pos < len(self.buf) else out
+            self.pos = 0
+
+
 @contextlib.contextmanager
 def open_layer(path: Path, compression: str) -> Iterator[BinaryIO]:
     """The layer's tar stream, decompressed on the fly (gzip, zstd or none)."""
     with open(path, "rb") as raw:
         if compression == "gzip":
-            yield gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[misc]
+            yield Gunzip(raw)  # type: ignore[misc]
         elif compression == "zstd":
             import zstandard
 
@@ -234,7 +288,7 @@ class Applier:
             if not exc.message.startswith(what):
                 raise HostileLayer(f"{what}: {exc.message}") from None
             raise
-        except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        except (tarfile.TarError, EOFError, zlib.error, isal_zlib.error, gzip.BadGzipFile) as exc:
             raise CorruptLayer(f"{what}: not a valid tar stream: {exc}") from None
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
