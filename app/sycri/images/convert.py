@@ -96,7 +96,7 @@ async def fetch_and_apply(
     n = len(layers)
     for d in layers:
         d.compression  # noqa: B018 - refuse unknown media types before downloading anything
-    tasks: dict[str, asyncio.Task] = {}
+    tasks: dict[str, asyncio.Task[Path]] = {}
 
     async def fetch(i: int, desc: mf.Descriptor) -> Path:
         hexd = desc.digest.split(":", 1)[1]

@@ -34,7 +34,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, NoReturn, cast
 
 from isal import isal_zlib
 
@@ -81,7 +81,7 @@ class Limits:
     max_file_bytes: int = 32 << 30
 
     @classmethod
-    def of(cls, images_cfg) -> Limits:
+    def of(cls, images_cfg: Any) -> Limits:
         return cls(
             images_cfg.max_image_bytes, images_cfg.max_image_entries, images_cfg.max_file_bytes
         )
@@ -90,14 +90,15 @@ class Limits:
 class _HeaderBound(tarfile.TarInfo):
     """Refuses long-name and pax headers larger than MAX_HEADER before tarfile reads them."""
 
-    def _proc_member(self, tarfile_):  # type: ignore[override]
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
         if self.type in _BIG_HEADERS and self.size > MAX_HEADER:
             raise HostileLayer(f"an extended header of {self.size} bytes (more than {MAX_HEADER})")
-        return super()._proc_member(tarfile_)
+        member: tarfile.TarInfo = super()._proc_member(tarfile_)  # type: ignore[misc]
+        return member
 
     # Sparse maps are read into memory without bound (and version 1.0 from the entry's
     # data): refused, as few images hold sparse files.
-    def _refuse_sparse(self, *args, **kwargs):
+    def _refuse_sparse(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise HostileLayer(f"entry {excerpt(self.name)} is a sparse file (not supported)")
 
     _proc_sparse = _proc_gnusparse_00 = _proc_gnusparse_01 = _proc_gnusparse_10 = _refuse_sparse
@@ -138,6 +139,9 @@ class Stats:
     bytes: int = 0
     devices_skipped: int = 0
     whiteouts: int = 0
+
+
+_ISAL_ERROR = cast(type[Exception], isal_zlib.error)
 
 
 class Gunzip:
@@ -202,7 +206,7 @@ def open_layer(path: Path, compression: str) -> Iterator[BinaryIO]:
             import zstandard
 
             with zstandard.ZstdDecompressor().stream_reader(raw, read_size=COPY_CHUNK) as r:
-                yield r  # type: ignore[misc]
+                yield r
         else:
             yield raw
 
@@ -275,20 +279,20 @@ class Applier:
         metered = _Metered(stream, self, what)
         try:
             with tarfile.open(
-                fileobj=metered, mode="r|", errorlevel=1, tarinfo=_HeaderBound
+                fileobj=cast(BinaryIO, metered), mode="r|", errorlevel=1, tarinfo=_HeaderBound
             ) as tar:
                 # tar.next(), not iteration, and members cleared: TarFile would otherwise
                 # keep every member of the stream in memory. A file's data is skipped
                 # (read, hashed and counted) by the next tar.next().
                 while (member := tar.next()) is not None:
-                    tar.members.clear()
+                    tar.members.clear()  # type: ignore[attr-defined]
                     self._entry(member, what, created, layer)
             metered.drain()
         except HostileLayer as exc:
             if not exc.message.startswith(what):
                 raise HostileLayer(f"{what}: {exc.message}") from None
             raise
-        except (tarfile.TarError, EOFError, zlib.error, isal_zlib.error, gzip.BadGzipFile) as exc:
+        except (tarfile.TarError, EOFError, zlib.error, _ISAL_ERROR, gzip.BadGzipFile) as exc:
             raise CorruptLayer(f"{what}: not a valid tar stream: {exc}") from None
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
