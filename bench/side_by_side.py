@@ -42,8 +42,9 @@ sys.path[:0] = [str(ROOT / "app"), str(ROOT)]
 import grpc  # noqa: E402
 from sycri.api import api_pb2, api_pb2_grpc  # noqa: E402
 
-from bench.containerd_node import containerd_node  # noqa: E402
 from tests.support import oci, registry  # noqa: E402
+from tests.support.containerd import BINARY as CONTAINERD  # noqa: E402
+from tests.support.containerd import containerd  # noqa: E402
 from tests.support.node import served  # noqa: E402
 from tests.support.pods import pod_config  # noqa: E402
 
@@ -489,7 +490,7 @@ def main() -> int:
         sy_cg, ct_cg = f"sybench-s{tag}", f"sybench-c{tag}"
         flags = ["--log-level", "info", *args.sycri_flag]
         with (
-            containerd_node(work / "c", reg, ct_cg) as ctrd,
+            containerd(work / "c", reg, ct_cg) as ctrd,
             served(work / "s", flags=flags, cgroup_root=sy_cg) as (server, _net),
             grpc.insecure_channel(ctrd.endpoint) as cch,
         ):
@@ -503,7 +504,7 @@ def main() -> int:
             for t in targets:
                 t.img.PullImage(api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=busybox)))
             print(
-                f"# sycri vs containerd {subprocess.run([ctrd_binary(), '--version'], capture_output=True, text=True).stdout.split()[2]}"
+                f"# sycri vs containerd {subprocess.run([CONTAINERD, '--version'], capture_output=True, text=True).stdout.split()[2]}"
             )
             print(f"host: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f} at start")
             if "calls" not in args.skip:
@@ -525,12 +526,6 @@ def realistic_names() -> tuple[str, ...]:
     from bench.realistic_images import NAMES
 
     return NAMES
-
-
-def ctrd_binary() -> str:
-    from bench.containerd_node import BINARY
-
-    return BINARY
 
 
 if __name__ == "__main__":
