@@ -56,13 +56,14 @@ def implicit_dir() -> Dir:
 
 
 def walk(root: Dir, prefix: str = "") -> list[tuple[str, Node]]:
-    """Every node below ``root`` with its path, parents first, names in byte order."""
+    """Every node below ``root`` with its path, parents first, names sorted (code point
+    order: any fixed order makes the same image give the same stream)."""
     out: list[tuple[str, Node]] = []
     stack: list[tuple[str, Dir]] = [(prefix, root)]
     while stack:
         path, d = stack.pop()
         subdirs = []
-        for name in sorted(d.children, key=_sort_key):
+        for name in sorted(d.children):
             node = d.children[name]
             p = f"{path}/{name}" if path else name
             out.append((p, node))
@@ -70,7 +71,3 @@ def walk(root: Dir, prefix: str = "") -> list[tuple[str, Node]]:
                 subdirs.append((p, node))
         stack.extend(reversed(subdirs))
     return out
-
-
-def _sort_key(name: str) -> bytes:
-    return name.encode("utf-8", "surrogateescape")

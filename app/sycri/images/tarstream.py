@@ -6,7 +6,7 @@ lie there (each layer is decompressed once more, in order, and nothing of it is 
 again), then symlinks, fifos, the files sycri adds, and second names of hardlinked
 inodes. Headers are written here from the tree, never copied from a layer, so
 ``tar2sqfs`` reads exactly what the checks of :mod:`unpack` passed. The same image
-gives the same stream: names in byte order, data in layer order, no time of ours.
+gives the same stream: names sorted, data in layer order, no time of ours.
 
 Runs blocking I/O: call it from a worker thread.
 """
