@@ -33,7 +33,7 @@ class Reading:
 
 
 def test_metrics_follow_pulls_pods_and_container_lifecycles(registry):
-    with workload.node(["--metrics-address", "127.0.0.1:0"]) as n:
+    with workload.node(["--metrics-address", "127.0.0.1:0", "--images-keep-layers", "true"]) as n:
         m = Reading(metrics_url(n.server))
         assert m.now("sycri_image_store_images") == 0
         assert m.now("sycri_pod_sandboxes", state="ready") == 0
