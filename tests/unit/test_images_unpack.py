@@ -222,3 +222,21 @@ def test_the_same_layers_give_the_same_stream(tmp_path):
         names = tar.getnames()
     dirs = [n for n in names if n.count("/") == 0 and n.startswith("d")]
     assert dirs == sorted(dirs) and "d3" not in dirs
+
+
+def test_header_checksums_signed_or_unsigned_are_accepted_a_wrong_one_refused(tmp_path):
+    """Old tars summed header bytes as signed chars; a name with bytes >= 0x80 tells."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        info = tarfile.TarInfo("caf\xe9-\u00fc")  # UTF-8 bytes in the name field
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    raw = bytearray(buf.getvalue())
+    head = bytes(raw[:148]) + b" " * 8 + bytes(raw[156:512])
+    signed = sum(b - 256 if b > 127 else b for b in head)
+    assert signed != sum(head)  # the name has high bytes, so the two differ
+    raw[148:156] = b"%06o\0 " % signed
+    assert merged(tmp_path, bytes(raw))["caf\xe9-\u00fc"][1] == b"x"
+    raw[148:156] = b"%06o\0 " % (signed + 1)
+    with pytest.raises(InvalidArgument, match="not a valid tar stream"):
+        _apply(tmp_path, bytes(raw), None)

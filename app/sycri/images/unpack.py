@@ -87,6 +87,21 @@ class Limits:
         )
 
 
+_LOW = bytes(range(128))
+
+
+def _chksums(buf: bytes) -> tuple[int, int]:
+    """tarfile's header checksums (unsigned, signed) without two 504-int tuples: its own
+    ``calc_chksums`` was 13 % of reading a layer of 100,000 small files."""
+    head, tail = buf[:148], buf[156:512]
+    unsigned = 256 + sum(head) + sum(tail)
+    high = len(head.translate(None, _LOW)) + len(tail.translate(None, _LOW))
+    return unsigned, unsigned - 256 * high
+
+
+tarfile.calc_chksums = _chksums  # type: ignore[attr-defined]  # same results, faster
+
+
 class _HeaderBound(tarfile.TarInfo):
     """Refuses long-name and pax headers larger than MAX_HEADER before tarfile reads them."""
 
