@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Callable
 
 import yaml
 
@@ -75,7 +76,10 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _extensions():
+_Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+
+
+def _extensions() -> list[_Register]:
     """Subcommands contributed by the packages (``sif``, ``pull``, ...)."""
     from sycri import health
     from sycri.images import cli as images_cli
@@ -88,7 +92,8 @@ def _extensions():
 def main(argv: list[str] | None = None) -> int:
     opts = parser().parse_args(argv)
     try:
-        return opts.func(opts)
+        func: Callable[[argparse.Namespace], int] = opts.func
+        return func(opts)
     except config.ConfigError as exc:
         print(f"sycri: bad configuration: {exc}", file=sys.stderr)
         return 2

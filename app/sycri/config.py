@@ -125,7 +125,8 @@ class Config:
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data for ``sycri config show`` (tuples become lists)."""
-        return _plain(dataclasses.asdict(self))
+        plain: dict[str, Any] = _plain(dataclasses.asdict(self))
+        return plain
 
 
 _SECTIONS = {"streaming", "cni", "images", "log"}
@@ -328,7 +329,7 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"runtimes.{name}.root: must be an absolute path")
     from sycri.errors import InvalidArgument
     from sycri.runtime.cgroups.conmon_cgroup import check_setting
-    from sycri.runtime.oci.ocispec import rlimits
+    from sycri.runtime.oci.rlimits import rlimits
 
     problem = check_setting(cfg.conmon_cgroup)
     if problem:

@@ -71,7 +71,7 @@ def _cmd_health(opts: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("health", help="check a running sycri over its socket (exit 0 or 1)")
     p.add_argument("--config", metavar="FILE", help="YAML config file naming the socket")
     p.add_argument("--socket", metavar="PATH", help="the socket (default: from the config)")

@@ -30,7 +30,7 @@ from sycri.cri import (
     stats,
     streaming,
 )
-from sycri.cri.service import Dispatcher, Handler
+from sycri.cri.service import Dispatcher, Handler, RpcObserver
 from sycri.k8s.agent import NodeAgent
 from sycri.node import Node
 from sycri.observability import metrics, telemetry
@@ -138,7 +138,7 @@ def watch(node: Node) -> None:
         metrics.inventory.containers = lambda: Counter(r.state for r in conts.store.all())
 
 
-async def serve(cfg: Config, observers: list | None = None) -> int:
+async def serve(cfg: Config, observers: list[RpcObserver] | None = None) -> int:
     sock = Path(cfg.socket)
     prepare_socket(sock)
     node = assemble(cfg)

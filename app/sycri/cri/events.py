@@ -13,7 +13,7 @@ from typing import Protocol
 
 from sycri.api import api_pb2
 from sycri.errors import SycriError, Unavailable
-from sycri.runtime.events import ContainerEvent, EventBus
+from sycri.runtime.events import ContainerEvent, ContainerEventType, EventBus
 
 
 class PodStatusSource(Protocol):
@@ -94,10 +94,18 @@ def connect(node: object, bus: EventBus) -> None:
         )
 
 
+_CRI_EVENT_TYPES = {
+    ContainerEventType.CREATED: api_pb2.CONTAINER_CREATED_EVENT,
+    ContainerEventType.STARTED: api_pb2.CONTAINER_STARTED_EVENT,
+    ContainerEventType.STOPPED: api_pb2.CONTAINER_STOPPED_EVENT,
+    ContainerEventType.DELETED: api_pb2.CONTAINER_DELETED_EVENT,
+}
+
+
 def event_response(event: ContainerEvent) -> api_pb2.ContainerEventResponse:
     out = api_pb2.ContainerEventResponse(
         container_id=event.container_id,
-        container_event_type=int(event.type),
+        container_event_type=_CRI_EVENT_TYPES[event.type],
         created_at=event.created_at,
     )
     snap = event.snapshot

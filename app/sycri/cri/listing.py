@@ -57,7 +57,8 @@ def streamed(pair: Pair, list_handler: Handler) -> Handler:
     async def handler(node: object, request: Message) -> AsyncIterator[Message]:
         req = pair.list_request()
         if request.HasField("filter"):
-            req.filter.CopyFrom(request.filter)
+            # every List*Request of the table has a ``filter``; Message does not say so
+            req.filter.CopyFrom(request.filter)  # type: ignore[attr-defined]
         resp = await list_handler(node, req)
         for chunk in batches(list(getattr(resp, pair.list_field))):
             yield pair.stream_response(**{pair.stream_field: chunk})

@@ -26,7 +26,7 @@ NETWORK_LABELS = ("interface", "namespace", "pod")
 class _Def:
     name: str
     help: str
-    type: int
+    type: api_pb2.MetricType
     value: Callable[[ContainerUsage], int | None]
 
 

@@ -28,7 +28,7 @@ def _manager(node: Node) -> SandboxManager:
     return node.sandboxes
 
 
-def _state(sb: Sandbox) -> int:
+def _state(sb: Sandbox) -> api_pb2.PodSandboxState:
     return api_pb2.SANDBOX_READY if sb.state == READY else api_pb2.SANDBOX_NOTREADY
 
 

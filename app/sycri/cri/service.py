@@ -14,12 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
 import grpc
 from google.protobuf import message_factory, text_format
-from google.protobuf.descriptor import MethodDescriptor
+from google.protobuf.descriptor import FieldDescriptor, MethodDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from sycri.api import api_pb2
@@ -30,6 +30,7 @@ log = logging.getLogger("sycri.rpc")
 SERVICES = ("RuntimeService", "ImageService")
 
 Handler = Callable[..., Any]
+_Context = grpc.aio.ServicerContext[bytes, Message]
 
 
 class RpcObserver(Protocol):
@@ -60,7 +61,7 @@ def _redact(message: Message) -> None:
                 message.ClearField(fd.name)
         elif fd.type == fd.TYPE_MESSAGE:
             if fd.is_repeated:
-                items = value.values() if fd.message_type.GetOptions().map_entry else value
+                items = value.values() if _is_map(fd) else value
                 for item in items:
                     if isinstance(item, Message):
                         _redact(item)
@@ -112,7 +113,7 @@ def nul_field(message: Message, prefix: str = "") -> str | None:
                 if "\x00" in item:
                     return f"{path}[{i}]" if fd.is_repeated else path
         elif fd.type == fd.TYPE_MESSAGE:
-            if fd.message_type.GetOptions().map_entry:
+            if _is_map(fd):
                 if fd.name in _FREE_TEXT:
                     continue
                 for k, v in value.items():
@@ -132,6 +133,10 @@ def nul_field(message: Message, prefix: str = "") -> str | None:
                 if found:
                     return found
     return None
+
+
+def _is_map(fd: FieldDescriptor) -> bool:
+    return fd.message_type is not None and fd.message_type.GetOptions().map_entry
 
 
 def _error_status(exc: BaseException, method: str) -> tuple[grpc.StatusCode, str]:
@@ -164,7 +169,7 @@ class Dispatcher:
             out.append(grpc.method_handlers_generic_handler(service.full_name, methods))
         return out
 
-    def _method_handler(self, md: MethodDescriptor) -> grpc.RpcMethodHandler:
+    def _method_handler(self, md: MethodDescriptor) -> grpc.RpcMethodHandler[bytes, Message]:
         # No request deserializer: the behaviour gets the raw bytes (see :func:`decode`).
         resp_cls = message_factory.GetMessageClass(md.output_type)
         fn = self.handlers.get(md.name)
@@ -199,11 +204,13 @@ class Dispatcher:
         for obs in self.observers:
             obs.finished(name, code, elapsed)
 
-    def _unary(self, md: MethodDescriptor, fn: Handler | None):
+    def _unary(
+        self, md: MethodDescriptor, fn: Handler | None
+    ) -> Callable[[bytes, _Context], Awaitable[Message]]:
         name = md.name
         unimplemented = f"{md.containing_service.name}.{name} is not implemented by sycri yet"
 
-        async def behaviour(raw: bytes, context: grpc.aio.ServicerContext) -> Message:
+        async def behaviour(raw: bytes, context: _Context) -> Message:
             t0 = self._notify_start(name)
             code = grpc.StatusCode.OK
             ended = False  # an abort sends the status at once: observers hear of it first
@@ -216,7 +223,7 @@ class Dispatcher:
                     request = decode(md, raw)
                     if log.isEnabledFor(logging.DEBUG):
                         log.debug("%s request: %s", name, _short(request))
-                    response = await fn(self.node, request)
+                    response: Message = await fn(self.node, request)
                 except grpc.aio.AbortError:
                     raise
                 except Exception as exc:
@@ -236,13 +243,13 @@ class Dispatcher:
 
         return behaviour
 
-    def _stream(self, md: MethodDescriptor, fn: Handler | None):
+    def _stream(
+        self, md: MethodDescriptor, fn: Handler | None
+    ) -> Callable[[bytes, _Context], AsyncIterator[Message]]:
         name = md.name
         unimplemented = f"{md.containing_service.name}.{name} is not implemented by sycri yet"
 
-        async def behaviour(
-            raw: bytes, context: grpc.aio.ServicerContext
-        ) -> AsyncIterator[Message]:
+        async def behaviour(raw: bytes, context: _Context) -> AsyncIterator[Message]:
             t0 = self._notify_start(name)
             code = grpc.StatusCode.OK
             ended = False  # an abort sends the status at once: observers hear of it first

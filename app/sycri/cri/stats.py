@@ -9,11 +9,12 @@ node with thousands of containers never hits the gRPC message limit (KEP-5825).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sycri.api import api_pb2
 from sycri.errors import Internal, InvalidArgument, NotFound, Unavailable, excerpt
 from sycri.runtime.cgroups.cgroupstats import CgroupSample, Pressure, PsiData
+from sycri.runtime.stats.netstats import InterfaceStats
 from sycri.runtime.stats.stats import (
     ContainerInfo,
     ContainerSource,
@@ -48,7 +49,8 @@ class _NoObjects:
         return []
 
 
-def _source(node: object, attr: str, method: str):
+def _source(node: object, attr: str, method: str) -> Any:
+    """``node.<attr>`` once it is known to have ``method`` (duck-typed: any store will do)."""
     src = getattr(node, attr, None)
     if src is None:
         return _NoObjects()
@@ -197,7 +199,7 @@ def container_stats(u: ContainerUsage) -> api_pb2.ContainerStats:
 
 
 def network_usage(n: NetworkUsage) -> api_pb2.NetworkUsage:
-    def iface(i) -> api_pb2.NetworkInterfaceUsage:
+    def iface(i: InterfaceStats) -> api_pb2.NetworkInterfaceUsage:
         return api_pb2.NetworkInterfaceUsage(
             name=i.name,
             rx_bytes=_u64(i.rx_bytes),
@@ -284,7 +286,9 @@ def select_pods(items: Iterable[PodInfo], f: api_pb2.PodSandboxStatsFilter | Non
     return items
 
 
-async def _list_containers(node: StatsNode, f) -> list[api_pb2.ContainerStats]:
+async def _list_containers(
+    node: StatsNode, f: api_pb2.ContainerStatsFilter | None
+) -> list[api_pb2.ContainerStats]:
     containers, pods, collector = sources(node)
     everything = list(containers.stats_containers())
     usage = await collector.containers(select_containers(everything, f))
@@ -292,7 +296,9 @@ async def _list_containers(node: StatsNode, f) -> list[api_pb2.ContainerStats]:
     return [container_stats(u) for u in usage]
 
 
-async def _list_pods(node: StatsNode, f) -> list[api_pb2.PodSandboxStats]:
+async def _list_pods(
+    node: StatsNode, f: api_pb2.PodSandboxStatsFilter | None
+) -> list[api_pb2.PodSandboxStats]:
     containers, pods, collector = sources(node)
     usage = await collector.pods(select_pods(pods.stats_pods(), f), containers.stats_containers())
     return [pod_stats(u) for u in usage]

@@ -11,7 +11,7 @@ import sys
 from sycri.errors import SycriError
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from sycri.cli import add_config_flags
 
     p = sub.add_parser("pull", help="pull an image (docker://, oras://, library://, .sif)")
@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _cmd_pull(opts: argparse.Namespace) -> int:
     from sycri.cli import load_config
     from sycri.images.credentials import Credentials
-    from sycri.images.service import Images
+    from sycri.images.service import Image, Images
 
     cfg = load_config(opts)
     creds = None
@@ -36,7 +36,7 @@ def _cmd_pull(opts: argparse.Namespace) -> int:
     if opts.registry_token:
         creds = Credentials(registry_token=opts.registry_token)
 
-    async def go():
+    async def go() -> Image:
         images = Images(cfg)
         try:
             return await images.pull(opts.reference, creds)

@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from sycri.api import api_pb2
 from sycri.errors import InvalidArgument
 
 DOCKER_HUB_KEYS = (
@@ -55,7 +56,7 @@ def _printable(value: str, field_name: str) -> str:
     return value
 
 
-def from_auth_config(auth) -> Credentials | None:
+def from_auth_config(auth: api_pb2.AuthConfig | None) -> Credentials | None:
     """Credentials from a CRI ``AuthConfig`` message (or None when it holds none)."""
     if auth is None:
         return None

@@ -16,6 +16,7 @@ import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -32,6 +33,9 @@ from sycri.errors import (
 )
 from sycri.images.reference import Reference, is_digest
 from sycri.observability import tracing
+
+if TYPE_CHECKING:
+    from sycri.images.registries import Endpoint
 
 CHUNK = 1 << 20
 
@@ -96,7 +100,7 @@ class LibraryClient:
         if status >= 300:
             raise InvalidArgument(f"{what}: library {self.base} answered HTTP {status}")
 
-    async def _json(self, url: str, what: str, params: dict[str, str]) -> dict:
+    async def _json(self, url: str, what: str, params: dict[str, str]) -> dict[str, Any]:
         try:
             async with self._get(url, params) as r:
                 self._check(r.status, what)
@@ -199,7 +203,7 @@ class LibraryClient:
             )
 
 
-def redirect_endpoint(redirect: Redirect):
+def redirect_endpoint(redirect: Redirect) -> Endpoint:
     """The registry endpoint an OCI redirect names."""
     from sycri.images.registries import Endpoint
 

@@ -125,24 +125,26 @@ def parse_index(data: bytes) -> list[Descriptor]:
     return [_descriptor(m, f"image index entry {i}") for i, m in enumerate(manifests)]
 
 
-def choose_platform(entries: list[Descriptor], arch: str, variant: str, os_: str = "linux"):
+def choose_platform(
+    entries: list[Descriptor], arch: str, variant: str, os_: str = "linux"
+) -> Descriptor:
     """The manifest for ``os_/arch[/variant]``: exact variant first, then any variant."""
     candidates = [
-        d
+        (d, d.platform)
         for d in entries
         if d.platform
         and d.platform.get("os") == os_
         and d.platform.get("architecture") == arch
         and d.media_type not in INDEXES
     ]
-    for d in candidates:
-        if variant and d.platform.get("variant") == variant:
+    for d, platform in candidates:
+        if variant and platform.get("variant") == variant:
             return d
-    for d in candidates:
-        if not d.platform.get("variant") or not variant:
+    for d, platform in candidates:
+        if not platform.get("variant") or not variant:
             return d
     if candidates:
-        return candidates[0]
+        return candidates[0][0]
     have = sorted(
         {
             "/".join(filter(None, (p.get("os"), p.get("architecture"), p.get("variant"))))
@@ -163,7 +165,8 @@ def parse_manifest(data: bytes, media_type: str) -> Manifest:
     if not isinstance(raw_layers, list):
         raise InvalidArgument("image manifest has no layers list")
     layers = tuple(_descriptor(raw, f"layer {i}") for i, raw in enumerate(raw_layers))
-    ann = obj.get("annotations") if isinstance(obj.get("annotations"), dict) else {}
+    raw_ann = obj.get("annotations")
+    ann: dict[Any, Any] = raw_ann if isinstance(raw_ann, dict) else {}
     return Manifest(media_type, config, layers, {str(k): str(v) for k, v in ann.items()})
 
 

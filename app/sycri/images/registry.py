@@ -383,7 +383,7 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _verify(h, n: int, desc: mf.Descriptor, what: str) -> None:
+def _verify(h: hashlib._Hash, n: int, desc: mf.Descriptor, what: str) -> None:
     if n != desc.size:
         raise DigestMismatch(f"{what} {desc.digest}: got {n} bytes, descriptor says {desc.size}")
     got = "sha256:" + h.hexdigest()
@@ -391,7 +391,9 @@ def _verify(h, n: int, desc: mf.Descriptor, what: str) -> None:
         raise DigestMismatch(f"{what}: content has digest {got}, expected {desc.digest}")
 
 
-async def _read_limited(resp: aiohttp.ClientResponse, limit: int, what: str, timeout: float):
+async def _read_limited(
+    resp: aiohttp.ClientResponse, limit: int, what: str, timeout: float
+) -> bytes:
     out = bytearray()
     while True:
         try:

@@ -26,8 +26,12 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
+
+import aiohttp
+from opentelemetry.trace import Span
 
 from sycri import crashpoint, sif
 from sycri.config import Config
@@ -121,9 +125,9 @@ class Images:
         self.arch, self.variant = reference.node_arch()
         self.users: list[Callable[[str], str | None]] = []
         self.container_usage: Callable[[], tuple[Path, int, int] | None] | None = None
-        self._pulls: dict[str, asyncio.Task] = {}
-        self._converting: dict[str, asyncio.Task] = {}
-        self._cleanups: set[asyncio.Task] = set()
+        self._pulls: dict[str, asyncio.Task[Image]] = {}
+        self._converting: dict[str, asyncio.Future[Image]] = {}
+        self._cleanups: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         """Remove what unfinished pulls left (kill -9, crash) before serving."""
@@ -234,8 +238,8 @@ class Images:
         image_id: str,
         make: Callable[[], Awaitable[Image]],
         text: str,
-        tags: list[str],
-        digests: list[str],
+        tags: Sequence[str],
+        digests: Sequence[str],
     ) -> Image:
         """One conversion per image id, shared by pulls of different names (each adds its
         own tags and digests once the image is stored)."""
@@ -248,7 +252,9 @@ class Images:
         image = await asyncio.shield(task)
         return await self._tag(image, text, tags, digests)
 
-    async def _tag(self, image: Image, text: str, tags: list[str], digests: list[str]) -> Image:
+    async def _tag(
+        self, image: Image, text: str, tags: Sequence[str], digests: Sequence[str]
+    ) -> Image:
         return await in_thread(
             lambda: self.store.add(
                 image.id,
@@ -280,7 +286,12 @@ class Images:
         return image
 
     async def _pull_registry(
-        self, session, ref: Reference, text: str, auth, p: metrics.Pull
+        self,
+        session: aiohttp.ClientSession,
+        ref: Reference,
+        text: str,
+        auth: Credentials | None,
+        p: metrics.Pull,
     ) -> Image:
         errors: list[SycriError] = []
         endpoints = self.registries.endpoints(ref)
@@ -344,8 +355,8 @@ class Images:
         client: RegistryClient,
         manifest: mf.Manifest,
         text: str,
-        tags: list[str],
-        digests: list[str],
+        tags: Sequence[str],
+        digests: Sequence[str],
         p: metrics.Pull,
     ) -> Image:
         """An oras SIF artifact: its id is the SIF's digest, never the config's."""
@@ -406,9 +417,9 @@ class Images:
         built: Path,
         config: bytes,
         text: str,
-        tags: list[str],
-        digests: list[str],
-        layers: list[str] = (),  # type: ignore[assignment]
+        tags: Sequence[str],
+        digests: Sequence[str],
+        layers: Sequence[str] = (),
         trust: sif_policy.Trust | None = None,
     ) -> Image:
         final = self.store.sif_path_for(image_id)
@@ -438,8 +449,8 @@ class Images:
         client: RegistryClient,
         manifest: mf.Manifest,
         text: str,
-        tags: list[str],
-        digests: list[str],
+        tags: Sequence[str],
+        digests: Sequence[str],
         p: metrics.Pull,
     ) -> Image:
         image_id = manifest.config.digest
@@ -511,8 +522,8 @@ class Images:
         client: RegistryClient,
         layer: mf.Descriptor,
         text: str,
-        tags: list[str],
-        digests: list[str],
+        tags: Sequence[str],
+        digests: Sequence[str],
         p: metrics.Pull | None = None,
     ) -> Image:
         image_id = layer.digest  # blob_to_file refuses bytes with any other digest
@@ -532,7 +543,12 @@ class Images:
             await in_thread(shutil.rmtree, work, True)
 
     async def _pull_library(
-        self, session, ref: Reference, text: str, auth, p: metrics.Pull
+        self,
+        session: aiohttp.ClientSession,
+        ref: Reference,
+        text: str,
+        auth: Credentials | None,
+        p: metrics.Pull,
     ) -> Image:
         token = (auth.registry_token or auth.password) if auth else ""
         base = f"https://{ref.registry}" if ref.registry else self.cfg.images.library_url
@@ -667,7 +683,7 @@ def _hash_stable(path: Path) -> tuple[str, os.stat_result]:
     return digest, after
 
 
-def _span(text: str, source: str):
+def _span(text: str, source: str) -> AbstractContextManager[Span]:
     return tracing.span("image.pull", **{"image.reference": text[:512], "image.source": source})
 
 

@@ -20,6 +20,7 @@ import os
 import shutil
 import sqlite3
 import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,7 +135,7 @@ class Store:
             self._db.close()
 
     @contextlib.contextmanager
-    def _tx(self):
+    def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -244,7 +245,7 @@ class Store:
 
     # -- reads ------------------------------------------------------------------------------
 
-    def _image(self, db: sqlite3.Connection, row: tuple) -> Image:
+    def _image(self, db: sqlite3.Connection, row: tuple[Any, ...]) -> Image:
         image_id, sif_path, size, config, user_ref, pinned, local, origin, signed, signer, st = row
         tags = tuple(
             r[0]
@@ -324,12 +325,12 @@ class Store:
         size: int,
         config: bytes,
         *,
-        tags: list[str] = (),  # type: ignore[assignment]
-        digests: list[str] = (),  # type: ignore[assignment]
+        tags: Sequence[str] = (),
+        digests: Sequence[str] = (),
         user_ref: str = "",
         pinned: bool = False,
         local: bool = False,
-        layers: list[str] = (),  # type: ignore[assignment]
+        layers: Sequence[str] = (),
         now: float = 0.0,
         origin: str = "",
         signed: bool = False,

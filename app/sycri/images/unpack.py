@@ -34,12 +34,15 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, NoReturn, cast
+from typing import TYPE_CHECKING, BinaryIO, NoReturn, cast
 
 from isal import isal_zlib
 
 from sycri.errors import InvalidArgument, ResourceExhausted, excerpt
 from sycri.images import fstree
+
+if TYPE_CHECKING:
+    from sycri.config import ImageConfig
 
 log = logging.getLogger("sycri.images.unpack")
 
@@ -81,7 +84,7 @@ class Limits:
     max_file_bytes: int = 32 << 30
 
     @classmethod
-    def of(cls, images_cfg: Any) -> Limits:
+    def of(cls, images_cfg: ImageConfig) -> Limits:
         return cls(
             images_cfg.max_image_bytes, images_cfg.max_image_entries, images_cfg.max_file_bytes
         )
@@ -108,12 +111,13 @@ class _HeaderBound(tarfile.TarInfo):
     def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
         if self.type in _BIG_HEADERS and self.size > MAX_HEADER:
             raise HostileLayer(f"an extended header of {self.size} bytes (more than {MAX_HEADER})")
+        # tarfile's private hook, which typeshed leaves out
         member: tarfile.TarInfo = super()._proc_member(tarfile_)  # type: ignore[misc]
         return member
 
     # Sparse maps are read into memory without bound (and version 1.0 from the entry's
     # data): refused, as few images hold sparse files.
-    def _refuse_sparse(self, *args: Any, **kwargs: Any) -> NoReturn:
+    def _refuse_sparse(self, *args: object, **kwargs: object) -> NoReturn:
         raise HostileLayer(f"entry {excerpt(self.name)} is a sparse file (not supported)")
 
     _proc_sparse = _proc_gnusparse_00 = _proc_gnusparse_01 = _proc_gnusparse_10 = _refuse_sparse

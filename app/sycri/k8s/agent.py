@@ -22,6 +22,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kubernetes.client import ApiClient, CoreV1Api
 
 from sycri import __version__
 from sycri.config import Config
@@ -44,8 +48,6 @@ MESSAGE_LIMIT = 1024
 
 REASON_PULL = "SycriPullFailed"
 REASON_CONVERT = "SycriConversionFailed"
-
-_STOP = object()
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,7 @@ class NodeAgent:
 
     def __init__(
         self,
-        api_client: object | None,
+        api_client: ApiClient | None,
         node_name: str,
         cfg: Config,
         *,
@@ -87,14 +89,15 @@ class NodeAgent:
         self._cfg = cfg
         self._api_client = api_client
         self._clock = clock
-        self._queue: queue.Queue = queue.Queue(maxsize=queue_limit)
+        # None stops the worker
+        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=queue_limit)
         self._thread: threading.Thread | None = None
         self._registered = threading.Event()
         self._retry_delay = retry_delay
         self._retry_at = 0.0
         self._recent: OrderedDict[tuple[str, ...], tuple[str, int, float]] = OrderedDict()
         self._dropped = 0
-        self._v1 = None
+        self._v1: CoreV1Api | None = None
         if api_client is not None:
             from kubernetes import client
 
@@ -135,7 +138,8 @@ class NodeAgent:
 
         configuration = client.Configuration()
         try:
-            InClusterConfigLoader(
+            # kubernetes' config loaders carry no annotations
+            InClusterConfigLoader(  # type: ignore[no-untyped-call]
                 token_filename=token_path or TOKEN_PATH,
                 cert_filename=ca_path or CA_PATH,
                 environ=environ,
@@ -174,12 +178,12 @@ class NodeAgent:
         if self._thread is None:
             return
         with contextlib.suppress(queue.Full):
-            self._queue.put(_STOP, timeout=timeout)
+            self._queue.put(None, timeout=timeout)
         self._thread.join(timeout)
         self._thread = None
         if self._api_client is not None:
             with contextlib.suppress(Exception):
-                self._api_client.close()
+                self._api_client.close()  # type: ignore[no-untyped-call]  # unannotated upstream
 
     def wait_registered(self, timeout: float) -> bool:
         """True once the Node carries sycri's labels (for tests and diagnostics)."""
@@ -225,20 +229,27 @@ class NodeAgent:
                 task = self._queue.get(timeout=timeout)
             except queue.Empty:
                 task = self._register
-            if task is _STOP:
+            if task is None:
                 return
             try:
                 task()
             except Exception as exc:  # the API server's trouble is never sycri's crash
                 log.warning("Kubernetes API call failed: %s", _describe(exc))
 
+    @property
+    def _core(self) -> CoreV1Api:
+        """The API; only tasks of an enabled agent (which has one) call it."""
+        if self._v1 is None:
+            raise RuntimeError("the node agent has no Kubernetes client")
+        return self._v1
+
     def _register(self) -> None:
         if self._registered.is_set():
             return
         try:
-            node = self._v1.read_node(self.node_name, _request_timeout=REQUEST_TIMEOUT)
+            node = self._core.read_node(self.node_name, _request_timeout=REQUEST_TIMEOUT)
             current = (node.metadata.labels if node.metadata else None) or {}
-            self._v1.patch_node(
+            self._core.patch_node(
                 self.node_name,
                 node_info.node_patch(self._cfg, __version__, current),
                 _content_type="application/merge-patch+json",
@@ -266,7 +277,7 @@ class NodeAgent:
         if seen is not None and self._clock() - seen[2] < AGGREGATE_SECONDS:
             name, count, _ = seen
             try:
-                self._v1.patch_namespaced_event(
+                self._core.patch_namespaced_event(
                     name,
                     pod.namespace,
                     {"count": count + 1, "lastTimestamp": now.isoformat().replace("+00:00", "Z")},
@@ -302,7 +313,7 @@ class NodeAgent:
             reporting_component="sycri",
             reporting_instance=self.node_name,
         )
-        self._v1.create_namespaced_event(pod.namespace, event, _request_timeout=REQUEST_TIMEOUT)
+        self._core.create_namespaced_event(pod.namespace, event, _request_timeout=REQUEST_TIMEOUT)
         self._remember(key, name, 1)
 
     def _remember(self, key: tuple[str, ...], name: str, count: int) -> None:

@@ -42,7 +42,7 @@ def labels(cfg: Config, version: str) -> dict[str, str]:
     return out
 
 
-def annotations(cfg: Config, version: str) -> dict[str, str]:
+def node_annotations(cfg: Config, version: str) -> dict[str, str]:
     return {
         PREFIX + "version": version,
         PREFIX + "cri-api": "v1",
@@ -63,4 +63,4 @@ def node_patch(
     for key in current_labels or {}:
         if key.startswith(HANDLER_PREFIX) and key not in want:
             patch_labels[key] = None
-    return {"metadata": {"labels": patch_labels, "annotations": annotations(cfg, version)}}
+    return {"metadata": {"labels": patch_labels, "annotations": node_annotations(cfg, version)}}

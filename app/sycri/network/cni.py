@@ -106,7 +106,7 @@ def default_network(
     """
     nets = [ipaddress.ip_network(s, strict=False) for s in subnets]
     routes = [{"dst": "0.0.0.0/0" if n.version == 4 else "::/0"} for n in nets]
-    plugins = (
+    plugins: tuple[dict[str, Any], ...] = (
         {
             "type": "bridge",
             "bridge": bridge,

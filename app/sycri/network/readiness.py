@@ -12,6 +12,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sycri.config import CniConfig
 
@@ -35,7 +36,7 @@ def config_files(conf_dir: str) -> list[Path]:
     return [Path(conf_dir, n) for n in names if n.endswith(CONFIG_SUFFIXES)]
 
 
-def plugin_types(doc: dict) -> list[str]:
+def plugin_types(doc: dict[str, Any]) -> list[str]:
     """Plugin types named by a ``.conf`` or ``.conflist`` document."""
     if "plugins" in doc:
         return [str(p.get("type", "")) for p in doc["plugins"] if isinstance(p, dict)]

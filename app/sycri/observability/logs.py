@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+from typing import TextIO
 
 from sycri.observability.tracing import current_ids
 
@@ -43,7 +44,7 @@ class PlainFormatter(logging.Formatter):
         line = super().format(record)
         trace_id = getattr(record, "trace_id", None)
         if trace_id:
-            line += f" trace_id={trace_id} span_id={record.span_id}"
+            line += f" trace_id={trace_id} span_id={getattr(record, 'span_id', '')}"
         return line
 
 
@@ -57,7 +58,7 @@ class TraceContextFilter(logging.Filter):
         return True
 
 
-def handler(fmt: str, stream=None) -> logging.Handler:
+def handler(fmt: str, stream: TextIO | None = None) -> logging.Handler:
     """A stream handler writing ``fmt`` (plain or json) lines with trace ids."""
     out = logging.StreamHandler(stream or sys.stderr)
     out.setFormatter(JsonFormatter() if fmt == "json" else PlainFormatter())

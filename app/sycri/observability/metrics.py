@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -32,7 +33,7 @@ from prometheus_client import (
     disable_created_metrics,
     start_http_server,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -41,9 +42,11 @@ from prometheus_client.registry import Collector
 from sycri import __version__
 
 log = logging.getLogger("sycri.metrics")
+_T = TypeVar("_T")
+
 
 # The ``*_created`` timestamp series double the series count and no dashboard uses them.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated in prometheus_client
 REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)
 PlatformCollector(registry=REGISTRY)
@@ -375,10 +378,10 @@ class Inventory(Collector):
     def reset(self) -> None:
         self.pods = self.containers = self.images = None
 
-    def describe(self):
+    def describe(self) -> list[Metric]:
         return []  # computed at scrape time; nothing to check at registration
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         by_state = (
             ("sycri_pod_sandboxes", "Pod sandboxes on this node, by state.", self.pods, POD_STATES),
             (
@@ -408,7 +411,7 @@ class Inventory(Collector):
             )
 
     @staticmethod
-    def _read(name: str, source: Callable | None):
+    def _read(name: str, source: Callable[[], _T] | None) -> _T | None:
         if source is None:
             return None
         try:

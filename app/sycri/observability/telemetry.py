@@ -9,6 +9,7 @@ provider from ``OTEL_*``, the command observer, and what the gRPC server needs
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import grpc
 from opentelemetry.sdk.trace import TracerProvider
@@ -16,6 +17,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from sycri import command
 from sycri.config import Config
 from sycri.observability import metrics, tracing
+
+if TYPE_CHECKING:
+    from sycri.cri.service import RpcObserver
 
 
 class TelemetryError(RuntimeError):
@@ -33,7 +37,7 @@ class Telemetry:
         return tracing.server_interceptors(self.tracer_provider)
 
     @property
-    def rpc_observers(self) -> list:
+    def rpc_observers(self) -> list[RpcObserver]:
         return [metrics.RpcMetrics(), tracing.RpcSpans()]
 
     def close(self) -> None:

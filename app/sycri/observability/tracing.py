@@ -27,7 +27,7 @@ import grpc
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import Span, Status, StatusCode
 
 from sycri import __version__
@@ -87,15 +87,19 @@ def resource() -> Resource:
     return res
 
 
-def exporter(s: Settings):
+def exporter(s: Settings) -> SpanExporter:
     """The OTLP span exporter for ``s.protocol``; it reads the rest of ``OTEL_*`` itself."""
     if s.protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+            OTLPSpanExporter as GrpcExporter,
+        )
 
-        return OTLPSpanExporter()
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        return GrpcExporter()
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+        OTLPSpanExporter as HttpExporter,
+    )
 
-    return OTLPSpanExporter()
+    return HttpExporter()
 
 
 def provider(processor: SpanProcessor | None = None) -> TracerProvider:
@@ -126,7 +130,11 @@ def server_interceptors(tracer_provider: TracerProvider | None) -> list[grpc.aio
         return []
     from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
-    return [aio_server_interceptor(tracer_provider=tracer_provider)]
+    # the instrumentation's factory is unannotated; it returns a grpc.aio.ServerInterceptor
+    interceptor: grpc.aio.ServerInterceptor = aio_server_interceptor(  # type: ignore[no-untyped-call]
+        tracer_provider=tracer_provider
+    )
+    return [interceptor]
 
 
 class RpcSpans:

@@ -46,7 +46,8 @@ class Backend:
 
     async def unary(self, method: str, request: bytes, timeout: float | None = None) -> bytes:
         """Forward serialized ``request``; a gRPC failure becomes a BackendError."""
-        call = self.channel.unary_unary(method)
+        # no serializers: the bytes pass through as they came
+        call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = self.channel.unary_unary(method)
         # at most half of the caller's time goes to waiting for a reconnect
         wait = CONNECT_WAIT_SECONDS if timeout is None else min(CONNECT_WAIT_SECONDS, timeout / 2)
         try:
@@ -69,7 +70,8 @@ class Backend:
         return True
 
     async def stream(self, method: str, request: bytes) -> AsyncIterator[bytes]:
-        call = self.channel.unary_stream(method)(request)
+        stub: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = self.channel.unary_stream(method)
+        call = stub(request)
         try:
             async for message in call:
                 yield message

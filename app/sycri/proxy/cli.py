@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from sycri import __version__
@@ -107,7 +108,7 @@ def _show_unit(opts: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     proxy = sub.add_parser("proxy", help="the CRI front endpoint kubelet talks to")
     psub = proxy.add_subparsers(dest="proxy_command", required=True)
     serve = psub.add_parser("serve", help="serve CRI, routing to sycri or the node's runtime")
@@ -134,7 +135,7 @@ def register(sub) -> None:
     show.set_defaults(func=_show_unit)
 
 
-def _guard(fn):
+def _guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     def run(opts: argparse.Namespace) -> int:
         try:
             return fn(opts)

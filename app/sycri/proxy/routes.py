@@ -9,6 +9,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from google.protobuf.descriptor import Descriptor
+from google.protobuf.message import Message
+
 from sycri.api import api_pb2
 
 RUNTIME = "/runtime.v1.RuntimeService/"
@@ -33,15 +36,30 @@ class Kind(enum.Enum):
 @dataclass(frozen=True)
 class Route:
     kind: Kind
-    request: type | None = None  # decoded only when the route reads a field
+    request: type[Message] | None = None  # decoded only when the route reads a field
     field: str = ""  # the id field for BY_POD / BY_CONTAINER
 
+    def decode(self, raw: bytes) -> Message:
+        """The request as its message; DecodeError when the bytes are not one."""
+        if self.request is None:
+            raise AssertionError(f"a {self.kind.value} route decodes no request")
+        return self.request.FromString(raw)
 
-def _by_pod(request: type) -> Route:
+    def request_name(self) -> str:
+        return self.request.DESCRIPTOR.full_name if self.request is not None else "request"
+
+    def id_of(self, raw: bytes) -> str:
+        """The pod or container id a BY_POD / BY_CONTAINER request names."""
+        value = getattr(self.decode(raw), self.field)
+        assert isinstance(value, str), self.field
+        return value
+
+
+def _by_pod(request: type[Message]) -> Route:
     return Route(Kind.BY_POD, request, "pod_sandbox_id")
 
 
-def _by_container(request: type) -> Route:
+def _by_container(request: type[Message]) -> Route:
     return Route(Kind.BY_CONTAINER, request, "container_id")
 
 
@@ -97,7 +115,7 @@ TABLE: dict[str, Route] = {
 # messages as one with the repeated fields appended (tests check every one).
 
 
-def output_type(method: str):
+def output_type(method: str) -> Descriptor:
     """The response descriptor of a CRI method."""
     service, name = method.strip("/").split("/")
     svc = api_pb2.DESCRIPTOR.services_by_name[service.rsplit(".", 1)[1]]

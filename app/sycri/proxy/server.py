@@ -27,7 +27,7 @@ log = logging.getLogger("sycri.proxy")
 
 RECONNECT_SECONDS = 1.0  # how soon an event stream to a restarted backend is reopened
 EVENT_QUEUE = 1000
-_RUN_RESPONSES = {
+_RUN_RESPONSES: dict[str, type[api_pb2.RunPodSandboxResponse | api_pb2.RestorePodResponse]] = {
     routes.RUNTIME + "RunPodSandbox": api_pb2.RunPodSandboxResponse,
     routes.RUNTIME + "RestorePod": api_pb2.RestorePodResponse,
 }
@@ -48,11 +48,13 @@ class Proxy:
 
     # --- unary --------------------------------------------------------------------
 
-    async def unary(self, method: str, request: bytes, context) -> bytes:
+    async def unary(
+        self, method: str, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> bytes:
         try:
             return await self._unary(method, request, context.time_remaining())
         except DecodeError:
-            name = routes.route(method).request.DESCRIPTOR.full_name
+            name = routes.route(method).request_name()
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"{method}: the request is not a {name}"
             )
@@ -69,14 +71,15 @@ class Proxy:
         if kind is Kind.PRIMARY:
             return await self.primary.unary(method, request, timeout)
         if kind is Kind.RUN_POD:
-            req = route.request.FromString(request)
-            backend = self.by_handler(req.runtime_handler)
+            run = route.decode(request)
+            assert isinstance(run, api_pb2.RunPodSandboxRequest | api_pb2.RestorePodRequest)
+            backend = self.by_handler(run.runtime_handler)
             raw = await backend.unary(method, request, timeout)
             resp = _RUN_RESPONSES[method].FromString(raw)
             self.owners.remember(backend, [resp.pod_sandbox_id])
             return raw
         if kind in (Kind.BY_POD, Kind.BY_CONTAINER):
-            id_ = getattr(route.request.FromString(request), route.field)
+            id_ = route.id_of(request)
             backend = await self.owners.of(id_)
             if backend is self.sycri and method.endswith("/CreateContainer"):
                 request = await self._image_for_sycri(request, timeout)
@@ -103,22 +106,25 @@ class Proxy:
                 log.warning("%s: sycri did not take it: %s", method, exc.message)
             return raw
         if kind is Kind.IMAGE:
-            req = route.request.FromString(request)
-            return await self.by_handler(req.image.runtime_handler).unary(method, request, timeout)
+            status = api_pb2.ImageStatusRequest.FromString(request)
+            handler = status.image.runtime_handler
+            return await self.by_handler(handler).unary(method, request, timeout)
         if kind is Kind.PULL:
-            req = api_pb2.PullImageRequest.FromString(request)
-            backend = await self._pull_backend(req)
+            pull = api_pb2.PullImageRequest.FromString(request)
+            backend = await self._pull_backend(pull)
             return await backend.unary(method, request, timeout)
         if kind is Kind.REMOVE_IMAGE:
-            req = api_pb2.RemoveImageRequest.FromString(request)
-            if req.image.runtime_handler:
-                return await self.by_handler(req.image.runtime_handler).unary(
+            remove = api_pb2.RemoveImageRequest.FromString(request)
+            if remove.image.runtime_handler:
+                return await self.by_handler(remove.image.runtime_handler).unary(
                     method, request, timeout
                 )
             return await self._remove_image(method, request, timeout)
         raise AssertionError(f"{method}: no unary route for {kind}")
 
-    async def _both(self, method: str, request: bytes, timeout: float | None):
+    async def _both(
+        self, method: str, request: bytes, timeout: float | None
+    ) -> tuple[bytes, bytes]:
         """Both answers, or the error of the first that failed: a merged list never
         leaves out one backend's pods, which kubelet would take for gone."""
         results = await asyncio.gather(
@@ -126,10 +132,12 @@ class Proxy:
             self.sycri.unary(method, request, timeout),
             return_exceptions=True,
         )
-        for r in results:
-            if isinstance(r, BaseException):
-                raise r
-        return results
+        primary, sycri = results
+        if isinstance(primary, BaseException):
+            raise primary
+        if isinstance(sycri, BaseException):
+            raise sycri
+        return primary, sycri
 
     async def _status(self, method: str, request: bytes, timeout: float | None) -> bytes:
         primary_raw, sycri_raw = await asyncio.gather(
@@ -213,7 +221,9 @@ class Proxy:
 
     # --- streaming ----------------------------------------------------------------
 
-    async def stream(self, method: str, request: bytes, context) -> AsyncIterator[bytes]:
+    async def stream(
+        self, method: str, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> AsyncIterator[bytes]:
         try:
             if routes.route(method).kind is Kind.EVENTS:
                 async for message in self._events(method, request):
@@ -267,18 +277,22 @@ class _Generic(grpc.GenericRpcHandler):
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
 
-    def service(self, details):
+    def service(
+        self, details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[bytes, bytes] | None:
         method = details.method
         proxy = self.proxy
         if method in routes.STREAMING:
 
-            async def streaming(request, context):
+            async def streaming(
+                request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
+            ) -> AsyncIterator[bytes]:
                 async for message in proxy.stream(method, request, context):
                     yield message
 
             return grpc.unary_stream_rpc_method_handler(streaming)
 
-        async def unary(request, context):
+        async def unary(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
             return await proxy.unary(method, request, context)
 
         return grpc.unary_unary_rpc_method_handler(unary)

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 
 log = logging.getLogger("sycri.proxy.supervisor")
 
@@ -46,15 +47,15 @@ class Supervisor:
     def __init__(self, command: Sequence[str], pidfile: Path | None = None) -> None:
         self.command = list(command)
         self.pidfile = pidfile
-        self.child: subprocess.Popen | None = None
+        self.child: subprocess.Popen[bytes] | None = None
         self.stopping = False
         self.restart_now = False
 
-    def _on_term(self, signum, frame) -> None:
+    def _on_term(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True
         self._signal_child(signal.SIGTERM)
 
-    def _on_hup(self, signum, frame) -> None:
+    def _on_hup(self, signum: int, frame: FrameType | None) -> None:
         """An upgrade: stop the child; the loop starts the (new) command at once."""
         self.restart_now = True
         self._signal_child(signal.SIGTERM)

@@ -125,21 +125,21 @@ async def in_fresh_thread(fn: Callable[[], T]) -> T:
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[T] = loop.create_future()
 
-    def deliver(ok: bool, value: object) -> None:
-        if fut.cancelled():
-            return
-        if ok:
-            fut.set_result(value)  # type: ignore[arg-type]
-        else:
-            fut.set_exception(value)  # type: ignore[arg-type]
+    def deliver(value: T) -> None:
+        if not fut.cancelled():
+            fut.set_result(value)
+
+    def fail(exc: BaseException) -> None:
+        if not fut.cancelled():
+            fut.set_exception(exc)
 
     def body() -> None:
         try:
             result = fn()
         except BaseException as exc:
-            loop.call_soon_threadsafe(deliver, False, exc)
+            loop.call_soon_threadsafe(fail, exc)
         else:
-            loop.call_soon_threadsafe(deliver, True, result)
+            loop.call_soon_threadsafe(deliver, result)
 
     threading.Thread(target=body, name="sycri-ns", daemon=True).start()
     return await asyncio.shield(fut)

@@ -7,7 +7,7 @@ import asyncio
 import datetime
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from sycri.sif.format import (
     DATA_TYPE_NAMES,
@@ -203,7 +203,7 @@ def _cmd_verify(opts: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in results) else 1
 
 
-def _run(func):
+def _run(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     def wrapped(opts: argparse.Namespace) -> int:
         try:
             return func(opts)
@@ -217,7 +217,7 @@ def _run(func):
     return wrapped
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``sycri sif ...`` to the main command line."""
     sif = subparsers.add_parser("sif", help="inspect and verify SIF image files")
     sub = sif.add_subparsers(dest="sif_command", required=True)

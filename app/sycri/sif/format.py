@@ -10,7 +10,9 @@ from __future__ import annotations
 import enum
 import struct
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 from sycri.errors import InvalidArgument, excerpt
 
@@ -179,7 +181,10 @@ def arch_code(name: str) -> bytes:
         raise SifError(f"unknown architecture {excerpt(name)}") from None
 
 
-def type_name(names: dict, value: int | None, unknown: str = "Unknown") -> str:
+_Code = TypeVar("_Code", bound=int)  # a code enum of the format
+
+
+def type_name(names: Mapping[_Code, str], value: int | None, unknown: str = "Unknown") -> str:
     for key, text in names.items():
         if int(key) == value:
             return text
@@ -350,7 +355,7 @@ def check_header(h: Header, file_size: int) -> None:
         raise SifError(f"negative data section ({h.data_offset}, {h.data_size})")
 
 
-def _parse_extra(data_type: int, extra: bytes) -> dict:
+def _parse_extra(data_type: int, extra: bytes) -> dict[str, Any]:
     if data_type == DataType.PARTITION:
         fstype, parttype = struct.unpack_from("<ii", extra)
         return {"fstype": fstype, "parttype": parttype, "arch": arch_name(extra[8:11])}

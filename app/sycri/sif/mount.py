@@ -43,7 +43,9 @@ def partition_location(sif_path: str | os.PathLike[str]) -> PartitionLocation:
         d = img.primary_partition()
     if d.fstype != FsType.SQUASHFS:
         raise SifError(f"{sif_path}: primary partition is not squashfs (fstype {d.fstype})")
-    return PartitionLocation(os.fspath(sif_path), d.offset, d.size, d.fstype, d.arch or "unknown")
+    return PartitionLocation(
+        os.fspath(sif_path), d.offset, d.size, FsType.SQUASHFS, d.arch or "unknown"
+    )
 
 
 def is_mountpoint(target: str | os.PathLike[str]) -> bool:

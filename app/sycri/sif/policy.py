@@ -24,7 +24,7 @@ import os
 from dataclasses import dataclass
 
 from sycri.errors import PermissionDenied
-from sycri.sif.format import DataType, SifError
+from sycri.sif.format import DataType, Descriptor, SifError
 from sycri.sif.reader import SifImage, open_sif
 from sycri.sif.verify import (
     _CLEARSIGN_BEGIN,
@@ -69,7 +69,7 @@ def clearsigned_text(data: bytes) -> bytes | None:
     return b"\n".join(x.rstrip(b"\r") for x in out)
 
 
-def _integrity(img: SifImage, sig, data: bytes) -> tuple[bool, str]:
+def _integrity(img: SifImage, sig: Descriptor, data: bytes) -> tuple[bool, str]:
     """Do the digests the signature object states match the file? (no key involved)"""
     plain = clearsigned_text(data)
     if plain is not None:
@@ -118,7 +118,7 @@ async def evaluate(path: str | os.PathLike[str], keys: Keys | None) -> Trust:
     return Trust(signed=True, why="not signed by a trusted key (" + "; ".join(bad) + ")")
 
 
-def _ids(img: SifImage, sig) -> tuple[int, ...]:
+def _ids(img: SifImage, sig: Descriptor) -> tuple[int, ...]:
     return tuple(d.id for d in _covered(img, sig))
 
 

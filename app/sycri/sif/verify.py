@@ -22,7 +22,7 @@ import json
 import os
 import struct
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidSignature
@@ -45,7 +45,7 @@ DSSE_PAYLOAD_TYPE = "application/vnd.sylabs.sif-metadata+json"
 _CLEARSIGN_BEGIN = b"-----BEGIN PGP SIGNED MESSAGE-----"
 _PGP_PUBLIC = b"-----BEGIN PGP PUBLIC KEY BLOCK-----"
 _PGP_PRIVATE = b"-----BEGIN PGP PRIVATE KEY BLOCK-----"
-_HASHLIB = {
+_HASHLIB: dict[int, str] = {
     HashType.SHA256: "sha256",
     HashType.SHA384: "sha384",
     HashType.SHA512: "sha512",
@@ -241,7 +241,7 @@ def _check_legacy(img: SifImage, sig: Descriptor, plaintext: bytes) -> tuple[boo
     if not covered:
         return False, f"signed {'group' if sig.link_is_group else 'object'} {sig.link} not found"
 
-    def chunks():
+    def chunks() -> Iterator[bytes]:
         for d in covered:
             yield from img.iter_object(d)
 
@@ -257,11 +257,13 @@ def _pae(payload_type: str, body: bytes) -> bytes:
 
 
 def _verify_with(key: object, sig: bytes, message: bytes, hash_type: int | None) -> bool:
-    algorithm = {
+    by_type: dict[int, hashes.HashAlgorithm] = {
         HashType.SHA256: hashes.SHA256(),
         HashType.SHA384: hashes.SHA384(),
         HashType.SHA512: hashes.SHA512(),
-    }.get(hash_type or HashType.SHA256, hashes.SHA256())
+    }
+    algorithm = by_type.get(hash_type or HashType.SHA256, hashes.SHA256())
+
     try:
         if isinstance(key, ed25519.Ed25519PublicKey):
             key.verify(sig, message)

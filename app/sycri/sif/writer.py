@@ -17,7 +17,7 @@ import os
 import struct
 import tempfile
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 from sycri.errors import excerpt
@@ -261,7 +261,9 @@ def _table(slots: Sequence[Descriptor]) -> bytes:
 
 
 @contextlib.contextmanager
-def _replacing(path: str, prepare: Callable[[int], None] | None = None, mode: int = 0o644):
+def _replacing(
+    path: str, prepare: Callable[[int], None] | None = None, mode: int = 0o644
+) -> Iterator[int]:
     """A temp file next to ``path`` (yielded as an fd) renamed over it on success."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")

@@ -66,7 +66,7 @@ async def run_attach(target: ContainerTarget, tty: bool, io: Stdio) -> None:
     """Relay until the container's output ends (it exited) or the client leaves."""
     sock = await connect_attach(target)
     loop = asyncio.get_running_loop()
-    tasks: list[asyncio.Future] = []
+    tasks: list[asyncio.Future[None]] = []
     try:
         if io.stdin is not None:
             stdin = io.stdin

@@ -12,7 +12,7 @@ import collections
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 _INBOX_DEPTH = 64  # chunks buffered per stream before the connection's reader waits
 
@@ -106,7 +106,8 @@ def parse_resizes(buffer: bytes) -> tuple[list[TerminalSize], bytes]:
     """
     text = buffer.decode("utf-8", "replace")
     decoder = json.JSONDecoder()
-    sizes, pos = [], 0
+    sizes: list[TerminalSize] = []
+    pos = 0
     while True:
         while pos < len(text) and text[pos] in " \t\r\n":
             pos += 1
@@ -151,11 +152,11 @@ class StreamError(Exception):
     """A failure the client should read on its error stream (not a crash of sycri)."""
 
 
-def status_success() -> dict:
+def status_success() -> dict[str, Any]:
     return {"metadata": {}, "status": "Success"}
 
 
-def status_exit(code: int, cmd: tuple[str, ...]) -> dict:
+def status_exit(code: int, cmd: tuple[str, ...]) -> dict[str, Any]:
     """The Status kubectl and client-go turn into "command terminated with exit code N"."""
     return {
         "metadata": {},
@@ -169,7 +170,7 @@ def status_exit(code: int, cmd: tuple[str, ...]) -> dict:
     }
 
 
-def status_error(message: str) -> dict:
+def status_error(message: str) -> dict[str, Any]:
     return {
         "metadata": {},
         "status": "Failure",
@@ -180,5 +181,5 @@ def status_error(message: str) -> dict:
     }
 
 
-def encode_status(status: dict) -> bytes:
+def encode_status(status: dict[str, Any]) -> bytes:
     return json.dumps(status, separators=(",", ":")).encode()

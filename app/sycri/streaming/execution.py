@@ -25,7 +25,9 @@ import signal
 import struct
 import tempfile
 import termios
+from collections.abc import Awaitable, Callable
 from tty import setraw
+from typing import Any
 
 from sycri.streaming.channel import (
     Inbox,
@@ -91,7 +93,7 @@ def set_winsize(fd: int, width: int, height: int) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
 
 
-async def _copy_out(read, out: Outbound | None) -> None:
+async def _copy_out(read: Callable[[], Awaitable[bytes]], out: Outbound | None) -> None:
     while True:
         data = await read()
         if not data:
@@ -138,7 +140,7 @@ async def run_exec(target: ContainerTarget, cmd: tuple[str, ...], tty: bool, io:
     one: a separate ``runc state`` would cost every exec a third of its time. A TTY
     exec needs the state anyway (the bundle holds the process to start from).
     """
-    state: dict = {}
+    state: dict[str, Any] = {}
     if tty:
         state = await runc_state(target)
         status = state.get("status", "")
@@ -182,10 +184,12 @@ async def _first_size(io: Stdio) -> TerminalSize | None:
     return sizes[-1] if sizes else None
 
 
-def _tty_process(work: str, state: dict, cmd: tuple[str, ...], size: TerminalSize | None) -> str:
+def _tty_process(
+    work: str, state: dict[str, Any], cmd: tuple[str, ...], size: TerminalSize | None
+) -> str:
     """An OCI process for ``runc exec --process``: the container's own (env, user, cwd,
     capabilities), running ``cmd`` on a terminal of the client's size."""
-    process: dict = {}
+    process: dict[str, Any] = {}
     bundle = state.get("bundle", "")
     if bundle:
         config = os.path.join(bundle, "config.json")
@@ -205,7 +209,11 @@ def _tty_process(work: str, state: dict, cmd: tuple[str, ...], size: TerminalSiz
     return path
 
 
-async def _feed_stdin(inbox: Inbox, write, close) -> None:
+async def _feed_stdin(
+    inbox: Inbox,
+    write: Callable[[bytes], Awaitable[None]],
+    close: Callable[[], Awaitable[None]],
+) -> None:
     while True:
         data = await inbox.read()
         if not data:
@@ -242,9 +250,11 @@ async def _exec_pipes(argv: list[str], io: Stdio, pidfile: str) -> int:
             tasks.append(asyncio.ensure_future(_feed_stdin(io.stdin, write, close)))
         outputs = []
         if proc.stdout is not None:
-            outputs.append(_copy_out(lambda: proc.stdout.read(_CHUNK), io.stdout))
+            stdout = proc.stdout
+            outputs.append(_copy_out(lambda: stdout.read(_CHUNK), io.stdout))
         if proc.stderr is not None:
-            outputs.append(_copy_out(lambda: proc.stderr.read(_CHUNK), io.stderr))
+            stderr = proc.stderr
+            outputs.append(_copy_out(lambda: stderr.read(_CHUNK), io.stderr))
         await asyncio.gather(*outputs)
         return await proc.wait()
     finally:
@@ -261,7 +271,7 @@ async def _exec_tty(argv: list[str], io: Stdio, size: TerminalSize | None, pidfi
     setraw(slave)  # runc does this too, but only once it runs: no echo of early input
     if size is not None:
         set_winsize(master, size.width, size.height)
-    tasks: list[asyncio.Future] = []
+    tasks: list[asyncio.Future[None]] = []
     proc: asyncio.subprocess.Process | None = None
 
     async def resize(inbox: Inbox) -> None:

@@ -64,13 +64,18 @@ async def socket_in_netns(netns: str, family: int = socket.AF_INET) -> socket.so
     return await fut
 
 
-def _settle(fut: asyncio.Future, value, exc) -> None:
+def _settle(
+    fut: asyncio.Future[socket.socket],
+    value: socket.socket | None,
+    exc: BaseException | None,
+) -> None:
     if fut.cancelled():
         if value is not None:
             value.close()
     elif exc is not None:
         fut.set_exception(exc)
     else:
+        assert value is not None  # work() hands over a socket or an exception
         fut.set_result(value)
 
 

@@ -17,6 +17,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from sycri.config import StreamingConfig
 from sycri.errors import SycriError
@@ -64,7 +65,7 @@ class _Activity:
         self.last = time.monotonic()
 
 
-async def _linger(reading: asyncio.Future, inboxes: Iterable[Inbox | None]) -> None:
+async def _linger(reading: asyncio.Future[None], inboxes: Iterable[Inbox | None]) -> None:
     """After our close frame: drop further input and wait (briefly) for the client's
     close frame, the end of the RFC 6455 closing handshake."""
     for box in inboxes:
@@ -84,7 +85,7 @@ class _Conn:
     activity: _Activity
 
 
-Backend = Callable[[Stdio], Awaitable[dict]]
+Backend = Callable[[Stdio], Awaitable[dict[str, Any]]]
 
 
 class StreamingServer:
@@ -93,8 +94,10 @@ class StreamingServer:
         self.targets = targets
         self.tokens: TokenCache[StreamRequest] = TokenCache(config.token_ttl_seconds)
         self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task] = set()
-        self._backends: set[asyncio.Future] = set()  # running commands, reaped on stop
+        self._connections: set[asyncio.Task[None]] = set()
+        self._backends: set[asyncio.Future[dict[str, Any]]] = (
+            set()
+        )  # running commands, reaped on stop
         self.base_url = ""
 
     # -- lifecycle -----------------------------------------------------------------
@@ -209,7 +212,7 @@ class StreamingServer:
             await self._spdy_remotecommand(c, stream_req, backend)
 
     def _backend(self, r: ExecRequest | AttachRequest) -> Backend:
-        async def run(io: Stdio) -> dict:
+        async def run(io: Stdio) -> dict[str, Any]:
             t0 = time.monotonic()
             what = f"exec {r.cmd[0][:64]!r} in" if isinstance(r, ExecRequest) else "attach to"
             try:
@@ -307,14 +310,15 @@ class StreamingServer:
         backend: Backend,
         io: Stdio,
         error: Outbound,
-        reading: asyncio.Future,
+        reading: asyncio.Future[None],
     ) -> None:
         """Run the backend; report its status unless the client left first."""
         work = asyncio.ensure_future(backend(io))
         self._backends.add(work)
         work.add_done_callback(self._backends.discard)
         try:
-            await asyncio.wait({work, reading}, return_when="FIRST_COMPLETED")
+            racing: set[asyncio.Future[Any]] = {work, reading}
+            await asyncio.wait(racing, return_when="FIRST_COMPLETED")
         finally:
             if not work.done():
                 work.cancel()  # the client is gone (or sycri stops): stop the command
@@ -333,7 +337,7 @@ class StreamingServer:
         netns = self._netns(r.sandbox_id)
         await self._spdy_upgrade(c.req, c.writer, PORTFORWARD_SPDY)
         pairs: dict[str, dict[str, spdy.Stream]] = {}
-        tasks: set[asyncio.Task] = set()
+        tasks: set[asyncio.Task[None]] = set()
 
         def on_stream(stream: spdy.Stream) -> None:
             kind = stream.headers.get("streamtype", "")
@@ -510,7 +514,9 @@ class StreamingServer:
         reading = asyncio.ensure_future(demux())
         forwards = asyncio.ensure_future(asyncio.gather(*(one(i, p) for i, p in enumerate(ports))))
         try:
-            await asyncio.wait({reading, forwards}, return_when="FIRST_COMPLETED")
+            racing: set[asyncio.Future[Any]] = {reading, forwards}
+            await asyncio.wait(racing, return_when="FIRST_COMPLETED")
+
             if forwards.done():
                 forwards.result()
                 await ws.close()

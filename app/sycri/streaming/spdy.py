@@ -138,12 +138,16 @@ def data_frame(stream_id: int, data: bytes, fin: bool = False) -> bytes:
     return struct.pack(">II", stream_id & 0x7FFFFFFF, (flags << 24) | len(data)) + data
 
 
-def syn_stream(codec: HeaderCodec, stream_id: int, headers: dict[str, str], fin=False) -> bytes:
+def syn_stream(
+    codec: HeaderCodec, stream_id: int, headers: dict[str, str], fin: bool = False
+) -> bytes:
     body = struct.pack(">IIH", stream_id, 0, 0) + codec.compress(headers)
     return control_frame(SYN_STREAM, FLAG_FIN if fin else 0, body)
 
 
-def syn_reply(codec: HeaderCodec, stream_id: int, headers: dict[str, str], fin=False) -> bytes:
+def syn_reply(
+    codec: HeaderCodec, stream_id: int, headers: dict[str, str], fin: bool = False
+) -> bytes:
     body = struct.pack(">I", stream_id) + codec.compress(headers)
     return control_frame(SYN_REPLY, FLAG_FIN if fin else 0, body)
 
@@ -299,7 +303,7 @@ class Connection:
         # SETTINGS, WINDOW_UPDATE and unknown types: nothing to do.
         return True
 
-    async def close(self, reading: asyncio.Future | None = None) -> None:
+    async def close(self, reading: asyncio.Future[None] | None = None) -> None:
         """GOAWAY, then a graceful end: shut our side and let ``reading`` (the serve
         task) drain what the client still sends, so closing with unread bytes does not
         turn into a reset that could destroy our last frames before the client reads them.

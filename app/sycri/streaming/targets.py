@@ -41,7 +41,7 @@ class Targets(Protocol):
         ...
 
 
-async def runc_state(target: ContainerTarget) -> dict:
+async def runc_state(target: ContainerTarget) -> dict[str, Any]:
     """runc's state of the container (status, bundle, ...); {} when runc does not know it."""
     result = await command.run(
         target.runtime_argv("state", target.runtime_id),

@@ -251,4 +251,20 @@ def remove_dirs(dirs: list[str]) -> None:
 def limits_from(resources: Mapping[str, int | str] | None) -> Limits:
     if not resources:
         return Limits()
-    return Limits(**{k: v for k, v in resources.items() if k in Limits.__dataclass_fields__})
+
+    def num(key: str) -> int:
+        value = resources.get(key, 0)
+        return value if isinstance(value, int) else int(value or 0)
+
+    def text(key: str) -> str:
+        value = resources.get(key, "")
+        return value if isinstance(value, str) else str(value)
+
+    return Limits(
+        cpu_period=num("cpu_period"),
+        cpu_quota=num("cpu_quota"),
+        cpu_shares=num("cpu_shares"),
+        memory=num("memory"),
+        cpuset_cpus=text("cpuset_cpus"),
+        cpuset_mems=text("cpuset_mems"),
+    )

@@ -153,7 +153,7 @@ async def _create(launch: Launch) -> int:
     return pid
 
 
-def _read_sync(fd: int) -> dict | None:
+def _read_sync(fd: int) -> dict[str, object] | None:
     """The first JSON object conmon writes to the sync pipe, or None at EOF."""
     buf = b""
     decoder = json.JSONDecoder()

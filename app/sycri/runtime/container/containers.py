@@ -10,6 +10,7 @@ to disk before the call returns; one lock per container serialises changes to it
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import logging
 import os
@@ -51,6 +52,7 @@ from sycri.runtime.events import ContainerEventType
 from sycri.runtime.oci import features, hostfacts, ocispec
 from sycri.runtime.pod import userns
 from sycri.runtime.stats import statsview
+from sycri.runtime.stats.stats import ContainerInfo
 
 log = logging.getLogger("sycri.containers")
 
@@ -545,10 +547,10 @@ class Containers:
         self.reap_exits()
         return self.store.all()
 
-    def in_pod(self, pod_id: str) -> list[ContainerRecord]:
+    def in_pod(self, pod_id: str) -> builtins.list[ContainerRecord]:
         return [r for r in self.store.all() if r.pod_id == pod_id]
 
-    def stats_containers(self) -> list[statsview.ContainerInfo]:
+    def stats_containers(self) -> builtins.list[ContainerInfo]:
         """Every container as stats see it (the ContainerSource protocol)."""
         return statsview.container_infos(self.list())
 
@@ -628,7 +630,7 @@ class Containers:
 
     # --- exec, update, logs ----------------------------------------------------------
 
-    async def exec_sync(self, ref: str, cmd: list[str], timeout: float) -> ExecResult:
+    async def exec_sync(self, ref: str, cmd: builtins.list[str], timeout: float) -> ExecResult:
         """Run ``cmd`` in the container; at ``timeout`` the process is killed (exit 137)."""
         rec = self.get(ref)
         if rec.state != RUNNING:

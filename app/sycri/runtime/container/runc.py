@@ -31,7 +31,8 @@ class Runc:
         if not result.ok:
             return None
         try:
-            return json.loads(result.stdout)
+            state: dict[str, Any] = json.loads(result.stdout)
+            return state
         except ValueError:
             raise Internal(f"runc state {container_id}: not JSON") from None
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from sycri.api import api_pb2
 from sycri.runtime.oci import argv, cdi
-from sycri.runtime.oci.ocispec import ALL_CAPS, CgroupFacts, DeviceNode, HostFacts
+from sycri.runtime.oci.capabilities import ALL_CAPS
+from sycri.runtime.oci.inputs import CgroupFacts, DeviceNode, HostFacts
 
 MAX_PROFILE_BYTES = 1024 * 1024
 
@@ -261,9 +262,9 @@ def gather(
         for dev in [spec.edits, *(d.get("containerEdits") or {} for d in spec.devices.values())]:
             for node in (dev or {}).get("deviceNodes") or []:
                 if isinstance(node, dict):
-                    hp = node.get("hostPath") or node.get("path")
-                    if isinstance(hp, str):
-                        devices[hp] = device(hp)
+                    node_path = node.get("hostPath") or node.get("path")
+                    if isinstance(node_path, str):
+                        devices[node_path] = device(node_path)
     profiles: dict[str, str] = {}
     ref = ""
     if sc.HasField("seccomp") and sc.seccomp.profile_type == api_pb2.SecurityProfile.Localhost:

@@ -156,10 +156,10 @@ def resolve(req: UserRequest, image_user: str, passwd: str, group: str) -> Resol
     extra: set[int] = set()
     if entry is not None and not req.strict:
         extra.update(g.gid for g in groups if entry.name in g.members)
-    for g in req.supplemental_groups:
-        if not _id_ok(g):
-            raise InvalidArgument(f"supplemental group {g} is out of range")
-        extra.add(g)
+    for sgid in req.supplemental_groups:
+        if not _id_ok(sgid):
+            raise InvalidArgument(f"supplemental group {sgid} is out of range")
+        extra.add(sgid)
     extra.discard(gid)
     return ResolvedUser(
         uid=uid,

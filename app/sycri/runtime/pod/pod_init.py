@@ -23,7 +23,7 @@ from sycri.runtime import procfs
 
 log = logging.getLogger("sycri.pod_init")
 
-_reapers: set[asyncio.Task] = set()
+_reapers: set[asyncio.Task[int]] = set()
 
 MARK = "SYCRI_POD_INIT"
 
@@ -125,9 +125,9 @@ async def stop(
 ) -> None:
     """Kill the pod's init (and with it every process of its PID namespace) and its holder."""
     for pid, st in ((init_pid, init_start), (holder_pid, holder_start)):
-        if alive(pid, st):
+        if pid is not None and alive(pid, st):
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]
+                os.kill(pid, signal.SIGKILL)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while loop.time() < deadline:

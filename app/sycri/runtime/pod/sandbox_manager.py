@@ -10,6 +10,7 @@ manager hooks in with ``on_stop`` / ``on_remove`` callbacks.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import dataclasses
 import ipaddress
@@ -21,6 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from sycri import crashpoint
 from sycri.api import api_pb2
@@ -40,6 +42,9 @@ from sycri.runtime.pod.sandbox import (
     SandboxStore,
     encode_config,
 )
+
+if TYPE_CHECKING:
+    from sycri.runtime.stats.stats import PodInfo
 
 log = logging.getLogger("sycri.sandboxes")
 
@@ -67,7 +72,7 @@ def _check_name(kind: str, value: str, *, required: bool = True) -> None:
         )
 
 
-def port_mappings(cfg: api_pb2.PodSandboxConfig) -> list[dict]:
+def port_mappings(cfg: api_pb2.PodSandboxConfig) -> list[dict[str, Any]]:
     """The CNI ``portMappings`` capability (only mappings with a host port)."""
     out = []
     for pm in cfg.port_mappings:
@@ -141,7 +146,7 @@ class SandboxManager:
     def list(self) -> list[Sandbox]:
         return [sb for sb in self.store.all() if sb.state != CREATING]
 
-    def stats_pods(self) -> list:
+    def stats_pods(self) -> builtins.list[PodInfo]:
         """Every pod as stats see it (the PodSource protocol of ``runtime.stats``)."""
         from sycri.runtime.stats import statsview
 
@@ -152,7 +157,7 @@ class SandboxManager:
 
     # ----- pod CIDR -----------------------------------------------------------
 
-    def pod_subnets(self) -> list[str]:
+    def pod_subnets(self) -> builtins.list[str]:
         try:
             text = self.cidr_file.read_text().strip()
         except FileNotFoundError:
@@ -427,7 +432,9 @@ class SandboxManager:
         sb.pid_ns_path = str(target)
         self.store.save(sb)
 
-    def _attachment(self, sb: Sandbox, ifname: str, caps: dict | None = None) -> cni.Attachment:
+    def _attachment(
+        self, sb: Sandbox, ifname: str, caps: dict[str, Any] | None = None
+    ) -> cni.Attachment:
         return cni.Attachment(
             container_id=sb.id,
             netns=sb.netns_path or "",
@@ -444,7 +451,7 @@ class SandboxManager:
     async def _network_up(self, sb: Sandbox, plan: _Plan) -> None:
         assert sb.network is not None
         net = cni.parse(sb.network, f"sandbox {sb.id[:12]}")
-        caps: dict = {}
+        caps: dict[str, Any] = {}
         if plan.ports:
             caps["portMappings"] = plan.ports
         if plan.bandwidth:
@@ -582,9 +589,9 @@ class SandboxManager:
             if sb.state != CREATING:
                 self.store.save(sb)
 
-    def _caps_of(self, sb: Sandbox) -> dict:
+    def _caps_of(self, sb: Sandbox) -> dict[str, Any]:
         cfg = sb.config
-        caps: dict = {}
+        caps: dict[str, Any] = {}
         with contextlib.suppress(InvalidArgument):
             ports = port_mappings(cfg)
             if ports:
@@ -690,7 +697,7 @@ class _Plan:
 
     sysctls: list[sysctls.Sysctl]
     shm_bytes: int
-    ports: list[dict]
+    ports: list[dict[str, Any]]
     bandwidth: dict[str, int]
     limits: cgroups.Limits
     resolv: str = ""

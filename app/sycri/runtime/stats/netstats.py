@@ -93,8 +93,11 @@ def _read_in(netns_path: str) -> list[InterfaceStats]:
         return parse_net_dev(f.read())
 
 
-def _reader(paths: list[str], fut: Future) -> None:
-    results: dict[str, list[InterfaceStats] | OSError | NetDevParseError] = {}
+_Reads = dict[str, list[InterfaceStats] | OSError | NetDevParseError]
+
+
+def _reader(paths: list[str], fut: Future[_Reads]) -> None:
+    results: _Reads = {}
     try:
         home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -119,7 +122,7 @@ def read_netns_many(
     todo = list(dict.fromkeys(paths))
     if not todo:
         return {}
-    fut: Future = Future()
+    fut: Future[_Reads] = Future()
     t = threading.Thread(target=_reader, args=(todo, fut), name="sycri-netns", daemon=True)
     t.start()
     return fut.result()
