@@ -8,7 +8,8 @@ Phases (each can be skipped):
   scale  — P pods with C containers each on both; status/list calls at that size;
            RSS of sycri (+conmons) and containerd (+shims).
   pulls  — a small busybox image and the realistic images of bench/realistic_images.py,
-           cold each time (the image is removed afterwards); seconds and disk used
+           cold each time (the image is removed afterwards); seconds, CPU (the daemon's
+           own and its reaped children's: tar2sqfs for sycri) and disk used
            (containerd: content + overlay snapshots + metadata; sycri: SIF + kept layers
            + index, not the pull's work dir, which goes after the reply).
 With ``--profile DIR``, py-spy samples sycri during each phase (raw collapsed stacks
@@ -413,11 +414,13 @@ def phase_pulls(
 ) -> None:
     tm = Timings()
     disk: dict[tuple[str, str], int] = {}
+    cpu: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
     for name in images:
         ref = f"{reg.host}/bench/{name}:v1"
         for run in range(runs):
             for t in targets if run % 2 else reversed(targets):
                 before = du_bytes(t.disk)
+                cpu0 = sum(cpu_seconds(t.pid))
                 spec = api_pb2.ImageSpec(image=ref)
                 with profiled(t.pid, prof if t.name == "sycri" else None, f"pull-{name}-{run}"):
                     tm.call(
@@ -427,11 +430,23 @@ def phase_pulls(
                         api_pb2.PullImageRequest(image=spec),
                         timeout=1800,
                     )
+                used = sum(cpu_seconds(t.pid)) - cpu0
+                cpu[(name, t.name)].append(used)
                 disk[(name, t.name)] = du_bytes(t.disk) - before
                 took = tm.ms[(f"PullImage {name}", t.name)][-1] / 1000
-                print(f"pulled {name} with {t.name} in {took:.2f} s", flush=True)
+                print(f"pulled {name} with {t.name} in {took:.2f} s, CPU {used:.2f} s", flush=True)
                 t.img.RemoveImage(api_pb2.RemoveImageRequest(image=spec))
     tm.table(f"pulls, cold ({runs} run(s) each, image removed after each)")
+    # CPU moves far less than wall time on a machine shared with other work.
+    print("\n| image | containerd CPU (median, range) | sycri CPU | ratio |")
+    print("| --- | --- | --- | --- |")
+    for name in images:
+        c, s_ = cpu[(name, "containerd")], cpu[(name, "sycri")]
+        mc, ms = statistics.median(c), statistics.median(s_)
+        print(
+            f"| {name} | {mc:.2f} s ({min(c):.2f}-{max(c):.2f}) | {ms:.2f} s "
+            f"({min(s_):.2f}-{max(s_):.2f}) | {ms / mc:.2f}x |"
+        )
     print("\n| image | compressed | containerd disk | sycri disk | ratio |")
     print("| --- | --- | --- | --- | --- |")
     for name, image in images.items():
