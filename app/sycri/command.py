@@ -1,4 +1,4 @@
-"""The one way sycri runs an external program (runc, conmon, mksquashfs, CNI plugins).
+"""The one way sycri runs an external program (runc, conmon, tar2sqfs, CNI plugins).
 
 Every run is timed, reported to observers (metrics, tracing), logged with its stderr
 when it fails, and reaped: a timeout or a cancelled caller kills the process and
