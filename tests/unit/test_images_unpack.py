@@ -240,3 +240,22 @@ def test_header_checksums_signed_or_unsigned_are_accepted_a_wrong_one_refused(tm
     raw[148:156] = b"%06o\0 " % (signed + 1)
     with pytest.raises(InvalidArgument, match="not a valid tar stream"):
         _apply(tmp_path, bytes(raw), None)
+
+
+def test_gzip_layers_of_several_members_or_zero_padded_are_read_as_gzip_reads_them(tmp_path):
+    raw = oci.tar_bytes([oci.file("a", "1" * 5000), oci.file("b", "2")])
+    half = len(raw) // 2
+    padded = gzip.compress(raw[:half]) + gzip.compress(raw[half:]) + bytes(4096)
+    assert gzip.decompress(padded) == raw
+    path = tmp_path / "blob"
+    path.write_bytes(padded)
+    applier = Applier()
+    apply_layer(applier, path, "gzip", "layer 1/1", oci.sha256(raw))
+    out = io.BytesIO()
+    tarstream.write(out, applier.root, [(path, "gzip")])
+    out.seek(0)
+    with tarfile.open(fileobj=out) as tar:
+        assert tar.extractfile("a").read() == b"1" * 5000
+    path.write_bytes(gzip.compress(raw) + b"\0\0not gzip")
+    with pytest.raises(InvalidArgument, match="not a valid tar stream"):
+        apply_layer(Applier(), path, "gzip", "layer 1/1", oci.sha256(raw))

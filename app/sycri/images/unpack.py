@@ -190,13 +190,14 @@ class Gunzip:
     def _fill(self, n: int) -> None:
         d = self.inflate
         if d.eof:
-            rest = d.unused_data + self.pending
+            rest = (d.unused_data + self.pending).lstrip(b"\0")  # zero padding is allowed
             self.pending = b""
-            if not rest:
-                rest = self.raw.read(COPY_CHUNK)
-                if not rest:
+            while not rest:
+                more = self.raw.read(COPY_CHUNK)
+                if not more:
                     self.eof = True
                     return
+                rest = more.lstrip(b"\0")
             if rest[:2] != b"\x1f\x8b":
                 raise gzip.BadGzipFile("trailing data after the gzip stream")
             self.inflate = d = isal_zlib.decompressobj(31)
