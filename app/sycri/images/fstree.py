@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 FILE, SYMLINK, FIFO = "file", "symlink", "fifo"
-# The xattr namespaces squashfs can store; others (system.*: ACLs) were never kept.
+# The xattr namespaces squashfs can store; tar2sqfs refuses an image with any other.
 XATTR_PREFIXES = ("user.", "trusted.", "security.")
 
 
