@@ -84,9 +84,16 @@ def _extensions() -> list[_Register]:
     from sycri import health
     from sycri.images import cli as images_cli
     from sycri.proxy import cli as proxy_cli
+    from sycri.runtime.oci import cdigen
     from sycri.sif import cli as sif_cli
 
-    return [sif_cli.register, images_cli.register, health.register, proxy_cli.register]
+    return [
+        sif_cli.register,
+        images_cli.register,
+        health.register,
+        proxy_cli.register,
+        cdigen.register,
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

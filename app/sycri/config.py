@@ -77,6 +77,9 @@ class ImageConfig:
     # require-trusted (signed by a key in trusted_keyrings).
     sif_policy: str = "accept"
     trusted_keyrings: tuple[str, ...] = ()  # PGP public keys (armored/binary) or PEM keys
+    # Read-only directories of SIF files shared by many nodes (NFS, Lustre, CephFS), each
+    # with a sycri-index.yaml naming its images: served in place, never pulled or removed.
+    sif_stores: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,8 @@ class Config:
     # ("memlock=unlimited" for RDMA nodes); empty: a pod can only lower them.
     max_ulimits: tuple[str, ...] = ()
     apparmor_default_profile: str = ""  # a loaded profile for RuntimeDefault; "": none
+    # CDI spec directories, later ones winning for the same device (the CDI default).
+    cdi_spec_dirs: tuple[str, ...] = ("/etc/cdi", "/var/run/cdi")
     metrics_address: str = "127.0.0.1:9810"  # empty: no metrics endpoint
     shutdown_grace_seconds: float = 10.0
     event_buffer: int = 1000  # container events held per GetContainerEvents client
@@ -287,7 +292,7 @@ def validate(cfg: Config) -> Config:
     for key in _ABSOLUTE:
         if not os.path.isabs(values[key]):
             raise ConfigError(f"{key}: must be an absolute path, got {values[key]!r}")
-    for key in ("cni.bin_dirs", "images.trusted_keyrings"):
+    for key in ("cni.bin_dirs", "images.trusted_keyrings", "images.sif_stores"):
         for p in values[key]:
             if not os.path.isabs(p):
                 raise ConfigError(f"{key}: must hold absolute paths, got {p!r}")
@@ -413,7 +418,13 @@ def load(
 
 
 # Variables with the prefix that are not configuration keys.
-_IGNORED_ENV = {"SYCRI_CONFIG", "SYCRI_TEST_CRASH_AT"}  # the latter: sycri.crashpoint (tests)
+# SYCRI_TEST_*: sycri.crashpoint and sycri.blocking (tests), not settings
+_IGNORED_ENV = {
+    "SYCRI_CONFIG",
+    "SYCRI_TEST_CRASH_AT",
+    "SYCRI_TEST_LOOP_CHECK",
+    "SYCRI_TEST_SLOW_CALLBACKS",
+}
 
 
 def detect_cgroup_driver(cfg: Config) -> str:

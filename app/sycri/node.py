@@ -1,8 +1,14 @@
-"""The node: everything a CRI handler may reach, assembled once by ``server.py``."""
+"""The node: everything a CRI handler may reach, assembled once by ``server.assemble``.
+
+Every part is required: ``assemble`` builds them all before the first RPC, so a handler
+uses ``node.containers`` as it is, never checks for ``None`` and never stands in for a
+missing part. Handlers that are tested against a smaller rig (stats, events) declare
+the parts they read as a Protocol, which this class satisfies.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from sycri.config import Config
@@ -17,15 +23,15 @@ if TYPE_CHECKING:
     from sycri.streaming.server import StreamingServer
 
 
-@dataclass
+@dataclass(frozen=True)
 class Node:
     config: Config
     cgroup_driver: str
-    # Node labels and pod events in the Kubernetes API; a no-op outside a cluster.
-    node_agent: NodeAgent = field(default_factory=NodeAgent.disabled)
-    images: Images = None  # type: ignore[assignment]  # set by server.assemble
-    sandboxes: SandboxManager | None = None
-    containers: Containers | None = None
-    events: EventBus | None = None  # container lifecycle events (GetContainerEvents)
-    stats: StatsCollector | None = None  # cgroup/netns/disk usage with CPU baselines
-    streaming: StreamingServer | None = None  # exec/attach/port-forward URLs
+    images: Images
+    sandboxes: SandboxManager
+    containers: Containers
+    events: EventBus  # container lifecycle events (GetContainerEvents)
+    stats: StatsCollector  # cgroup/netns/disk usage with CPU baselines
+    streaming: StreamingServer  # exec/attach/port-forward URLs
+    # Node labels and pod events in the Kubernetes API; disabled outside a cluster.
+    node_agent: NodeAgent

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import grpc
 
+from sycri import adapters, blocking
 from sycri.config import Config, detect_cgroup_driver
 from sycri.cri import (
     container,
@@ -74,6 +75,33 @@ def prepare_socket(path: Path) -> None:
     raise StartupError(f"{path} is held by a running server; stop it first")
 
 
+def private_socket(path: Path) -> Path:
+    """Where this process binds before renaming into ``path``: gRPC unlinks the path it
+    bound when its listener goes, so it must never be the shared one."""
+    return path.parent / f".sycri-{os.getpid()}.sock"
+
+
+def publish_socket(private: Path, path: Path) -> tuple[int, int]:
+    """Rename the bound socket into place (atomic: kubelet never sees no socket or a
+    half-made one); returns its (device, inode), which says later whether it is still
+    ours."""
+    os.chmod(private, 0o660)
+    os.replace(private, path)
+    st = path.lstat()
+    return st.st_dev, st.st_ino
+
+
+def unlink_socket_if_ours(path: Path, ours: tuple[int, int]) -> None:
+    """Remove ``path`` only while it is the socket this process published: during an
+    upgrade the next sycri may already have put its own there."""
+    with contextlib.suppress(FileNotFoundError):
+        st = path.lstat()
+        if (st.st_dev, st.st_ino) == ours:
+            path.unlink()
+        else:
+            log.info("%s belongs to another sycri now; leaving it", path)
+
+
 def handlers() -> dict[str, Handler]:
     out: dict[str, Handler] = {}
     for module in (
@@ -102,25 +130,27 @@ def assemble(cfg: Config) -> Node:
     except RegistriesConfError as exc:
         raise StartupError(str(exc)) from None
     images.start()
+    driver = detect_cgroup_driver(cfg)
+    sandboxes = SandboxManager(cfg, driver)
+    stored_images = adapters.StoredImages(images)
+    conts = containers.from_config(cfg, driver, adapters.PodSandboxes(sandboxes), stored_images)
+    conts.image_users.append(stored_images.track)
+    images.users.append(conts.image_volumes.user_of)
+    conts.follow_pods(sandboxes)
+    conts.image_mounts.method_for = images.mount_method  # images.kernel_mount
+    bus = EventBus(cfg.event_buffer, on_drop=metrics.event_dropped)
+    events.connect(sandboxes, conts, bus)
     node = Node(
         config=cfg,
-        cgroup_driver=detect_cgroup_driver(cfg),
+        cgroup_driver=driver,
         images=images,
+        sandboxes=sandboxes,
+        containers=conts,
+        events=bus,
+        stats=StatsCollector(driver, disk_max_age=cfg.stats_disk_max_age_seconds),
+        streaming=StreamingServer(cfg.streaming, NodeTargets(conts, sandboxes)),
         node_agent=NodeAgent.from_environment(cfg),
     )
-    node.sandboxes = SandboxManager(cfg, node.cgroup_driver)
-    node.containers = containers.from_config(
-        cfg,
-        node.cgroup_driver,
-        containers.PodSandboxes(node.sandboxes),
-        containers.StoredImages(images),
-    )
-    node.containers.follow_pods(node.sandboxes)
-    node.containers.image_mounts.method_for = images.mount_method  # images.kernel_mount
-    node.events = EventBus(cfg.event_buffer, on_drop=metrics.event_dropped)
-    events.connect(node, node.events)
-    node.stats = StatsCollector(node.cgroup_driver, disk_max_age=cfg.stats_disk_max_age_seconds)
-    node.streaming = StreamingServer(cfg.streaming, NodeTargets(node))
     watch(node)
     return node
 
@@ -130,30 +160,27 @@ def watch(node: Node) -> None:
     thread at scrape time, so they read in-memory indexes only (no disk, no awaiting)."""
     metrics.inventory.images = node.images.store.stats
     pods, conts = node.sandboxes, node.containers
-    if pods is not None:
-        metrics.inventory.pods = lambda: Counter(
-            "ready" if sb.ready else "notready" for sb in pods.list()
-        )
-    if conts is not None:
-        metrics.inventory.containers = lambda: Counter(r.state for r in conts.store.all())
+    metrics.inventory.pods = lambda: Counter(
+        "ready" if sb.ready else "notready" for sb in pods.list()
+    )
+    metrics.inventory.containers = lambda: Counter(r.state for r in conts.store.all())
 
 
 async def serve(cfg: Config, observers: list[RpcObserver] | None = None) -> int:
+    blocking.install_from_env()  # tests only: record blocking calls on the loop
+    blocking.watch_slow_callbacks(asyncio.get_running_loop())
     sock = Path(cfg.socket)
     prepare_socket(sock)
     node = assemble(cfg)
-    if node.streaming is not None:
-        try:
-            await node.streaming.start()
-        except OSError as exc:  # address in use, unreadable TLS key, ...
-            raise StartupError(
-                f"cannot start the streaming server on {cfg.streaming.address}: {exc}"
-            ) from None
+    try:
+        await node.streaming.start()
+    except OSError as exc:  # address in use, unreadable TLS key, ...
+        raise StartupError(
+            f"cannot start the streaming server on {cfg.streaming.address}: {exc}"
+        ) from None
     # Containers first: finishing a pod removal a crash cut short removes its containers.
-    if node.containers is not None:
-        await node.containers.recover()
-    if node.sandboxes is not None:
-        await node.sandboxes.recover()
+    await node.containers.recover()
+    await node.sandboxes.recover()
     try:
         obs = telemetry.start(cfg)
     except telemetry.TelemetryError as exc:
@@ -167,13 +194,16 @@ async def serve(cfg: Config, observers: list[RpcObserver] | None = None) -> int:
         ],
     )
     server.add_generic_rpc_handlers(dispatcher.generic_handlers())
-    server.add_insecure_port(f"unix:{sock}")
+    private = private_socket(sock)
+    private.unlink(missing_ok=True)  # a pid reused after a crash
+    server.add_insecure_port(f"unix:{private}")
     old_umask = os.umask(0o117)  # the socket is born 0660
     try:
         await server.start()
     finally:
         os.umask(old_umask)
-    os.chmod(sock, 0o660)
+    ours = publish_socket(private, sock)
+    blocking.arm()  # from here on, every blocking call on the loop stalls an RPC
     log.info("sycri serving on unix://%s (root %s, run %s)", sock, cfg.root_dir, cfg.run_dir)
     node.node_agent.start()  # labels the Node from its own thread once the socket serves
 
@@ -184,7 +214,7 @@ async def serve(cfg: Config, observers: list[RpcObserver] | None = None) -> int:
         if stop.is_set():
             log.warning("second %s: exiting at once", signal.Signals(signum).name)
             with contextlib.suppress(OSError):
-                sock.unlink()
+                unlink_socket_if_ours(sock, ours)
             os._exit(1)
         log.info("%s: draining and stopping", signal.Signals(signum).name)
         stop.set()
@@ -192,20 +222,15 @@ async def serve(cfg: Config, observers: list[RpcObserver] | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     # Containers that exit on their own are seen (and their STOPPED event sent) at once.
-    exit_watch = (
-        asyncio.create_task(node.containers.watch_exits()) if node.containers is not None else None
-    )
+    exit_watch = asyncio.create_task(node.containers.watch_exits())
     await stop.wait()
-    if node.events is not None:
-        node.events.close_all()  # event streams end; other calls drain
+    node.events.close_all()  # event streams end; other calls drain
     await server.stop(cfg.shutdown_grace_seconds)
-    if exit_watch is not None:
-        exit_watch.cancel()
-    if node.streaming is not None:
-        await node.streaming.stop()
+    blocking.arm(False)
+    exit_watch.cancel()
+    await node.streaming.stop()
     obs.close()
     await asyncio.to_thread(node.node_agent.close)
-    with contextlib.suppress(FileNotFoundError):
-        sock.unlink()
+    unlink_socket_if_ours(sock, ours)
     log.info("sycri stopped; containers keep running")
     return 0

@@ -10,6 +10,7 @@ import re
 import secrets
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,40 @@ def node() -> Iterator[tuple[SycriServer, PodNet, str, list[Path]]]:
                     server.start()  # the teardown removes the pods through it
     finally:
         own_cgroup.remove(own)
+
+
+@dataclass
+class Pod:
+    """A pod whose containers log under the server's base, in a cgroup of the test's."""
+
+    server: SycriServer
+    cfg: api_pb2.PodSandboxConfig
+    id: str
+
+    @classmethod
+    def start(cls, server: SycriServer, name: str, cg_root: str) -> Pod:
+        cfg = pod_config(name, cgroup_parent=f"/{cg_root}/pod")
+        cfg.log_directory = str(server.base / "logs")
+        req = api_pb2.RunPodSandboxRequest(config=cfg)
+        return cls(server, cfg, server.runtime().RunPodSandbox(req).pod_sandbox_id)
+
+    def run(self, c: api_pb2.ContainerConfig) -> str:
+        """Create and start a container; its id."""
+        rt = self.server.runtime()
+        req = api_pb2.CreateContainerRequest(pod_sandbox_id=self.id, config=c, sandbox_config=self.cfg)
+        cid = rt.CreateContainer(req).container_id
+        rt.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+        return cid
+
+
+def waiter_config(image: str, signals: Path) -> api_pb2.ContainerConfig:
+    """A container that exits 7 once ``signals/go`` exists."""
+    return container(
+        "waiter",
+        image,
+        ["while [ ! -e /signal/go ]; do sleep 0.1; done; exit 7"],
+        mounts=[api_pb2.Mount(container_path="/signal", host_path=str(signals))],
+    )
 
 
 def numbers(log: Path) -> list[int]:
@@ -89,25 +124,11 @@ def test_killing_sycris_cgroup_loses_no_log_attach_or_exit_code(node, registry):
     image = pull(server, registry, entrypoint=["/bin/sh", "-c"], cmd=["true"])
     signals = server.base / "signal"
     signals.mkdir()
-    cfg = pod_config("mon", cgroup_parent=f"/{cg_root}/pod")
-    cfg.log_directory = str(server.base / "logs")
-    pod = rt.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=cfg)).pod_sandbox_id
-
-    def run(c: api_pb2.ContainerConfig) -> str:
-        req = api_pb2.CreateContainerRequest(pod_sandbox_id=pod, config=c, sandbox_config=cfg)
-        cid = rt.CreateContainer(req).container_id
-        rt.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
-        return cid
+    started = Pod.start(server, "mon", cg_root)
+    cfg, pod, run = started.cfg, started.id, started.run
 
     chatty = run(container("chatty", image, [COUNTER]))
-    waiter = run(
-        container(
-            "waiter",
-            image,
-            ["while [ ! -e /signal/go ]; do sleep 0.1; done; exit 7"],
-            mounts=[api_pb2.Mount(container_path="/signal", host_path=str(signals))],
-        )
-    )
+    waiter = run(waiter_config(image, signals))
     log = Path(cfg.log_directory) / "chatty/0.log"
     wait_for("the first lines", lambda: len(numbers(log)) >= 3)
     sycri_pid = server.proc.pid
@@ -160,25 +181,10 @@ def test_a_dead_conmon_is_noticed_while_sycri_runs(node, registry):
     image = pull(server, registry, entrypoint=["/bin/sh", "-c"], cmd=["true"])
     signals = server.base / "signal"
     signals.mkdir()
-    cfg = pod_config("monk", cgroup_parent=f"/{cg_root}/pod")
-    cfg.log_directory = str(server.base / "logs")
-    pod = rt.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=cfg)).pod_sandbox_id
-
-    def run(c: api_pb2.ContainerConfig) -> str:
-        req = api_pb2.CreateContainerRequest(pod_sandbox_id=pod, config=c, sandbox_config=cfg)
-        cid = rt.CreateContainer(req).container_id
-        rt.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
-        return cid
+    run = Pod.start(server, "monk", cg_root).run
 
     quiet = run(container("quiet", image, ["exec sleep 3600"]))
-    waiter = run(
-        container(
-            "waiter",
-            image,
-            ["while [ ! -e /signal/go ]; do sleep 0.1; done; exit 7"],
-            mounts=[api_pb2.Mount(container_path="/signal", host_path=str(signals))],
-        )
-    )
+    waiter = run(waiter_config(image, signals))
     events = EventCounter(server).start()
     try:
         for cid in (quiet, waiter):
@@ -224,13 +230,9 @@ def test_a_squashfuse_image_outlives_sycris_cgroup(node, registry):
     server.images().PullImage(
         api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=str(sif_path))), timeout=60
     )
-    cfg = pod_config("fuse", cgroup_parent=f"/{cg_root}/pod")
-    cfg.log_directory = str(server.base / "logs")
-    pod = rt.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=cfg)).pod_sandbox_id
-    c = container("chatty", str(sif_path), [COUNTER])
-    req = api_pb2.CreateContainerRequest(pod_sandbox_id=pod, config=c, sandbox_config=cfg)
-    cid = rt.CreateContainer(req).container_id
-    rt.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+    started = Pod.start(server, "fuse", cg_root)
+    cfg, pod = started.cfg, started.id
+    cid = started.run(container("chatty", str(sif_path), [COUNTER]))
     log = Path(cfg.log_directory) / "chatty/0.log"
     wait_for("the first lines", lambda: len(numbers(log)) >= 3)
 

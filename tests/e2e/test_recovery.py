@@ -342,6 +342,12 @@ def test_sigterm_restart_keeps_containers_exec_and_logs(node):
     by_pod, by_cid, by_log = bystander(node)
     pod, cfg = node.pod("other")
     done = node.run(pod, cfg, "done", "exit 0")
+    # Its exit is part of the state kept: taken once it is seen (under load, "exit 0" may
+    # still run when StartContainer returns).
+    for _ in range(600):
+        if node.status(done).state == R.CONTAINER_EXITED:
+            break
+        time.sleep(0.05)
     before = (node.pods(), node.containers())
     lines = len(by_log.read_text().splitlines())
     node.server.stop()

@@ -7,12 +7,13 @@ import secrets
 import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import grpc
 import pytest
 from sycri import __version__
-from sycri.api import api_pb2
+from sycri.api import api_pb2, api_pb2_grpc
 
 from tests.support.node import served
 from tests.support.pods import pod_config
@@ -218,3 +219,53 @@ def test_live_socket_is_not_taken_over(sycri):
     assert "held by a running server" in proc.stderr
     assert sycri.socket.exists()
     assert sycri.runtime().Version(api_pb2.VersionRequest()).runtime_name == "sycri"
+
+
+def test_a_sycri_started_while_the_old_one_drains_keeps_its_socket(tmp_path):
+    """A DaemonSet upgrade: the old sycri drains a pull (stalled at a registry that never
+    answers) while the new one starts on the same socket and dirs. When the old one
+    exits, the socket is still the new one's."""
+    silent = socket.socket()  # a "registry" that accepts connections and never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    silent.settimeout(60)
+    held: list[socket.socket] = []
+    old = SycriServer(tmp_path / "s", flags=["--shutdown-grace-seconds", "600"]).start()
+    new = SycriServer(old.base)
+    try:
+        pull = old.images().PullImage.future(
+            api_pb2.PullImageRequest(
+                image=api_pb2.ImageSpec(image=f"127.0.0.1:{silent.getsockname()[1]}/x/y:1")
+            )
+        )
+        held.append(silent.accept()[0])  # the pull is in flight
+        old.signal(signal.SIGTERM)
+        while True:  # the old one stops listening when it starts to drain
+            probe = socket.socket(socket.AF_UNIX)
+            try:
+                probe.connect(str(old.socket))
+            except (ConnectionRefusedError, FileNotFoundError):
+                break
+            finally:
+                probe.close()
+            time.sleep(0.05)
+        assert old.proc.poll() is None  # still draining
+        new.start()
+        silent.close()  # the pull fails, the old sycri's drain ends
+        for conn in held:
+            conn.close()
+        assert pull.exception(60) is not None
+        assert old.wait() == 0
+        assert new.socket.exists()
+        fresh = grpc.insecure_channel(new.endpoint)
+        try:
+            stub = api_pb2_grpc.RuntimeServiceStub(fresh)
+            assert stub.Version(api_pb2.VersionRequest(), timeout=10).runtime_name == "sycri"
+        finally:
+            fresh.close()
+    finally:
+        silent.close()
+        for conn in held:
+            conn.close()
+        old.stop()
+        new.stop()

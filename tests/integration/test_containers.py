@@ -42,6 +42,17 @@ class Env:
     pod: SandboxInfo
     images: StaticImages
     base: Path
+    watcher: asyncio.Task | None = None  # the exit monitor, as server.serve runs it
+
+    def watch(self) -> None:
+        self.watcher = self.loop.create_task(self.ctrs.watch_exits())
+
+    def unwatch(self) -> None:
+        if self.watcher is not None:
+            self.watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                self.run(self.watcher)
+            self.watcher = None
 
     def run(self, coro):
         return self.loop.run_until_complete(coro)
@@ -92,9 +103,11 @@ def env(tmp_path: Path, image_file: Path) -> Iterator[Env]:
     pod = pods.add("pod1")
     ctrs = containers(tmp_path / "state", images, pods)
     e = Env(loop, ctrs, pods, pod, images, tmp_path)
+    e.watch()
     try:
         yield e
     finally:
+        e.unwatch()
         for rec in e.ctrs.list():
             with contextlib.suppress(Exception):
                 e.run(e.ctrs.remove(rec.id))
@@ -419,6 +432,7 @@ def test_restart_recovers_running_containers_and_sweeps_leftovers(env: Env):
     lower = env.ctrs.image_mounts.target(image.id)
     env.run(rootfs.mount_overlay(lower, half))
 
+    env.unwatch()  # sycri stops: no exit monitor until the next one recovers
     fresh = containers(env.base / "state", env.images, env.pods)
     fresh.settings = env.ctrs.settings
     env.run(fresh.recover())

@@ -124,6 +124,31 @@ def test_library_oci_redirect_pulls_the_sif_artifact_from_the_registry(
     assert app[SEEN] == ["redirect alice/tools/busybox"]
 
 
+def test_library_oci_redirect_refuses_an_index_inside_an_index(registry, tmp_path, sif_bytes):
+    """The redirect's registry is resolved as docker:// is: one index level, no more (an
+    index entry that says it is a manifest but is an index is refused)."""
+    from sycri.images.reference import node_arch
+
+    repo = "library/" + secrets.token_hex(4)
+    platform = {"architecture": node_arch()[0], "os": "linux"}
+
+    def index(mt: str, digest: str, size: int) -> bytes:
+        entry = {"mediaType": mt, "digest": digest, "size": size, "platform": platform}
+        return json.dumps(
+            {"schemaVersion": 2, "mediaType": oci.OCI_INDEX, "manifests": [entry]}
+        ).encode()
+
+    img = oci.busybox_image()
+    digest = oci.push(registry, repo, "leaf", img)
+    inner = index(img.media_type, digest, len(img.manifest()))
+    inner_digest = oci.push_manifest(registry, repo, "inner", inner, oci.OCI_INDEX)
+    outer = index(img.media_type, inner_digest, len(inner))
+    oci.push_manifest(registry, repo, "1.0", outer, oci.OCI_INDEX)
+    app = library_app(sif_bytes, redirect={"url": registry.url, "token": "", "name": repo})
+    with pytest.raises(errors.InvalidArgument, match="an index inside an index"):
+        _pull_library(tmp_path, app, "library://alice/tools/busybox:1.0")
+
+
 # -- a misbehaving registry -------------------------------------------------------------------
 
 

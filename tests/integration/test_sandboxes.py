@@ -23,6 +23,7 @@ from sycri.runtime.cgroups import cgroups
 from sycri.runtime.pod.sandbox import NOTREADY, READY
 from sycri.runtime.pod.sandbox_manager import SandboxManager
 
+from tests.support.node import remove_cgroups
 from tests.support.pods import (
     PodNet,
     connect_from,
@@ -62,6 +63,7 @@ class Env:
 
     def restart(self) -> SandboxManager:
         """A new manager over the same dirs, as a restarted sycri builds it."""
+        self.manager.close()
         self.manager = SandboxManager(self.config(), "cgroupfs")
         self.call(self.manager.recover())
         return self.manager
@@ -89,6 +91,8 @@ def env(tmp_path: Path) -> Iterator[Env]:
                 e.call(e.manager.remove(sb.id))
             except Exception as exc:  # keep cleaning
                 print("cleanup:", exc)
+        e.manager.close()
+        loop.run_until_complete(asyncio.sleep(0))  # let cancelled tasks finish
         loop.close()
         unmount_all(tmp_path)
         net.cleanup()
@@ -313,14 +317,107 @@ def test_restart_lists_same_pods_and_del_works_after_restart(env: Env):
     assert (fp.veths, fp.iptables_rules, fp.ns_files, fp.pod_dirs) == (0, 0, 0, 0)
 
 
+def test_pod_recorded_by_the_previous_version_survives_the_upgrade(env: Env):
+    """A DaemonSet upgrade: a running pod whose record is the single ``sandbox.json`` of
+    sycri before the metadata/status split is READY after the restart, its init watched,
+    and removed without leaving anything."""
+    port = _free_port()
+    sb = env.run(pod_config("veteran", ports=[(port, 80)], pid=api_pb2.POD))
+    d = env.base / "root" / "sandboxes" / sb.id
+    legacy = {**json.loads((d / "metadata.json").read_text())}
+    legacy.update(json.loads((d / "status.json").read_text()))
+    for new_field in ("reason", "failed", "left"):  # the old version had none of these
+        del legacy[new_field]
+    (d / "sandbox.json").write_text(json.dumps(legacy))
+    (d / "metadata.json").unlink()
+    (d / "status.json").unlink()
+    m2 = env.restart()
+    again = m2.get(sb.id)
+    assert (again.state, again.ips, again.init_pid) == (READY, sb.ips, sb.init_pid)
+    assert again.network == sb.network and again.status.cgroup_created == []
+    assert sorted(p.name for p in d.iterdir()) == ["metadata.json", "status.json"]
+    heard: list[str] = []
+    m2.on_exit.append(lambda pod: heard.append(pod.id))
+    os.kill(sb.init_pid, 9)
+
+    async def until_heard() -> None:
+        while not heard:
+            await asyncio.sleep(0.01)
+
+    env.call(asyncio.wait_for(until_heard(), 20))
+    assert m2.get(sb.id).state == NOTREADY
+    env.call(m2.remove(sb.id))
+    fp = footprint(env.base / "run", env.net, {sb.id})
+    assert (fp.veths, fp.iptables_rules, fp.ns_files, fp.pod_dirs) == (0, 0, 0, 0)
+
+
 def test_crash_during_creation_is_cleaned_up_at_start(env: Env):
     sb = env.run(pod_config("half"))
-    sb.state = "creating"  # as if sycri died before replying
-    env.manager.store.save(sb)
+    sb.status.state = "creating"  # as if sycri died before replying
+    env.call(env.manager.store.save_status(sb))
     m2 = env.restart()
     assert m2.list() == []
     fp = footprint(env.base / "run", env.net, {sb.id})
     assert (fp.veths, fp.iptables_rules, fp.ns_files, fp.pod_dirs) == (0, 0, 0, 0)
+
+
+def test_teardown_a_restart_cannot_finish_is_kept_and_retried(env: Env):
+    """Start-up recovery of a pod a crash left half-created, whose cgroup is busy: the
+    record stays (listed NOTREADY, with what is left) instead of being forgotten, and
+    the periodic retry finishes the teardown once the cgroup empties."""
+    cg = f"sycri-test-{secrets.token_hex(4)}"
+    sb = env.run(pod_config("stuck", cgroup_parent=f"/{cg}/pod"))
+    busy = Path("/sys/fs/cgroup/pids") / cg / "pod"
+    sleeper = subprocess.Popen(["sleep", "3600"])
+    try:
+        (busy / "cgroup.procs").write_text(str(sleeper.pid))
+        sb.status.state = "creating"  # as if sycri died before replying
+        env.call(env.manager.store.save_status(sb))
+        env.manager.close()
+        env.manager = SandboxManager(env.config(), "cgroupfs", retry_interval=0.05)
+        env.call(env.manager.recover())
+        (kept,) = env.manager.list()
+        assert (kept.id, kept.state, kept.status.failed) == (sb.id, NOTREADY, True)
+        assert any(str(busy) in what for what in kept.status.left)
+        assert busy.is_dir()
+        sleeper.kill()
+        sleeper.wait()
+
+        async def until_gone() -> None:
+            while env.manager.store.find(sb.id) is not None:
+                await asyncio.sleep(0.02)
+
+        env.call(asyncio.wait_for(until_gone(), 20))
+        assert env.manager.list() == []
+        fp = footprint(env.base / "run", env.net, {sb.id}, cg)
+        assert (fp.veths, fp.iptables_rules, fp.ns_files, fp.pod_dirs, fp.cgroups) == (
+            0,
+            0,
+            0,
+            0,
+            0,
+        )
+        assert list((env.base / "root" / "sandboxes").iterdir()) == []
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        remove_cgroups(cg)
+
+
+def test_a_parent_cgroup_other_pods_still_use_does_not_block_a_removal(env: Env):
+    """The first pod under a new parent makes the parent too; removing that pod while a
+    second one lives below the same parent removes its own cgroup and succeeds."""
+    cg = f"sycri-test-{secrets.token_hex(4)}"
+    try:
+        first = env.run(pod_config("first", cgroup_parent=f"/{cg}/first"))
+        second = env.run(pod_config("second", cgroup_parent=f"/{cg}/second"))
+        assert env.call(env.manager.remove(first.id))
+        pids = Path("/sys/fs/cgroup/pids") / cg
+        assert not (pids / "first").exists() and (pids / "second").is_dir()
+        assert [sb.id for sb in env.manager.list()] == [second.id]
+        assert env.call(env.manager.remove(second.id))
+    finally:
+        remove_cgroups(cg)
 
 
 def test_pod_cgroup_with_resources_and_overhead(env: Env):
@@ -404,7 +501,7 @@ def test_first_config_in_conf_dir_is_used_with_cni_args_and_capabilities(env: En
     (env.conf_dir / "10-first.conflist").write_text(json.dumps(conflist))
     (env.conf_dir / "20-second.conf").write_text('{"name": "x", "type": "nonexistent"}')
     (env.conf_dir / "05-ignored.txt").write_text("not a config")
-    env.manager.cni = cni.Runner(("/usr/lib/cni", str(bindir)))
+    env.manager.net.cni = cni.Runner(("/usr/lib/cni", str(bindir)))
     port = _free_port()
     try:
         cfg = pod_config("args", ports=[(port, 80)])
@@ -488,9 +585,18 @@ def test_fifty_create_remove_cycles_leave_nothing_behind(env: Env):
 
 def test_pod_whose_init_dies_turns_notready(env: Env):
     sb = env.run(pod_config("fragile", pid=api_pb2.POD))
+    heard: list[str] = []
+    env.manager.on_exit.append(lambda pod: heard.append(pod.id))
     os.kill(sb.init_pid, 9)
     assert wait_gone(sb.init_pid)
-    assert env.manager.check_alive(env.manager.get(sb.id)).state == NOTREADY
+
+    async def until_notready() -> None:  # nobody asks: the watch on the init sees it
+        while not heard:
+            await asyncio.sleep(0.01)
+
+    env.call(asyncio.wait_for(until_notready(), 20))
+    assert heard == [sb.id] and env.manager.get(sb.id).state == NOTREADY
+    assert "init" in env.manager.get(sb.id).status.reason
     env.call(env.manager.remove(sb.id))
     assert footprint(env.base / "run", env.net, {sb.id}).ns_files == 0
 
@@ -508,14 +614,14 @@ def test_run_dir_is_a_shared_mount_once_pods_exist(env: Env):
 
 def test_bad_pod_cidr_is_refused(env: Env):
     with pytest.raises(InvalidArgument, match="not a network"):
-        env.manager.set_pod_cidr("10.0.0.0/33")
-    env.manager.set_pod_cidr("10.9.0.0/24,fd00:9::/64")
+        env.call(env.manager.set_pod_cidr("10.0.0.0/33"))
+    env.call(env.manager.set_pod_cidr("10.9.0.0/24,fd00:9::/64"))
     assert env.manager.pod_subnets() == ["10.9.0.0/24", "fd00:9::/64"]
 
 
 def test_dual_stack_pods_get_both_ips_and_talk_over_ipv6(env: Env):
     v6 = free_subnet6()
-    env.manager.set_pod_cidr(f"{env.net.subnet},{v6}")
+    env.call(env.manager.set_pod_cidr(f"{env.net.subnet},{v6}"))
     a = env.run(pod_config("v6a"))
     b = env.run(pod_config("v6b"))
     assert len(a.ips) == 2 and ":" not in a.ips[0] and ":" in a.ips[1]

@@ -9,8 +9,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import grpc
+from sycri import blocking
 from sycri.api import api_pb2_grpc
 
 APP = Path(__file__).resolve().parents[2] / "app"
@@ -42,6 +44,9 @@ class SycriServer:
     prefix: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
     _channel: grpc.Channel | None = None
+    _blocked: list[dict] | None = None
+    # every server started, for tests/conftest.py's check of blocking calls (loopcheck.py)
+    started: ClassVar[list[SycriServer]] = []
 
     @property
     def socket(self) -> Path:
@@ -54,6 +59,18 @@ class SycriServer:
     @property
     def log_path(self) -> Path:
         return self.base / "sycri.log"
+
+    @property
+    def loop_check_path(self) -> Path:
+        """Where sycri records blocking calls made on its event loop (sycri.blocking)."""
+        return self.base / "loop-check.jsonl"
+
+    def blocking_calls(self) -> list[dict]:
+        """Blocking calls sycri made on its event loop while serving (none, if it is right);
+        kept once it stopped, as a teardown may remove ``base`` before the check reads it."""
+        if self._blocked is not None:
+            return self._blocked
+        return blocking.recorded(self.loop_check_path)
 
     def args(self) -> list[str]:
         # Its own (empty) CNI config dir unless a flag names one: a network config some
@@ -74,12 +91,18 @@ class SycriServer:
 
     def start(self, timeout: float = 20.0) -> SycriServer:
         self.base.mkdir(parents=True, exist_ok=True)
+        self._blocked = None
+        SycriServer.started.append(self)
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         cmd = sycri_cmd(*self.args())
         if self.cgroups:
             cmd = [*_JOIN, *(str(d / "cgroup.procs") for d in self.cgroups), "--", *cmd]
         cmd = [*self.prefix, *cmd]
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=sycri_env(self.env))
+        checks = {blocking.ENV: str(self.loop_check_path)}
+        if os.environ.get(blocking.SLOW_ENV):  # a measurement run (docs/performance.md)
+            checks[blocking.SLOW_ENV] = os.environ[blocking.SLOW_ENV]
+        env = sycri_env({**checks, **self.env})
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -123,14 +146,19 @@ class SycriServer:
         if self._channel is not None:
             self._channel.close()
             self._channel = None
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
-        self.proc.send_signal(signal.SIGTERM)
         try:
-            return self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
+            if self.proc is None or self.proc.poll() is not None:
+                return self.proc.returncode if self.proc else None
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                return self.proc.wait()
+        finally:
+            if self.proc is not None and self.proc.poll() is not None:
+                self._blocked = (self._blocked or []) + blocking.recorded(self.loop_check_path)
+                self.loop_check_path.unlink(missing_ok=True)
 
 
 # A shell that joins each cgroup.procs named before "--", then execs the rest.

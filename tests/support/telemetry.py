@@ -383,6 +383,7 @@ async def serve_traced(
     for the node agent. A client has its answer as soon as the status is sent and the
     handler's span ends a moment later, so this waits (up to 5 s) for a server span."""
     import asyncio
+    import dataclasses
 
     from opentelemetry.trace import SpanKind
     from sycri import config, server
@@ -398,7 +399,7 @@ async def serve_traced(
     )  # fmt: skip
     node = server.assemble(cfg)
     if agent is not None:
-        node.node_agent = agent
+        node = dataclasses.replace(node, node_agent=agent)
     wiring = telemetry.Telemetry(metrics_server=None, tracer_provider=provider)
     dispatcher = Dispatcher(node, {**server.handlers(), **(handlers or {})}, wiring.rpc_observers)
     srv = grpc.aio.server(interceptors=wiring.interceptors)

@@ -8,27 +8,22 @@ import pytest
 from sycri.api import api_pb2
 from sycri.config import Config
 from sycri.cri import container
-from sycri.errors import InvalidArgument, NotFound, Unavailable
+from sycri.errors import InvalidArgument, NotFound
 from sycri.node import Node
-from sycri.runtime.container.containers import from_config
+from sycri.server import assemble
 
 
 def run(coro):
     return asyncio.run(coro)
 
 
-def test_without_runtime_component_unavailable():
-    node = Node(config=Config(), cgroup_driver="cgroupfs")
-    with pytest.raises(Unavailable):
-        run(container.list_containers(node, api_pb2.ListContainersRequest()))
-
-
 @pytest.fixture
-def node(tmp_path):
+def node(tmp_path) -> Node:
+    """The node as the server assembles it (every part there, nothing started)."""
     cfg = Config(root_dir=str(tmp_path / "root"), run_dir=str(tmp_path / "run"))
-    n = Node(config=cfg, cgroup_driver="cgroupfs")
-    n.containers = from_config(cfg, "cgroupfs")
-    return n
+    n = assemble(cfg)
+    yield n
+    n.images.close()
 
 
 @pytest.mark.parametrize(

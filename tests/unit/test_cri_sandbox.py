@@ -10,9 +10,8 @@ from sycri.config import Config
 from sycri.cri import sandbox
 from sycri.cri.sandbox import matches, status_of
 from sycri.errors import InvalidArgument, NotFound
-from sycri.node import Node
-from sycri.runtime.pod.sandbox import NOTREADY, READY, Sandbox, encode_config
-from sycri.runtime.pod.sandbox_manager import SandboxManager
+from sycri.runtime.pod.sandbox import NOTREADY, READY, Sandbox, SandboxStatus, encode_config
+from sycri.server import assemble
 
 
 def _pod(sid: str, state: str = READY, labels: dict[str, str] | None = None) -> Sandbox:
@@ -24,14 +23,12 @@ def _pod(sid: str, state: str = READY, labels: dict[str, str] | None = None) -> 
         uid="u",
         attempt=2,
         created_at=42,
-        state=state,
         runtime_handler="runc",
         config_bytes=encode_config(cfg),
         run_dir="/run/x",
         hostname="web",
-        ips=["10.1.0.4", "fd00::4"],
-        network_up=True,
         netns_path="/run/x/ns/net",
+        status=SandboxStatus(state=state, ips=["10.1.0.4", "fd00::4"], network_up=True),
     )
 
 
@@ -46,7 +43,7 @@ def test_status_reports_both_ips_and_modes():
 
 def test_stopped_pod_reports_no_ip():
     pod = _pod("a" * 64, NOTREADY)
-    pod.network_up = False
+    pod.status.network_up = False
     st = status_of(pod)
     assert st.state == api_pb2.SANDBOX_NOTREADY and st.network.ip == ""
 
@@ -66,8 +63,7 @@ def test_filters():
 def test_stop_unknown_pod_is_idempotent_but_status_is_not(tmp_path):
     """kubelet stops pods it may have removed already; containerd and CRI-O answer OK."""
     cfg = Config(root_dir=str(tmp_path / "root"), run_dir=str(tmp_path / "run"))
-    node = Node(config=cfg, cgroup_driver="cgroupfs")
-    node.sandboxes = SandboxManager(cfg, "cgroupfs")
+    node = assemble(cfg)
     for pid in ("ab" * 32, "e2cef978-5e06-4774-ab6b-543c9f895b35"):
         asyncio.run(
             sandbox.stop_pod_sandbox(node, api_pb2.StopPodSandboxRequest(pod_sandbox_id=pid))

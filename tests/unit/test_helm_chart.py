@@ -421,6 +421,35 @@ def test_notes_tell_the_kubelet_setting():
     assert "--container-runtime-endpoint=unix:///var/run/sycri-cri/cri.sock" in direct
 
 
+@variants
+def test_cdi_spec_dirs_are_the_hosts_read_only_and_sycris_setting(variant, tmp_path):
+    """The NVIDIA device plugin (or an admin) writes CDI specs on the host; sycri must read
+    the same folders, see files written after it started, and never write there."""
+    objs = objects(_values(variant))
+    dirs = _merged(variant)["cdi"]["specDirs"]
+    assert dirs == ["/etc/cdi", "/var/run/cdi"]
+    assert _sycri_config(objs, tmp_path).cdi_spec_dirs == tuple(dirs)
+    mounts = _mounts(objs)
+    for d in dirs:
+        mount, volume = mounts[d]
+        assert volume["hostPath"] == {"path": d, "type": "DirectoryOrCreate"}
+        assert mount["readOnly"] is True and mount["mountPropagation"] == "HostToContainer"
+
+
+def test_without_cdi_spec_dirs_there_is_no_mount_and_no_device(tmp_path):
+    objs = objects({"cdi": {"specDirs": []}})
+    assert _sycri_config(objs, tmp_path).cdi_spec_dirs == ()
+    assert not [p for p in _mounts(objs) if "cdi" in p]
+    assert "DEVICE_LIST_STRATEGY" not in notes({"cdi": {"specDirs": []}})
+
+
+def test_notes_tell_how_to_run_the_device_plugin_in_cdi_mode():
+    text = notes()
+    assert "DEVICE_LIST_STRATEGY=cdi-annotations (or cdi-cri)" in text
+    assert "/etc/cdi, /var/run/cdi" in text
+    assert "sycri cdi generate -o /var/run/cdi/nvidia.yaml" in text
+
+
 BAD_VALUES = {
     "latest tag": {"image": {"tag": "latest"}},
     "short digest": {"image": {"digest": "sha256:abc"}},
@@ -456,6 +485,9 @@ BAD_VALUES = {
     "proxy handler name with a space": {"proxy": {"handlers": ["ru nc"]}},
     "proxy log level typo": {"proxy": {"logLevel": "loud"}},
     "proxy unknown key": {"proxy": {"port": 1}},
+    "relative CDI spec dir": {"cdi": {"specDirs": ["etc/cdi"]}},
+    "CDI spec dirs as text": {"cdi": {"specDirs": "/etc/cdi"}},
+    "CDI spec dir twice": {"cdi": {"specDirs": ["/etc/cdi", "/etc/cdi"]}},
 }
 
 

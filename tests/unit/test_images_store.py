@@ -100,3 +100,31 @@ def test_rows_from_before_origins_are_migrated_and_foreign_sifs_rekeyed(tmp_path
     assert sorted(p.name for p in (root / "sif").iterdir()) == sorted(
         [own_id[7:] + ".sif", foreign_id[7:] + ".sif"]
     )
+
+
+def test_lookups_answer_while_a_commit_waits_for_the_disk(tmp_path):
+    """A pull committing its image (here: held up by another writer of the database) does
+    not hold up ImageStatus: lookups answer from the index as of the last commit."""
+    import sqlite3
+    import threading
+
+    store = Store(tmp_path)
+    old = store.add("sha256:" + "4" * 64, "/x/4.sif", 4, config("old"), tags=["r/a:1"])
+    blocker = sqlite3.connect(tmp_path / "index.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # the database's write lock, as a slow commit holds it
+    new_id = "sha256:" + "5" * 64
+    adding = threading.Thread(
+        target=store.add, args=(new_id, "/x/5.sif", 5, config("new")), kwargs={"tags": ["r/a:1"]}
+    )
+    adding.start()
+    try:
+        while not store._lock.locked():  # the writer is inside its transaction
+            adding.join(0.01)
+        assert store.by_tag("r/a:1") == old
+        assert store.get(new_id) is None and [i.id for i in store.list()] == [old.id]
+        assert adding.is_alive() and store._lock.locked()  # answered while the commit waits
+    finally:
+        blocker.execute("ROLLBACK")
+        adding.join()
+    assert store.by_tag("r/a:1").id == new_id
+    assert store.get(old.id).repo_tags == ()

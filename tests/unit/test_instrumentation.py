@@ -11,7 +11,8 @@ from sycri.images.convert import converting, failed_converting
 from sycri.images.store import Store
 from sycri.network import cni
 from sycri.observability.metrics import REGISTRY, StoreStats
-from sycri.runtime.container.container_store import EXITED, RUNNING, ContainerStore
+from sycri.runtime.container.container_store import ContainerStore
+from sycri.runtime.container.record import EXITED, RUNNING, ContainerRecord
 
 from tests.unit.test_container_store import record
 
@@ -28,17 +29,18 @@ def test_an_exit_is_counted_once_when_first_recorded_and_never_after_a_restart(t
         record("c" * 64, name="c"),
     )
     for rec in (done, oom, live):
-        store.save(rec)  # created: nothing exited
+        asyncio.run(store.add(rec))  # created: nothing exited
     before = (val("sycri_container_exits_total", reason="Completed"),
               val("sycri_container_exits_total", reason="OOMKilled"),
               val("sycri_container_oom_kills_total"))  # fmt: skip
-    live.state = RUNNING
-    store.save(live)
-    done.state, done.reason = EXITED, "Completed"
-    store.save(done)
-    store.save(done)  # saved again (a later status change): not a second exit
-    oom.state, oom.reason = EXITED, "OOMKilled"
-    store.save(oom)
+
+    def change(s: ContainerStore, rec: ContainerRecord, **kw: object) -> None:
+        asyncio.run(s.set_status(rec, rec.status.but(**kw)))
+
+    change(store, live, state=RUNNING)
+    change(store, done, state=EXITED, reason="Completed")
+    change(store, done, message="x")  # a later status change: not a second exit
+    change(store, oom, state=EXITED, reason="OOMKilled")
     after = (val("sycri_container_exits_total", reason="Completed"),
              val("sycri_container_exits_total", reason="OOMKilled"),
              val("sycri_container_oom_kills_total"))  # fmt: skip
@@ -49,10 +51,9 @@ def test_an_exit_is_counted_once_when_first_recorded_and_never_after_a_restart(t
     again = ContainerStore(tmp_path)
     loaded = {r.id: r for r in again.load()}
     for rec in loaded.values():
-        again.save(rec)
+        change(again, rec, message="y")
     assert val("sycri_container_exits_total", reason="Completed") == after[0]
-    loaded[live.id].state, loaded[live.id].reason = EXITED, "Completed"
-    again.save(loaded[live.id])
+    change(again, loaded[live.id], state=EXITED, reason="Completed")
     assert val("sycri_container_exits_total", reason="Completed") == after[0] + 1
 
 

@@ -8,7 +8,7 @@ import json
 from google.protobuf import json_format
 
 from sycri.api import api_pb2
-from sycri.errors import InvalidArgument, NotFound, Unavailable
+from sycri.errors import InvalidArgument, NotFound
 from sycri.node import Node
 from sycri.observability import tracing
 from sycri.runtime.container.container_store import STATE_PROTO, ContainerRecord
@@ -20,10 +20,7 @@ RUNTIME_ARGS = 8192  # room for runc's own arguments (binary, --root, --pid-file
 
 
 def _containers(node: Node) -> Containers:
-    comp = node.containers
-    if comp is None:
-        raise Unavailable("the container runtime is not available on this node")
-    return comp
+    return node.containers
 
 
 async def create_container(

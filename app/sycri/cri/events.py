@@ -9,11 +9,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from sycri.api import api_pb2
-from sycri.errors import SycriError, Unavailable
+from sycri.errors import SycriError
 from sycri.runtime.events import ContainerEvent, ContainerEventType, EventBus
+
+if TYPE_CHECKING:
+    from sycri.runtime.container.container_store import ContainerRecord
+    from sycri.runtime.container.containers import Containers
+    from sycri.runtime.pod.sandbox import Sandbox
+    from sycri.runtime.pod.sandbox_manager import SandboxManager
 
 
 class PodStatusSource(Protocol):
@@ -29,7 +35,8 @@ class ContainerStatusSource(Protocol):
 
 
 class EventsNode(Protocol):
-    events: EventBus
+    @property
+    def events(self) -> EventBus: ...
 
 
 @dataclass(frozen=True)
@@ -59,17 +66,15 @@ class NodeStatuses:
     change, and refreshing there could start another change.
     """
 
-    def __init__(self, node: object):
-        self.node = node
+    def __init__(self, sandboxes: SandboxManager, containers: Containers) -> None:
+        self.sandboxes = sandboxes
+        self.containers = containers
 
     def pod_sandbox_status(self, pod_sandbox_id: str) -> api_pb2.PodSandboxStatus | None:
         from sycri.cri.sandbox import status_of
 
-        sandboxes = getattr(self.node, "sandboxes", None)
-        if sandboxes is None:
-            return None
         try:
-            return status_of(sandboxes.get(pod_sandbox_id))
+            return status_of(self.sandboxes.get(pod_sandbox_id))
         except SycriError:
             return None
 
@@ -77,21 +82,23 @@ class NodeStatuses:
         """The same list PodSandboxStatus gives (kubelet treats both alike)."""
         from sycri.cri.sandbox import container_statuses
 
-        containers = getattr(self.node, "containers", None)
-        if containers is None:
-            return []
-        return container_statuses(containers.in_pod(pod_sandbox_id))
+        return container_statuses(self.containers.in_pod(pod_sandbox_id))
 
 
-def connect(node: object, bus: EventBus) -> None:
+def connect(sandboxes: SandboxManager, containers: Containers, bus: EventBus) -> None:
     """Publish the node's container lifecycle on ``bus``, with status snapshots."""
-    statuses = NodeStatuses(node)
+    statuses = NodeStatuses(sandboxes, containers)
     bus.snapshot = snapshotter(statuses, statuses)
-    containers = getattr(node, "containers", None)
-    if containers is not None:
-        containers.event_hooks.append(
-            lambda rec, kind: bus.publish(ContainerEvent(rec.id, kind, rec.pod_id))
-        )
+
+    def publish(rec: ContainerRecord, kind: ContainerEventType) -> None:
+        bus.publish(ContainerEvent(rec.id, kind, rec.pod_id))
+
+    containers.event_hooks.append(publish)
+
+    def pod_exited(sb: Sandbox) -> None:  # its init exited: NOTREADY, nobody asked
+        bus.publish(ContainerEvent(sb.id, ContainerEventType.STOPPED, sb.id))
+
+    sandboxes.on_exit.append(pod_exited)
 
 
 _CRI_EVENT_TYPES = {
@@ -119,10 +126,7 @@ def event_response(event: ContainerEvent) -> api_pb2.ContainerEventResponse:
 async def get_container_events(
     node: EventsNode, request: api_pb2.GetEventsRequest
 ) -> AsyncIterator[api_pb2.ContainerEventResponse]:
-    bus = getattr(node, "events", None)
-    if bus is None:
-        raise Unavailable("the container event bus is not running")
-    with bus.subscribe() as sub:
+    with node.events.subscribe() as sub:
         async for event in sub:
             yield event_response(event)
 

@@ -66,6 +66,7 @@ async def image_status(
     node: Node, request: api_pb2.ImageStatusRequest
 ) -> api_pb2.ImageStatusResponse:
     text = _spec_image(request.image if request.HasField("image") else None, "ImageStatus")
+    node.images.sif_stores.refresh_soon()
     image = node.images.find(text)
     if image is None:
         return api_pb2.ImageStatusResponse()
@@ -75,6 +76,7 @@ async def image_status(
             {
                 "sifPath": image.sif_path,
                 "local": image.local,
+                "sifStore": node.images.sif_stores.store_of(image.id) or "",
                 "userReference": image.user_ref,
                 "imageSpec": image.raw_config,
                 "labels": image.config.labels or {},
@@ -86,6 +88,7 @@ async def image_status(
 
 async def list_images(node: Node, request: api_pb2.ListImagesRequest) -> api_pb2.ListImagesResponse:
     wanted = request.filter.image.image if request.HasField("filter") else ""
+    node.images.sif_stores.refresh_soon()
     if wanted:
         image = node.images.find(wanted)
         images = [image] if image is not None else []

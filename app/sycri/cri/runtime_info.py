@@ -84,6 +84,11 @@ async def status(node: Node, request: api_pb2.StatusRequest) -> api_pb2.StatusRe
         import json
 
         resp.info["config"] = json.dumps(cfg.as_dict(), sort_keys=True)
+        # kubelet (1.32, 1.33) checks no CRI field for image volumes: it sends Mount.image
+        # when its ImageVolume gate is on. Said here for people and tools (crictl info).
+        resp.info["features"] = json.dumps(
+            {"imageVolumes": True, "imageVolumeSubPath": True, "sifStores": True}
+        )
     return resp
 
 

@@ -24,7 +24,6 @@ _MODE = {"POD": api_pb2.POD, "CONTAINER": api_pb2.CONTAINER, "NODE": api_pb2.NOD
 
 
 def _manager(node: Node) -> SandboxManager:
-    assert node.sandboxes is not None, "sandbox manager not assembled"
     return node.sandboxes
 
 
@@ -79,8 +78,7 @@ def _publish(
 ) -> None:
     """A sandbox lifecycle event for evented PLEG, as containerd sends them: the sandbox
     id as the container id (kubelet syncs the pod on it)."""
-    if node.events is not None:
-        node.events.publish(ContainerEvent(sandbox_id, kind, sandbox_id, snapshot=snapshot))
+    node.events.publish(ContainerEvent(sandbox_id, kind, sandbox_id, snapshot=snapshot))
 
 
 def status_of(sb: Sandbox) -> api_pb2.PodSandboxStatus:
@@ -129,6 +127,9 @@ def verbose_info(sb: Sandbox) -> dict[str, str]:
             "shm": sb.shm_path,
         },
         "network": (sb.network or {}).get("name"),
+        # Why the pod is NOTREADY, and what a teardown that failed still holds.
+        "reason": sb.status.reason,
+        "teardownLeft": sb.status.left,
         "cniResult": sb.cni_result,
     }
     return {"info": json.dumps(doc, sort_keys=True)}
@@ -151,14 +152,12 @@ async def pod_sandbox_status(
     node: Node, request: api_pb2.PodSandboxStatusRequest
 ) -> api_pb2.PodSandboxStatusResponse:
     manager = _manager(node)
-    sb = manager.check_alive(manager.get(request.pod_sandbox_id))
+    sb = manager.get(request.pod_sandbox_id)  # from memory: a status call never writes
     # The timestamp goes with the statuses: taken before them, so an event published
     # after them is never older than this reply (kubelet's cache keeps the newer one).
     stamp = time.time_ns()
     containers = node.containers
-    records = (
-        [containers.refresh(r) for r in containers.in_pod(sb.id)] if containers is not None else []
-    )
+    records = containers.in_pod(sb.id)
     resp = api_pb2.PodSandboxStatusResponse(
         status=status_of(sb), timestamp=stamp, containers_statuses=container_statuses(records)
     )
@@ -215,7 +214,7 @@ async def update_pod_sandbox_resources(
 async def update_runtime_config(
     node: Node, request: api_pb2.UpdateRuntimeConfigRequest
 ) -> api_pb2.UpdateRuntimeConfigResponse:
-    _manager(node).set_pod_cidr(request.runtime_config.network_config.pod_cidr)
+    await _manager(node).set_pod_cidr(request.runtime_config.network_config.pod_cidr)
     return api_pb2.UpdateRuntimeConfigResponse()
 
 

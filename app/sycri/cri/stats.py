@@ -9,10 +9,10 @@ node with thousands of containers never hits the gRPC message limit (KEP-5825).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 from sycri.api import api_pb2
-from sycri.errors import Internal, InvalidArgument, NotFound, Unavailable, excerpt
+from sycri.errors import InvalidArgument, NotFound, excerpt
 from sycri.runtime.cgroups.cgroupstats import CgroupSample, Pressure, PsiData
 from sycri.runtime.stats.netstats import InterfaceStats
 from sycri.runtime.stats.stats import (
@@ -31,44 +31,22 @@ MAX_ID = 128
 
 
 class StatsNode(Protocol):
-    containers: ContainerSource
-    sandboxes: PodSource
-    stats: StatsCollector
+    """The parts of the node stats read (a test rig may be just these)."""
+
+    @property
+    def containers(self) -> ContainerSource: ...
+    @property
+    def sandboxes(self) -> PodSource: ...
+    @property
+    def stats(self) -> StatsCollector: ...
 
 
 T = TypeVar("T")
 
 
-class _NoObjects:
-    """Stands in for a store the node does not have yet: it holds nothing."""
-
-    def stats_containers(self) -> list[ContainerInfo]:
-        return []
-
-    def stats_pods(self) -> list[PodInfo]:
-        return []
-
-
-def _source(node: object, attr: str, method: str) -> Any:
-    """``node.<attr>`` once it is known to have ``method`` (duck-typed: any store will do)."""
-    src = getattr(node, attr, None)
-    if src is None:
-        return _NoObjects()
-    if not callable(getattr(src, method, None)):
-        raise Internal(f"node.{attr} does not provide {method}() for stats")
-    return src
-
-
 def sources(node: StatsNode) -> tuple[ContainerSource, PodSource, StatsCollector]:
     """The node's container and pod stores as stats see them, and its collector."""
-    collector = getattr(node, "stats", None)
-    if collector is None:
-        raise Unavailable("the stats collector is not running")
-    return (
-        _source(node, "containers", "stats_containers"),
-        _source(node, "sandboxes", "stats_pods"),
-        collector,
-    )
+    return node.containers, node.sandboxes, node.stats
 
 
 def batches(items: Sequence[T], size: int | None = None) -> Iterable[Sequence[T]]:

@@ -17,7 +17,7 @@ RUNTIME_ARGS = 8192  # room for runc's own arguments
 
 
 def _server(node: Node) -> StreamingServer:
-    if node.streaming is None or not node.streaming.base_url:
+    if not node.streaming.base_url:  # not listening (yet)
         raise Unavailable("the streaming server is not running")
     return node.streaming
 

@@ -9,14 +9,11 @@ for the bytes, checked against both.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import hashlib
-import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -27,17 +24,15 @@ from sycri.errors import (
     NotFound,
     PermissionDenied,
     ResourceExhausted,
+    SycriError,
     Unauthenticated,
     Unavailable,
     excerpt,
 )
+from sycri.images.download import stream_to_file
 from sycri.images.reference import Reference, is_digest
+from sycri.images.registries import Endpoint
 from sycri.observability import tracing
-
-if TYPE_CHECKING:
-    from sycri.images.registries import Endpoint
-
-CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -154,8 +149,17 @@ class LibraryClient:
         path = f"{ref.repository}:{ref.tag}"
         what = f"library image {path}"
         bound = min(size, limit) if size is not None else limit
-        h = hashlib.sha256()
-        n = 0
+
+        def too_long(n: int) -> SycriError:
+            if bound == limit:
+                return ResourceExhausted(
+                    f"{what}: the SIF is more than images.max_image_bytes ({limit} bytes)"
+                )
+            return InvalidArgument(f"{what}: more than the {size} bytes the library says")
+
+        def stalled(n: int) -> SycriError:
+            return DeadlineExceeded(f"{what}: no progress for {self.progress_timeout:g}s")
+
         try:
             async with self._get(
                 f"{self.base}/v1/imagefile/{path}",
@@ -163,50 +167,25 @@ class LibraryClient:
                 aiohttp.ClientTimeout(total=None, sock_read=self.progress_timeout),
             ) as r:
                 self._check(r.status, what)
-                fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                try:
-                    while True:
-                        try:
-                            chunk = await asyncio.wait_for(
-                                r.content.read(CHUNK), self.progress_timeout
-                            )
-                        except TimeoutError:
-                            raise DeadlineExceeded(
-                                f"{what}: no progress for {self.progress_timeout:g}s"
-                            ) from None
-                        if not chunk:
-                            break
-                        n += len(chunk)
-                        self.on_bytes(len(chunk))
-                        if n > bound:
-                            if bound == limit:
-                                raise ResourceExhausted(
-                                    f"{what}: the SIF is more than images.max_image_bytes "
-                                    f"({limit} bytes)"
-                                )
-                            raise InvalidArgument(
-                                f"{what}: more than the {size} bytes the library says"
-                            )
-                        h.update(chunk)
-                        view = memoryview(chunk)
-                        while view:
-                            view = view[os.write(fd, view) :]
-                finally:
-                    os.close(fd)
+                got = await stream_to_file(
+                    r.content.read,
+                    dest,
+                    limit=bound,
+                    too_long=too_long,
+                    stalled=stalled,
+                    progress_timeout=self.progress_timeout,
+                    on_chunk=self.on_bytes,
+                )
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise Unavailable(f"{what}: download failed: {exc}") from None
-        if size is not None and n != size:
-            raise InvalidArgument(f"{what}: got {n} bytes, the library says {size}")
-        if "sha256:" + h.hexdigest() != digest:
-            raise InvalidArgument(
-                f"{what}: content has digest sha256:{h.hexdigest()}, library says {digest}"
-            )
+        if size is not None and got.size != size:
+            raise InvalidArgument(f"{what}: got {got.size} bytes, the library says {size}")
+        if got.digest != digest:
+            raise InvalidArgument(f"{what}: content has digest {got.digest}, library says {digest}")
 
 
 def redirect_endpoint(redirect: Redirect) -> Endpoint:
     """The registry endpoint an OCI redirect names."""
-    from sycri.images.registries import Endpoint
-
     parts = urlsplit(redirect.registry_url)
     host = parts.netloc or parts.path
     return Endpoint(host, redirect.name, insecure=parts.scheme == "http")

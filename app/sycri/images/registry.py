@@ -13,9 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
 import logging
-import os
 import re
 import ssl
 from collections.abc import Callable
@@ -36,12 +34,12 @@ from sycri.errors import (
 )
 from sycri.images import manifest as mf
 from sycri.images.credentials import Credentials
+from sycri.images.download import CHUNK, Streamed, sha256, stream_to_file
 from sycri.images.registries import Endpoint
 from sycri.observability import tracing
 
 log = logging.getLogger("sycri.images.registry")
 
-CHUNK = 1 << 20
 RETRIES = 3
 BACKOFF = (0.2, 0.6, 1.5)
 LOOPBACK = re.compile(r"^(localhost|127\.\d+\.\d+\.\d+|\[::1\])(:\d+)?$")
@@ -299,7 +297,7 @@ class RegistryClient:
         finally:
             resp.release()
         self.on_bytes(len(data))
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        digest = await sha256(data)
         if ref.startswith("sha256:") and digest != ref:
             raise DigestMismatch(f"{what}: content has digest {digest}, not {ref}")
         return Fetched(data, mf.kind(data, resp.headers.get("Content-Type", "")), digest)
@@ -315,8 +313,23 @@ class RegistryClient:
         finally:
             resp.release()
         self.on_bytes(len(data))
-        _verify(hashlib.sha256(data), len(data), desc, what)
+        _verify(Streamed(len(data), await sha256(data)), desc, what)
         return data
+
+    async def image_manifest(
+        self, ref: str, arch: str, variant: str, what: str
+    ) -> tuple[Fetched, mf.Manifest]:
+        """The manifest ``ref`` (tag or digest) names for this platform, and what ``ref``
+        named (an index or the manifest itself: its digest is the repo digest). An index
+        is resolved once: an index inside an index is refused."""
+        top = await self.manifest(ref)
+        fetched = top
+        if top.media_type in mf.INDEXES:
+            chosen = mf.choose_platform(mf.parse_index(top.data), arch, variant)
+            fetched = await self.manifest(chosen.digest)
+            if fetched.media_type in mf.INDEXES:
+                raise InvalidArgument(f"{what}: an index inside an index is not supported")
+        return top, mf.parse_manifest(fetched.data, fetched.media_type)
 
     async def blob_to_file(
         self,
@@ -325,51 +338,49 @@ class RegistryClient:
         what: str,
         progress: Callable[[int], None] | None = None,
     ) -> None:
-        """Stream a blob into ``dest``, hashing as it comes; retried from scratch on resets."""
+        """Stream a blob into ``dest``, hashed as it comes (in a thread, off the event
+        loop); retried from scratch on resets."""
         last = ""
+        told = progress or (lambda n: None)
+
+        def on_chunk(n: int) -> None:
+            self.on_bytes(n)
+            told(n)
+
+        def too_long(n: int) -> SycriError:
+            return DigestMismatch(
+                f"{what} {desc.digest}: more than the {desc.size} bytes its descriptor says"
+            )
+
+        def stalled(n: int) -> SycriError:
+            return DeadlineExceeded(
+                f"{what} {desc.digest}: no progress for "
+                f"{self.progress_timeout:g}s after {n} of {desc.size} bytes"
+            )
+
         for attempt in range(self.retries + 1):
             if attempt:
                 await asyncio.sleep(BACKOFF[min(attempt - 1, len(BACKOFF) - 1)])
             resp = await self._request(
                 "GET", f"/v2/{self.endpoint.repository}/blobs/{desc.digest}", what=what
             )
-            h = hashlib.sha256()
-            n = 0
             try:
-                fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                try:
-                    while True:
-                        try:
-                            chunk = await asyncio.wait_for(
-                                resp.content.read(CHUNK), self.progress_timeout
-                            )
-                        except TimeoutError:
-                            raise DeadlineExceeded(
-                                f"{what} {desc.digest}: no progress for "
-                                f"{self.progress_timeout:g}s after {n} of {desc.size} bytes"
-                            ) from None
-                        if not chunk:
-                            break
-                        n += len(chunk)
-                        self.on_bytes(len(chunk))
-                        if n > desc.size:
-                            raise DigestMismatch(
-                                f"{what} {desc.digest}: more than the {desc.size} bytes "
-                                "its descriptor says"
-                            )
-                        h.update(chunk)
-                        _write_all(fd, chunk)
-                        if progress:
-                            progress(len(chunk))
-                finally:
-                    os.close(fd)
+                got = await stream_to_file(
+                    resp.content.read,
+                    dest,
+                    limit=desc.size,
+                    too_long=too_long,
+                    stalled=stalled,
+                    progress_timeout=self.progress_timeout,
+                    on_chunk=on_chunk,
+                )
             except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
                 last = f"{type(exc).__name__}: {exc}"
                 log.info("%s: retrying after %s", what, last)
                 continue
             finally:
                 resp.release()
-            _verify(h, n, desc, what)
+            _verify(got, desc, what)
             return
         raise Unavailable(
             f"{what} {desc.digest}: download from {self.endpoint.host} failed "
@@ -377,18 +388,13 @@ class RegistryClient:
         )
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _verify(h: hashlib._Hash, n: int, desc: mf.Descriptor, what: str) -> None:
-    if n != desc.size:
-        raise DigestMismatch(f"{what} {desc.digest}: got {n} bytes, descriptor says {desc.size}")
-    got = "sha256:" + h.hexdigest()
-    if got != desc.digest:
-        raise DigestMismatch(f"{what}: content has digest {got}, expected {desc.digest}")
+def _verify(got: Streamed, desc: mf.Descriptor, what: str) -> None:
+    if got.size != desc.size:
+        raise DigestMismatch(
+            f"{what} {desc.digest}: got {got.size} bytes, descriptor says {desc.size}"
+        )
+    if got.digest != desc.digest:
+        raise DigestMismatch(f"{what}: content has digest {got.digest}, expected {desc.digest}")
 
 
 async def _read_limited(

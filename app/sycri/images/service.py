@@ -52,6 +52,7 @@ from sycri.images.credentials import Credentials
 from sycri.images.library import LibraryClient, redirect_endpoint
 from sycri.images.reference import Reference
 from sycri.images.registry import RegistryClient, new_session
+from sycri.images.sif_stores import SifStores
 from sycri.images.store import Image, Store, usage
 from sycri.images.unpack import Applier, LimitExceeded, Limits
 from sycri.observability import metrics, tracing
@@ -128,6 +129,15 @@ class Images:
         self._pulls: dict[str, asyncio.Task[Image]] = {}
         self._converting: dict[str, asyncio.Future[Image]] = {}
         self._cleanups: set[asyncio.Task[None]] = set()
+        # Shared read-only SIF stores (images.sif_stores): served in place, never removed.
+        self.sif_stores = SifStores(
+            cfg.images.sif_stores,
+            self.store.root / "sif-stores.json",
+            name_key=lambda name: tag_key(reference.parse(name)),
+            config_of=lambda path: _sif_config(path, self.arch),
+            trust_of=lambda path: sif_policy.evaluate(path, self.keys),
+            policy=cfg.images.sif_policy,
+        )
 
     def start(self) -> None:
         """Remove what unfinished pulls left (kill -9, crash) before serving."""
@@ -147,32 +157,44 @@ class Images:
         text = text.strip()
         if not text:
             raise InvalidArgument("image name is empty")
+        stores = self.sif_stores
         if reference.is_image_id(text):
-            return self.store.get(text if text.startswith("sha256:") else "sha256:" + text), True
+            image_id = text if text.startswith("sha256:") else "sha256:" + text
+            return stores.get(image_id) or self.store.get(image_id), True
         hexpart = text.removeprefix("sha256:")
         if 6 <= len(hexpart) < 64 and all(c in "0123456789abcdef" for c in hexpart):
-            ids = self.store.by_id_prefix(hexpart)
+            ids = set(self.store.by_id_prefix(hexpart)) | set(stores.by_id_prefix(hexpart))
             if len(ids) == 1:
-                return self.store.get(ids[0]), True
+                (image_id,) = ids
+                return stores.get(image_id) or self.store.get(image_id), True
             if len(ids) > 1:
                 raise InvalidArgument(f"image id prefix {excerpt(text)} is ambiguous")
         ref = reference.parse(text)
         if ref.digest:
             return self.store.by_digest(digest_key(ref, ref.digest)), False
+        if ref.transport != "file":
+            found = stores.by_key(tag_key(ref))  # a store's name wins over a pulled tag
+            if found is not None:
+                return found, False
         return self.store.by_tag(tag_key(ref)), False
 
     async def resolve(self, text: str) -> Image:
         """The image, for running: a local SIF whose file changed is hashed again first."""
         image = self.find(text)
         if image is None:
+            why = self.sif_stores.error_for(_store_key(text))
+            if why is not None:  # an image of a SIF store that is down now
+                raise why
             raise NotFound(f"image {excerpt(text)} is not present on this node")
+        if self.sif_stores.store_of(image.id):
+            return await self.sif_stores.check(image)
         if image.local:
             image = await self._recheck_local(image)
         return image
 
     def mount_method(self, image_id: str) -> str:
         """How the runtime mounts this image's partition (``images.kernel_mount``)."""
-        image = self.store.get(image_id)
+        image = self.sif_stores.get(image_id) or self.store.get(image_id)
         if image is None:
             return "squashfuse"
         ok = sif_policy.kernel_mount_ok(
@@ -181,7 +203,9 @@ class Images:
         return "loop" if ok else "squashfuse"
 
     def list(self) -> list[Image]:
-        return self.store.list()
+        shared = self.sif_stores.list()
+        ids = {i.id for i in shared}
+        return [*(i for i in self.store.list() if i.id not in ids), *shared]
 
     # -- removal -----------------------------------------------------------------------------
 
@@ -191,6 +215,8 @@ class Images:
         image, by_id = self._lookup(text)
         if image is None:
             return None
+        if self.sif_stores.store_of(image.id):
+            raise self.sif_stores.refuse_removal(image)
         # By id only when it was found by id: a tag whose text happens to occur in the
         # id ("e0d" in "sha256:e0d...") is still a tag, and untags.
         by_tag = not by_id
@@ -199,7 +225,7 @@ class Images:
         except SycriError:
             ref = None
         if ref is not None and not ref.digest and len(image.repo_tags) > 1:
-            self.store.untag(tag_key(ref))
+            await in_thread(self.store.untag, tag_key(ref))
             return image
         for user in self.users:
             who = user(image.id)
@@ -224,6 +250,15 @@ class Images:
         if ref.transport == "file":
             with metrics.pull("local"), _span(text, "local"):
                 return await self._import_local(ref, text)
+        if self.sif_stores.stores and not ref.digest:
+            # A name a shared SIF store holds: served in place, no download, no copy.
+            await self.sif_stores.refresh_for(tag_key(ref))
+            shared = self.sif_stores.by_key(tag_key(ref))
+            if shared is not None:
+                return await self.sif_stores.check(shared)
+            refused = self.sif_stores.error_for(tag_key(ref))
+            if refused is not None:
+                raise refused
         # Pulls share a download only when they would show the registry the same credentials.
         key = str(ref) + "\0" + _fingerprint(auth)
         task = self._pulls.get(key)
@@ -319,14 +354,9 @@ class Images:
     async def _pull_from(
         self, client: RegistryClient, ref: Reference, text: str, p: metrics.Pull
     ) -> Image:
-        top = await client.manifest(ref.digest or ref.tag)
-        fetched = top
-        if top.media_type in mf.INDEXES:
-            chosen = mf.choose_platform(mf.parse_index(top.data), self.arch, self.variant)
-            fetched = await client.manifest(chosen.digest)
-            if fetched.media_type in mf.INDEXES:
-                raise InvalidArgument(f"{text}: an index inside an index is not supported")
-        manifest = mf.parse_manifest(fetched.data, fetched.media_type)
+        top, manifest = await client.image_manifest(
+            ref.digest or ref.tag, self.arch, self.variant, text
+        )
         tags = [tag_key(ref)] if ref.tag else []
         digests = [digest_key(ref, top.digest)]
         if manifest.config.media_type == mf.SIF_CONFIG:
@@ -571,12 +601,7 @@ class Images:
                 on_bytes=p.downloaded,
             )
             oref = Reference("oras", ep.host, ep.repository, ref.tag)
-            top = await client.manifest(ref.tag)
-            fetched = top
-            if top.media_type in mf.INDEXES:
-                chosen = mf.choose_platform(mf.parse_index(top.data), self.arch, self.variant)
-                fetched = await client.manifest(chosen.digest)
-            manifest = mf.parse_manifest(fetched.data, fetched.media_type)
+            top, manifest = await client.image_manifest(ref.tag, self.arch, self.variant, text)
             digests = [digest_key(oref, top.digest)]
             return await self._sif_artifact(client, manifest, text, tags, digests, p)
         digest, size = await lib.image_meta(ref, self.arch)
@@ -667,6 +692,17 @@ class Images:
                 stat=_stat_key(st),
             )
         )
+
+
+def _store_key(text: str) -> str:
+    """How the SIF stores know ``text``: an image id, or a name's tag key."""
+    text = text.strip()
+    if reference.is_image_id(text):
+        return text if text.startswith("sha256:") else "sha256:" + text
+    try:
+        return tag_key(reference.parse(text))
+    except SycriError:
+        return text
 
 
 def _stat_key(st: os.stat_result) -> str:

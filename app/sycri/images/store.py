@@ -1,5 +1,9 @@
 """The image store: one SIF per image under ``<root>/images/sif``, indexed in SQLite (WAL).
 
+Reads never touch SQLite: they answer from an immutable in-memory index that a write
+replaces, whole, after its transaction commits. Writes (worker threads) take one lock
+and commit with ``synchronous=FULL``; a lookup on the event loop never waits for them.
+
 An image is named by its id: for an OCI image the digest of its config (whose diff_ids
 every layer was checked against), for a SIF made elsewhere (oras, library, local) the
 digest of the SIF file itself. The index holds repo
@@ -20,9 +24,10 @@ import os
 import shutil
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from sycri.images.manifest import ImageConfig, parse_config
@@ -93,6 +98,19 @@ class Image:
         return self.id.split(":", 1)[-1]
 
 
+@dataclass(frozen=True)
+class _Index:
+    """What the index held after a commit; replaced whole, never changed."""
+
+    images: Mapping[str, Image]
+    tags: Mapping[str, str]  # tag -> image id
+    digests: Mapping[str, str]  # repo digest -> image id
+
+
+_EMPTY = _Index(MappingProxyType({}), MappingProxyType({}), MappingProxyType({}))
+_Row = tuple[str, str, int, bytes, str, int, int, str, int, str, str]
+
+
 class Store:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
@@ -101,7 +119,9 @@ class Store:
         self.blob_dir = self.root / "blobs"
         for d in (self.root, self.sif_dir, self.tmp_dir, self.blob_dir):
             d.mkdir(parents=True, exist_ok=True, mode=0o711)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # writers only; readers take self._index
+        self._index = _EMPTY
+        self._configs: dict[str, tuple[bytes, dict[str, Any], ImageConfig]] = {}
         self._db = sqlite3.connect(
             self.root / "index.db", check_same_thread=False, isolation_level=None
         )
@@ -114,6 +134,7 @@ class Store:
             if name not in have:
                 self._db.execute(f"ALTER TABLE images ADD COLUMN {name} {decl}")
         self._stats = self._count()
+        self._index = self._load()
 
     def stats(self) -> StoreStats:
         """Images and bytes (SIFs and cached blobs) as of the last change; no I/O, any thread."""
@@ -136,6 +157,7 @@ class Store:
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; once it commits, readers see the new index."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -145,6 +167,64 @@ class Store:
                 raise
             self._db.execute("COMMIT")
             self._stats = self._count()
+            self._index = self._load()
+
+    def _load(self) -> _Index:
+        """The whole index from the database (the writer's lock held). Configs are parsed
+        once per image: an image's config never changes under its id."""
+        rows: list[_Row] = self._db.execute(f"SELECT {self._COLS} FROM images").fetchall()
+        tags: dict[str, list[str]] = {}
+        by_tag: dict[str, str] = {}
+        for tag, image_id in self._db.execute("SELECT tag, image_id FROM tags ORDER BY tag"):
+            tags.setdefault(image_id, []).append(tag)
+            by_tag[tag] = image_id
+        digests: dict[str, list[str]] = {}
+        by_digest: dict[str, str] = {}
+        for digest, image_id in self._db.execute(
+            "SELECT digest, image_id FROM digests ORDER BY digest"
+        ):
+            digests.setdefault(image_id, []).append(digest)
+            by_digest[digest] = image_id
+        images: dict[str, Image] = {}
+        configs: dict[str, tuple[bytes, dict[str, Any], ImageConfig]] = {}
+        for row in sorted(rows):
+            (
+                image_id,
+                sif_path,
+                size,
+                config,
+                user_ref,
+                pinned,
+                local,
+                origin,
+                signed,
+                signer,
+                st,
+            ) = row
+            parsed = self._configs.get(image_id)
+            if parsed is None or parsed[0] != config:
+                parsed = (config, *parse_config(config))
+            configs[image_id] = parsed
+            images[image_id] = Image(
+                image_id,
+                sif_path,
+                size,
+                tuple(tags.get(image_id, ())),
+                tuple(digests.get(image_id, ())),
+                parsed[2],
+                parsed[1],
+                user_ref,
+                bool(pinned),
+                bool(local),
+                origin,
+                bool(signed),
+                signer,
+                st,
+            )
+        self._configs = configs
+        return _Index(
+            MappingProxyType(images), MappingProxyType(by_tag), MappingProxyType(by_digest)
+        )
 
     def sif_path_for(self, image_id: str) -> Path:
         return self.sif_dir / (image_id.split(":", 1)[-1] + ".sif")
@@ -243,78 +323,31 @@ class Store:
             self._stats = self._count()
         return removed
 
-    # -- reads ------------------------------------------------------------------------------
-
-    def _image(self, db: sqlite3.Connection, row: tuple[Any, ...]) -> Image:
-        image_id, sif_path, size, config, user_ref, pinned, local, origin, signed, signer, st = row
-        tags = tuple(
-            r[0]
-            for r in db.execute("SELECT tag FROM tags WHERE image_id=? ORDER BY tag", (image_id,))
-        )
-        digests = tuple(
-            r[0]
-            for r in db.execute(
-                "SELECT digest FROM digests WHERE image_id=? ORDER BY digest", (image_id,)
-            )
-        )
-        raw, typed = parse_config(config)
-        return Image(
-            image_id,
-            sif_path,
-            size,
-            tags,
-            digests,
-            typed,
-            raw,
-            user_ref,
-            bool(pinned),
-            bool(local),
-            origin,
-            bool(signed),
-            signer,
-            st,
-        )
+    # -- reads: from memory, never SQLite, never a lock -----------------------------------
 
     _COLS = "id, sif_path, size, config, user_ref, pinned, local, origin, signed, signer, stat"
 
     def get(self, image_id: str) -> Image | None:
-        with self._lock:
-            row = self._db.execute(
-                f"SELECT {self._COLS} FROM images WHERE id=?", (image_id,)
-            ).fetchone()
-            return self._image(self._db, row) if row else None
+        return self._index.images.get(image_id)
 
     def by_tag(self, tag: str) -> Image | None:
-        with self._lock:
-            row = self._db.execute(
-                f"SELECT {self._COLS} FROM images WHERE id=(SELECT image_id FROM tags WHERE tag=?)",
-                (tag,),
-            ).fetchone()
-            return self._image(self._db, row) if row else None
+        index = self._index
+        image_id = index.tags.get(tag)
+        return index.images.get(image_id) if image_id is not None else None
 
     def by_digest(self, digest: str) -> Image | None:
-        with self._lock:
-            row = self._db.execute(
-                f"SELECT {self._COLS} FROM images WHERE id="
-                "(SELECT image_id FROM digests WHERE digest=?)",
-                (digest,),
-            ).fetchone()
-            return self._image(self._db, row) if row else None
+        index = self._index
+        image_id = index.digests.get(digest)
+        return index.images.get(image_id) if image_id is not None else None
 
     def by_id_prefix(self, prefix: str) -> list[str]:
-        with self._lock:
-            return [
-                r[0]
-                for r in self._db.execute(
-                    "SELECT id FROM images WHERE id LIKE ? ESCAPE '\\'",
-                    ("sha256:" + prefix.replace("%", "\\%").replace("_", "\\_") + "%",),
-                )
-            ]
+        """Ids starting ``sha256:<prefix>``, in order."""
+        want = "sha256:" + prefix
+        return [i for i in self._index.images if i.startswith(want)]
 
     def list(self) -> list[Image]:
-        with self._lock:
-            rows = self._db.execute(f"SELECT {self._COLS} FROM images ORDER BY id").fetchall()
-            return [self._image(self._db, r) for r in rows]
+        """Every image, ordered by id."""
+        return list(self._index.images.values())
 
     # -- writes ----------------------------------------------------------------------------
 

@@ -170,6 +170,16 @@ CONTAINER_EXITS = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+CONTAINERS_QUARANTINED = Gauge(
+    "sycri_containers_quarantined",
+    "Containers whose record could not be read at start-up: left running, untouched.",
+    registry=REGISTRY,
+)
+CONTAINER_STATUS_REBUILT = Counter(
+    "sycri_container_status_unreadable_total",
+    "Container status records that could not be read and were rebuilt from runc.",
+    registry=REGISTRY,
+)
 EVENTS_DROPPED = Counter(
     "sycri_container_events_dropped_total",
     "Container events not delivered because a GetContainerEvents client fell behind.",
@@ -333,6 +343,14 @@ def container_exited(reason: str) -> None:
     CONTAINER_EXITS.labels(reason).inc()
     if reason == "OOMKilled":
         CONTAINER_OOM_KILLS.inc()
+
+
+def containers_quarantined(count: int) -> None:
+    CONTAINERS_QUARANTINED.set(count)
+
+
+def container_status_unreadable() -> None:
+    CONTAINER_STATUS_REBUILT.inc()
 
 
 def event_dropped(count: int = 1) -> None:

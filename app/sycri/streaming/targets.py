@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sycri import command
-from sycri.errors import Unavailable
+
+if TYPE_CHECKING:
+    from sycri.runtime.container.containers import Containers
+    from sycri.runtime.pod.sandbox_manager import SandboxManager
 
 
 @dataclass(frozen=True)
@@ -58,20 +61,18 @@ async def runc_state(target: ContainerTarget) -> dict[str, Any]:
     return state if isinstance(state, dict) else {}
 
 
-@dataclass
+@dataclass(frozen=True)
 class NodeTargets:
     """Targets from the node's container and sandbox registries
-    (``node.containers.stream_target(id)``, ``node.sandboxes.get(id).netns_path``)."""
+    (``containers.stream_target(id)``, ``sandboxes.get(id).netns_path``)."""
 
-    node: Any
+    containers: Containers
+    sandboxes: SandboxManager
 
     def container(self, container_id: str) -> ContainerTarget:
-        containers = getattr(self.node, "containers", None)
-        if containers is None:
-            raise Unavailable("the container registry is not running")
-        t = containers.stream_target(container_id)  # NotFound for an unknown id
+        t = self.containers.stream_target(container_id)  # NotFound for an unknown id
         runtime = t.runtime
-        flags = ("--systemd-cgroup",) if getattr(runtime, "systemd_cgroup", False) else ()
+        flags = ("--systemd-cgroup",) if runtime.systemd_cgroup else ()
         return ContainerTarget(
             container_id=t.container_id,
             runtime=runtime.binary,
@@ -83,7 +84,4 @@ class NodeTargets:
         )
 
     def sandbox_netns(self, sandbox_id: str) -> str:
-        sandboxes = getattr(self.node, "sandboxes", None)
-        if sandboxes is None:
-            raise Unavailable("the pod sandbox registry is not running")
-        return sandboxes.get(sandbox_id).netns_path or ""  # NotFound for an unknown id
+        return self.sandboxes.get(sandbox_id).netns_path or ""  # NotFound for an unknown id

@@ -102,6 +102,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   "images" $images
   "log" (dict "level" $c.log.level "format" $c.log.format)
   "host_root" .Values.hostRoot
+  "cdi_spec_dirs" (.Values.cdi.specDirs | default list)
 -}}
 {{- toYaml $cfg -}}
 {{- end -}}

@@ -31,10 +31,12 @@ class Runc:
         if not result.ok:
             return None
         try:
-            state: dict[str, Any] = json.loads(result.stdout)
-            return state
+            state = json.loads(result.stdout)
         except ValueError:
             raise Internal(f"runc state {container_id}: not JSON") from None
+        if not isinstance(state, dict):
+            raise Internal(f"runc state {container_id}: not a JSON object")
+        return state
 
     async def start(self, container_id: str) -> None:
         await command.run(self.argv("start", container_id), label="runc start", timeout=60)

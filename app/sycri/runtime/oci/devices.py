@@ -59,8 +59,26 @@ def nodes_and_rules(
             )
         if node is None:
             raise InvalidArgument(f"CDI device node {excerpt(host_path)} is not on this host")
-        nodes.append(_node(node, d["path"]))
-        rules.append(_rule(node, d.get("permissions") or "rwm"))
+        entry = _node(node, d["path"])
+        # The spec's own type/numbers/mode/owner win over what the host node says.
+        entry.update(
+            {
+                k: d[k]
+                for k in ("type", "major", "minor", "fileMode", "uid", "gid")
+                if d.get(k) is not None and d.get(k) != ""
+            }
+        )
+        nodes.append(entry)
+        if entry["type"] in ("b", "c"):  # the rule allows the node the container gets
+            rules.append(
+                {
+                    "allow": True,
+                    "type": entry["type"],
+                    "major": entry["major"],
+                    "minor": entry["minor"],
+                    "access": d.get("permissions") or "rwm",
+                }
+            )
     seen: dict[str, dict[str, Any]] = {}
     for n in nodes:
         seen[n["path"]] = n

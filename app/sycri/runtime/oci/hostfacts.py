@@ -6,9 +6,11 @@ import contextlib
 import os
 import re
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from sycri.api import api_pb2
+from sycri.errors import InvalidArgument, excerpt
 from sycri.runtime.oci import argv, cdi
 from sycri.runtime.oci.capabilities import ALL_CAPS
 from sycri.runtime.oci.inputs import CgroupFacts, DeviceNode, HostFacts
@@ -234,11 +236,36 @@ def apparmor_enabled() -> bool:
         return False
 
 
+def cdi_host_paths(
+    names: list[str], specs: tuple[cdi.Spec, ...], resolve: Callable[[str], str] | None
+) -> dict[str, str]:
+    """Where sycri reaches the host paths the requested CDI edits mount or run.
+    ``resolve`` maps a host path to sycri's view (under ``host_root`` in the node image,
+    symlinks resolved there, as for hostPath volumes); None: the host is sycri's ``/``.
+    A path that cannot be resolved is refused naming it, before anything is created."""
+    if not names or resolve is None:
+        return {}
+    try:
+        edits = cdi.edits_for(names, list(specs))
+    except InvalidArgument:
+        return {}  # the spec builder refuses the request, naming it
+    out: dict[str, str] = {}
+    for path in cdi.host_paths(edits):
+        try:
+            out[path] = resolve(path)
+        except OSError as exc:
+            raise InvalidArgument(
+                f"CDI devices: host path {excerpt(path)} cannot be used: {exc.strerror}"
+            ) from None
+    return out
+
+
 def gather(
     cfg: api_pb2.ContainerConfig,
     cgroup_driver: str,
     cdi_dirs: tuple[str, ...] = cdi.SPEC_DIRS,
     recursive_read_only: bool = False,
+    resolve: Callable[[str], str] | None = None,
 ) -> HostFacts:
     """Facts for one container: its host paths, devices, CDI specs and seccomp file."""
     sc = cfg.linux.security_context
@@ -257,7 +284,9 @@ def gather(
         for hp in wanted:
             propagation[hp] = propagation_of(os.path.realpath(hp), info)
     devices = {d.host_path: device(d.host_path) for d in cfg.devices}
-    specs = tuple(cdi.load(cdi_dirs)) if cfg.CDI_devices else ()
+    wanted_cdi = cdi.requested(cfg)
+    specs = tuple(cdi.load(cdi_dirs)) if wanted_cdi else ()
+    cdi_sources = cdi_host_paths(wanted_cdi, specs, resolve)
     for spec in specs:
         for dev in [spec.edits, *(d.get("containerEdits") or {} for d in spec.devices.values())]:
             for node in (dev or {}).get("deviceNodes") or []:
@@ -282,6 +311,7 @@ def gather(
         devices=devices,
         all_devices=host_devices() if sc.privileged else (),
         cdi_specs=specs,
+        cdi_sources=cdi_sources,
         seccomp_profiles=profiles,
         apparmor=apparmor_enabled(),
         own_oom_score_adj=own_oom_score_adj(),

@@ -96,6 +96,9 @@ class HostFacts:
     devices: Mapping[str, DeviceNode | None] = field(default_factory=dict)
     all_devices: tuple[DeviceNode, ...] = ()  # for privileged containers
     cdi_specs: tuple[cdi.Spec, ...] = ()
+    # CDI host paths (mount sources, hook programs) -> where sycri reaches them
+    # (under host_root); absent: as written
+    cdi_sources: Mapping[str, str] = field(default_factory=dict)
     seccomp_profiles: Mapping[str, str] = field(default_factory=dict)  # path -> text
     apparmor: bool = False
     own_oom_score_adj: int = 0

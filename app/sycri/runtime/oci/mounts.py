@@ -101,15 +101,11 @@ def mounts(
         if m.recursive_read_only:
             opts.append("rro")
         user.append({"destination": target, "type": "bind", "source": m.host_path, "options": opts})
-    for cm in edits.mounts:
-        user.append(
-            {
-                "destination": _container_path(cm["containerPath"], "CDI mount"),
-                "type": cm.get("type") or "bind",
-                "source": cm["hostPath"],
-                "options": list(cm.get("options") or ["rbind", "rprivate", "ro"]),
-            }
-        )
+    cdi_mounts = cdi.mount_entries(edits, host.cdi_sources)
+    # A CDI mount replaces a request's mount at the same path, as containerd's and CRI-O's
+    # CDI libraries apply their edits over the finished spec.
+    over = {m["destination"] for m in cdi_mounts}
+    user = [m for m in user if m["destination"] not in over] + cdi_mounts
     taken = {m["destination"] for m in user}
     ro = "ro" if readonly_rootfs else "rw"
     defaults: list[dict[str, Any]] = [

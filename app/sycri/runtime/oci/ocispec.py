@@ -84,7 +84,7 @@ def build(inp: SpecInput) -> BuiltSpec:
     if id_maps is not None:
         check_mapped(user, id_maps)
     caps = capabilities(sc.capabilities, privileged, inp.host.bounding_caps)
-    cdi_edits = cdi.edits_for([d.name for d in cfg.CDI_devices], list(inp.host.cdi_specs))
+    cdi_edits = cdi.edits_for(cdi.requested(cfg), list(inp.host.cdi_specs))
     args = process_args(cfg, inp.image)
     env = environment(cfg, inp.image, inp.sandbox, cdi_edits.env)
     argv.check("command, args and envs", args, env, limit=inp.host.arg_max)
@@ -93,7 +93,13 @@ def build(inp: SpecInput) -> BuiltSpec:
         "args": args,
         "env": env,
         "cwd": working_dir(cfg, inp.image),
-        "user": {"uid": user.uid, "gid": user.gid, "additionalGids": list(user.additional_gids)},
+        "user": {
+            "uid": user.uid,
+            "gid": user.gid,
+            "additionalGids": list(
+                dict.fromkeys([*user.additional_gids, *cdi_edits.additional_gids])
+            ),
+        },
         "capabilities": {
             "bounding": caps,
             "effective": caps,
@@ -153,17 +159,8 @@ def build(inp: SpecInput) -> BuiltSpec:
     if propagation:
         linux["rootfsPropagation"] = propagation
     if cdi_edits.hooks:
-        spec["hooks"] = _hooks(cdi_edits.hooks)
+        spec["hooks"] = cdi.oci_hooks(cdi_edits, inp.host.cdi_sources)
     return BuiltSpec(spec, user, stop_signal(cfg, inp.image), cg_path)
-
-
-def _hooks(hooks: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    out: dict[str, list[dict[str, Any]]] = {}
-    for h in hooks:
-        name = h.get("hookName") or "createContainer"
-        entry = {k: v for k, v in h.items() if k in ("path", "args", "env", "timeout")}
-        out.setdefault(name, []).append(entry)
-    return out
 
 
 def _annotations(inp: SpecInput) -> dict[str, str]:

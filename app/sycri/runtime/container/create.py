@@ -1,0 +1,250 @@
+"""CreateContainer: the spec, the rootfs (image mount + overlay), conmon + ``runc
+create``; the record is written only once conmon reported the pid, and a failure at any
+step takes back everything made before it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from google.protobuf import json_format
+
+from sycri import crashpoint
+from sycri.api import api_pb2
+from sycri.errors import FailedPrecondition, Internal, InvalidArgument, excerpt
+from sycri.fsutil import atomic_write, confined
+from sycri.runtime.cgroups import conmon_cgroup
+from sycri.runtime.container import conmon, hostpath, rootfs
+from sycri.runtime.container.container_store import new_id
+from sycri.runtime.container.lookups import ImageInfo, SandboxInfo
+from sycri.runtime.container.record import ContainerRecord, Metadata, Status, encode_config
+from sycri.runtime.container.runc import Runc
+from sycri.runtime.events import ContainerEventType
+from sycri.runtime.oci import features, hostfacts, ocispec
+from sycri.runtime.pod import userns
+
+if TYPE_CHECKING:
+    from sycri.runtime.container.containers import Containers
+
+log = logging.getLogger("sycri.containers")
+
+MAX_NAME = 253
+MAX_IMAGE_FILE = 4 * 1024 * 1024
+
+
+def _check_request(cfg: api_pb2.ContainerConfig) -> str:
+    """The container's name, once the request is known to name one and an image."""
+    if not cfg.HasField("metadata") or not cfg.metadata.name:
+        raise InvalidArgument("config.metadata.name is required")
+    name = cfg.metadata.name
+    # As pod names: what kubelet sends (DNS labels) fits; control characters and
+    # the like would reach conmon's and runc's command lines.
+    if not (
+        len(name) <= MAX_NAME and name.isascii() and all(c.isalnum() or c in "-._" for c in name)
+    ):
+        raise InvalidArgument(
+            f"config.metadata.name {excerpt(name)} is not a valid name: at most "
+            f"{MAX_NAME} letters, digits, '-', '.' or '_'"
+        )
+    if not cfg.image.image:
+        raise InvalidArgument("config.image.image is required")
+    return name
+
+
+async def create(
+    c: Containers,
+    pod_id: str,
+    cfg: api_pb2.ContainerConfig,
+    sandbox_config: api_pb2.PodSandboxConfig,
+) -> str:
+    name = _check_request(cfg)
+    sandbox = c.sandboxes.sandbox_info(pod_id)
+    if not sandbox.ready:
+        raise FailedPrecondition(f"pod {sandbox.id} is not ready")
+    if not sandbox_config.HasField("metadata"):
+        sandbox_config = sandbox.config
+    runc = c.runtime(sandbox.runtime_handler)
+    cid = new_id()
+    c.store.reserve(sandbox.id, name, cfg.metadata.attempt, cid)
+    bundle = c.paths.containers / cid
+    log_path = _log_path(sandbox, cfg, bundle)
+    acquired: ImageInfo | None = None
+    overlay = False
+    made: list[Path] = []  # log file and dirs this create made: a failure removes them
+    try:
+        image = await c.images.image_info(cfg.image.image)
+        lower = await c.image_mounts.acquire(image.source, cid)
+        crashpoint.reach("container.create.image")
+        acquired = image
+        c.tell_images(image.id, cid, True)
+        passwd = _read_image_file(lower, "etc/passwd")
+        group = _read_image_file(lower, "etc/group")
+        feats = await features.probe(runc.binary)
+        # The spec bind-mounts the host's paths as sycri reaches them (host_root);
+        # the record keeps kubelet's.
+        spec_cfg = await asyncio.to_thread(hostpath.resolve_mounts, cfg, c.host_root, c.own_dirs)
+        spec_cfg = await c.image_volumes.attach(cid, spec_cfg)  # Mount.image
+        facts = await asyncio.to_thread(
+            hostfacts.gather,
+            spec_cfg,
+            c.cgroup_driver,
+            c.cdi_dirs,
+            feats.recursive_read_only,
+        )
+        built = ocispec.build(
+            ocispec.SpecInput(
+                container_id=cid,
+                rootfs=str(bundle / "rootfs"),
+                config=spec_cfg,
+                sandbox_config=sandbox_config,
+                sandbox=sandbox.namespaces,
+                image=ocispec.ImageConfig.from_oci(image.oci_config),
+                passwd=passwd,
+                group=group,
+                host=facts,
+                settings=c.settings,
+            )
+        )
+        ns = sandbox.namespaces
+        # In a pod user namespace runc mounts the rootfs as the pod's root, an
+        # unmapped stranger to sycri's dirs: it needs search (not read) permission.
+        bundle.mkdir(parents=True, exist_ok=True, mode=0o711 if ns.userns else 0o700)
+        await rootfs.mount_overlay(lower, bundle, rootfs.idmap_for(ns.userns, ns.userns_maps))
+        overlay = True
+        if ns.userns:
+            volumes = {m.container_path for m in cfg.mounts}
+            await asyncio.to_thread(userns.idmap_volumes, built.spec, volumes, bundle, ns.userns)
+        await asyncio.to_thread(atomic_write, bundle / "config.json", built.json(), 0o600)
+        crashpoint.reach("container.create.overlay")
+        meta = Metadata(
+            id=cid,
+            pod_id=sandbox.id,
+            name=name,
+            attempt=cfg.metadata.attempt,
+            image_id=image.id,
+            image_ref=image.ref,
+            runtime_handler=sandbox.runtime_handler or c.default_runtime,
+            bundle=str(bundle),
+            log_path=log_path,
+            config_b64=encode_config(cfg),
+            created_at=time.time_ns(),
+            stop_signal=built.stop_signal,
+            uid=built.user.uid,
+            gid=built.user.gid,
+            groups=tuple(built.user.additional_gids),
+            cgroup_path=built.cgroup_path,
+        )
+        made = _new_paths(Path(log_path))
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        place = conmon_cgroup.placement(c.conmon_placement, c.cgroup_driver, built.cgroup_path, cid)
+        try:
+            leaf = await asyncio.to_thread(
+                conmon_cgroup.prepare, bundle / conmon_cgroup.RECORD, place, c.cgroup_version
+            )
+        except OSError as exc:
+            raise Internal(f"cannot make conmon's cgroup {place.path}: {exc.strerror}") from None
+        pid = await conmon.create(
+            conmon.Launch(
+                conmon=c.conmon_binary,
+                runtime=shutil.which(runc.binary) or runc.binary,
+                runtime_root=runc.root,
+                container_id=cid,
+                name=name,
+                bundle=bundle,
+                log_path=log_path,
+                exit_dir=c.paths.exits,
+                socket_dir=c.paths.sockets,
+                persist_dir=bundle / "persist",
+                log_size_max=c.log_size_max,
+                tty=cfg.tty,
+                stdin=cfg.stdin,
+                stdin_once=cfg.stdin_once,
+                systemd_cgroup=c.cgroup_driver == "systemd",
+                prefix=tuple(conmon_cgroup.prefix(place, leaf)),
+            )
+        )
+        crashpoint.reach("container.create.conmon")
+        rec = ContainerRecord(
+            meta, Status(pid=pid, resources=json_format.MessageToDict(cfg.linux.resources))
+        )
+        await c.store.add(rec)
+    except BaseException:
+        await _undo_create(c, cid, runc, bundle, acquired, overlay)
+        _remove_new(made)
+        c.store.unreserve(sandbox.id, name, cfg.metadata.attempt, cid)
+        raise
+    c.emit(rec, ContainerEventType.CREATED)
+    log.info("created container %s (%s) in pod %s", cid, name, sandbox.id[:12])
+    return cid
+
+
+async def _undo_create(
+    c: Containers, cid: str, runc: Runc, bundle: Path, image: ImageInfo | None, overlay: bool
+) -> None:
+    """Leave nothing behind of a failed create: runc state, overlay, image mount, files."""
+    with contextlib.suppress(Exception):
+        await runc.delete(cid)
+    try:
+        await asyncio.to_thread(conmon_cgroup.release, bundle / conmon_cgroup.RECORD)
+        if overlay or bundle.exists():
+            await rootfs.remove_overlay(bundle)
+        if image is not None:
+            await c.image_mounts.release(image.id, cid)
+            c.tell_images(image.id, cid, False)
+        await c.image_volumes.detach(cid)
+    except Exception:
+        log.exception("cleaning up failed create of %s", cid)
+    with contextlib.suppress(FileNotFoundError):
+        c.exit_file(cid).unlink()
+    # conmon's attach-socket entry (a link or a dir, by conmon version).
+    attach = c.paths.sockets / cid
+    with contextlib.suppress(OSError):
+        if attach.is_dir() and not attach.is_symlink():
+            shutil.rmtree(attach)
+        else:
+            attach.unlink()
+
+
+def _log_path(sandbox: SandboxInfo, cfg: api_pb2.ContainerConfig, bundle: Path) -> str:
+    if sandbox.log_directory and cfg.log_path:
+        if not os.path.isabs(sandbox.log_directory):
+            raise InvalidArgument("sandbox log_directory is not an absolute path")
+        return str(confined(sandbox.log_directory, cfg.log_path, "log_path"))
+    return str(bundle.with_name(bundle.name + ".log"))
+
+
+def _new_paths(log_path: Path) -> list[Path]:
+    """The log file and those of its parent dirs that do not exist yet, deepest first:
+    what a create that fails after conmon started must take away again."""
+    out = []
+    p = log_path
+    while not os.path.lexists(p) and p != p.parent:
+        out.append(p)
+        p = p.parent
+    return out
+
+
+def _remove_new(paths: list[Path]) -> None:
+    """Remove what :func:`_new_paths` listed; a dir only while empty."""
+    for p in paths:
+        with contextlib.suppress(OSError):
+            if p.is_dir() and not p.is_symlink():
+                p.rmdir()
+            else:
+                p.unlink()
+
+
+def _read_image_file(root: Path, rel: str) -> str:
+    """A small text file of the image (symlinks resolved inside the image), or ''."""
+    try:
+        path = confined(root, rel)
+        with open(path, "rb") as f:
+            return f.read(MAX_IMAGE_FILE).decode(errors="replace")
+    except (OSError, InvalidArgument):
+        return ""

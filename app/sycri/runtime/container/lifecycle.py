@@ -1,0 +1,144 @@
+"""StartContainer, StopContainer and RemoveContainer (and a pod's stop and removal),
+each under the container's lock; every status they make is on disk before they return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sycri import crashpoint
+from sycri.errors import DeadlineExceeded, FailedPrecondition, SycriError
+from sycri.observability import metrics
+from sycri.runtime.cgroups import conmon_cgroup, oom
+from sycri.runtime.container import conmon, rootfs
+from sycri.runtime.container.record import CREATED, RUNNING, ContainerRecord
+from sycri.runtime.events import ContainerEventType
+from sycri.runtime.stats import statsview
+
+if TYPE_CHECKING:
+    from sycri.runtime.container.containers import Containers
+
+log = logging.getLogger("sycri.containers")
+
+
+async def start(c: Containers, ref: str) -> None:
+    rec = c.store.get(ref)
+    async with c.lock(rec.id):
+        if rec.state != CREATED:
+            raise FailedPrecondition(f"container {rec.id} is {rec.state}, not created")
+        runc = c.runtime(rec.runtime_handler)
+        await asyncio.to_thread(oom.record_base, Path(rec.bundle), c.oom_parent(rec))
+        try:
+            await runc.start(rec.id)
+            crashpoint.reach("container.start.runc")
+        except SycriError as exc:
+            metrics.container_start_failed()
+            await c.exits.record_exit(rec, 128, exc.message[-1000:], "ContainerCannotRun")
+            raise
+        metrics.container_started()
+        started = max(await asyncio.to_thread(started_ns, runc.root, rec.id), rec.created_at)
+        await c.store.set_status(rec, rec.status.but(state=RUNNING, started_at=started))
+        c.emit(rec, ContainerEventType.STARTED)
+
+
+def started_ns(runtime_root: str, container_id: str) -> int:
+    """When ``runc start`` let the container's process run: it unlinks the exec FIFO
+    from runc's state dir, so that dir's mtime (never after the process's exit, unlike a
+    clock read once ``runc start`` returned). Now, if runc's dir cannot be read."""
+    try:
+        return os.stat(Path(runtime_root) / container_id).st_mtime_ns
+    except OSError:
+        return time.time_ns()
+
+
+async def stop(c: Containers, ref: str, timeout: float, pod_going: bool = False) -> None:
+    """StopSignal, wait ``timeout`` seconds, then SIGKILL; already stopped is fine.
+
+    A container never started stays CREATED, as in containerd: kubelet must not
+    read a stop as a run that completed. ``pod_going``: its pod stops, so runc's
+    init waiting to start it is killed too (no process outlives its pod).
+    """
+    rec = c.store.get(ref)
+    async with c.lock(rec.id):
+        await _stop_locked(c, rec, timeout, pod_going)
+
+
+async def _stop_locked(
+    c: Containers, rec: ContainerRecord, timeout: float, pod_going: bool = False
+) -> None:
+    await c.exits.collect(rec)
+    runc = c.runtime(rec.runtime_handler)
+    if rec.state == CREATED:
+        if pod_going:
+            await runc.kill(rec.id, 9, all_processes=True)
+        return
+    if rec.state != RUNNING:
+        return
+    if timeout > 0 and await runc.kill(rec.id, rec.stop_signal):
+        crashpoint.reach("container.stop.signal")
+        await c.exits.wait(rec, timeout)
+    if await c.exits.collect(rec):
+        return
+    killed = await runc.kill(rec.id, 9, all_processes=True)
+    if not killed and await runc.state(rec.id) is None and not await c.exits.wait(rec, 1):
+        # runc has no such container and conmon wrote no exit file (both lost,
+        # e.g. to a reboot): it is not running, with an unknown exit code.
+        await c.exits.record_exit(rec, 255, "the container disappeared")
+        return
+    monitored = conmon.monitors_container(Path(rec.bundle), rec.id)
+    if await c.exits.wait(rec, 30 if monitored else 2):
+        return
+    st = None if monitored else await runc.state(rec.id)
+    if not monitored and (st or {}).get("status", "stopped") == "stopped":
+        # Its conmon died (killed while sycri was down): no exit file will
+        # come, but runc saw it die of our SIGKILL.
+        await c.exits.record_exit(rec, 137, "killed; its conmon was gone")
+        return
+    raise DeadlineExceeded(f"container {rec.id} did not die after SIGKILL")
+
+
+async def remove(c: Containers, ref: str) -> None:
+    """Stop if needed, then delete runc state, overlay, bundle; the log stays."""
+    rec = c.store.find(ref)
+    if rec is None:
+        return  # RemoveContainer is idempotent
+    async with c.lock(rec.id):
+        if c.store.find(rec.id) is None:
+            return
+        await _stop_locked(c, rec, 0)
+        if not rec.removing:
+            # A crash from here on: the next start finishes it.
+            await c.store.set_status(rec, rec.status.but(removing=True))
+        await c.runtime(rec.runtime_handler).delete(rec.id)
+        crashpoint.reach("container.remove.runc")
+        await rootfs.unmount(Path(rec.bundle) / "rootfs")
+        await asyncio.to_thread(conmon_cgroup.release, Path(rec.bundle) / conmon_cgroup.RECORD)
+        await c.image_mounts.release(rec.image_id, rec.id)
+        c.tell_images(rec.image_id, rec.id, False)
+        await c.image_volumes.detach(rec.id)
+        await c.store.delete(rec)
+        crashpoint.reach("container.remove.record")
+        await rootfs.remove_overlay(Path(rec.bundle))
+        with contextlib.suppress(FileNotFoundError):
+            c.exit_file(rec.id).unlink()
+        with contextlib.suppress(OSError):
+            (c.paths.sockets / rec.id).unlink()
+        statsview.forget(rec.id)
+        c.emit(rec, ContainerEventType.DELETED)
+    c.forget_lock(rec.id)
+    log.info("removed container %s", rec.id)
+
+
+async def stop_pod(c: Containers, pod_id: str, timeout: float = 0) -> None:
+    await asyncio.gather(*(stop(c, r.id, timeout, pod_going=True) for r in c.in_pod(pod_id)))
+
+
+async def remove_pod(c: Containers, pod_id: str) -> None:
+    for r in c.in_pod(pod_id):
+        await remove(c, r.id)
