@@ -45,6 +45,7 @@ RUN apt-get update \
         conmon \
         catatonit \
         squashfs-tools \
+        squashfs-tools-ng \
         squashfuse \
         fuse3 \
         containernetworking-plugins \

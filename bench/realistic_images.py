@@ -1,6 +1,7 @@
 """Realistic images built on this machine, for pull benches: a Debian bookworm minbase
 (``debootstrap``) as the base layer, nginx-light or python3-minimal installed over it in
-a second layer that also deletes files (whiteouts), and a layer of 100,000 small files.
+a second layer that also deletes files (whiteouts), a layer of 100,000 small files, and
+a large image (the minbase plus 1.2 GB of files, half of them incompressible).
 
 Everything built is cached under ``/var/cache/sycri-bench`` (the debootstrap tree and
 each layer's gzip blob with its diff_id), so only the first run pays for apt.
@@ -179,13 +180,49 @@ def files_layer(count: int = 100_000) -> oci.Layer:
     return _cached(f"files-{count}", build)
 
 
-def images() -> dict[str, oci.Image]:
+def large_layer(files: int = 48, size: int = 24 << 20) -> oci.Layer:
+    """``files`` files of ``size`` bytes (1.2 GB by default), alternately random bytes
+    (incompressible: media, models, compiled blobs) and repetitive text."""
+
+    def build(out: Path) -> str:
+        rng = random.Random(1200)
+        raw = io.BytesIO()
+        with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            tar.addfile(_dir_info("data"))
+            for i in range(files):
+                if i % 2:
+                    line = " ".join(rng.randbytes(6).hex() for _ in range(12)).encode() + b"\n"
+                    data = (line * (size // len(line) + 1))[:size]
+                else:
+                    data = rng.randbytes(size)
+                info = tarfile.TarInfo(f"data/blob{i:02d}")
+                info.size, info.mtime, info.mode = size, oci.MTIME, 0o644
+                tar.addfile(info, io.BytesIO(data))
+        raw.seek(0)
+        return _gzip_blob(raw, out)  # type: ignore[arg-type]
+
+    return _cached(f"large-{files}x{size >> 20}M", build)
+
+
+def _dir_info(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, oci.MTIME
+    return info
+
+
+NAMES = ("nginx", "python", "files100k", "large")
+
+
+def images(only: tuple[str, ...] = NAMES) -> dict[str, oci.Image]:
     """name → image, every layer from the cache (built when missing)."""
-    base = base_layer()
-    out = {
-        kind: oci.Image(layers=[base, app_layer(kind)], cmd=APP_CMDS[kind]) for kind in APP_PACKAGES
-    }
-    out["files100k"] = oci.Image(layers=[oci.layer(oci.busybox_entries()), files_layer()])
+    out = {}
+    for kind in APP_PACKAGES:
+        if kind in only:
+            out[kind] = oci.Image(layers=[base_layer(), app_layer(kind)], cmd=APP_CMDS[kind])
+    if "files100k" in only:
+        out["files100k"] = oci.Image(layers=[oci.layer(oci.busybox_entries()), files_layer()])
+    if "large" in only:
+        out["large"] = oci.Image(layers=[base_layer(), large_layer()], cmd=["sh"])
     return out
 
 

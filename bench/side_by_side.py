@@ -8,7 +8,8 @@ Phases (each can be skipped):
   scale  — P pods with C containers each on both; status/list calls at that size;
            RSS of sycri (+conmons) and containerd (+shims).
   pulls  — a small busybox image and the realistic images of bench/realistic_images.py,
-           cold each time (the image is removed afterwards); seconds and disk used
+           cold each time (the image is removed afterwards); seconds, CPU (the daemon's
+           own and its reaped children's: tar2sqfs for sycri) and disk used
            (containerd: content + overlay snapshots + metadata; sycri: SIF + kept layers
            + index, not the pull's work dir, which goes after the reply).
 With ``--profile DIR``, py-spy samples sycri during each phase (raw collapsed stacks
@@ -42,8 +43,9 @@ sys.path[:0] = [str(ROOT / "app"), str(ROOT)]
 import grpc  # noqa: E402
 from sycri.api import api_pb2, api_pb2_grpc  # noqa: E402
 
-from bench.containerd_node import containerd_node  # noqa: E402
 from tests.support import oci, registry  # noqa: E402
+from tests.support.containerd import BINARY as CONTAINERD  # noqa: E402
+from tests.support.containerd import containerd  # noqa: E402
 from tests.support.node import served  # noqa: E402
 from tests.support.pods import pod_config  # noqa: E402
 
@@ -412,11 +414,13 @@ def phase_pulls(
 ) -> None:
     tm = Timings()
     disk: dict[tuple[str, str], int] = {}
+    cpu: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
     for name in images:
         ref = f"{reg.host}/bench/{name}:v1"
         for run in range(runs):
             for t in targets if run % 2 else reversed(targets):
                 before = du_bytes(t.disk)
+                cpu0 = sum(cpu_seconds(t.pid))
                 spec = api_pb2.ImageSpec(image=ref)
                 with profiled(t.pid, prof if t.name == "sycri" else None, f"pull-{name}-{run}"):
                     tm.call(
@@ -426,11 +430,23 @@ def phase_pulls(
                         api_pb2.PullImageRequest(image=spec),
                         timeout=1800,
                     )
+                used = sum(cpu_seconds(t.pid)) - cpu0
+                cpu[(name, t.name)].append(used)
                 disk[(name, t.name)] = du_bytes(t.disk) - before
                 took = tm.ms[(f"PullImage {name}", t.name)][-1] / 1000
-                print(f"pulled {name} with {t.name} in {took:.2f} s", flush=True)
+                print(f"pulled {name} with {t.name} in {took:.2f} s, CPU {used:.2f} s", flush=True)
                 t.img.RemoveImage(api_pb2.RemoveImageRequest(image=spec))
     tm.table(f"pulls, cold ({runs} run(s) each, image removed after each)")
+    # CPU moves far less than wall time on a machine shared with other work.
+    print("\n| image | containerd CPU (median, range) | sycri CPU | ratio |")
+    print("| --- | --- | --- | --- |")
+    for name in images:
+        c, s_ = cpu[(name, "containerd")], cpu[(name, "sycri")]
+        mc, ms = statistics.median(c), statistics.median(s_)
+        print(
+            f"| {name} | {mc:.2f} s ({min(c):.2f}-{max(c):.2f}) | {ms:.2f} s "
+            f"({min(s_):.2f}-{max(s_):.2f}) | {ms / mc:.2f}x |"
+        )
     print("\n| image | compressed | containerd disk | sycri disk | ratio |")
     print("| --- | --- | --- | --- | --- |")
     for name, image in images.items():
@@ -463,6 +479,11 @@ def main() -> int:
     ap.add_argument(
         "--skip", action="append", default=[], choices=["calls", "scale", "pulls", "realistic"]
     )
+    ap.add_argument(
+        "--images",
+        default=",".join(realistic_names()),
+        help="realistic images to pull, comma-separated (of: %(default)s)",
+    )
     ap.add_argument("--profile", type=Path, help="py-spy sycri during each phase, into this dir")
     ap.add_argument("--sycri-flag", action="append", default=[], help="extra sycri serve flag")
     args = ap.parse_args()
@@ -478,13 +499,13 @@ def main() -> int:
         if "pulls" not in args.skip and "realistic" not in args.skip:
             from bench.realistic_images import images as realistic
 
-            pulls.update(realistic())
+            pulls.update(realistic(tuple(n for n in args.images.split(",") if n)))
         for name, image in pulls.items():
             oci.push(reg, f"bench/{name}", "v1", image)
         sy_cg, ct_cg = f"sybench-s{tag}", f"sybench-c{tag}"
         flags = ["--log-level", "info", *args.sycri_flag]
         with (
-            containerd_node(work / "c", reg, ct_cg) as ctrd,
+            containerd(work / "c", reg, ct_cg) as ctrd,
             served(work / "s", flags=flags, cgroup_root=sy_cg) as (server, _net),
             grpc.insecure_channel(ctrd.endpoint) as cch,
         ):
@@ -498,7 +519,7 @@ def main() -> int:
             for t in targets:
                 t.img.PullImage(api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=busybox)))
             print(
-                f"# sycri vs containerd {subprocess.run([ctrd_binary(), '--version'], capture_output=True, text=True).stdout.split()[2]}"
+                f"# sycri vs containerd {subprocess.run([CONTAINERD, '--version'], capture_output=True, text=True).stdout.split()[2]}"
             )
             print(f"host: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f} at start")
             if "calls" not in args.skip:
@@ -516,10 +537,10 @@ def main() -> int:
     return 0
 
 
-def ctrd_binary() -> str:
-    from bench.containerd_node import BINARY
+def realistic_names() -> tuple[str, ...]:
+    from bench.realistic_images import NAMES
 
-    return BINARY
+    return NAMES
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The one way sycri runs an external program (runc, conmon, mksquashfs, CNI plugins).
+"""The one way sycri runs an external program (runc, conmon, tar2sqfs, CNI plugins).
 
 Every run is timed, reported to observers (metrics, tracing), logged with its stderr
 when it fails, and reaped: a timeout or a cancelled caller kills the process and
@@ -70,8 +70,12 @@ async def run(
     label: str | None = None,
     exit_is_answer: bool = False,
     output_limit: int | None = None,
+    stdin_fd: int | None = None,
 ) -> Result:
     """Run ``argv`` to completion; raise CommandFailed on non-zero exit when ``check``.
+
+    ``stdin_fd``: the program's stdin (a pipe's read end another thread writes into);
+    run closes it once the program has it, so the writer sees EPIPE if it dies.
 
     ``exit_is_answer``: a non-zero exit is the program's answer, not a failure (``runc
     exec`` of a probe that says "not ready"): logged at debug level, not as a warning.
@@ -87,7 +91,14 @@ async def run(
         },
     ) as span:
         result = await _run(
-            argv, name, input=input, env=env, cwd=cwd, timeout=timeout, limit=output_limit
+            argv,
+            name,
+            input=input,
+            env=env,
+            cwd=cwd,
+            timeout=timeout,
+            limit=output_limit,
+            stdin_fd=stdin_fd,
         )
         span.set_attribute("process.exit.code", result.returncode)
         if not result.ok:
@@ -123,12 +134,17 @@ async def _run(
     cwd: str | None,
     timeout: float | None,
     limit: int | None = None,
+    stdin_fd: int | None = None,
 ) -> Result:
     t0 = time.monotonic()
+    if stdin_fd is not None:
+        stdin: int = stdin_fd
+    else:
+        stdin = asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,
-            stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
+            stdin=stdin,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=dict(env) if env is not None else None,
@@ -138,6 +154,9 @@ async def _run(
     except OSError:  # not found, not executable: a failure of that command too
         _notify(name, False, time.monotonic() - t0)
         raise
+    finally:
+        if stdin_fd is not None:
+            os.close(stdin_fd)
     truncated = False
     try:
         if limit is None:

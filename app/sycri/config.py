@@ -62,7 +62,7 @@ class ImageConfig:
     max_concurrent_downloads: int = 3
     # Keep verified layer blobs so images sharing a layer do not download it again;
     # a blob goes when the last image built from it is removed.
-    keep_layers: bool = True
+    keep_layers: bool = False
     library_url: str = "https://library.sylabs.io"  # Sylabs library API for library://
     # Bounds on what one image may unpack (hostile registries): past one the pull fails
     # with RESOURCE_EXHAUSTED. Generous enough for a 20 GB HPC image.

@@ -154,7 +154,7 @@ def _drive(
 
 
 def test_every_dashboard_query_returns_data_from_prometheus(tmp_path, registry):
-    with workload.node(["--metrics-address", "127.0.0.1:0"]) as n:
+    with workload.node(["--metrics-address", "127.0.0.1:0", "--images-keep-layers", "true"]) as n:
         _check_dashboards(tmp_path, n, registry)
 
 

@@ -33,7 +33,7 @@ class Reading:
 
 
 def test_metrics_follow_pulls_pods_and_container_lifecycles(registry):
-    with workload.node(["--metrics-address", "127.0.0.1:0"]) as n:
+    with workload.node(["--metrics-address", "127.0.0.1:0", "--images-keep-layers", "true"]) as n:
         m = Reading(metrics_url(n.server))
         assert m.now("sycri_image_store_images") == 0
         assert m.now("sycri_pod_sandboxes", state="ready") == 0
@@ -53,7 +53,7 @@ def test_metrics_follow_pulls_pods_and_container_lifecycles(registry):
             == 1
         )
         assert m.delta("sycri_image_conversion_duration_seconds_count") == 1
-        assert m.delta("sycri_command_duration_seconds_count", command="mksquashfs") == 1
+        assert m.delta("sycri_command_duration_seconds_count", command="tar2sqfs") == 1
         assert m.now("sycri_image_pulls_in_progress", source="docker") == 0
         assert m.now("sycri_image_store_images") == 1
         status = n.server.images().ImageStatus(

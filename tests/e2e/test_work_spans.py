@@ -99,7 +99,7 @@ def test_pull_image_span_tree(registry, tmp_path):
             f"http://{registry.host}/v2/{repo}/blobs/{fetch.attributes['layer.digest']}"
         )
         assert req.attributes["http.response.status_code"] == 200
-    assert t.children(t.one("squashfs.build")) == ["exec mksquashfs"]
+    assert t.children(t.one("squashfs.build")) == ["exec tar2sqfs"]
     assert all(s.context.trace_id == rpc.context.trace_id for s in t.spans)
 
 

@@ -1,5 +1,6 @@
-"""Debian's containerd as "the node's existing runtime": its own socket, root, state,
-runc root, CNI conf dir, bridge and subnet, and a pause image from the test registry."""
+"""Debian's containerd as "the node's existing runtime" (the proxy's tests) and as the
+reference runtime of ``bench/side_by_side.py``: its own socket, root, state, runc root,
+CNI conf dir, bridge and subnet, and a pause image from the test registry."""
 
 from __future__ import annotations
 
@@ -153,6 +154,23 @@ class Containerd:
                         raise RuntimeError(f"containerd did not start:\n{self.log()}") from None
                 time.sleep(0.1)
 
+    def pid(self) -> int:
+        """containerd's own pid (``unshare`` and ``sh`` exec into it)."""
+        assert self.proc is not None
+        return self.proc.pid
+
+    def shim_pids(self) -> list[int]:
+        return _shim_pids(self.base)
+
+    def disk_paths(self) -> list[Path]:
+        """Where an image's bytes live: the content store, overlay snapshots, metadata."""
+        root = self.base / "root"
+        return [
+            root / "io.containerd.content.v1.content",
+            root / "io.containerd.snapshotter.v1.overlayfs",
+            root / "io.containerd.metadata.v1.bolt",
+        ]
+
     def remove_pods(self) -> None:
         with grpc.insecure_channel(self.endpoint) as ch:
             rt = self.runtime(ch)
@@ -203,14 +221,18 @@ def containerd(base: Path, registry, cgroup_root: str) -> Iterator[Containerd]:
                 d.rmdir()
 
 
-def _kill_shims(base: Path) -> None:
-    """containerd-shim-runc-v2 processes outlive containerd by design; ours go with it."""
+def _shim_pids(base: Path) -> list[int]:
     out = subprocess.run(
         ["pgrep", "-f", f"containerd-shim.*{base}"], capture_output=True, text=True
     )
-    for pid in out.stdout.split():
-        with contextlib.suppress(ProcessLookupError, ValueError):
-            os.kill(int(pid), 9)
+    return [int(p) for p in out.stdout.split() if p.isdigit()]
+
+
+def _kill_shims(base: Path) -> None:
+    """containerd-shim-runc-v2 processes outlive containerd by design; ours go with it."""
+    for pid in _shim_pids(base):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 9)
 
 
 def _kill_cgroup(name: str) -> None:

@@ -24,6 +24,7 @@ RUNTIME_PACKAGES = {
     "conmon",
     "catatonit",
     "squashfs-tools",
+    "squashfs-tools-ng",  # tar2sqfs: pulled images become squashfs from their layer streams
     "squashfuse",
     "containernetworking-plugins",
     "iptables",

@@ -1,7 +1,10 @@
 """OCI image → SIF: fetch layers in parallel, apply them in order, squash, assemble.
 
 Layer N is applied (in a worker thread) as soon as it and layers before it are on disk,
-while later layers still download. The SIF holds the squashfs root filesystem and the
+while later layers still download. Applying reads headers into an in-memory tree
+(``unpack``); the squashfs is then made by ``tar2sqfs`` from one tar stream of the
+tree, whose files' bytes are copied from the layer blobs (``tarstream``): the image
+is never unpacked to disk. The SIF holds the squashfs root filesystem and the
 image config, byte for byte as the registry served it, as ``oci-config.json``; its
 creation time is the config's ``created`` and its UUID derives from the image id, so the
 same image always gives the same file.
@@ -18,11 +21,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sycri import sif
-from sycri.images import layout, squashfs
+from sycri import command, sif
+from sycri.images import fstree, layout, squashfs, tarstream
 from sycri.images import manifest as mf
 from sycri.images.registry import RegistryClient
-from sycri.images.unpack import Applier, DiffIdMismatch, LimitExceeded, apply_layer
+from sycri.images.unpack import COPY_CHUNK, Applier, DiffIdMismatch, LimitExceeded, apply_layer
 from sycri.observability import tracing
 
 log = logging.getLogger("sycri.images.convert")
@@ -80,9 +83,10 @@ async def fetch_and_apply(
     cache: Path | None = None,
     on_layer: Callable[[bool], None] | None = None,
     diff_ids: tuple[str, ...] | None = None,
-) -> None:
+) -> list[tuple[Path, str]]:
     """Download (or take from ``cache``) every layer and apply them in order; with
     ``diff_ids`` (one per layer) each layer's uncompressed digest must match its entry.
+    Returns each layer's blob (under ``work``) and compression, for ``build_sif``.
 
     With a cache directory, a verified blob is also linked as ``cache/<hex>``, and a blob
     already there is not downloaded again. ``on_layer(reused)`` is told of each layer.
@@ -117,9 +121,11 @@ async def fetch_and_apply(
     for i, d in enumerate(layers):
         if d.digest not in tasks:
             tasks[d.digest] = asyncio.create_task(fetch(i, d))
+    blobs: list[tuple[Path, str]] = []
     try:
         for i, d in enumerate(layers):
             path = await tasks[d.digest]
+            blobs.append((path, d.compression))
             with tracing.span("layer.unpack", **{"layer.digest": d.digest}), converting():
                 await in_thread(
                     apply_layer,
@@ -129,12 +135,11 @@ async def fetch_and_apply(
                     f"layer {i + 1}/{n} ({d.digest})",
                     diff_ids[i] if diff_ids is not None else None,
                 )
-            if all(layers[j].digest != d.digest for j in range(i + 1, n)):
-                path.unlink(missing_ok=True)  # keep the disk peak low
     finally:
         for t in tasks.values():
             t.cancel()
         await asyncio.gather(*tasks.values(), return_exceptions=True)
+    return blobs
 
 
 async def build_sif(
@@ -142,18 +147,19 @@ async def build_sif(
     image_id: str,
     config_bytes: bytes,
     config: mf.ImageConfig,
-    rootfs: Path,
+    tree: fstree.Dir,
+    layers: list[tuple[Path, str]],
     work: Path,
     compression: str,
     arch: str,
 ) -> Path:
-    """Add the Singularity layout to ``rootfs``, squash it and write ``work/image.sif``."""
+    """Add the Singularity layout to ``tree``, squash it and write ``work/image.sif``."""
     when = created_epoch(config.created)
-    await in_thread(layout.add, rootfs, config, when * 1_000_000_000)
-    os.utime(rootfs, ns=(when * 1_000_000_000,) * 2, follow_symlinks=False)
+    layout.add(tree, config, when)
+    tree.meta.mtime = when
     squash = work / "rootfs.squashfs"
     with tracing.span("squashfs.build", **{"squashfs.compression": compression}):
-        await squashfs.build(rootfs, squash, compression, when)
+        await _squash(tree, layers, squash, compression)
     out = work / "image.sif"
     with tracing.span("sif.write"):
         await in_thread(
@@ -169,3 +175,30 @@ async def build_sif(
         )
     squash.unlink(missing_ok=True)
     return out
+
+
+async def _squash(
+    tree: fstree.Dir, layers: list[tuple[Path, str]], dest: Path, compression: str
+) -> None:
+    """Stream the tree's tar (a worker thread) into tar2sqfs through a pipe."""
+    r, w = os.pipe()
+    run = asyncio.create_task(
+        command.run(squashfs.argv(dest, compression), stdin_fd=r, label="tar2sqfs")
+    )
+
+    def feed() -> None:
+        with open(w, "wb", buffering=COPY_CHUNK) as out:
+            tarstream.write(out, tree, layers)
+
+    writer = asyncio.ensure_future(asyncio.to_thread(feed))
+    try:
+        await asyncio.shield(writer)
+    except BrokenPipeError:
+        await run  # tar2sqfs died: its error says why
+        raise
+    except BaseException:
+        run.cancel()  # the writer then fails on the closed pipe and ends
+        await asyncio.wait([writer])
+        await asyncio.gather(run, return_exceptions=True)
+        raise
+    await run

@@ -2,21 +2,19 @@
 
 Written from the OCI image config the way Singularity's own OCI conversion does: an
 environment script from ``Env``, a ``runscript`` from ``Entrypoint`` and ``Cmd``, and
-``labels.json``. The root filesystem came from hostile layers, so nothing here follows a
-symlink: an existing non-directory ``/.singularity.d`` is replaced, never written
-through. Every file gets the same fixed time, so the SIF stays reproducible.
+``labels.json``. It is added to the image's tree (:mod:`fstree`) as a last layer would
+be: the tree came from hostile layers, so nothing here follows a symlink, and an
+existing non-directory ``/.singularity.d`` is replaced, never written through. Every
+file gets the same fixed time, so the SIF stays reproducible.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
-import shutil
-import stat
-from pathlib import Path
 
+from sycri.images import fstree
 from sycri.images.manifest import ImageConfig
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -54,60 +52,40 @@ ACTIONS = {
 }
 
 
-def _real_dir(path: Path, mode: int, mtime: int) -> None:
-    try:
-        st = os.lstat(path)
-        if not stat.S_ISDIR(st.st_mode):
-            os.unlink(path)
-            raise FileNotFoundError
-    except FileNotFoundError:
-        os.mkdir(path, mode)
-        os.chown(path, 0, 0, follow_symlinks=False)
-        os.chmod(path, mode)
-        os.utime(path, ns=(mtime, mtime), follow_symlinks=False)
+def _real_dir(parent: fstree.Dir, name: str, mode: int, mtime: int) -> fstree.Dir:
+    """``parent/name`` as a directory: one already there is kept, anything else replaced."""
+    node = parent.children.get(name)
+    if isinstance(node, fstree.Dir):
+        return node
+    d = parent.children[name] = fstree.Dir(fstree.Meta(mode, 0, 0, mtime))
+    return d
 
 
-def _write(path: Path, text: str, mode: int, mtime: int) -> None:
-    try:
-        st = os.lstat(path)
-        if stat.S_ISDIR(st.st_mode):
-            shutil.rmtree(path)
-        else:
-            os.unlink(path)
-    except FileNotFoundError:
-        pass
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-    try:
-        os.write(fd, text.encode())
-        os.fchown(fd, 0, 0)
-        os.fchmod(fd, mode)
-    finally:
-        os.close(fd)
-    os.utime(path, ns=(mtime, mtime), follow_symlinks=False)
+def _write(parent: fstree.Dir, name: str, text: str, mode: int, mtime: int) -> None:
+    """``parent/name`` as a new file owned by root, replacing whatever was there."""
+    parent.children[name] = fstree.Inode(
+        fstree.FILE, fstree.Meta(mode, 0, 0, mtime), data=text.encode()
+    )
 
 
-def add(root: Path, cfg: ImageConfig, mtime_ns: int) -> None:
-    """Write the layout into ``root`` (blocking; call from a worker thread)."""
-    root = Path(root)
+def add(root: fstree.Dir, cfg: ImageConfig, mtime: int) -> None:
+    """Add the layout to the image's tree (``mtime`` in seconds)."""
     for name in MOUNT_POINTS:
-        p = root / name
-        if not os.path.lexists(p):
-            _real_dir(p, 0o1777 if name == "tmp" else 0o755, mtime_ns)
-    sd = root / ".singularity.d"
-    _real_dir(sd, 0o755, mtime_ns)
-    for sub in ("env", "actions", "libs"):
-        _real_dir(sd / sub, 0o755, mtime_ns)
-    _write(sd / "env" / "01-base.sh", "#!/bin/sh\n", 0o755, mtime_ns)
-    _write(sd / "env" / "10-docker2singularity.sh", env_script(cfg), 0o755, mtime_ns)
-    _write(sd / "env" / "90-environment.sh", "#!/bin/sh\n", 0o755, mtime_ns)
-    _write(sd / "runscript", runscript(cfg), 0o755, mtime_ns)
+        if name not in root.children:
+            _real_dir(root, name, 0o1777 if name == "tmp" else 0o755, mtime)
+    sd = _real_dir(root, ".singularity.d", 0o755, mtime)
+    env, actions, libs = (_real_dir(sd, sub, 0o755, mtime) for sub in ("env", "actions", "libs"))
+    _write(env, "01-base.sh", "#!/bin/sh\n", 0o755, mtime)
+    _write(env, "10-docker2singularity.sh", env_script(cfg), 0o755, mtime)
+    _write(env, "90-environment.sh", "#!/bin/sh\n", 0o755, mtime)
+    _write(sd, "runscript", runscript(cfg), 0o755, mtime)
     labels = json.dumps(cfg.labels or {}, sort_keys=True, indent=1) + "\n"
-    _write(sd / "labels.json", labels, 0o644, mtime_ns)
+    _write(sd, "labels.json", labels, 0o644, mtime)
     for name, text in ACTIONS.items():
-        _write(sd / "actions" / name, text, 0o755, mtime_ns)
-    link = root / "singularity"
-    if not os.path.lexists(link):
-        os.symlink(".singularity.d/runscript", link)
-        os.utime(link, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
-    for p in (sd / "env", sd / "actions", sd / "libs", sd):
-        os.utime(p, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
+        _write(actions, name, text, 0o755, mtime)
+    if "singularity" not in root.children:
+        root.children["singularity"] = fstree.Inode(
+            fstree.SYMLINK, fstree.Meta(0o777, 0, 0, mtime), target=".singularity.d/runscript"
+        )
+    for d in (env, actions, libs, sd):
+        d.meta.mtime = mtime

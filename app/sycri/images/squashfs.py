@@ -1,13 +1,17 @@
-"""Build the SIF's squashfs partition from a root filesystem directory.
+"""Make the SIF's squashfs partition from the image's tar stream (``tarstream``).
 
-Debian's mksquashfs with a fast compressor (lz4 by default; gzip costs ~20x the time for
-~10 % less space, see DESIGN.md). Reproducible: fixed filesystem and root times, sorted
-directories (mksquashfs' default ``-reproducible``), so the same tree gives the same bytes.
+``tar2sqfs`` of squashfs-tools-ng reads the one merged tar stream from a pipe, so the
+image is never unpacked to a directory: its files go from the layer blobs straight into
+the squashfs. A fast compressor (lz4 by default; gzip costs ~20x the time for ~10 %
+less space, see DESIGN.md). Reproducible: the stream carries every owner, mode and
+time, the filesystem time is 0, and tar2sqfs writes the same bytes whatever
+``--num-jobs``, so the same image gives the same squashfs. Duplicate files are found
+by their hashes (mksquashfs compared each file with every earlier one of its size,
+which took 58 s of a 100,000-file layer).
 
-``-no-duplicates``: mksquashfs finds duplicate files by comparing each file with every
-earlier file of the same size, which is quadratic in the files sharing a size. A layer
-of 100,000 small files (five sizes) took 58 s to squash with it and 2.2 s without; real
-images lose ~1 % of space (python3-minimal on bookworm: 76.2 MB against 77.3 MB).
+squashfs-tools 4.5.1's ``sqfstar`` (``mksquashfs -tar``) was the other way in: it cannot
+set the root directory's time (``-root-time`` is ignored; directories it makes get the
+current time), so its squashfs would differ from one pull to the next.
 """
 
 from __future__ import annotations
@@ -15,31 +19,22 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sycri import command
-
 COMPRESSORS = ("gzip", "lz4", "lzo", "xz", "zstd", "lzma")
 
 
-def argv(source: Path, dest: Path, compression: str, mkfs_time: int) -> list[str]:
+def argv(dest: Path, compression: str) -> list[str]:
     if compression not in COMPRESSORS:
         raise ValueError(f"unknown squashfs compressor {compression!r}")
-    out = [
-        "mksquashfs",
-        str(source),
-        str(dest),
-        "-noappend",
-        "-no-duplicates",
-        "-no-progress",
-        "-quiet",
-        "-comp",
+    return [
+        "tar2sqfs",
+        "--quiet",
+        "--force",
+        "--no-skip",  # an entry it cannot read fails the image, never goes missing
+        "--compressor",
         compression,
-        "-mkfs-time",
-        str(mkfs_time),
-        "-processors",
+        "--num-jobs",
         str(max(1, os.cpu_count() or 1)),
+        "--defaults",
+        "uid=0,gid=0,mode=0755,mtime=0",
+        str(dest),
     ]
-    return out
-
-
-async def build(source: Path, dest: Path, compression: str, mkfs_time: int) -> None:
-    await command.run(argv(source, dest, compression, mkfs_time), label="mksquashfs")

@@ -187,7 +187,7 @@ EVENTS_DROPPED = Counter(
 )
 COMMAND_DURATION = Histogram(
     "sycri_command_duration_seconds",
-    "Run time of external commands (runc, conmon, mksquashfs, CNI plugins), by command.",
+    "Run time of external commands (runc, conmon, tar2sqfs, CNI plugins), by command.",
     ["command"],
     buckets=COMMAND_BUCKETS,
     registry=REGISTRY,
