@@ -291,4 +291,5 @@ def from_config(
         conmon_placement=cfg.conmon_cgroup,
         host_root=cfg.host_root,
         own_dirs=(cfg.root_dir, cfg.run_dir, cfg.pod_log_dir),
+        cdi_dirs=cfg.cdi_spec_dirs,
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -96,6 +97,10 @@ async def create(
             c.cgroup_driver,
             c.cdi_dirs,
             feats.recursive_read_only,
+            # CDI mount sources and hook programs are host paths, as volumes are
+            None
+            if os.path.realpath(c.host_root) == "/"
+            else functools.partial(hostpath.resolve, c.host_root),
         )
         built = ocispec.build(
             ocispec.SpecInput(
