@@ -57,7 +57,7 @@ class CniConfig:
 class ImageConfig:
     registries_conf: str = ""  # containers-registries.conf v2 file; empty: none
     docker_config: str = ""  # docker config.json with credentials; empty: none
-    squashfs_compression: str = "lz4"
+    squashfs_compression: str = "zstd"
     pull_progress_timeout_seconds: float = 300.0
     max_concurrent_downloads: int = 3
     # Keep verified layer blobs so images sharing a layer do not download it again;

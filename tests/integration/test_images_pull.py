@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from sycri import errors
 from sycri.images.credentials import Credentials
+from sycri.sif.mount import partition_location
 
 from tests.support import oci
 from tests.support.counting_proxy import counting_proxy
@@ -76,6 +77,14 @@ def test_busybox_pull_gives_a_sif_siftool_accepts_with_the_files_and_config(regi
             capture_output=True, text=True, timeout=30,
         )  # fmt: skip
         assert out.stdout == "hello\n"
+    # what Singularity/Apptainer do where they cannot mount: unsquashfs the partition
+    part = partition_location(got.sif_path)
+    listed = subprocess.run(
+        ["unsquashfs", "-o", str(part.offset), "-l", got.sif_path],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    assert "squashfs-root/bin/busybox" in listed.stdout.splitlines()
     # the SIF holds the image config byte for byte
     from sycri import sif
 

@@ -20,7 +20,7 @@ def test_defaults_are_the_documented_paths():
     assert cfg.run_dir == "/run/sycri"
     assert cfg.default_runtime == "runc"
     assert cfg.runtimes["runc"].binary == "runc"
-    assert cfg.images.squashfs_compression == "lz4"
+    assert cfg.images.squashfs_compression == "zstd"
 
 
 def test_file_then_env_then_flags(tmp_path):

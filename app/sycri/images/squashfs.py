@@ -2,8 +2,10 @@
 
 ``tar2sqfs`` of squashfs-tools-ng reads the one merged tar stream from a pipe, so the
 image is never unpacked to a directory: its files go from the layer blobs straight into
-the squashfs. A fast compressor (lz4 by default; gzip costs ~20x the time for ~10 %
-less space, see DESIGN.md). Reproducible: the stream carries every owner, mode and
+the squashfs. zstd at level 1 by default: as fast as lz4 here (0.15 s against 0.09 s
+for 53 MB of files) and a quarter smaller, and every reader takes it, while tar2sqfs 1.2's
+lz4 images are refused by squashfs-tools 4.5.1's ``unsquashfs`` ("failed to read id table
+block"), which Singularity/Apptainer use to extract an image where they cannot mount it. Reproducible: the stream carries every owner, mode and
 time, the filesystem time is 0, and tar2sqfs writes the same bytes whatever
 ``--num-jobs``, so the same image gives the same squashfs. Duplicate files are found
 by their hashes (mksquashfs compared each file with every earlier one of its size,
@@ -32,6 +34,7 @@ def argv(dest: Path, compression: str) -> list[str]:
         "--no-skip",  # an entry it cannot read fails the image, never goes missing
         "--compressor",
         compression,
+        *(["--comp-extra", "level=1"] if compression == "zstd" else []),
         "--num-jobs",
         str(max(1, os.cpu_count() or 1)),
         "--defaults",
