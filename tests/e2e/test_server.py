@@ -136,6 +136,7 @@ def test_unimplemented_rpc_names_itself(sycri):
         sycri.runtime().CheckpointContainer(api_pb2.CheckpointContainerRequest())
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert "CheckpointContainer" in err.value.details()
+    assert "CRIU" in err.value.details()  # and why
 
 
 def test_bad_config_exits_2_before_creating_anything(tmp_path):

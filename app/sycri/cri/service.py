@@ -33,6 +33,26 @@ Handler = Callable[..., Any]
 _Context = grpc.aio.ServicerContext[bytes, Message]
 
 
+# Why an RPC sycri does not serve is not there, for the few where the reason is known.
+_CRIU = (
+    "checkpoint/restore needs CRIU 4.1 or later; Debian 12's criu 3.17 cannot run on "
+    "kernels 6.13 and later (docs/hpc.md)"
+)
+WHY_NOT: dict[str, str] = {
+    "CheckpointContainer": _CRIU,
+    "CheckpointPod": _CRIU,
+    "RestorePod": _CRIU,
+}
+
+
+def _unimplemented(md: MethodDescriptor) -> str:
+    """The UNIMPLEMENTED message: the RPC's full name, and why where that is known."""
+    why = WHY_NOT.get(md.name)
+    return f"{md.containing_service.name}.{md.name} is not implemented by sycri" + (
+        f": {why}" if why else " yet"
+    )
+
+
 class RpcObserver(Protocol):
     """Told about every RPC; metrics and tracing plug in here."""
 
@@ -208,7 +228,7 @@ class Dispatcher:
         self, md: MethodDescriptor, fn: Handler | None
     ) -> Callable[[bytes, _Context], Awaitable[Message]]:
         name = md.name
-        unimplemented = f"{md.containing_service.name}.{name} is not implemented by sycri yet"
+        unimplemented = _unimplemented(md)
 
         async def behaviour(raw: bytes, context: _Context) -> Message:
             t0 = self._notify_start(name)
@@ -247,7 +267,7 @@ class Dispatcher:
         self, md: MethodDescriptor, fn: Handler | None
     ) -> Callable[[bytes, _Context], AsyncIterator[Message]]:
         name = md.name
-        unimplemented = f"{md.containing_service.name}.{name} is not implemented by sycri yet"
+        unimplemented = _unimplemented(md)
 
         async def behaviour(raw: bytes, context: _Context) -> AsyncIterator[Message]:
             t0 = self._notify_start(name)
