@@ -1,15 +1,8 @@
 """Container resource usage from cgroup files, for cgroup v1 and v2.
 
-The parsers (``cgroupusage``) are pure, and so is locating a cgroup (``cgrouplayout``);
-:func:`read_cgroup` here is the thin edge that reads a cgroup's files. Figures follow
-what kubelet and cAdvisor compute, because kubelet compares them with its own eviction
-thresholds:
-
-- working set = usage - inactive file pages, floored at 0 (v1: ``total_inactive_file``
-  of ``memory.stat``, v2: ``inactive_file``);
-- RSS = v1 ``total_rss``, v2 ``anon``;
-- available = limit - working set, only when the cgroup has a memory limit;
-- CPU nano-cores come from two samples of the cumulative usage (:class:`CpuRates`).
+The parsers (``cgroupusage``, which says how each figure is computed) are pure, and so
+is locating a cgroup (``cgrouplayout``); :func:`read_cgroup` here is the thin edge that
+reads a cgroup's files.
 """
 
 from __future__ import annotations
