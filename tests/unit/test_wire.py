@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 
 import pytest
 from google.protobuf import unknown_fields
 from sycri.api import api_pb2
 from sycri.config import Config
-from sycri.cri import container, listing, sandbox, wire
+from sycri.cri import container, image, listing, sandbox, wire
 from sycri.cri.service import Dispatcher
 from sycri.runtime.container.record import EXITED, RUNNING, ContainerRecord, Metadata, Status
 from sycri.runtime.pod.sandbox import NOTREADY, READY, Sandbox, SandboxStatus, encode_config
@@ -301,3 +302,39 @@ def test_length_delimited_fields_encode_as_protobuf_does():
     for size in (0, 1, 127, 128, 16_383, 16_384, 300_000):
         msg = api_pb2.ContainerStatusResponse(status=api_pb2.ContainerStatus(id="x" * size))
         assert wire.field(1, msg.status.SerializeToString()) == msg.SerializeToString()
+
+
+def _image_config(user: str) -> bytes:
+    doc = {"architecture": "amd64", "os": "linux", "config": {"User": user}}
+    return json.dumps(doc).encode()
+
+
+def test_image_replies_equal_the_built_ones_and_a_moved_tag_shows_at_once(node):
+    store = node.images.store
+    tag = "docker.io/library/app:latest"
+    old = store.add("sha256:" + "1" * 64, "/x/1.sif", 10, _image_config("1000"), tags=[tag])
+    store.add("sha256:" + "3" * 64, "/x/3.sif", 30, _image_config("nobody"), tags=["r/b:1"])
+
+    def listed():
+        reply = run(image.list_images(node, api_pb2.ListImagesRequest()))
+        got = _parsed(reply, api_pb2.ListImagesResponse)
+        want = api_pb2.ListImagesResponse(images=[image.to_cri(i) for i in node.images.list()])
+        assert got == want
+        return {i.id: list(i.repo_tags) for i in got.images}
+
+    assert listed()[old.id] == [tag]
+    req = api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=tag))
+    got = _parsed(run(image.image_status(node, req)), api_pb2.ImageStatusResponse)
+    assert got == api_pb2.ImageStatusResponse(image=image.to_cri(old))
+    assert got.image.uid.value == 1000
+
+    new = store.add("sha256:" + "2" * 64, "/x/2.sif", 20, _image_config("nobody"), tags=[tag])
+    tags = listed()
+    assert (tags[old.id], tags[new.id]) == ([], [tag])  # the tag moved: no stale item
+    got = _parsed(run(image.image_status(node, req)), api_pb2.ImageStatusResponse)
+    assert (got.image.id, got.image.username) == (new.id, "nobody")
+    wanted = api_pb2.ListImagesRequest(
+        filter=api_pb2.ImageFilter(image=api_pb2.ImageSpec(image=tag))
+    )
+    only = _parsed(run(image.list_images(node, wanted)), api_pb2.ListImagesResponse)
+    assert [i.id for i in only.images] == [new.id]
