@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable
 
 import yaml
 
@@ -43,25 +41,10 @@ def _cmd_serve(opts: argparse.Namespace) -> int:
     cfg = load_config(opts)
     logs.configure(cfg.log.level, cfg.log.format)
     try:
-        return run_loop(serve(cfg), cfg.event_loop)
+        return asyncio.run(serve(cfg))
     except StartupError as exc:
         print(f"sycri: {exc}", file=sys.stderr)
         return 1
-
-
-def run_loop(main: Coroutine[Any, Any, int], kind: str) -> int:
-    """Run ``main`` on the event loop ``kind`` names (the ``event_loop`` setting). uvloop
-    is a dependency; a copy of sycri carried without it (bench/gpu) runs on asyncio's."""
-    if kind == "uvloop":
-        try:
-            import uvloop
-        except ImportError:
-            logging.getLogger("sycri.server").warning(
-                "event_loop uvloop: the uvloop package is not installed; using asyncio's loop"
-            )
-        else:
-            return uvloop.run(main)
-    return asyncio.run(main)
 
 
 def _cmd_config_show(opts: argparse.Namespace) -> int:

@@ -120,9 +120,6 @@ class Config:
     cdi_spec_dirs: tuple[str, ...] = ("/etc/cdi", "/var/run/cdi")
     metrics_address: str = "127.0.0.1:9810"  # empty: no metrics endpoint
     shutdown_grace_seconds: float = 10.0
-    # The asyncio event loop: uvloop (libuv) answers a small RPC ~10 % sooner with ~15 %
-    # less CPU than asyncio's own (docs/performance.md); "asyncio" is the fallback.
-    event_loop: str = "uvloop"
     event_buffer: int = 1000  # container events held per GetContainerEvents client
     stats_disk_max_age_seconds: float = 2.0  # how stale a writable-layer walk may be
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
@@ -143,7 +140,6 @@ class Config:
 _SECTIONS = {"streaming", "cni", "images", "log"}
 _CHOICES = {
     "cgroup_driver": ("auto", "cgroupfs", "systemd"),
-    "event_loop": ("uvloop", "asyncio"),
     "log.level": ("debug", "info", "warning", "error"),
     "log.format": ("plain", "json"),
     "images.squashfs_compression": ("gzip", "lz4", "lzo", "xz", "zstd", "lzma"),

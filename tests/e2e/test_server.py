@@ -195,24 +195,6 @@ def test_sigterm_ends_open_event_streams_instead_of_waiting_out_the_grace():
         server.start()  # the teardown removes the pod through it
 
 
-@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
-def test_event_loop_setting_picks_the_loop_and_both_serve_and_drain(tmp_path, loop):
-    with served(tmp_path / "s", flags=["--event-loop", loop], forgiving=True) as (server, _net):
-        rt = server.runtime()
-        req = api_pb2.RunPodSandboxRequest(config=pod_config("loop"))
-        pod = rt.RunPodSandbox(req).pod_sandbox_id
-        listed = rt.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items
-        assert [(p.id, p.state) for p in listed] == [(pod, api_pb2.SANDBOX_READY)]
-        maps = Path(f"/proc/{server.proc.pid}/maps").read_text()
-        assert ("/uvloop/loop." in maps) == (loop == "uvloop")
-        rt.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod))
-        rt.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod))
-        assert not rt.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items
-        server.signal(signal.SIGTERM)
-        assert server.wait() == 0
-        assert not server.socket.exists()
-
-
 def test_stale_socket_is_replaced(tmp_path):
     base = tmp_path / "s"
     base.mkdir()
