@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable
 
 from google.protobuf import json_format
 
@@ -116,28 +117,46 @@ def status_bytes(rec: ContainerRecord) -> bytes:
     return STATUSES.get(rec.id, rec.meta, rec.status, rec)
 
 
+def matcher(f: api_pb2.ContainerFilter) -> Callable[[ContainerRecord], bool] | None:
+    """A predicate for ``f``, its fields read once (not per container); None when the
+    filter lets everything through (kubelet's relist sends an empty one)."""
+    id_, pod = f.id, f.pod_sandbox_id
+    state = f.state.state if f.HasField("state") else None
+    selector = dict(f.label_selector)
+    if not (id_ or pod or state is not None or selector):
+        return None
+
+    def ok(rec: ContainerRecord) -> bool:
+        meta = rec.meta
+        if id_ and not meta.id.startswith(id_):
+            return False
+        if pod and not meta.pod_id.startswith(pod):
+            return False
+        if state is not None and STATE_PROTO[rec.status.state] != state:
+            return False
+        if selector:
+            labels = rec.config.labels
+            return all(labels.get(k) == v for k, v in selector.items())
+        return True
+
+    return ok
+
+
 def matches(rec: ContainerRecord, f: api_pb2.ContainerFilter) -> bool:
-    if f.id and not rec.id.startswith(f.id):
-        return False
-    if f.pod_sandbox_id and not rec.pod_id.startswith(f.pod_sandbox_id):
-        return False
-    if f.HasField("state") and STATE_PROTO[rec.state] != f.state.state:
-        return False
-    if f.label_selector:
-        labels = rec.config.labels
-        return all(labels.get(k) == v for k, v in f.label_selector.items())
-    return True
+    ok = matcher(f)
+    return ok is None or ok(rec)
 
 
 async def list_containers(node: Node, request: api_pb2.ListContainersRequest) -> Encoded:
     records = _containers(node).list()
-    live = {rec.id for rec in records}
+    live = {rec.meta.id for rec in records}
     LISTED.keep(live)
     STATUSES.keep(live)
-    if request.HasField("filter"):
-        f = request.filter
-        records = [rec for rec in records if matches(rec, f)]
-    data = b"".join([LISTED.get(rec.id, rec.meta, rec.status, rec) for rec in records])
+    ok = matcher(request.filter) if request.HasField("filter") else None
+    if ok is not None:
+        records = [rec for rec in records if ok(rec)]
+    get = LISTED.get
+    data = b"".join([get(r.meta.id, r.meta, r.status, r) for r in records])
     return Encoded(data, api_pb2.ListContainersResponse)
 
 

@@ -104,7 +104,7 @@ class Encodings(Generic[_R]):
 
     def get(self, record_id: str, source: object, key: Hashable, record: _R) -> bytes:
         entry = self._entries.get(record_id)
-        if entry is not None and entry[0] is source and entry[1] == key:
+        if entry is not None and entry[0] is source and (entry[1] is key or entry[1] == key):
             return entry[2]
         data = self._encode(record)
         if len(self._entries) >= self.bound:
