@@ -21,7 +21,7 @@ from sycri.api import api_pb2
 from sycri.errors import FailedPrecondition, Internal, InvalidArgument, excerpt
 from sycri.fsutil import atomic_write, confined
 from sycri.runtime.cgroups import conmon_cgroup
-from sycri.runtime.container import conmon, hostpath, rootfs
+from sycri.runtime.container import conmon, hostpath, lifecycle, rootfs
 from sycri.runtime.container.container_store import new_id
 from sycri.runtime.container.lookups import ImageInfo, SandboxInfo
 from sycri.runtime.container.record import ContainerRecord, Metadata, Status, encode_config
@@ -207,13 +207,7 @@ async def _undo_create(
         log.exception("cleaning up failed create of %s", cid)
     with contextlib.suppress(FileNotFoundError):
         c.exit_file(cid).unlink()
-    # conmon's attach-socket entry (a link or a dir, by conmon version).
-    attach = c.paths.sockets / cid
-    with contextlib.suppress(OSError):
-        if attach.is_dir() and not attach.is_symlink():
-            shutil.rmtree(attach)
-        else:
-            attach.unlink()
+    lifecycle.remove_socket_entry(c.paths.sockets / cid)
 
 
 def _log_path(sandbox: SandboxInfo, cfg: api_pb2.ContainerConfig, bundle: Path) -> str:

@@ -252,12 +252,65 @@ def _under(bundle: Path) -> list[Path]:
     return [Path(t) for t in sorted(found, key=len, reverse=True)]
 
 
-async def remove_overlay(bundle: Path) -> None:
+def release_rootfs(bundle: Path) -> None:
+    """Unmount the container's root filesystem and its idmapped lower layer, if any
+    (blocking): once the container has exited nothing needs them, and what stays of
+    the container is its files."""
+    for mnt in (bundle / "rootfs", bundle / "lower"):
+        _umount(str(mnt))
+
+
+def _first_mount_in(top: Path) -> Path | bool | None:
+    """The first mount found at or below ``top`` (symlinks never followed), False when
+    there is none, None when the kernel cannot tell (then the mount table decides)."""
+    root = linux.is_mount_root(top)
+    if root is None:
+        return None
+    if root:
+        return top
+    stack = [top]
+    while stack:
+        d = stack.pop()
+        try:
+            with os.scandir(d) as it:
+                subdirs = [Path(e.path) for e in it if e.is_dir(follow_symlinks=False)]
+        except FileNotFoundError:
+            continue
+        for sub in subdirs:
+            try:
+                root = linux.is_mount_root(sub)
+            except FileNotFoundError:
+                continue
+            if root is None:
+                return None
+            if root:
+                return sub
+            stack.append(sub)
+    return False
+
+
+def remove_bundle(bundle: Path) -> None:
     """Unmount the container's overlay (and its idmapped lower layer and volumes, if
-    any) and delete its upper/work dirs and the bundle."""
-    for mnt in [bundle / "rootfs", *_under(bundle)]:
-        await unmount(mnt)
+    any) and delete its upper/work dirs and the bundle (blocking).
+
+    Never deletes through a mount. With nothing mounted below the bundle once its root
+    filesystem is unmounted (the usual case: the exit released it), a walk of the
+    bundle's directories says so, one ``statx`` per directory, without reading the
+    node's whole mount table, which grows with every container."""
+    if not bundle.exists():
+        return
+    release_rootfs(bundle)
+    if _first_mount_in(bundle) is False:
+        shutil.rmtree(bundle, True)
+        return
+    for mnt in _under(bundle):
+        _umount(str(mnt))
     left = _under(bundle)
     if left:  # never delete through a mount
         raise Internal(f"{left[0]} is still mounted; not deleting the bundle")
-    await asyncio.to_thread(shutil.rmtree, bundle, True)
+    shutil.rmtree(bundle, True)
+
+
+async def remove_overlay(bundle: Path) -> None:
+    """:func:`remove_bundle`, in a worker thread."""
+    await asyncio.to_thread(remove_bundle, bundle)
