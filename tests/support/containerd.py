@@ -32,8 +32,14 @@ def pause_image() -> oci.Image:
     return oci.busybox_image(entrypoint=["/bin/sleep", "2147483647"], cmd=[])
 
 
-def _config(base: Path, net: PodNet, registry_host: str, pause: str) -> str:
+def _config(
+    base: Path, net: PodNet, registry_host: str, pause: str, plain_http: tuple[str, ...] = ()
+) -> str:
     cri = 'plugins."io.containerd.grpc.v1.cri"'
+    mirrors = "".join(
+        f'[{cri}.registry.mirrors."{host}"]\n  endpoint = ["http://{host}"]\n'
+        for host in (registry_host, *plain_http)
+    )
     return f"""\
 version = 2
 root = "{base}/root"
@@ -68,9 +74,7 @@ disabled_plugins = ["io.containerd.internal.v1.tracing", "io.containerd.snapshot
   bin_dir = "{CNI_BIN}"
   conf_dir = "{base}/net.d"
   max_conf_num = 1
-[{cri}.registry.mirrors."{registry_host}"]
-  endpoint = ["http://{registry_host}"]
-"""
+{mirrors}"""
 
 
 def _private_mounts(base: Path, argv: list[str]) -> list[str]:
@@ -127,11 +131,13 @@ class Containerd:
             return (self.base / "containerd.log").read_text(errors="replace")[-6000:]
         return ""
 
-    def start(self, registry_host: str, pause: str, timeout: float = 60) -> None:
+    def start(
+        self, registry_host: str, pause: str, timeout: float = 60, plain_http: tuple[str, ...] = ()
+    ) -> None:
         (self.base / "net.d").mkdir(parents=True, exist_ok=True)
         (self.base / "net.d" / "10-test.conflist").write_text(_cni_conf(self.net))
         conf = self.base / "config.toml"
-        conf.write_text(_config(self.base, self.net, registry_host, pause))
+        conf.write_text(_config(self.base, self.net, registry_host, pause, plain_http))
         log = open(self.base / "containerd.log", "ab")  # noqa: SIM115 - handed to the child
         (self.base / "run").mkdir(exist_ok=True)
         self.proc = subprocess.Popen(
@@ -191,9 +197,12 @@ class Containerd:
 
 
 @contextlib.contextmanager
-def containerd(base: Path, registry, cgroup_root: str) -> Iterator[Containerd]:
+def containerd(
+    base: Path, registry, cgroup_root: str, plain_http: tuple[str, ...] = ()
+) -> Iterator[Containerd]:
     """containerd under ``base``, its pods' cgroups under ``cgroup_root``; afterwards
-    every pod removed, containerd stopped, its mounts, dirs, bridge and cgroups gone."""
+    every pod removed, containerd stopped, its mounts, dirs, bridge and cgroups gone.
+    ``plain_http``: more registries (host:port) it may pull from over plain HTTP."""
     oci.push(registry, PAUSE_REPO, "3.9", pause_image())
     made = []  # mount points for the private namespace, removed again if made here
     for d in (Path("/run/netns"), Path("/run/containerd")):
@@ -202,7 +211,7 @@ def containerd(base: Path, registry, cgroup_root: str) -> Iterator[Containerd]:
             made.append(d)
     ctrd = Containerd(base, PodNet.new())
     try:
-        ctrd.start(registry.host, f"{registry.host}/{PAUSE_REPO}:3.9")
+        ctrd.start(registry.host, f"{registry.host}/{PAUSE_REPO}:3.9", plain_http=plain_http)
         try:
             yield ctrd
         finally:
