@@ -9,8 +9,9 @@ same code for the container it stops. Reads never fold exits in: they answer fro
 index, which this monitor keeps current.
 
 Once an exit is recorded, the container is *released* as containerd's shim does when
-it sees one: runc's container (its state and cgroup) deleted and the root filesystem
-unmounted, so RemoveContainer only removes files. StopContainer releases before it
+it sees one: runc's container (its state and cgroup) deleted, the root filesystem
+unmounted and conmon's cgroup removed once conmon has gone, so RemoveContainer only
+removes files. StopContainer releases before it
 replies; this monitor releases in the background, a few at a time.
 """
 
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from sycri import crashpoint
 from sycri.errors import SycriError
-from sycri.runtime.cgroups import oom
+from sycri.runtime.cgroups import conmon_cgroup, oom
 from sycri.runtime.container import conmon, dirwatch, rootfs
 from sycri.runtime.container.record import EXITED, RUNNING, ContainerRecord, Status
 from sycri.runtime.events import ContainerEventType
@@ -72,6 +73,13 @@ def exited_status(
         message=message,
         oom_killed=oom_killed,
     )
+
+
+def _release_files(bundle: Path) -> None:
+    """Blocking: the rootfs unmounted, and conmon's cgroup if conmon has gone already
+    (else RemoveContainer waits for it)."""
+    rootfs.release_rootfs(bundle)
+    conmon_cgroup.release_if_empty(bundle / conmon_cgroup.RECORD)
 
 
 class ExitMonitor:
@@ -124,7 +132,7 @@ class ExitMonitor:
         crashpoint.reach("container.exit.recorded")
         try:
             await self.c.runtime(rec.runtime_handler).delete(rec.id)
-            await asyncio.to_thread(rootfs.release_rootfs, Path(rec.bundle))
+            await asyncio.to_thread(_release_files, Path(rec.bundle))
         except SycriError as exc:
             log.warning("releasing exited container %s: %s", rec.id, exc.message)
             return
