@@ -76,10 +76,11 @@ def exited_status(
 
 
 def _release_files(bundle: Path) -> None:
-    """Blocking: the rootfs unmounted, and conmon's cgroup if conmon has gone already
-    (else RemoveContainer waits for it)."""
-    rootfs.release_rootfs(bundle)
+    """Blocking: conmon's cgroup if conmon has gone already (else RemoveContainer waits
+    for it), then the rootfs unmounted: the last step, so its mount gone says the
+    release is done."""
     conmon_cgroup.release_if_empty(bundle / conmon_cgroup.RECORD)
+    rootfs.release_rootfs(bundle)
 
 
 class ExitMonitor:
