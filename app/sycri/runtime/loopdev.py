@@ -50,7 +50,10 @@ def mount_squashfs(path: str, offset: int, size: int, target: str) -> None:
     otherwise."""
     backing = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        ctl = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            ctl = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise Unsupported("no /dev/loop-control") from None
         try:
             for _ in range(ATTEMPTS):
                 number = fcntl.ioctl(ctl, LOOP_CTL_GET_FREE)
