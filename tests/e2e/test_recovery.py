@@ -343,6 +343,25 @@ def test_kill_9_after_an_exit_is_recorded(node):
 
 
 @pytest.mark.parametrize("point", ["container.remove.runc", "container.remove.record"])
+def test_kill_9_during_remove_of_a_stopped_container(node, point):
+    """Stopped first (by the sycri that dies), so its exit released it: the removal had
+    only files left."""
+    by_pod, by_cid, by_log = bystander(node)
+    pod, cfg = node.pod("victim")
+    base = footprint(node)
+    cid = node.run(pod, cfg, "c", "exec sleep 3600")
+
+    def stop_then_remove() -> None:
+        node.rt.StopContainer(R.StopContainerRequest(container_id=cid, timeout=0))
+        node.rt.RemoveContainer(R.RemoveContainerRequest(container_id=cid))
+
+    node.crash_during(point, stop_then_remove)
+    bystander_survived(node, by_pod, by_cid, by_log)
+    assert set(node.containers()) == {by_cid}  # the removal was finished at start
+    assert footprint(node) == base
+
+
+@pytest.mark.parametrize("point", ["container.remove.runc", "container.remove.record"])
 def test_kill_9_during_remove_container(node, point):
     by_pod, by_cid, by_log = bystander(node)
     pod, cfg = node.pod("victim")

@@ -242,7 +242,12 @@ class ContainerStore:
         without metadata is what a start-up removes (recovery), so from here on a crash
         still ends with the container gone. The index keeps it until :meth:`forget`."""
         async with self._write_lock(rec.id):
-            await asyncio.to_thread(_unlink, self.meta_path(rec.id))
+            await asyncio.to_thread(self.unlink_metadata, rec)
+
+    def unlink_metadata(self, rec: ContainerRecord) -> None:
+        """:meth:`drop_metadata`'s unlink (blocking), for a caller that holds the
+        container's lock, so no status write of it can run meanwhile."""
+        _unlink(self.meta_path(rec.id))
 
     def forget(self, rec: ContainerRecord) -> None:
         """Drop a removed container from the index (its files are gone with its bundle)."""

@@ -117,12 +117,14 @@ async def remove(c: Containers, ref: str) -> None:
         await _stop_locked(c, rec, 0)
         # First: a crash from here on leaves a bundle without metadata, which the next
         # start removes with everything it holds (recovery).
-        await c.store.drop_metadata(rec)
-        crashpoint.reach("container.remove.record")
-        if rec.id not in c.exits.released:
+        if rec.id in c.exits.released:  # only files are left: one worker thread
+            await asyncio.to_thread(_remove_released, c, rec)
+        else:
+            await c.store.drop_metadata(rec)
+            crashpoint.reach("container.remove.record")
             await c.runtime(rec.runtime_handler).delete(rec.id)
-        crashpoint.reach("container.remove.runc")
-        await asyncio.to_thread(_remove_files, c, rec)
+            crashpoint.reach("container.remove.runc")
+            await asyncio.to_thread(_remove_files, c, rec)
         await c.image_mounts.release(rec.image_id, rec.id)
         c.tell_images(rec.image_id, rec.id, False)
         await c.image_volumes.detach(rec.id)
@@ -132,6 +134,15 @@ async def remove(c: Containers, ref: str) -> None:
         c.emit(rec, ContainerEventType.DELETED)
     c.forget_lock(rec.id)
     log.info("removed container %s", rec.id)
+
+
+def _remove_released(c: Containers, rec: ContainerRecord) -> None:
+    """Blocking: the metadata, then :func:`_remove_files` (runc's container went at
+    the exit)."""
+    c.store.unlink_metadata(rec)
+    crashpoint.reach("container.remove.record")
+    crashpoint.reach("container.remove.runc")
+    _remove_files(c, rec)
 
 
 def _remove_files(c: Containers, rec: ContainerRecord) -> None:
