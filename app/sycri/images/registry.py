@@ -49,10 +49,6 @@ class DigestMismatch(InvalidArgument):
     """A blob's bytes do not match its descriptor: the image is rejected, nothing stored."""
 
 
-class _Retry(Exception):
-    """A transient failure worth another try."""
-
-
 def _challenge(header: str) -> tuple[str, dict[str, str]]:
     scheme, _, rest = header.strip().partition(" ")
     params = dict(re.findall(r'(\w+)="([^"]*)"', rest))

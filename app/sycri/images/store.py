@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -435,10 +434,6 @@ class Store:
         self.prune_blobs()
         return image
 
-    def set_pinned(self, image_id: str, pinned: bool) -> None:
-        with self._tx() as db:
-            db.execute("UPDATE images SET pinned=? WHERE id=?", (int(pinned), image_id))
-
 
 def _file_digest(path: str) -> str:
     h = hashlib.sha256()
@@ -474,7 +469,3 @@ def usage(path: Path) -> tuple[int, int]:
             inodes += 1
             total += st.st_blocks * 512
     return total, inodes
-
-
-def config_json(raw: dict[str, Any]) -> str:
-    return json.dumps(raw, sort_keys=True)
