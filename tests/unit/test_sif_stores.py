@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from sycri.images import reference
-from sycri.images.service import tag_key
+from sycri.images.reference import tag_key
 from sycri.images.sif_stores import INDEX, read_store
 
 

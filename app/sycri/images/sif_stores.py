@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -48,6 +47,7 @@ from sycri.errors import (
 )
 from sycri.fsutil import atomic_write_json
 from sycri.images import manifest as mf
+from sycri.images.siffile import hash_stable, stat_key
 from sycri.images.store import Image
 from sycri.sif import policy as sif_policy
 
@@ -93,10 +93,6 @@ class Listing:
     store: str
     entries: tuple[Entry, ...] = ()
     down: str = ""  # why the store cannot be used now; "" when it answered
-
-
-def stat_key(st: os.stat_result) -> str:
-    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
 
 
 def parse_index(data: bytes, store: str, name_key: NameKey) -> dict[str, str]:
@@ -154,20 +150,6 @@ def read_store(store: str, name_key: NameKey) -> Listing:
             continue
         entries.append(Entry(key, path, stat_key(st)))
     return Listing(store, tuple(entries))
-
-
-def sha256_file(path: str) -> tuple[str, os.stat_result]:
-    """Blocking: the digest of ``path`` and the stat it was taken under (the file must not
-    change while it is hashed)."""
-    before = os.stat(path)
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    after = os.stat(path)
-    if stat_key(before) != stat_key(after):
-        raise Unavailable(f"{path} changed while it was being hashed; try again")
-    return "sha256:" + h.hexdigest(), after
 
 
 def make_image(known: Known, path: str, tags: Iterable[str]) -> Image:
@@ -387,7 +369,7 @@ class SifStores:
         if known is not None and known.stat == stat:
             return known
         try:
-            digest, st = await _io(sha256_file, path)
+            digest, st = await _io(hash_stable, path)
             config = await _io(self.config_of, Path(path))
         except OSError as exc:
             raise Unavailable(f"SIF {path} cannot be read: {exc.strerror}") from None

@@ -17,7 +17,6 @@ local SIF files are indexed with their own path and never deleted.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -31,9 +30,9 @@ from types import MappingProxyType
 from typing import Any
 
 from sycri.images.manifest import ImageConfig, parse_config
+from sycri.images.siffile import config_digest, file_digest
 from sycri.observability.metrics import StoreStats
 from sycri.sif.format import SifError
-from sycri.sif.reader import open_sif
 
 log = logging.getLogger("sycri.images.store")
 
@@ -278,8 +277,8 @@ class Store:
                     )
                 continue
             try:
-                own = _config_digest(path) == image_id
-                new_id = image_id if own else _file_digest(path)
+                own = config_digest(path) == image_id
+                new_id = image_id if own else file_digest(path)
             except (OSError, SifError) as exc:
                 log.warning("image %s: cannot read its SIF %s: %s", image_id, path, exc)
                 continue
@@ -438,23 +437,6 @@ class Store:
     def set_pinned(self, image_id: str, pinned: bool) -> None:
         with self._tx() as db:
             db.execute("UPDATE images SET pinned=? WHERE id=?", (int(pinned), image_id))
-
-
-def _file_digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
-
-
-def _config_digest(path: str) -> str:
-    """The digest of the SIF's ``oci-config.json`` object ("" when it has none)."""
-    with open_sif(path) as img:
-        found = img.find(name="oci-config.json")
-        if not found:
-            return ""
-        return "sha256:" + hashlib.sha256(img.read_object(found[0], limit=8 << 20)).hexdigest()
 
 
 def usage(path: Path) -> tuple[int, int]:
