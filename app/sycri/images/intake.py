@@ -27,7 +27,8 @@ from sycri import crashpoint
 from sycri.config import Config
 from sycri.images import siffile
 from sycri.images.convert import in_thread
-from sycri.images.store import Image, Store
+from sycri.images.store import Store
+from sycri.images.store_index import Image
 from sycri.images.unpack import LimitExceeded
 from sycri.observability import metrics
 from sycri.sif import policy as sif_policy

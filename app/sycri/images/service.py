@@ -40,7 +40,8 @@ from sycri.images.sif_stores import SifStores
 from sycri.images.sources.library import LibrarySource
 from sycri.images.sources.local import LocalSource
 from sycri.images.sources.registry import RegistrySource
-from sycri.images.store import Image, Store, usage
+from sycri.images.store import Store, usage
+from sycri.images.store_index import Image
 from sycri.images.unpack import Limits
 from sycri.observability import metrics, tracing
 from sycri.sif import policy as sif_policy

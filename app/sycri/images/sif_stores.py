@@ -41,7 +41,7 @@ from sycri.fsutil import atomic_write_json
 from sycri.images import manifest as mf
 from sycri.images.sif_store_index import INDEX, Listing, NameKey, read_store
 from sycri.images.siffile import hash_stable, stat_key
-from sycri.images.store import Image
+from sycri.images.store_index import Image
 from sycri.sif import policy as sif_policy
 
 log = logging.getLogger("sycri.images.sif_stores")

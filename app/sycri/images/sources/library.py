@@ -17,7 +17,7 @@ from sycri.images.intake import Intake
 from sycri.images.library import LibraryClient, redirect_endpoint
 from sycri.images.reference import Reference, digest_key, tag_key
 from sycri.images.sources.registry import RegistrySource
-from sycri.images.store import Image
+from sycri.images.store_index import Image
 from sycri.observability import metrics
 
 

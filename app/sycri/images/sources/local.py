@@ -17,7 +17,7 @@ from sycri.images import siffile
 from sycri.images.convert import in_thread
 from sycri.images.intake import Intake, config_bytes
 from sycri.images.reference import Reference
-from sycri.images.store import Image
+from sycri.images.store_index import Image
 from sycri.sif import policy as sif_policy
 
 

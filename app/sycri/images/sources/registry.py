@@ -34,7 +34,7 @@ from sycri.images.intake import Intake
 from sycri.images.reference import Reference, digest_key, tag_key
 from sycri.images.registries import Endpoint, Registries
 from sycri.images.registry import RegistryClient
-from sycri.images.store import Image
+from sycri.images.store_index import Image
 from sycri.images.unpack import Applier, LimitExceeded, Limits
 from sycri.observability import metrics, tracing
 
