@@ -10,6 +10,7 @@ import os
 import secrets
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from sycri.config import CniConfig, Config
 from sycri.errors import AlreadyExists, InvalidArgument, NotFound
 from sycri.network import cni
 from sycri.runtime.cgroups import cgroups
+from sycri.runtime.pod import netcheck
 from sycri.runtime.pod.sandbox import NOTREADY, READY
 from sycri.runtime.pod.sandbox_manager import SandboxManager
 
@@ -693,6 +695,42 @@ def test_cni_check_passes_when_healthy_and_names_the_broken_plugin(env: Env):
     finally:
         # bridge DEL finds the masquerade rules to remove by the interface's addresses.
         subprocess.run([*ip_in_pod, "add", addr, "dev", "eth0"], check=True)
+
+
+def test_verbose_network_check_answers_from_memory_and_refreshes_in_the_background(env: Env):
+    """A verbose status never waits on a plugin: it reports the last CHECK and when it
+    ran, and starts a new one once that is older than the refresh period; a broken
+    network shows in the first report after that CHECK."""
+    sb = env.run(pod_config("kept"))
+    now = [time.time_ns()]
+    env.manager.checks.clock = lambda: now[0]
+    first = env.call(_report(env, sb))
+    assert (first.result, first.checked_at, first.when()) == (netcheck.PENDING, 0, "")
+    env.call(env.manager.checks.idle())  # the CHECK that report started
+    ok = env.call(_report(env, sb))
+    assert (ok.result, ok.checked_at) == ("ok", now[0])
+    assert ok.when().endswith("Z")
+    addr = f"{sb.ips[0]}/{env.net.subnet.split('/')[1]}"
+    ip_in_pod = ["nsenter", f"--net={sb.netns_path}", "ip", "addr"]
+    subprocess.run([*ip_in_pod, "del", addr, "dev", "eth0"], check=True)
+    try:
+        now[0] += int(netcheck.MAX_AGE * 1e9) // 2
+        assert env.call(_report(env, sb)) == ok  # within the period: kept, no CHECK
+        assert not env.manager.checks._running
+        now[0] += int(netcheck.MAX_AGE * 1e9)
+        assert env.call(_report(env, sb)) == ok  # stale: still answered at once...
+        env.call(env.manager.checks.idle())  # ...while a new CHECK runs
+        broken = env.call(_report(env, sb))
+        assert "plugin 'bridge' CHECK" in broken.result
+        assert broken.checked_at == now[0]
+    finally:
+        subprocess.run([*ip_in_pod, "add", addr, "dev", "eth0"], check=True)
+    env.call(env.manager.stop(sb.id))
+    assert env.call(_report(env, sb)).result == netcheck.NOT_ATTACHED
+
+
+async def _report(env: Env, sb):
+    return env.manager.network_check(sb)  # on the loop, as the RPC calls it
 
 
 def test_host_ipc_and_host_pid_use_the_hosts_namespaces(env: Env):
