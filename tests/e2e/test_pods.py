@@ -88,8 +88,8 @@ def test_pod_lifecycle_through_the_socket(node):
     info = json.loads(st.info["info"])
     assert info["hostname"] == "e2e-host"
     assert Path(info["namespaces"]["network"]).exists()
-    # The last CNI CHECK of the live attachment: the first verbose status starts one
-    # and never waits for it; a later one reports its result and when it ran.
+    # The last CNI CHECK of the live attachment (the pod's ADD is the first), with
+    # when it ran; a verbose status never waits for a plugin.
     check = st.info["networkCheck"]
     deadline = time.monotonic() + 30
     while check.startswith("not checked yet"):

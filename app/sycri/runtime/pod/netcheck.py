@@ -5,7 +5,8 @@ A CHECK runs the whole plugin chain (bridge, host-local, portmap: a process each
 of milliseconds), and a status call should cost what a read of memory costs. So each
 pod's last CHECK is kept with the time it ran: a verbose status reports it at once and,
 when it is older than ``max_age`` seconds (or there is none yet), starts a new one in
-the background, one at a time per pod, which the next call reports. A network that
+the background, one at a time per pod, which the next call reports (a pod's
+successful ADD at RunPodSandbox counts as its first CHECK). A network that
 breaks shows in the first verbose status asked after the next CHECK has run, and the
 reply always says when that was. kubelet never asks for verbose; ``crictl inspectp``
 does.
@@ -61,6 +62,12 @@ class NetworkChecks:
         self.clock = clock
         self._last: dict[str, NetCheck] = {}
         self._running: dict[str, asyncio.Task[NetCheck]] = {}
+
+    def added(self, sb: Sandbox, at: int) -> None:
+        """The pod's ADD, begun at ``at``, succeeded: that is its first CHECK. A
+        verbose status of a pod just started then costs no plugin run."""
+        if attached(sb):
+            self._last[sb.id] = NetCheck("ok", at)
 
     def report(self, sb: Sandbox) -> NetCheck:
         """What a verbose status says of the pod's network, from memory. Starts a CHECK

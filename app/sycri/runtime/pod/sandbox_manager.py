@@ -144,6 +144,7 @@ class SandboxManager:
             self.store.release(sb.name_key, sb.id)
             raise
         async with self.lock(sb.id):
+            built = self.checks.clock()
             try:
                 await self.builder.build(sb, plan, lambda: self.store.save_status(sb))
                 sb.status.state = READY
@@ -152,6 +153,7 @@ class SandboxManager:
             except BaseException as exc:
                 await self._abandon(sb, exc)
                 raise
+            self.checks.added(sb, built)
             if sb.pid_mode == "POD":
                 self.watch.watch(sb.id, sb.status.init_pid, sb.status.init_start)
         log.info(
