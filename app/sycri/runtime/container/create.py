@@ -19,9 +19,9 @@ from google.protobuf import json_format
 from sycri import crashpoint
 from sycri.api import api_pb2
 from sycri.errors import FailedPrecondition, Internal, InvalidArgument, excerpt
-from sycri.fsutil import atomic_write, confined
+from sycri.fsutil import confined
 from sycri.runtime.cgroups import conmon_cgroup
-from sycri.runtime.container import conmon, hostpath, rootfs
+from sycri.runtime.container import conmon, hostpath, lifecycle, rootfs
 from sycri.runtime.container.container_store import new_id
 from sycri.runtime.container.lookups import ImageInfo, SandboxInfo
 from sycri.runtime.container.record import ContainerRecord, Metadata, Status, encode_config
@@ -125,7 +125,7 @@ async def create(
         if ns.userns:
             volumes = {m.container_path for m in cfg.mounts}
             await asyncio.to_thread(userns.idmap_volumes, built.spec, volumes, bundle, ns.userns)
-        await asyncio.to_thread(atomic_write, bundle / "config.json", built.json(), 0o600)
+        await asyncio.to_thread(_write_spec, bundle / "config.json", built.json())
         crashpoint.reach("container.create.overlay")
         meta = Metadata(
             id=cid,
@@ -207,13 +207,7 @@ async def _undo_create(
         log.exception("cleaning up failed create of %s", cid)
     with contextlib.suppress(FileNotFoundError):
         c.exit_file(cid).unlink()
-    # conmon's attach-socket entry (a link or a dir, by conmon version).
-    attach = c.paths.sockets / cid
-    with contextlib.suppress(OSError):
-        if attach.is_dir() and not attach.is_symlink():
-            shutil.rmtree(attach)
-        else:
-            attach.unlink()
+    lifecycle.remove_socket_entry(c.paths.sockets / cid)
 
 
 def _log_path(sandbox: SandboxInfo, cfg: api_pb2.ContainerConfig, bundle: Path) -> str:
@@ -243,6 +237,15 @@ def _remove_new(paths: list[Path]) -> None:
                 p.rmdir()
             else:
                 p.unlink()
+
+
+def _write_spec(path: Path, data: bytes) -> None:
+    """runc's input, read by ``runc create`` moments later. Not fsynced: until the
+    record exists a crash leaves a bundle that recovery removes, and after a power loss
+    the container it describes is gone anyway."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
 
 
 def _read_image_file(root: Path, rel: str) -> str:
