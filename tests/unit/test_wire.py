@@ -234,7 +234,9 @@ def test_an_exit_shows_in_the_next_list_and_status(filled):
 def test_a_removed_container_leaves_the_list(filled):
     rec = filled.containers.list()[0]
     run(container.list_containers(filled, api_pb2.ListContainersRequest()))
-    run(filled.containers.store.delete(rec))
+    # what RemoveContainer does with the records: metadata first, then out of the index
+    run(filled.containers.store.drop_metadata(rec))
+    filled.containers.store.forget(rec)
     reply = run(container.list_containers(filled, api_pb2.ListContainersRequest()))
     assert rec.id not in {c.id for c in reply.containers}
     assert len(reply.containers) == 8
