@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable
 
 from google.protobuf import json_format
 
 from sycri.api import api_pb2
+from sycri.cri import wire
+from sycri.cri.wire import Encoded
 from sycri.errors import InvalidArgument, NotFound
 from sycri.node import Node
 from sycri.observability import tracing
@@ -91,23 +94,70 @@ def _listed(rec: ContainerRecord, out: api_pb2.Container) -> None:
     out.annotations.update(cfg.annotations)
 
 
-async def list_containers(
-    node: Node, request: api_pb2.ListContainersRequest
-) -> api_pb2.ListContainersResponse:
-    f = request.filter
-    resp = api_pb2.ListContainersResponse()
-    for rec in _containers(node).list():
-        if f.id and not rec.id.startswith(f.id):
-            continue
-        if f.pod_sandbox_id and not rec.pod_id.startswith(f.pod_sandbox_id):
-            continue
-        if f.HasField("state") and STATE_PROTO[rec.state] != f.state.state:
-            continue
-        labels = rec.config.labels
-        if any(labels.get(k) != v for k, v in f.label_selector.items()):
-            continue
-        _listed(rec, resp.containers.add())
-    return resp
+def _listed_item(rec: ContainerRecord) -> bytes:
+    """The record as one ``containers`` item of a ListContainersResponse, tag included."""
+    item = api_pb2.Container()
+    _listed(rec, item)
+    return wire.field(_LIST_FIELD, item.SerializeToString())
+
+
+def _status_bytes(rec: ContainerRecord) -> bytes:
+    return status_of(rec).SerializeToString()
+
+
+_LIST_FIELD = wire.number(api_pb2.ListContainersResponse, "containers")
+_STATUS_FIELD = wire.number(api_pb2.ContainerStatusResponse, "status")
+# Made from the record's metadata and status: both frozen, a change is a new value.
+LISTED: wire.Encodings[ContainerRecord] = wire.Encodings(_listed_item)
+STATUSES: wire.Encodings[ContainerRecord] = wire.Encodings(_status_bytes)
+
+
+def status_bytes(rec: ContainerRecord) -> bytes:
+    """The encoded ContainerStatus of ``rec`` (kept until its status changes)."""
+    return STATUSES.get(rec.id, rec.meta, rec.status, rec)
+
+
+def matcher(f: api_pb2.ContainerFilter) -> Callable[[ContainerRecord], bool] | None:
+    """A predicate for ``f``, its fields read once (not per container); None when the
+    filter lets everything through (kubelet's relist sends an empty one)."""
+    id_, pod = f.id, f.pod_sandbox_id
+    state = f.state.state if f.HasField("state") else None
+    selector = dict(f.label_selector)
+    if not (id_ or pod or state is not None or selector):
+        return None
+
+    def ok(rec: ContainerRecord) -> bool:
+        meta = rec.meta
+        if id_ and not meta.id.startswith(id_):
+            return False
+        if pod and not meta.pod_id.startswith(pod):
+            return False
+        if state is not None and STATE_PROTO[rec.status.state] != state:
+            return False
+        if selector:
+            labels = rec.config.labels
+            return all(labels.get(k) == v for k, v in selector.items())
+        return True
+
+    return ok
+
+
+def matches(rec: ContainerRecord, f: api_pb2.ContainerFilter) -> bool:
+    ok = matcher(f)
+    return ok is None or ok(rec)
+
+
+async def list_containers(node: Node, request: api_pb2.ListContainersRequest) -> Encoded:
+    records = _containers(node).list()
+    live = {rec.meta.id for rec in records}
+    LISTED.keep(live)
+    STATUSES.keep(live)
+    ok = matcher(request.filter) if request.HasField("filter") else None
+    if ok is not None:
+        records = [rec for rec in records if ok(rec)]
+    get = LISTED.get
+    data = b"".join([get(r.meta.id, r.meta, r.status, r) for r in records])
+    return Encoded(data, api_pb2.ListContainersResponse)
 
 
 def status_of(rec: ContainerRecord) -> api_pb2.ContainerStatus:
@@ -144,23 +194,23 @@ def status_of(rec: ContainerRecord) -> api_pb2.ContainerStatus:
 
 async def container_status(
     node: Node, request: api_pb2.ContainerStatusRequest
-) -> api_pb2.ContainerStatusResponse:
+) -> api_pb2.ContainerStatusResponse | Encoded:
     comp = _containers(node)
     rec = comp.get(request.container_id)
-    status = status_of(rec)
-    info = {}
-    if request.verbose:
-        spec = comp.oci_spec(rec)
-        info["info"] = json.dumps(
-            {
-                "pid": rec.pid if rec.state == "running" else 0,
-                "sandboxID": rec.pod_id,
-                "runtimeHandler": rec.runtime_handler,
-                "bundle": rec.bundle,
-                "runtimeSpec": json.loads(spec) if spec else None,
-            }
-        )
-    return api_pb2.ContainerStatusResponse(status=status, info=info)
+    if not request.verbose:  # kubelet's call: the status, encoded once per change
+        data = wire.field(_STATUS_FIELD, status_bytes(rec))
+        return Encoded(data, api_pb2.ContainerStatusResponse)
+    spec = comp.oci_spec(rec)
+    info = json.dumps(
+        {
+            "pid": rec.pid if rec.state == "running" else 0,
+            "sandboxID": rec.pod_id,
+            "runtimeHandler": rec.runtime_handler,
+            "bundle": rec.bundle,
+            "runtimeSpec": json.loads(spec) if spec else None,
+        }
+    )
+    return api_pb2.ContainerStatusResponse(status=status_of(rec), info={"info": info})
 
 
 async def update_container_resources(

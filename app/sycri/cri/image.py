@@ -10,6 +10,8 @@ import json
 import time
 
 from sycri.api import api_pb2
+from sycri.cri import wire
+from sycri.cri.wire import Encoded
 from sycri.errors import InvalidArgument, SycriError
 from sycri.images.convert import failed_converting
 from sycri.images.credentials import from_auth_config
@@ -40,6 +42,20 @@ def to_cri(image: Image) -> api_pb2.Image:
     return out
 
 
+def _item(image: Image) -> bytes:
+    return to_cri(image).SerializeToString()
+
+
+_IMAGE = wire.number(api_pb2.ImageStatusResponse, "image")
+_IMAGES = wire.number(api_pb2.ListImagesResponse, "images")
+# An Image is frozen: a retag or a new pull is a new object, encoded again.
+ENCODED: wire.Encodings[Image] = wire.Encodings(_item)
+
+
+def _encoded(image: Image) -> bytes:
+    return ENCODED.get(image.id, image, None, image)
+
+
 async def pull_image(node: Node, request: api_pb2.PullImageRequest) -> api_pb2.PullImageResponse:
     text = _spec_image(request.image if request.HasField("image") else None, "PullImage")
     auth = from_auth_config(request.auth) if request.HasField("auth") else None
@@ -64,12 +80,14 @@ def _report_failure(
 
 async def image_status(
     node: Node, request: api_pb2.ImageStatusRequest
-) -> api_pb2.ImageStatusResponse:
+) -> api_pb2.ImageStatusResponse | Encoded:
     text = _spec_image(request.image if request.HasField("image") else None, "ImageStatus")
     node.images.sif_stores.refresh_soon()
     image = node.images.find(text)
     if image is None:
         return api_pb2.ImageStatusResponse()
+    if not request.verbose:
+        return Encoded(wire.field(_IMAGE, _encoded(image)), api_pb2.ImageStatusResponse)
     resp = api_pb2.ImageStatusResponse(image=to_cri(image))
     if request.verbose:
         resp.info["info"] = json.dumps(
@@ -86,7 +104,7 @@ async def image_status(
     return resp
 
 
-async def list_images(node: Node, request: api_pb2.ListImagesRequest) -> api_pb2.ListImagesResponse:
+async def list_images(node: Node, request: api_pb2.ListImagesRequest) -> Encoded:
     wanted = request.filter.image.image if request.HasField("filter") else ""
     node.images.sif_stores.refresh_soon()
     if wanted:
@@ -94,7 +112,9 @@ async def list_images(node: Node, request: api_pb2.ListImagesRequest) -> api_pb2
         images = [image] if image is not None else []
     else:
         images = node.images.list()
-    return api_pb2.ListImagesResponse(images=[to_cri(i) for i in images])
+        ENCODED.keep({i.id for i in images})
+    data = b"".join([wire.field(_IMAGES, _encoded(i)) for i in images])
+    return Encoded(data, api_pb2.ListImagesResponse)
 
 
 async def remove_image(

@@ -11,8 +11,11 @@ import time
 from collections.abc import Iterable
 
 from sycri.api import api_pb2
+from sycri.cri import wire
+from sycri.cri.container import status_bytes as container_status_bytes
 from sycri.cri.container import status_of as container_status_of
 from sycri.cri.events import Snapshot
+from sycri.cri.wire import Encoded
 from sycri.errors import InvalidArgument, NotFound
 from sycri.node import Node
 from sycri.runtime.container.container_store import ContainerRecord
@@ -148,9 +151,26 @@ def container_statuses(records: Iterable[ContainerRecord]) -> list[api_pb2.Conta
     return out
 
 
+def _status_bytes(sb: Sandbox) -> bytes:
+    return status_of(sb).SerializeToString()
+
+
+def _status_key(sb: Sandbox) -> tuple[object, ...]:
+    """What :func:`status_of` reads from the status, which is changed in place (the
+    metadata and config change only by replacing the whole Sandbox: a new source)."""
+    return (sb.state, tuple(sb.ips), sb.network_up)
+
+
+_STATUS = wire.number(api_pb2.PodSandboxStatusResponse, "status")
+_CONTAINERS = wire.number(api_pb2.PodSandboxStatusResponse, "containers_statuses")
+_TIMESTAMP = wire.number(api_pb2.PodSandboxStatusResponse, "timestamp")
+_ITEMS = wire.number(api_pb2.ListPodSandboxResponse, "items")
+STATUSES: wire.Encodings[Sandbox] = wire.Encodings(_status_bytes)
+
+
 async def pod_sandbox_status(
     node: Node, request: api_pb2.PodSandboxStatusRequest
-) -> api_pb2.PodSandboxStatusResponse:
+) -> api_pb2.PodSandboxStatusResponse | Encoded:
     manager = _manager(node)
     sb = manager.get(request.pod_sandbox_id)  # from memory: a status call never writes
     # The timestamp goes with the statuses: taken before them, so an event published
@@ -158,15 +178,20 @@ async def pod_sandbox_status(
     stamp = time.time_ns()
     containers = node.containers
     records = containers.in_pod(sb.id)
+    if not request.verbose:  # kubelet's call: joined from encodings kept per state
+        records.sort(key=lambda r: r.created_at, reverse=True)  # as container_statuses
+        parts = [wire.field(_STATUS, STATUSES.get(sb.id, sb, _status_key(sb), sb))]
+        parts += [wire.field(_CONTAINERS, container_status_bytes(r)) for r in records]
+        parts.append(wire.int_field(_TIMESTAMP, stamp))
+        return Encoded(b"".join(parts), api_pb2.PodSandboxStatusResponse)
     resp = api_pb2.PodSandboxStatusResponse(
         status=status_of(sb), timestamp=stamp, containers_statuses=container_statuses(records)
     )
-    if request.verbose:
-        resp.info.update(verbose_info(sb))
-        # The last CNI CHECK and when it ran: a status call never waits on a plugin.
-        check = manager.network_check(sb)
-        resp.info["networkCheck"] = check.result
-        resp.info["networkCheckedAt"] = check.when()
+    resp.info.update(verbose_info(sb))
+    # The last CNI CHECK and when it ran: a status call never waits on a plugin.
+    check = manager.network_check(sb)
+    resp.info["networkCheck"] = check.result
+    resp.info["networkCheckedAt"] = check.when()
     return resp
 
 
@@ -181,26 +206,33 @@ def matches(sb: Sandbox, f: api_pb2.PodSandboxFilter) -> bool:
     return True
 
 
-async def list_pod_sandbox(
-    node: Node, request: api_pb2.ListPodSandboxRequest
-) -> api_pb2.ListPodSandboxResponse:
-    resp = api_pb2.ListPodSandboxResponse()
-    # Built in place in the response (a message passed in would be copied), oldest first.
-    for sb in sorted(_manager(node).list(), key=lambda sb: sb.created_at):
-        if request.HasField("filter") and not matches(sb, request.filter):
-            continue
-        cfg = sb.config
-        item = resp.items.add(
-            id=sb.id,
-            state=_state(sb),
-            created_at=sb.created_at,
-            runtime_handler=sb.runtime_handler,
-        )
-        m = item.metadata
-        m.name, m.uid, m.namespace, m.attempt = sb.name, sb.uid, sb.namespace, sb.attempt
-        item.labels.update(cfg.labels)
-        item.annotations.update(cfg.annotations)
-    return resp
+def _listed_item(sb: Sandbox) -> bytes:
+    """The pod as one ``items`` entry of a ListPodSandboxResponse, tag included."""
+    cfg = sb.config
+    item = api_pb2.PodSandbox(
+        id=sb.id, state=_state(sb), created_at=sb.created_at, runtime_handler=sb.runtime_handler
+    )
+    m = item.metadata
+    m.name, m.uid, m.namespace, m.attempt = sb.name, sb.uid, sb.namespace, sb.attempt
+    item.labels.update(cfg.labels)
+    item.annotations.update(cfg.annotations)
+    return wire.field(_ITEMS, item.SerializeToString())
+
+
+LISTED: wire.Encodings[Sandbox] = wire.Encodings(_listed_item)
+
+
+async def list_pod_sandbox(node: Node, request: api_pb2.ListPodSandboxRequest) -> Encoded:
+    pods = _manager(node).list()
+    live = {sb.id for sb in pods}
+    LISTED.keep(live)
+    STATUSES.keep(live)
+    if request.HasField("filter"):
+        f = request.filter
+        pods = [sb for sb in pods if matches(sb, f)]
+    pods.sort(key=lambda sb: sb.created_at)  # oldest first
+    data = b"".join([LISTED.get(sb.id, sb, sb.state, sb) for sb in pods])
+    return Encoded(data, api_pb2.ListPodSandboxResponse)
 
 
 async def update_pod_sandbox_resources(

@@ -23,6 +23,7 @@ from google.protobuf.descriptor import FieldDescriptor, MethodDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from sycri.api import api_pb2
+from sycri.cri.wire import Encoded, as_message
 from sycri.errors import InvalidArgument, SycriError, excerpt
 
 log = logging.getLogger("sycri.rpc")
@@ -93,14 +94,16 @@ def _short(message: Message) -> str:
     return text_format.MessageToString(redacted(message), as_one_line=True)[:2000]
 
 
-def decode(md: MethodDescriptor, data: bytes) -> Message:
-    """The request message of ``md`` from its wire bytes; InvalidArgument naming the RPC
-    (and the field, for a string with a NUL byte in it).
+def decode(md: MethodDescriptor, data: bytes, cls: type[Message] | None = None) -> Message:
+    """The request message of ``md`` (of class ``cls``, when the caller has it) from its
+    wire bytes; InvalidArgument naming the RPC (and the field, for a string with a NUL
+    byte in it).
 
     gRPC would call a deserializer before any handler runs and answer UNKNOWN when it
     raises, so the handlers get raw bytes and decode them here, inside the wrapper.
     """
-    cls = message_factory.GetMessageClass(md.input_type)
+    if cls is None:
+        cls = message_factory.GetMessageClass(md.input_type)
     try:
         request = cls.FromString(data)
     except (DecodeError, UnicodeDecodeError, ValueError, RecursionError) as exc:
@@ -126,12 +129,15 @@ def nul_field(message: Message, prefix: str = "") -> str | None:
     refuses a NUL (``embedded null byte``) and C silently cuts the string short.
     """
     for fd, value in message.ListFields():
-        path = f"{prefix}{fd.name}"
+        path = prefix + fd.name
         if fd.type == fd.TYPE_STRING:
-            items = value if fd.is_repeated else [value]
-            for i, item in enumerate(items):
+            if not fd.is_repeated:
+                if "\x00" in value:
+                    return path
+                continue
+            for i, item in enumerate(value):
                 if "\x00" in item:
-                    return f"{path}[{i}]" if fd.is_repeated else path
+                    return f"{path}[{i}]"
         elif fd.type == fd.TYPE_MESSAGE:
             if _is_map(fd):
                 if fd.name in _FREE_TEXT:
@@ -191,14 +197,12 @@ class Dispatcher:
 
     def _method_handler(self, md: MethodDescriptor) -> grpc.RpcMethodHandler[bytes, Message]:
         # No request deserializer: the behaviour gets the raw bytes (see :func:`decode`).
-        resp_cls = message_factory.GetMessageClass(md.output_type)
+        serialize = _serializer(message_factory.GetMessageClass(md.output_type))
         fn = self.handlers.get(md.name)
         if md.server_streaming:
             behaviour = self._stream(md, fn)
-            return grpc.unary_stream_rpc_method_handler(behaviour, None, resp_cls.SerializeToString)
-        return grpc.unary_unary_rpc_method_handler(
-            self._unary(md, fn), None, resp_cls.SerializeToString
-        )
+            return grpc.unary_stream_rpc_method_handler(behaviour, None, serialize)
+        return grpc.unary_unary_rpc_method_handler(self._unary(md, fn), None, serialize)
 
     def _notify_start(self, name: str) -> float:
         for obs in self.observers:
@@ -226,13 +230,21 @@ class Dispatcher:
 
     def _unary(
         self, md: MethodDescriptor, fn: Handler | None
-    ) -> Callable[[bytes, _Context], Awaitable[Message]]:
+    ) -> Callable[[bytes, _Context], Awaitable[Message | Encoded]]:
         name = md.name
         unimplemented = _unimplemented(md)
+        request_class = message_factory.GetMessageClass(md.input_type)
+        node = self.node
+        # Bound once: this runs for every call kubelet makes.
+        starts = [obs.started for obs in self.observers]
+        ends = [obs.finished for obs in self.observers]
+        monotonic, ok = time.monotonic, grpc.StatusCode.OK
 
-        async def behaviour(raw: bytes, context: _Context) -> Message:
-            t0 = self._notify_start(name)
-            code = grpc.StatusCode.OK
+        async def behaviour(raw: bytes, context: _Context) -> Message | Encoded:
+            for started in starts:
+                started(name)
+            t0 = monotonic()
+            code = ok
             ended = False  # an abort sends the status at once: observers hear of it first
             try:
                 if fn is None:
@@ -240,10 +252,10 @@ class Dispatcher:
                     self._notify_end(name, code, t0)
                     await context.abort(code, unimplemented)
                 try:
-                    request = decode(md, raw)
+                    request = decode(md, raw, request_class)
                     if log.isEnabledFor(logging.DEBUG):
                         log.debug("%s request: %s", name, _short(request))
-                    response: Message = await fn(self.node, request)
+                    response: Message | Encoded = await fn(node, request)
                 except grpc.aio.AbortError:
                     raise
                 except Exception as exc:
@@ -251,15 +263,17 @@ class Dispatcher:
                     ended = True
                     await context.abort(code, msg)
                 if log.isEnabledFor(logging.DEBUG):
-                    log.debug("%s response: %s", name, _short(response))
+                    log.debug("%s response: %s", name, _short(as_message(response)))
                 return response
             except BaseException as exc:
-                if code == grpc.StatusCode.OK:
+                if code == ok:
                     code = grpc.StatusCode.CANCELLED if _is_cancel(exc) else grpc.StatusCode.UNKNOWN
                 raise
             finally:
                 if not ended:
-                    self._notify_end(name, code, t0)
+                    elapsed = monotonic() - t0
+                    for finished in ends:
+                        finished(name, code, elapsed)
 
         return behaviour
 
@@ -268,6 +282,8 @@ class Dispatcher:
     ) -> Callable[[bytes, _Context], AsyncIterator[Message]]:
         name = md.name
         unimplemented = _unimplemented(md)
+
+        request_class = message_factory.GetMessageClass(md.input_type)
 
         async def behaviour(raw: bytes, context: _Context) -> AsyncIterator[Message]:
             t0 = self._notify_start(name)
@@ -279,7 +295,7 @@ class Dispatcher:
                     self._notify_end(name, code, t0)
                     await context.abort(code, unimplemented)
                 try:
-                    request = decode(md, raw)
+                    request = decode(md, raw, request_class)
                     async for item in fn(self.node, request):
                         yield item
                 except grpc.aio.AbortError:
@@ -297,6 +313,19 @@ class Dispatcher:
                     self._notify_end(name, code, t0)
 
         return behaviour
+
+
+def _serializer(message_class: type[Message]) -> Callable[[Message | Encoded], bytes]:
+    """The reply's bytes: an :class:`Encoded` reply is sent as it is."""
+    plain = message_class.SerializeToString
+
+    def serialize(reply: Message | Encoded) -> bytes:
+        if type(reply) is Encoded:
+            return reply.data
+        data: bytes = plain(reply)  # type: ignore[arg-type]
+        return data
+
+    return serialize
 
 
 def _is_cancel(exc: BaseException) -> bool:

@@ -22,6 +22,8 @@ def resolve(prefix: str, ids: Iterable[str], what: str) -> str:
         raise InvalidArgument(f"{what} id is empty")
     if not _HEX.match(prefix):
         raise NotFound(f"{what} {excerpt(prefix)} not found (ids are lower-case hex)")
+    if len(prefix) == ID_LENGTH and prefix in ids:  # a whole id (kubelet's): no scan
+        return prefix
     matches = [i for i in ids if i.startswith(prefix)]
     if not matches:
         raise NotFound(f"{what} {excerpt(prefix)} not found")

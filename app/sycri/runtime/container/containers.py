@@ -225,7 +225,8 @@ class Containers:
         return self.store.all()
 
     def in_pod(self, pod_id: str) -> builtins.list[ContainerRecord]:
-        return [r for r in self.store.all() if r.pod_id == pod_id]
+        # r.meta, not the property: this scans every container on each PodSandboxStatus
+        return [r for r in self.store.all() if r.meta.pod_id == pod_id]
 
     def stats_containers(self) -> builtins.list[ContainerInfo]:
         """Every container as stats see it (the ContainerSource protocol)."""
