@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from sycri.api import api_pb2
-from sycri.errors import DeadlineExceeded, Internal, InvalidArgument, NotFound
+from sycri.errors import DeadlineExceeded, InvalidArgument, NotFound
 from sycri.runtime.container import rootfs
 from sycri.runtime.container.containers import Containers, SandboxInfo
 
@@ -391,8 +391,13 @@ def test_reopen_log_after_rotation(env: Env):
 
 
 def test_bad_command_fails_cleanly(env: Env):
-    with pytest.raises(Internal, match="nonexistent"):
+    # runc would find out only at StartContainer: the image is looked at first.
+    with pytest.raises(InvalidArgument, match=r"/nonexistent.*not found"):
         env.create(env.config("bad", [], command=["/nonexistent"]))
+    with pytest.raises(InvalidArgument, match=r"no-such-tool.*not found in PATH"):
+        env.create(env.config("bad", [], command=["no-such-tool"]))
+    with pytest.raises(InvalidArgument, match=r"/data/hello\.txt.*not executable"):
+        env.create(env.config("bad", [], command=["/data/hello.txt"]))
     assert env.ctrs.list() == []
     assert not [m for m in _mountinfo_targets() if m.startswith(str(env.base))]
     # The name is free again after the failure.
