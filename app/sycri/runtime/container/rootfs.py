@@ -239,9 +239,11 @@ async def mount_overlay(lower: Path, bundle: Path, idmap: Idmap | None = None) -
         if any(c in str(p) for c in ",:\n"):
             raise Internal(f"overlay path {p} holds a character mount options cannot carry")
     opts = f"lowerdir={lower},upperdir={upper},workdir={work}"
-    await command.run(
-        ["mount", "-t", "overlay", "overlay", "-o", opts, str(rootfs)], label="mount overlay"
-    )
+    # mount(2), not mount(8): the same call, without a process to start.
+    try:
+        await asyncio.to_thread(linux.mount, "overlay", rootfs, "overlay", 0, opts)
+    except OSError as exc:
+        raise Internal(f"cannot mount the overlay on {rootfs}: {exc.strerror}") from None
     return rootfs
 
 
