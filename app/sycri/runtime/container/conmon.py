@@ -198,8 +198,9 @@ def alive(pid: int) -> bool:
 def monitors(exit_dir: Path) -> dict[str, int]:
     """Container id -> pid of every live conmon that reports to ``exit_dir`` (ours).
 
-    Recovery uses it to end monitors of containers that have no record (a create
-    killed after conmon started): left alone they would outlive their container.
+    Recovery uses it to end monitors of containers that have no record (a removal
+    killed half way) and to find those of starts cut short: left alone they would
+    outlive their container.
     """
     want = str(exit_dir).encode()
     found: dict[str, int] = {}

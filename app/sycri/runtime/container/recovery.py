@@ -54,8 +54,9 @@ async def recover(c: Containers) -> None:
     c.image_volumes.forget_unknown(ours)
     for cid, pid in conmon.monitors(c.paths.exits).items():
         if cid not in ours:
-            # A create killed after conmon started: nothing was promised to
-            # kubelet; the monitor goes first so it writes no exit file later.
+            # A remove killed after the record went (or a create of an earlier
+            # sycri killed after conmon started): the monitor goes first so it
+            # writes no exit file later.
             log.warning("ending conmon %d of unrecorded container %s", pid, cid)
             await conmon.kill(pid)
     for entry in list(c.paths.containers.iterdir()):
