@@ -101,9 +101,11 @@ def _resolve(root: str, path: str, mounts: frozenset[str], lenient: bool = False
         try:
             st = os.lstat(root + nxt)
         except FileNotFoundError:
-            if not lenient:
-                raise
-            return posixpath.normpath(posixpath.join(nxt, *parts))
+            if lenient:
+                return posixpath.normpath(posixpath.join(nxt, *parts))
+            if any(m.startswith(nxt + "/") for m in mounts):
+                raise _Unknown from None  # runc makes it, for a mount below
+            raise
         if stat.S_ISLNK(st.st_mode):
             links += 1
             if links > MAX_LINKS:
