@@ -15,7 +15,7 @@ import grpc
 import pytest
 from sycri.api import api_pb2
 from sycri.images.convert import CONFIG_OBJECT
-from sycri.sif.writer import JsonObject, PartitionObject, write_sif
+from sycri.sif import JsonObject, PartitionObject, write_sif
 
 from tests.support import oci
 from tests.support.containers import busybox_rootfs

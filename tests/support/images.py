@@ -58,14 +58,13 @@ def dsse_sign(path: Path, key) -> None:
     import json
     import struct
 
-    from sycri.sif import DataType, open_sif
+    from sycri.sif import DataType, RawObject, add_object, open_sif
     from sycri.sif.verify import (
         DSSE_PAYLOAD_TYPE,
         _pae,
         descriptor_integrity_bytes,
         header_integrity_bytes,
     )
-    from sycri.sif.writer import RawObject, add_object
 
     with open_sif(path) as img:
         group = [d for d in img.descriptors if d.group_id == 1]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 from sycri.images import reference
-from sycri.images.service import tag_key
-from sycri.images.sif_stores import INDEX, read_store
+from sycri.images.reference import tag_key
+from sycri.images.sif_store_index import INDEX, read_store
 
 
 def key(name: str) -> str:

@@ -24,13 +24,14 @@ from typing import Any, TypeVar
 from sycri import command, sif
 from sycri.images import fstree, layout, squashfs, tarstream
 from sycri.images import manifest as mf
+from sycri.images.decompress import COPY_CHUNK
 from sycri.images.registry import RegistryClient
-from sycri.images.unpack import COPY_CHUNK, Applier, DiffIdMismatch, LimitExceeded, apply_layer
+from sycri.images.siffile import CONFIG_OBJECT
+from sycri.images.unpack import Applier, DiffIdMismatch, LimitExceeded, apply_layer
 from sycri.observability import tracing
 
 log = logging.getLogger("sycri.images.convert")
 
-CONFIG_OBJECT = "oci-config.json"
 CONVERSION_NOTE = "sycri: while turning the image's layers into a SIF"
 T = TypeVar("T")
 

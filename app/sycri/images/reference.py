@@ -13,7 +13,7 @@ import platform
 import re
 from dataclasses import dataclass
 
-from sycri.errors import InvalidArgument, excerpt
+from sycri.errors import InvalidArgument, SycriError, excerpt
 
 DOCKER_HUB = "docker.io"
 LIBRARY_HOST = "cloud.sylabs.io"
@@ -195,3 +195,30 @@ def _library(text: str, rest: str) -> Reference:
     elif len(parts) == 2:
         parts = [parts[0], "default", parts[1]]
     return Reference("library", host, "/".join(parts), tag or "latest", "")
+
+
+def tag_key(ref: Reference) -> str:
+    """How the store keys a reference's tag: ``registry/repo:tag`` (with the transport
+    unless docker); a local SIF by its path."""
+    if ref.transport == "file":
+        return ref.path
+    key = f"{ref.name}:{ref.tag}"
+    return key if ref.transport == "docker" else f"{ref.transport}://{key}"
+
+
+def digest_key(ref: Reference, digest: str) -> str:
+    """How the store keys a repo digest: ``registry/repo@digest`` (transport as for tags)."""
+    key = f"{ref.name}@{digest}"
+    return key if ref.transport == "docker" else f"{ref.transport}://{key}"
+
+
+def store_key(text: str) -> str:
+    """How the SIF stores know ``text``: an image id, or a name's tag key (the text
+    itself when it is neither)."""
+    text = text.strip()
+    if is_image_id(text):
+        return text if text.startswith("sha256:") else "sha256:" + text
+    try:
+        return tag_key(parse(text))
+    except SycriError:
+        return text

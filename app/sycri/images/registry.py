@@ -1,17 +1,14 @@
 """An async client of the OCI distribution API v2 (what docker:// and oras:// speak).
 
-Auth is the registry's choice, discovered from its ``WWW-Authenticate`` challenge:
-anonymous, bearer tokens from the challenge's realm (with basic credentials or an
-OAuth2 refresh token), a registry token used as-is, or basic auth. Every blob is hashed
-and counted while it streams; a blob that is longer, shorter or different from its
-descriptor is refused. 5xx answers and dropped connections are retried a bounded number
+Auth is the registry's choice, discovered from its ``WWW-Authenticate`` challenge
+(:mod:`sycri.images.registry_auth`). Every blob is hashed and counted while it streams;
+a blob that is longer, shorter or different from its descriptor is refused. 5xx answers and dropped connections are retried a bounded number
 of times; a read that makes no progress for ``progress_timeout`` seconds fails.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import re
@@ -26,9 +23,7 @@ from sycri.errors import (
     DeadlineExceeded,
     InvalidArgument,
     NotFound,
-    PermissionDenied,
     SycriError,
-    Unauthenticated,
     Unavailable,
     excerpt,
 )
@@ -36,12 +31,11 @@ from sycri.images import manifest as mf
 from sycri.images.credentials import Credentials
 from sycri.images.download import CHUNK, Streamed, sha256, stream_to_file
 from sycri.images.registries import Endpoint
+from sycri.images.registry_auth import BACKOFF, RETRIES, RegistryAuth
 from sycri.observability import tracing
 
 log = logging.getLogger("sycri.images.registry")
 
-RETRIES = 3
-BACKOFF = (0.2, 0.6, 1.5)
 LOOPBACK = re.compile(r"^(localhost|127\.\d+\.\d+\.\d+|\[::1\])(:\d+)?$")
 
 
@@ -51,12 +45,6 @@ class DigestMismatch(InvalidArgument):
 
 class _Retry(Exception):
     """A transient failure worth another try."""
-
-
-def _challenge(header: str) -> tuple[str, dict[str, str]]:
-    scheme, _, rest = header.strip().partition(" ")
-    params = dict(re.findall(r'(\w+)="([^"]*)"', rest))
-    return scheme.lower(), params
 
 
 @dataclass
@@ -85,9 +73,8 @@ class RegistryClient:
         self.progress_timeout = progress_timeout
         self.retries = retries
         self.on_bytes = on_bytes or (lambda n: None)  # told of every byte received
-        self._auth_header: str | None = None
         self._scheme: str | None = None
-        self._auth_lock = asyncio.Lock()
+        self.auth = RegistryAuth(session, endpoint, self.creds, retries=retries, ssl=self._ssl)
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -137,8 +124,8 @@ class RegistryClient:
             if attempt:
                 await asyncio.sleep(BACKOFF[min(attempt - 1, len(BACKOFF) - 1)])
             hdrs = dict(headers or {})
-            if self._auth_header:
-                hdrs["Authorization"] = self._auth_header
+            if self.auth.header:
+                hdrs["Authorization"] = self.auth.header
             try:
                 with tracing.span(
                     "registry.request", **{"http.request.method": method, "url.full": url}
@@ -168,14 +155,14 @@ class RegistryClient:
             if resp.status == 401 and not reauthed:
                 challenge = resp.headers.get("WWW-Authenticate", "")
                 resp.release()
-                if await self._authenticate(challenge, hdrs.get("Authorization")):
+                if await self.auth.authenticate(challenge, hdrs.get("Authorization")):
                     return await self._request(
                         method, path, headers=headers, what=what, reauthed=True
                     )
-                raise self._refused(401, what)
+                raise self.auth.refused(401, what)
             if resp.status in (401, 403):
                 resp.release()
-                raise self._refused(resp.status, what)
+                raise self.auth.refused(resp.status, what)
             if resp.status == 404:
                 resp.release()
                 raise NotFound(f"{what} not found at {self.where}")
@@ -194,92 +181,6 @@ class RegistryClient:
             f"{what}: registry {self.endpoint.host} unavailable after {self.retries + 1} tries "
             f"({last})"
         )
-
-    def _refused(self, status: int, what: str) -> SycriError:
-        if self.creds:
-            msg = (
-                f"{what}: registry {self.endpoint.host} refused the credentials for "
-                f"{self.endpoint.repository} (HTTP {status})"
-            )
-        else:
-            msg = (
-                f"{what}: registry {self.endpoint.host} requires credentials for "
-                f"{self.endpoint.repository} and none were given (HTTP {status})"
-            )
-        return PermissionDenied(msg) if status == 403 else Unauthenticated(msg)
-
-    async def _authenticate(self, challenge: str, tried: str | None) -> bool:
-        """Set ``_auth_header`` from the challenge; False when there is nothing new to try."""
-        async with self._auth_lock:
-            if self._auth_header and self._auth_header != tried:
-                return True  # another request authenticated meanwhile
-            scheme, params = _challenge(challenge)
-            if scheme == "basic":
-                if not self.creds.username or (tried and tried.startswith("Basic")):
-                    return False
-                raw = f"{self.creds.username}:{self.creds.password}".encode()
-                self._auth_header = "Basic " + base64.b64encode(raw).decode()
-                return True
-            if scheme == "bearer":
-                if self.creds.registry_token:
-                    if tried == f"Bearer {self.creds.registry_token}":
-                        return False
-                    self._auth_header = f"Bearer {self.creds.registry_token}"
-                    return True
-                token = await self._fetch_token(params)
-                self._auth_header = f"Bearer {token}"
-                return True
-            return False
-
-    async def _fetch_token(self, params: dict[str, str]) -> str:
-        realm = params.get("realm")
-        if not realm or not realm.startswith(("http://", "https://")):
-            raise InvalidArgument(
-                f"registry {self.endpoint.host}: bad token realm {excerpt(realm)}"
-            )
-        scope = params.get("scope") or f"repository:{self.endpoint.repository}:pull"
-        query = {"scope": scope}
-        if params.get("service"):
-            query["service"] = params["service"]
-        what = f"token for {self.where}"
-        timeout = aiohttp.ClientTimeout(total=60)
-        for attempt in range(self.retries + 1):
-            if attempt:
-                await asyncio.sleep(BACKOFF[min(attempt - 1, len(BACKOFF) - 1)])
-            try:
-                if self.creds.identity_token:
-                    form = {
-                        "grant_type": "refresh_token",
-                        "refresh_token": self.creds.identity_token,
-                        "client_id": "sycri",
-                        **query,
-                    }
-                    req = self.session.post(realm, data=form, ssl=self._ssl(), timeout=timeout)
-                else:
-                    headers = {}
-                    if self.creds.username:
-                        raw = f"{self.creds.username}:{self.creds.password}".encode()
-                        headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
-                    req = self.session.get(
-                        realm, params=query, headers=headers, ssl=self._ssl(), timeout=timeout
-                    )
-                async with req as r:
-                    if r.status in (401, 403):
-                        raise self._refused(r.status, what)
-                    if r.status >= 500:
-                        continue
-                    if r.status != 200:
-                        raise InvalidArgument(f"{what}: token server answered HTTP {r.status}")
-                    body = await r.json(content_type=None)
-            except (TimeoutError, aiohttp.ClientError):
-                continue
-            except ValueError:
-                raise InvalidArgument(f"{what}: token server answer is not JSON") from None
-            token = (body or {}).get("token") or (body or {}).get("access_token")
-            if not isinstance(token, str) or not token:
-                raise InvalidArgument(f"{what}: token server answer holds no token")
-            return token
-        raise Unavailable(f"{what}: token server {excerpt(realm)} unavailable")
 
     # -- API --------------------------------------------------------------------------------
 

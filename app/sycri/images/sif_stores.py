@@ -2,12 +2,7 @@
 file system many nodes mount (NFS, Lustre, CephFS), served in place.
 
 Each store holds an index beside its SIFs, ``sycri-index.yaml``, that maps image names
-to files::
-
-    images:
-      registry.example.org/hpc/gromacs:2024.1: gromacs-2024.1.sif
-
-The index, written by whoever administers the store, is the only source of names. The
+to files (:mod:`sycri.images.sif_store_index`). The index, written by whoever administers the store, is the only source of names. The
 OCI reference a SIF may record in its own descriptors is not used: that is written by
 whoever built the file, and anyone who can drop a file on a shared file system could
 then claim any name.
@@ -26,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -37,28 +31,24 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
-
 from sycri.errors import (
     FailedPrecondition,
-    InvalidArgument,
     SycriError,
     Unavailable,
     excerpt,
 )
 from sycri.fsutil import atomic_write_json
 from sycri.images import manifest as mf
-from sycri.images.store import Image
+from sycri.images.sif_store_index import INDEX, Listing, NameKey, read_store
+from sycri.images.siffile import hash_stable, stat_key
+from sycri.images.store_index import Image
 from sycri.sif import policy as sif_policy
 
 log = logging.getLogger("sycri.images.sif_stores")
 
-INDEX = "sycri-index.yaml"
-MAX_INDEX = 1 << 20  # bytes of one index file
 TIMEOUT = 10.0  # seconds a store may take to answer a stat or an index read
 MAX_AGE = 10.0  # seconds a listing may be old before it is read again
 
-NameKey = Callable[[str], str]  # image name -> the key tags are stored under
 ConfigOf = Callable[[Path], bytes]  # SIF -> its OCI config (blocking)
 TrustOf = Callable[[Path], Awaitable[sif_policy.Trust]]
 T = TypeVar("T")
@@ -75,99 +65,6 @@ class Known:
     signed: bool
     signer: str
     why: str  # why it is not signed / trusted, for a policy refusal
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One line of a store's index, as read: the name's key and the file it names."""
-
-    key: str
-    path: str
-    stat: str
-
-
-@dataclass(frozen=True)
-class Listing:
-    """A store as last read: its entries, or why it could not be read."""
-
-    store: str
-    entries: tuple[Entry, ...] = ()
-    down: str = ""  # why the store cannot be used now; "" when it answered
-
-
-def stat_key(st: os.stat_result) -> str:
-    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
-
-
-def parse_index(data: bytes, store: str, name_key: NameKey) -> dict[str, str]:
-    """``{name key: file name}`` of an index; InvalidArgument names what is wrong. An entry
-    naming a path outside the store is refused with the rest of the index."""
-    try:
-        doc = yaml.safe_load(data.decode())
-    except (UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise InvalidArgument(f"{store}/{INDEX} is not YAML: {excerpt(str(exc))}") from None
-    images = doc.get("images") if isinstance(doc, dict) else None
-    if not isinstance(images, dict):
-        raise InvalidArgument(f"{store}/{INDEX}: expected a mapping 'images: {{name: file}}'")
-    out: dict[str, str] = {}
-    for name, file in images.items():
-        if not isinstance(name, str) or not isinstance(file, str) or not file:
-            raise InvalidArgument(f"{store}/{INDEX}: entry {excerpt(name)} is not 'name: file'")
-        if file.startswith("/") or ".." in file.split("/") or "\x00" in file:
-            raise InvalidArgument(
-                f"{store}/{INDEX}: {excerpt(file)} of {excerpt(name)} is not a path inside "
-                "the store"
-            )
-        out[name_key(name)] = file
-    return out
-
-
-def read_store(store: str, name_key: NameKey) -> Listing:
-    """Blocking: the index and each named file's stat. A store that cannot be read is
-    ``down``; an entry whose file cannot be read is left out (and logged)."""
-    index = Path(store) / INDEX
-    try:
-        with open(index, "rb") as f:
-            data = f.read(MAX_INDEX + 1)
-    except FileNotFoundError:
-        why = "it does not exist" if not os.path.isdir(store) else f"it has no {INDEX}"
-        return Listing(store, down=f"{why} (is the file system mounted?)")
-    except OSError as exc:
-        return Listing(store, down=f"{index} cannot be read: {exc.strerror}")
-    if len(data) > MAX_INDEX:
-        return Listing(store, down=f"{index} is larger than {MAX_INDEX} bytes")
-    try:
-        names = parse_index(data, store, name_key)
-    except SycriError as exc:
-        return Listing(store, down=exc.message)
-    root = os.path.realpath(store)
-    entries = []
-    for key, file in names.items():
-        path = os.path.realpath(os.path.join(root, file))
-        if not path.startswith(root + "/"):
-            log.warning("%s/%s: %s leaves the store; ignored", store, INDEX, file)
-            continue
-        try:
-            st = os.stat(path)
-        except OSError as exc:
-            log.warning("%s/%s: %s of %s cannot be read: %s", store, INDEX, file, key, exc)
-            continue
-        entries.append(Entry(key, path, stat_key(st)))
-    return Listing(store, tuple(entries))
-
-
-def sha256_file(path: str) -> tuple[str, os.stat_result]:
-    """Blocking: the digest of ``path`` and the stat it was taken under (the file must not
-    change while it is hashed)."""
-    before = os.stat(path)
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    after = os.stat(path)
-    if stat_key(before) != stat_key(after):
-        raise Unavailable(f"{path} changed while it was being hashed; try again")
-    return "sha256:" + h.hexdigest(), after
 
 
 def make_image(known: Known, path: str, tags: Iterable[str]) -> Image:
@@ -387,7 +284,7 @@ class SifStores:
         if known is not None and known.stat == stat:
             return known
         try:
-            digest, st = await _io(sha256_file, path)
+            digest, st = await _io(hash_stable, path)
             config = await _io(self.config_of, Path(path))
         except OSError as exc:
             raise Unavailable(f"SIF {path} cannot be read: {exc.strerror}") from None

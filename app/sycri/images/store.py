@@ -1,8 +1,9 @@
 """The image store: one SIF per image under ``<root>/images/sif``, indexed in SQLite (WAL).
 
 Reads never touch SQLite: they answer from an immutable in-memory index that a write
-replaces, whole, after its transaction commits. Writes (worker threads) take one lock
-and commit with ``synchronous=FULL``; a lookup on the event loop never waits for them.
+replaces, whole, after its transaction commits (built by :mod:`store_index`, pure).
+Writes (worker threads) take one lock and commit with ``synchronous=FULL``; a lookup on
+the event loop never waits for them.
 
 An image is named by its id: for an OCI image the digest of its config (whose diff_ids
 every layer was checked against), for a SIF made elsewhere (oras, library, local) the
@@ -17,25 +18,32 @@ local SIF files are indexed with their own path and never deleted.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
 import shutil
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
-from sycri.images.manifest import ImageConfig, parse_config
+from sycri.images.manifest import parse_config
+from sycri.images.siffile import config_digest, file_digest
+from sycri.images.store_index import (
+    COLUMNS_READ,
+    EMPTY_INDEX,
+    Image,
+    Index,
+    ParsedConfig,
+    build_index,
+)
 from sycri.observability.metrics import StoreStats
 from sycri.sif.format import SifError
-from sycri.sif.reader import open_sif
 
 log = logging.getLogger("sycri.images.store")
+
+__all__ = ["SCHEMA", "Image", "Store", "usage"]  # Image: where callers have found it
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -74,43 +82,6 @@ COLUMNS = (
 )
 
 
-@dataclass(frozen=True)
-class Image:
-    """One stored image, as the runtime and the CRI see it."""
-
-    id: str  # sha256:<hex> of the OCI image config, or of the SIF for foreign SIFs
-    sif_path: str
-    size: int
-    repo_tags: tuple[str, ...]
-    repo_digests: tuple[str, ...]
-    config: ImageConfig
-    raw_config: dict[str, Any] = field(repr=False, compare=False)
-    user_ref: str = ""
-    pinned: bool = False
-    local: bool = False  # a SIF used in place: never deleted
-    origin: str = ""  # "own" (sycri built the SIF) or "foreign"
-    signed: bool = False
-    signer: str = ""  # a trusted key verified a signature over the system partition
-    stat: str = ""  # local SIFs: the file's identity when it was last hashed
-
-    @property
-    def hex(self) -> str:
-        return self.id.split(":", 1)[-1]
-
-
-@dataclass(frozen=True)
-class _Index:
-    """What the index held after a commit; replaced whole, never changed."""
-
-    images: Mapping[str, Image]
-    tags: Mapping[str, str]  # tag -> image id
-    digests: Mapping[str, str]  # repo digest -> image id
-
-
-_EMPTY = _Index(MappingProxyType({}), MappingProxyType({}), MappingProxyType({}))
-_Row = tuple[str, str, int, bytes, str, int, int, str, int, str, str]
-
-
 class Store:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
@@ -120,8 +91,8 @@ class Store:
         for d in (self.root, self.sif_dir, self.tmp_dir, self.blob_dir):
             d.mkdir(parents=True, exist_ok=True, mode=0o711)
         self._lock = threading.Lock()  # writers only; readers take self._index
-        self._index = _EMPTY
-        self._configs: dict[str, tuple[bytes, dict[str, Any], ImageConfig]] = {}
+        self._index = EMPTY_INDEX
+        self._configs: dict[str, ParsedConfig] = {}
         self._db = sqlite3.connect(
             self.root / "index.db", check_same_thread=False, isolation_level=None
         )
@@ -169,62 +140,16 @@ class Store:
             self._stats = self._count()
             self._index = self._load()
 
-    def _load(self) -> _Index:
-        """The whole index from the database (the writer's lock held). Configs are parsed
-        once per image: an image's config never changes under its id."""
-        rows: list[_Row] = self._db.execute(f"SELECT {self._COLS} FROM images").fetchall()
-        tags: dict[str, list[str]] = {}
-        by_tag: dict[str, str] = {}
-        for tag, image_id in self._db.execute("SELECT tag, image_id FROM tags ORDER BY tag"):
-            tags.setdefault(image_id, []).append(tag)
-            by_tag[tag] = image_id
-        digests: dict[str, list[str]] = {}
-        by_digest: dict[str, str] = {}
-        for digest, image_id in self._db.execute(
-            "SELECT digest, image_id FROM digests ORDER BY digest"
-        ):
-            digests.setdefault(image_id, []).append(digest)
-            by_digest[digest] = image_id
-        images: dict[str, Image] = {}
-        configs: dict[str, tuple[bytes, dict[str, Any], ImageConfig]] = {}
-        for row in sorted(rows):
-            (
-                image_id,
-                sif_path,
-                size,
-                config,
-                user_ref,
-                pinned,
-                local,
-                origin,
-                signed,
-                signer,
-                st,
-            ) = row
-            parsed = self._configs.get(image_id)
-            if parsed is None or parsed[0] != config:
-                parsed = (config, *parse_config(config))
-            configs[image_id] = parsed
-            images[image_id] = Image(
-                image_id,
-                sif_path,
-                size,
-                tuple(tags.get(image_id, ())),
-                tuple(digests.get(image_id, ())),
-                parsed[2],
-                parsed[1],
-                user_ref,
-                bool(pinned),
-                bool(local),
-                origin,
-                bool(signed),
-                signer,
-                st,
-            )
-        self._configs = configs
-        return _Index(
-            MappingProxyType(images), MappingProxyType(by_tag), MappingProxyType(by_digest)
+    def _load(self) -> Index:
+        """The whole index from the database (the writer's lock held)."""
+        db = self._db
+        index, self._configs = build_index(
+            db.execute(f"SELECT {COLUMNS_READ} FROM images").fetchall(),
+            db.execute("SELECT tag, image_id FROM tags ORDER BY tag").fetchall(),
+            db.execute("SELECT digest, image_id FROM digests ORDER BY digest").fetchall(),
+            self._configs,
         )
+        return index
 
     def sif_path_for(self, image_id: str) -> Path:
         return self.sif_dir / (image_id.split(":", 1)[-1] + ".sif")
@@ -278,8 +203,8 @@ class Store:
                     )
                 continue
             try:
-                own = _config_digest(path) == image_id
-                new_id = image_id if own else _file_digest(path)
+                own = config_digest(path) == image_id
+                new_id = image_id if own else file_digest(path)
             except (OSError, SifError) as exc:
                 log.warning("image %s: cannot read its SIF %s: %s", image_id, path, exc)
                 continue
@@ -324,8 +249,6 @@ class Store:
         return removed
 
     # -- reads: from memory, never SQLite, never a lock -----------------------------------
-
-    _COLS = "id, sif_path, size, config, user_ref, pinned, local, origin, signed, signer, stat"
 
     def get(self, image_id: str) -> Image | None:
         return self._index.images.get(image_id)
@@ -438,23 +361,6 @@ class Store:
     def set_pinned(self, image_id: str, pinned: bool) -> None:
         with self._tx() as db:
             db.execute("UPDATE images SET pinned=? WHERE id=?", (int(pinned), image_id))
-
-
-def _file_digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
-
-
-def _config_digest(path: str) -> str:
-    """The digest of the SIF's ``oci-config.json`` object ("" when it has none)."""
-    with open_sif(path) as img:
-        found = img.find(name="oci-config.json")
-        if not found:
-            return ""
-        return "sha256:" + hashlib.sha256(img.read_object(found[0], limit=8 << 20)).hexdigest()
 
 
 def usage(path: Path) -> tuple[int, int]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from sycri.images import fstree
-from sycri.images.unpack import COPY_CHUNK, open_layer
+from sycri.images.decompress import COPY_CHUNK, open_layer
 
 BLOCK = 512
 _MAX_OCTAL = {8: 0o7777777, 12: 0o77777777777}

@@ -12,7 +12,8 @@ from the runtime, never from an image.
 Every layer's uncompressed stream is hashed as it is read and must equal the image
 config's ``rootfs.diff_ids`` entry for it, and :class:`Limits` bound what an image may
 unpack (bytes, entries, a single file, header sizes) while it streams, so a gzip bomb or
-a million-entry layer fails early in bounded memory.
+a million-entry layer fails early in bounded memory. Decompressing is
+:mod:`sycri.images.decompress`'s.
 
 The tree is held in memory (:mod:`sycri.images.fstree`): a regular file is where its
 bytes lie in the layer, so applying a layer reads headers only, and the squashfs is
@@ -23,7 +24,6 @@ Runs blocking I/O: call it from a worker thread.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import gzip
 import hashlib
@@ -31,15 +31,13 @@ import hmac
 import logging
 import tarfile
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, NoReturn, cast
 
-from isal import isal_zlib
-
 from sycri.errors import InvalidArgument, ResourceExhausted, excerpt
 from sycri.images import fstree
+from sycri.images.decompress import COPY_CHUNK, ISAL_ERROR, open_layer
 
 if TYPE_CHECKING:
     from sycri.config import ImageConfig
@@ -48,7 +46,6 @@ log = logging.getLogger("sycri.images.unpack")
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
-COPY_CHUNK = 1 << 20
 MAX_HEADER = 1 << 20  # a pax or GNU long-name header; tarfile reads it into memory
 _BIG_HEADERS = (
     tarfile.GNUTYPE_LONGNAME,
@@ -160,77 +157,6 @@ class Stats:
     whiteouts: int = 0
 
 
-_ISAL_ERROR = cast(type[Exception], isal_zlib.error)
-
-
-class Gunzip:
-    """A gzip stream inflated by ISA-L (3x zlib's speed), one member after another as
-    gzip(1) reads them; output in bounded pieces, so a gzip bomb costs no memory."""
-
-    def __init__(self, raw: BinaryIO) -> None:
-        self.raw = raw
-        self.inflate = isal_zlib.decompressobj(31)
-        self.pending = b""  # compressed input not yet given to ``inflate``
-        self.buf = b""
-        self.pos = 0
-        self.started = False  # the current member has had input
-        self.eof = False
-
-    def read(self, n: int = -1) -> bytes:
-        if n is None or n < 0:
-            n = COPY_CHUNK
-        while len(self.buf) - self.pos < n and not self.eof:
-            self._fill(n)
-        out = self.buf[self.pos : self.pos + n]
-        self.pos += len(out)
-        if self.pos >= len(self.buf):
-            self.buf, self.pos = b"", 0
-        return out
-
-    def _fill(self, n: int) -> None:
-        d = self.inflate
-        if d.eof:
-            rest = (d.unused_data + self.pending).lstrip(b"\0")  # zero padding is allowed
-            self.pending = b""
-            while not rest:
-                more = self.raw.read(COPY_CHUNK)
-                if not more:
-                    self.eof = True
-                    return
-                rest = more.lstrip(b"\0")
-            if rest[:2] != b"\x1f\x8b":
-                raise gzip.BadGzipFile("trailing data after the gzip stream")
-            self.inflate = d = isal_zlib.decompressobj(31)
-            self.pending = rest
-        data = d.unconsumed_tail or self.pending or self.raw.read(COPY_CHUNK)
-        self.pending = b""
-        if not data:
-            if self.started and not d.eof:
-                raise EOFError("the gzip stream ended before its end marker")
-            self.eof = True
-            return
-        self.started = True
-        out = d.decompress(data, max(n, COPY_CHUNK))
-        if out:
-            self.buf = self.buf[self.pos :] + out if self.pos < len(self.buf) else out
-            self.pos = 0
-
-
-@contextlib.contextmanager
-def open_layer(path: Path, compression: str) -> Iterator[BinaryIO]:
-    """The layer's tar stream, decompressed on the fly (gzip, zstd or none)."""
-    with open(path, "rb") as raw:
-        if compression == "gzip":
-            yield Gunzip(raw)  # type: ignore[misc]
-        elif compression == "zstd":
-            import zstandard
-
-            with zstandard.ZstdDecompressor().stream_reader(raw, read_size=COPY_CHUNK) as r:
-                yield r
-        else:
-            yield raw
-
-
 def split_name(name: str, what: str) -> list[str]:
     """The path components of a tar name, relative to the root; refuses ``..`` and NULs."""
     if "\x00" in name:
@@ -312,7 +238,7 @@ class Applier:
             if not exc.message.startswith(what):
                 raise HostileLayer(f"{what}: {exc.message}") from None
             raise
-        except (tarfile.TarError, EOFError, zlib.error, _ISAL_ERROR, gzip.BadGzipFile) as exc:
+        except (tarfile.TarError, EOFError, zlib.error, ISAL_ERROR, gzip.BadGzipFile) as exc:
             raise CorruptLayer(f"{what}: not a valid tar stream: {exc}") from None
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):

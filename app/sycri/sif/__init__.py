@@ -22,9 +22,7 @@ from sycri.sif.format import (
     SifError,
 )
 from sycri.sif.mount import mount_partition, partition_location, unmount
-from sycri.sif.reader import SifImage, open_sif
-from sycri.sif.verify import SignatureResult, verify
-from sycri.sif.writer import (
+from sycri.sif.objects import (
     DefinitionObject,
     GenericObject,
     JsonObject,
@@ -32,11 +30,10 @@ from sycri.sif.writer import (
     PartitionObject,
     RawObject,
     SifObject,
-    add_object,
-    delete_object,
-    sif_id_for,
-    write_sif,
 )
+from sycri.sif.reader import SifImage, open_sif
+from sycri.sif.verify import SignatureResult, verify
+from sycri.sif.writer import add_object, delete_object, sif_id_for, write_sif
 
 __all__ = [
     "DataType",

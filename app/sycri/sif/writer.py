@@ -30,20 +30,18 @@ from sycri.sif.format import (
     EXTRA_LEN,
     GROUP_MASK,
     MAX_DESCRIPTORS,
-    PARTITION_ALIGNMENT,
     DataType,
     Descriptor,
-    FsType,
     Header,
     PartType,
     SifError,
     arch_code,
     cleared,
     decode_descriptor,
-    encode_extra_partition,
     encode_launch_script,
     encode_name,
 )
+from sycri.sif.objects import RawObject, SifObject
 from sycri.sif.reader import open_sif
 
 # Namespace of the UUIDs sycri derives for the SIFs it writes.
@@ -53,95 +51,6 @@ SIF_ID_NAMESPACE = uuid.UUID("5f0d8c1e-3a41-5b7e-9c2d-7e1b0f6a4c39")
 def sif_id_for(text: str) -> uuid.UUID:
     """A stable SIF ID for something already unique (an image digest, say)."""
     return uuid.uuid5(SIF_ID_NAMESPACE, text)
-
-
-@dataclass(frozen=True, kw_only=True)
-class RawObject:
-    """Any data object: bytes in memory or a file copied by the kernel."""
-
-    data_type: int
-    data: bytes = b""
-    source_path: str | None = None
-    name: str = ""
-    extra: bytes = b""
-    group_id: int = 1  # 0: no group
-    link: int = 0
-    link_is_group: bool = False
-    alignment: int = 0
-
-    def to_raw(self) -> RawObject:
-        return self
-
-
-@dataclass(frozen=True)
-class DefinitionObject:
-    """The definition (recipe) file an image was built from."""
-
-    data: bytes
-    name: str = ""
-
-    def to_raw(self) -> RawObject:
-        return RawObject(data_type=DataType.DEFFILE, data=self.data, name=self.name)
-
-
-@dataclass(frozen=True)
-class JsonObject:
-    """A named generic JSON object, e.g. the OCI image config as ``oci-config.json``."""
-
-    name: str
-    data: bytes
-
-    def to_raw(self) -> RawObject:
-        return RawObject(data_type=DataType.GENERIC_JSON, data=self.data, name=self.name)
-
-
-@dataclass(frozen=True)
-class LabelsObject:
-    """Image labels as a JSON object."""
-
-    data: bytes
-    name: str = ""
-
-    def to_raw(self) -> RawObject:
-        return RawObject(data_type=DataType.LABELS, data=self.data, name=self.name)
-
-
-@dataclass(frozen=True)
-class GenericObject:
-    """Named raw bytes."""
-
-    name: str
-    data: bytes
-
-    def to_raw(self) -> RawObject:
-        return RawObject(data_type=DataType.GENERIC, data=self.data, name=self.name)
-
-
-@dataclass(frozen=True)
-class PartitionObject:
-    """A filesystem image (squashfs by default) copied from ``source_path``, 4096-aligned."""
-
-    source_path: str
-    fstype: int = FsType.SQUASHFS
-    parttype: int = PartType.PRIMARY_SYSTEM
-    arch: str = "amd64"
-    name: str = ""
-    group_id: int = 1
-
-    def to_raw(self) -> RawObject:
-        return RawObject(
-            data_type=DataType.PARTITION,
-            source_path=os.fspath(self.source_path),
-            name=self.name,
-            extra=encode_extra_partition(self.fstype, self.parttype, self.arch),
-            group_id=self.group_id,
-            alignment=PARTITION_ALIGNMENT,
-        )
-
-
-SifObject = (
-    RawObject | DefinitionObject | JsonObject | LabelsObject | GenericObject | PartitionObject
-)
 
 
 def default_time() -> int:
