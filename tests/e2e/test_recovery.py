@@ -520,6 +520,7 @@ def test_pod_that_lost_its_namespace_while_down_is_notready(node):
 
 def test_every_point_is_tested():
     tested = {"pull.fetched", "pull.built", "pull.renamed", "container.start.runc"}
+    tested |= {"container.start.conmon"}
     tested |= {"container.stop.signal", "pod.stop.containers", "pod.stop.network"}
     tested |= {"pod.remove.containers", "pod.remove.teardown"}
     tested |= {"container.remove.runc", "container.remove.record"}
