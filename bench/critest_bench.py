@@ -105,7 +105,9 @@ def main() -> int:
     results: dict[str, dict[str, list[float]]] = {"containerd": {}, "sycri": {}}
     try:
         with (
-            containerd(work / "c", reg, f"sycb-c{tag}", plain_http=(KIT_REGISTRY,)) as ctrd,
+            containerd(
+                work / "c", reg, f"sycb-c{tag}", plain_http=(KIT_REGISTRY,), ip_masq=True
+            ) as ctrd,
             served(work / "s", flags=["--log-level", "info"], cgroup_root=f"sycb-s{tag}") as (
                 server,
                 _net,

@@ -505,7 +505,7 @@ def main() -> int:
         sy_cg, ct_cg = f"sybench-s{tag}", f"sybench-c{tag}"
         flags = ["--log-level", "info", *args.sycri_flag]
         with (
-            containerd(work / "c", reg, ct_cg) as ctrd,
+            containerd(work / "c", reg, ct_cg, ip_masq=True) as ctrd,
             served(work / "s", flags=flags, cgroup_root=sy_cg) as (server, _net),
             grpc.insecure_channel(ctrd.endpoint) as cch,
         ):

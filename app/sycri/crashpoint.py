@@ -33,8 +33,9 @@ POINTS = (
     "container.start.conmon",  # conmon and runc's container exist, the record says created
     "container.start.runc",  # runc start done, RUNNING not yet recorded
     "container.stop.signal",  # stop signal sent, nothing recorded
-    "container.remove.runc",  # runc state deleted, mounts and record still there
-    "container.remove.record",  # record deleted, overlay and bundle still there
+    "container.exit.recorded",  # an exit recorded; runc's container and the rootfs still there
+    "container.remove.record",  # metadata deleted; runc's container, mounts, bundle still there
+    "container.remove.runc",  # runc's container deleted; mounts, cgroup and bundle still there
     "pod.stop.containers",  # the pod's containers are stopped, its init and net not
     "pod.stop.network",  # CNI DEL done, NOTREADY not yet recorded
     "pod.remove.containers",  # the pod's containers are removed, the pod not

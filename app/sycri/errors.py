@@ -64,9 +64,5 @@ class ResourceExhausted(SycriError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-class Unimplemented(SycriError):
-    code = grpc.StatusCode.UNIMPLEMENTED
-
-
 class Internal(SycriError):
     code = grpc.StatusCode.INTERNAL

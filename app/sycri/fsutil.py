@@ -1,4 +1,4 @@
-"""Small filesystem primitives every store uses: atomic writes and confined paths."""
+"""Small filesystem primitives: atomic writes, confined paths, listings of optional directories."""
 
 from __future__ import annotations
 
@@ -37,6 +37,18 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any, mode: int = 0o644) -> None:
     atomic_write(path, json.dumps(obj, sort_keys=True, indent=1).encode(), mode)
+
+
+def names_in(directory: str | os.PathLike[str]) -> list[str]:
+    """The entries of ``directory``, sorted; none when it is missing or cannot be read.
+
+    For directories of optional files (CDI specs, driver libraries, CNI configs) where an
+    absent directory means nothing is configured there, not an error.
+    """
+    try:
+        return sorted(os.listdir(directory))
+    except OSError:
+        return []
 
 
 def confined(root: str | os.PathLike[str], relative: str, what: str = "path") -> Path:

@@ -160,6 +160,13 @@ def test_reads_never_write_and_the_exit_monitor_alone_records_an_exit(node, regi
             time.sleep(0.05)
     finally:
         events.stop()
+    # The exit's release (runc's container, conmon's cgroup, the rootfs mount) is the
+    # exit monitor's too, in the background: done once the rootfs is unmounted.
+    rootfs = str(node.record_dir(waiter) / "rootfs")
+    deadline = time.monotonic() + 30
+    while rootfs in Path("/proc/self/mountinfo").read_text():
+        assert time.monotonic() < deadline, "the exited container was not released"
+        time.sleep(0.05)
     root = node.server.base / "root"
     before = files_under(root)
     for _ in range(5):

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import secrets
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +14,7 @@ import pytest
 from sycri.api import api_pb2
 
 from tests.e2e.test_containers_cri import container, log_of, pull, wait_state
+from tests.support.events import EventStream
 from tests.support.node import served
 from tests.support.pods import PodNet, pod_config
 from tests.support.server import SycriServer
@@ -108,45 +106,6 @@ def test_kubelet_hugepage_limits_for_every_node_size_run(node, registry):
         assert sorted(p["pageSize"] for p in applied) == sorted(kubelet_page_sizes())
     else:
         assert applied == []
-
-
-class EventStream:
-    """GetContainerEvents read on a thread, as kubelet's evented PLEG reads it."""
-
-    def __init__(self, server: SycriServer):
-        self.call = server.runtime().GetContainerEvents(api_pb2.GetEventsRequest())
-        self.events: queue.Queue[api_pb2.ContainerEventResponse] = queue.Queue()
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-
-    def _read(self) -> None:
-        try:
-            for ev in self.call:
-                self.events.put(ev)
-        except grpc.RpcError:
-            pass
-
-    def wait_for(self, cid: str, kind: int, timeout: float = 20) -> api_pb2.ContainerEventResponse:
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            assert left > 0, f"no event {kind} for {cid}"
-            ev = self.events.get(timeout=left)
-            if ev.container_id == cid and ev.container_event_type == kind:
-                return ev
-
-    def next_for(self, cid: str, timeout: float = 20) -> api_pb2.ContainerEventResponse:
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            assert left > 0, f"no event for {cid}"
-            ev = self.events.get(timeout=left)
-            if ev.container_id == cid:
-                return ev
-
-    def close(self) -> None:
-        self.call.cancel()
-        self.thread.join(10)
 
 
 def test_evented_pleg_sees_the_pod_containers_in_sandbox_status_and_events(node, registry):

@@ -7,19 +7,17 @@ see what happened.
 
 from __future__ import annotations
 
-import queue
 import secrets
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 from sycri.api import api_pb2
 
 from tests.support import oci
+from tests.support.events import EventStream
 from tests.support.node import served
 from tests.support.pods import pod_config
 from tests.support.server import SycriServer
@@ -36,35 +34,6 @@ def node() -> Iterator[SycriServer]:
         yield server
 
 
-class EventLog:
-    """A GetContainerEvents client reading in its own thread."""
-
-    def __init__(self, server: SycriServer):
-        self.call = server.runtime().GetContainerEvents(api_pb2.GetEventsRequest())
-        self.q: queue.Queue = queue.Queue()
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-
-    def _read(self) -> None:
-        try:
-            for ev in self.call:
-                self.q.put(ev)
-        except grpc.RpcError:
-            pass
-
-    def wait_for(self, cid: str, kind: int, timeout: float = 20) -> api_pb2.ContainerEventResponse:
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            assert left > 0, f"no event {kind} for {cid}"
-            ev = self.q.get(timeout=left)
-            if ev.container_id == cid and ev.container_event_type == kind:
-                return ev
-
-    def close(self) -> None:
-        self.call.cancel()
-
-
 def test_events_and_stats_of_real_containers(node, registry):
     rt = node.runtime()
     repo = "nt/" + secrets.token_hex(4)
@@ -73,7 +42,7 @@ def test_events_and_stats_of_real_containers(node, registry):
     node.images().PullImage(api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=image)))
     pod_cfg = pod_config("stats", labels={"app": "nt"})
     pod_cfg.log_directory = str(node.base / "pods" / "stats")
-    events = EventLog(node)
+    events = EventStream(node)
     time.sleep(0.3)  # the stream is subscribed before anything happens
     try:
         pod = rt.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=pod_cfg)).pod_sandbox_id

@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import secrets
 import signal
 import subprocess
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +17,7 @@ import pytest
 from sycri.api import api_pb2
 from sycri.runtime import linux
 
+from tests.support.events import EventStream
 from tests.support.node import remove_cgroups
 from tests.support.pods import PodNet, footprint, pod_config, unmount_all, wait_gone
 from tests.support.server import SycriServer
@@ -51,34 +49,6 @@ def node(tmp_path: Path) -> Iterator[tuple[SycriServer, PodNet, Path]]:
         net.cleanup()
 
 
-class Events:
-    """GetContainerEvents, read on a thread as kubelet's evented PLEG reads it."""
-
-    def __init__(self, server: SycriServer):
-        self.call = server.runtime().GetContainerEvents(R.GetEventsRequest())
-        self.queue: queue.Queue[R.ContainerEventResponse] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        try:
-            for ev in self.call:
-                self.queue.put(ev)
-        except grpc.RpcError:
-            pass
-
-    def wait_for(self, cid: str, kind: int, timeout: float = 20) -> R.ContainerEventResponse:
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            assert left > 0, f"no event {kind} for {cid}"
-            try:
-                ev = self.queue.get(timeout=left)
-            except queue.Empty:
-                raise AssertionError(f"no event {kind} for {cid}") from None
-            if ev.container_id == cid and ev.container_event_type == kind:
-                return ev
-
-
 def files_under(*dirs: Path) -> dict[str, tuple[int, int, int]]:
     """Every file and dir below ``dirs`` with its inode, size and mtime: an atomic
     rewrite changes the inode, an in-place write the mtime."""
@@ -107,7 +77,7 @@ def read_everything(rt, pod: str) -> R.PodSandboxStatusResponse:
 def test_init_exit_makes_the_pod_notready_with_an_event_and_reads_never_write(node):
     server, _, _ = node
     rt = server.runtime()
-    events = Events(server)
+    events = EventStream(server)
     pod = rt.RunPodSandbox(
         R.RunPodSandboxRequest(config=pod_config("fragile", pid=R.POD))
     ).pod_sandbox_id
@@ -139,7 +109,7 @@ def test_init_exit_makes_the_pod_notready_with_an_event_and_reads_never_write(no
         ]
     )
     assert "init" in info["reason"]
-    events.call.cancel()
+    events.close()
 
     # The state outlives a restart, and the pod is still removable.
     server.stop()

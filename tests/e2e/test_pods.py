@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import secrets
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -86,7 +88,19 @@ def test_pod_lifecycle_through_the_socket(node):
     info = json.loads(st.info["info"])
     assert info["hostname"] == "e2e-host"
     assert Path(info["namespaces"]["network"]).exists()
-    assert st.info["networkCheck"] == "ok"  # CNI CHECK of the live attachment
+    # The last CNI CHECK of the live attachment (the pod's ADD is the first), with
+    # when it ran; a verbose status never waits for a plugin.
+    check = st.info["networkCheck"]
+    deadline = time.monotonic() + 30
+    while check.startswith("not checked yet"):
+        assert time.monotonic() < deadline, "no CNI CHECK result"
+        time.sleep(0.05)
+        req = api_pb2.PodSandboxStatusRequest(pod_sandbox_id=pod_id, verbose=True)
+        st = rt.PodSandboxStatus(req)
+        check = st.info["networkCheck"]
+    assert check == "ok"
+    checked = datetime.datetime.fromisoformat(st.info["networkCheckedAt"].replace("Z", "+00:00"))
+    assert checked.timestamp() >= st.status.created_at // 1_000_000 / 1000  # after the pod
 
     def listed(**f) -> set[str]:
         req = api_pb2.ListPodSandboxRequest(filter=api_pb2.PodSandboxFilter(**f))

@@ -346,6 +346,45 @@ def test_kill_9_after_stop_signal(node):
     assert st.finished_at > st.started_at
 
 
+def test_kill_9_after_an_exit_is_recorded(node):
+    """Killed after StopContainer recorded the exit, before runc's container and the
+    rootfs mount were released: the exit stands, and a removal takes all that is left."""
+    by_pod, by_cid, by_log = bystander(node)
+    pod, cfg = node.pod("victim")
+    base = footprint(node)
+    cid = node.run(pod, cfg, "c", TRAPPER)
+    time.sleep(0.3)  # the trap is set
+    node.crash_during(
+        "container.exit.recorded",
+        lambda: node.rt.StopContainer(R.StopContainerRequest(container_id=cid, timeout=10)),
+    )
+    bystander_survived(node, by_pod, by_cid, by_log)
+    st = node.status(cid)
+    assert (st.state, st.exit_code, st.reason) == (R.CONTAINER_EXITED, 3, "Error")
+    node.rt.RemoveContainer(R.RemoveContainerRequest(container_id=cid))
+    assert set(node.containers()) == {by_cid}
+    assert footprint(node) == base
+
+
+@pytest.mark.parametrize("point", ["container.remove.runc", "container.remove.record"])
+def test_kill_9_during_remove_of_a_stopped_container(node, point):
+    """Stopped first (by the sycri that dies), so its exit released it: the removal had
+    only files left."""
+    by_pod, by_cid, by_log = bystander(node)
+    pod, cfg = node.pod("victim")
+    base = footprint(node)
+    cid = node.run(pod, cfg, "c", "exec sleep 3600")
+
+    def stop_then_remove() -> None:
+        node.rt.StopContainer(R.StopContainerRequest(container_id=cid, timeout=0))
+        node.rt.RemoveContainer(R.RemoveContainerRequest(container_id=cid))
+
+    node.crash_during(point, stop_then_remove)
+    bystander_survived(node, by_pod, by_cid, by_log)
+    assert set(node.containers()) == {by_cid}  # the removal was finished at start
+    assert footprint(node) == base
+
+
 @pytest.mark.parametrize("point", ["container.remove.runc", "container.remove.record"])
 def test_kill_9_during_remove_container(node, point):
     by_pod, by_cid, by_log = bystander(node)
@@ -523,6 +562,6 @@ def test_every_point_is_tested():
     tested |= {"container.start.conmon"}
     tested |= {"container.stop.signal", "pod.stop.containers", "pod.stop.network"}
     tested |= {"pod.remove.containers", "pod.remove.teardown"}
-    tested |= {"container.remove.runc", "container.remove.record"}
+    tested |= {"container.remove.runc", "container.remove.record", "container.exit.recorded"}
     tested |= set(POD_RUN) | set(CREATE)
     assert tested == set(crashpoint.POINTS)

@@ -513,6 +513,76 @@ def test_restart_tells_created_containers_of_both_versions_apart(env: Env):
     assert not [m for m in _mountinfo_targets() if m.startswith(str(env.base))]
 
 
+def _cgroup_exists(path: str) -> bool:
+    """Whether cgroup ``path`` exists in any hierarchy (v2's one or v1's)."""
+    root = Path("/sys/fs/cgroup")
+    tops = [root, *(p for p in root.iterdir() if p.is_dir() and not p.is_symlink())]
+    return any((top / path.lstrip("/")).is_dir() for top in tops)
+
+
+def _released(env: Env, cid: str) -> bool:
+    """runc knows no such container, its cgroup is gone and its rootfs is unmounted."""
+    rec = env.ctrs.get(cid)
+    runc = env.ctrs.runtime(rec.runtime_handler)
+    parent = env.ctrs.settings.default_cgroup_parent
+    return (
+        env.run(runc.state(cid)) is None
+        and not _cgroup_exists(f"{parent}/sycri-{cid}")
+        and str(Path(rec.bundle) / "rootfs") not in _mountinfo_targets()
+    )
+
+
+def _nothing_left(env: Env, cid: str, bundle: Path) -> None:
+    parent = env.ctrs.settings.default_cgroup_parent
+    with pytest.raises(NotFound):
+        env.ctrs.get(cid)
+    assert not bundle.exists()
+    assert not [m for m in _mountinfo_targets() if m.startswith(str(bundle))]
+    assert not _cgroup_exists(f"{parent}/sycri-{cid}")
+    assert not _cgroup_exists(f"{parent}/sycri-conmon-{cid}")
+    assert not env.ctrs.exit_file(cid).exists()
+    assert str(env.ctrs.image_mounts.target(env.images.images["busybox"].id)) not in (
+        _mountinfo_targets()
+    )
+
+
+def test_an_exit_the_monitor_sees_releases_the_container_and_remove_leaves_nothing(env: Env):
+    """As containerd's shim at an exit: runc's container and cgroup and the rootfs mount
+    go when the exit is recorded; the exited container's status and log stay."""
+    env.unwatch()  # the monitor is driven by hand below
+    cid = env.start("short", ["echo bye; exit 4"])
+    rec = env.ctrs.get(cid)
+    deadline = time.monotonic() + 20
+    while not env.ctrs.exit_file(cid).exists():  # conmon wrote the exit
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert env.run(env.ctrs.exits.reap()) == 1
+    env.run(env.ctrs.exits.releases_done())
+    assert (rec.state, rec.exit_code) == ("exited", 4)
+    assert _released(env, cid)
+    assert ("stdout", "bye") in env.log_lines(cid)
+    env.run(env.ctrs.remove(cid))
+    _nothing_left(env, cid, Path(rec.bundle))
+    assert Path(rec.log_path).exists()  # the log stays for kubelet
+
+
+def test_stop_releases_the_container_before_it_replies(env: Env):
+    cid = env.start("stopped", ["sleep 600"])
+    bundle = Path(env.ctrs.get(cid).bundle)
+    env.run(env.ctrs.stop(cid, 0))
+    assert env.ctrs.get(cid).exit_code == 137
+    assert _released(env, cid)
+    env.run(env.ctrs.remove(cid))
+    _nothing_left(env, cid, bundle)
+
+
+def test_remove_of_a_running_container_leaves_nothing(env: Env):
+    cid = env.start("running", ["sleep 600"])
+    bundle = Path(env.ctrs.get(cid).bundle)
+    env.run(env.ctrs.remove(cid))
+    _nothing_left(env, cid, bundle)
+
+
 def test_restart_recovers_running_containers_and_sweeps_leftovers(env: Env):
     running = env.start("survivor", ["sleep 600"])
     exited = env.start("done", ["exit 5"])

@@ -76,3 +76,35 @@ def test_remove_overlay_refuses_to_delete_through_a_mount_it_cannot_remove(tmp_p
     finally:
         while str(bundle / "rootfs") in rootfs.mounted_targets():
             subprocess.run(["umount", "-l", str(bundle / "rootfs")], check=True)
+
+
+def test_remove_bundle_unmounts_a_bind_of_the_same_file_system_before_deleting(tmp_path):
+    """A bind mount deep in the bundle, of a directory on the bundle's own file system
+    (an idmapped volume is one): found without the mount table, unmounted, and the
+    host's files under it are never deleted."""
+    host = tmp_path / "host-volume"
+    host.mkdir()
+    (host / "data").write_text("keep")
+    bundle = tmp_path / "bundle"
+    target = bundle / "upper" / "deep" / "vol"
+    target.mkdir(parents=True)
+    (bundle / "upper" / "file").write_text("x")
+    subprocess.run(["mount", "--bind", str(host), str(target)], check=True)
+    try:
+        rootfs.remove_bundle(bundle)
+    finally:
+        if str(target) in rootfs.mounted_targets():
+            subprocess.run(["umount", "-l", str(target)], check=True)
+    assert (host / "data").read_text() == "keep"
+    assert not bundle.exists()
+
+
+def test_remove_bundle_with_nothing_mounted_deletes_it(tmp_path):
+    bundle = tmp_path / "bundle"
+    (bundle / "upper" / "a" / "b").mkdir(parents=True)
+    (bundle / "upper" / "a" / "b" / "f").write_text("x")
+    (bundle / "upper" / "link").symlink_to("/etc")
+    (bundle / "rootfs").mkdir()
+    rootfs.remove_bundle(bundle)
+    assert not bundle.exists()
+    assert os.path.isdir("/etc")

@@ -10,6 +10,7 @@ import os
 import secrets
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from sycri.config import CniConfig, Config
 from sycri.errors import AlreadyExists, InvalidArgument, NotFound
 from sycri.network import cni
 from sycri.runtime.cgroups import cgroups
+from sycri.runtime.pod import netcheck
 from sycri.runtime.pod.sandbox import NOTREADY, READY
 from sycri.runtime.pod.sandbox_manager import SandboxManager
 
@@ -693,6 +695,52 @@ def test_cni_check_passes_when_healthy_and_names_the_broken_plugin(env: Env):
     finally:
         # bridge DEL finds the masquerade rules to remove by the interface's addresses.
         subprocess.run([*ip_in_pod, "add", addr, "dev", "eth0"], check=True)
+
+
+def test_verbose_network_check_answers_from_memory_and_refreshes_in_the_background(env: Env):
+    """A verbose status never waits on a plugin: it reports the last CHECK and when it
+    ran (the pod's ADD is its first), and starts a new one once that is older than the
+    refresh period; a broken network shows in the first report after that CHECK."""
+    before = time.time_ns()
+    sb = env.run(pod_config("kept"))
+    ok = env.call(_report(env, sb))  # the ADD's success, with no plugin run
+    assert ok.result == "ok" and before <= ok.checked_at <= time.time_ns()
+    assert ok.when().endswith("Z")
+    assert not env.manager.checks._running
+    now = [ok.checked_at]
+    env.manager.checks.clock = lambda: now[0]
+    addr = f"{sb.ips[0]}/{env.net.subnet.split('/')[1]}"
+    ip_in_pod = ["nsenter", f"--net={sb.netns_path}", "ip", "addr"]
+    subprocess.run([*ip_in_pod, "del", addr, "dev", "eth0"], check=True)
+    try:
+        now[0] += int(netcheck.MAX_AGE * 1e9) // 2
+        assert env.call(_report(env, sb)) == ok  # within the period: kept, no CHECK
+        assert not env.manager.checks._running
+        now[0] += int(netcheck.MAX_AGE * 1e9)
+        assert env.call(_report(env, sb)) == ok  # stale: still answered at once...
+        env.call(env.manager.checks.idle())  # ...while a new CHECK runs
+        broken = env.call(_report(env, sb))
+        assert "plugin 'bridge' CHECK" in broken.result
+        assert broken.checked_at == now[0]
+    finally:
+        subprocess.run([*ip_in_pod, "add", addr, "dev", "eth0"], check=True)
+    env.call(env.manager.stop(sb.id))
+    assert env.call(_report(env, sb)).result == netcheck.NOT_ATTACHED
+
+
+def test_verbose_network_check_of_a_pod_with_no_result_yet_starts_one(env: Env):
+    """A pod whose last result is gone (a sycri restarted since its ADD) is reported
+    "not checked yet" at once, and the CHECK that report started gives the next one."""
+    sb = env.run(pod_config("fresh"))
+    env.manager.checks.forget(sb.id)  # what a restart leaves: no result in memory
+    first = env.call(_report(env, sb))
+    assert (first.result, first.checked_at, first.when()) == (netcheck.PENDING, 0, "")
+    env.call(env.manager.checks.idle())
+    assert env.call(_report(env, sb)).result == "ok"
+
+
+async def _report(env: Env, sb):
+    return env.manager.network_check(sb)  # on the loop, as the RPC calls it
 
 
 def test_host_ipc_and_host_pid_use_the_hosts_namespaces(env: Env):

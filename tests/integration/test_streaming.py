@@ -19,6 +19,7 @@ from kubernetes.client import Configuration
 from kubernetes.stream.ws_client import WSClient, portforward_call
 from sycri.config import StreamingConfig
 from sycri.streaming.tokens import AttachRequest, ExecRequest, PortForwardRequest
+from sycri.streaming.upgrade import MAX_HEAD
 from websocket import WebSocketConnectionClosedException
 
 from tests.support import spdy_client, streaming_env
@@ -356,6 +357,8 @@ def test_bad_requests_get_http_errors(env):
         (b"GET /elsewhere/x HTTP/1.1\r\n\r\n", b"404"),
         (b"GET /exec/x HTTP/1.1\r\n\r\n", b"426"),
         (b"nonsense\r\n\r\n", b"400"),
+        # a head past the connection's read limit (headers a client could grow forever)
+        (b"GET /exec/x HTTP/1.1\r\nX-Big: " + b"a" * MAX_HEAD + b"\r\n\r\n", b"431"),
     ):
         with socket.create_connection((host, int(port)), timeout=10) as s:
             s.sendall(head)

@@ -90,7 +90,7 @@ def _private_mounts(base: Path, argv: list[str]) -> list[str]:
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *argv]
 
 
-def _cni_conf(net: PodNet) -> str:
+def _cni_conf(net: PodNet, ip_masq: bool = False) -> str:
     return json.dumps(
         {
             "cniVersion": "1.0.0",
@@ -100,7 +100,7 @@ def _cni_conf(net: PodNet) -> str:
                     "type": "bridge",
                     "bridge": net.bridge,
                     "isGateway": True,
-                    "ipMasq": False,
+                    "ipMasq": ip_masq,
                     "ipam": {
                         "type": "host-local",
                         "ranges": [[{"subnet": net.subnet}]],
@@ -117,6 +117,9 @@ def _cni_conf(net: PodNet) -> str:
 class Containerd:
     base: Path
     net: PodNet
+    # The benches give containerd the masquerading bridge sycri's built-in network has
+    # (as containerd's own example conflist does), so both pay for the same NAT rules.
+    ip_masq: bool = False
     proc: subprocess.Popen | None = None
 
     @property
@@ -135,7 +138,7 @@ class Containerd:
         self, registry_host: str, pause: str, timeout: float = 60, plain_http: tuple[str, ...] = ()
     ) -> None:
         (self.base / "net.d").mkdir(parents=True, exist_ok=True)
-        (self.base / "net.d" / "10-test.conflist").write_text(_cni_conf(self.net))
+        (self.base / "net.d" / "10-test.conflist").write_text(_cni_conf(self.net, self.ip_masq))
         conf = self.base / "config.toml"
         conf.write_text(_config(self.base, self.net, registry_host, pause, plain_http))
         log = open(self.base / "containerd.log", "ab")  # noqa: SIM115 - handed to the child
@@ -198,18 +201,23 @@ class Containerd:
 
 @contextlib.contextmanager
 def containerd(
-    base: Path, registry, cgroup_root: str, plain_http: tuple[str, ...] = ()
+    base: Path,
+    registry,
+    cgroup_root: str,
+    plain_http: tuple[str, ...] = (),
+    ip_masq: bool = False,
 ) -> Iterator[Containerd]:
     """containerd under ``base``, its pods' cgroups under ``cgroup_root``; afterwards
     every pod removed, containerd stopped, its mounts, dirs, bridge and cgroups gone.
-    ``plain_http``: more registries (host:port) it may pull from over plain HTTP."""
+    ``plain_http``: more registries (host:port) it may pull from over plain HTTP;
+    ``ip_masq``: its bridge masquerades pod traffic, as sycri's built-in network does."""
     oci.push(registry, PAUSE_REPO, "3.9", pause_image())
     made = []  # mount points for the private namespace, removed again if made here
     for d in (Path("/run/netns"), Path("/run/containerd")):
         if not d.exists():
             d.mkdir(mode=0o711)
             made.append(d)
-    ctrd = Containerd(base, PodNet.new())
+    ctrd = Containerd(base, PodNet.new(), ip_masq=ip_masq)
     try:
         ctrd.start(registry.host, f"{registry.host}/{PAUSE_REPO}:3.9", plain_http=plain_http)
         try:

@@ -38,14 +38,6 @@ def test_bad_parents_are_refused(driver, parent):
         cgroups.relative_path(driver, parent)
 
 
-def test_directories_per_version():
-    v1 = cgroups.directories(1, "/kubepods/pod1", "/cg")
-    assert "/cg/memory/kubepods/pod1" in v1 and "/cg/cpu/kubepods/pod1" in v1
-    assert cgroups.directories(2, "/kubepods.slice/x.slice", "/cg") == [
-        "/cg/kubepods.slice/x.slice"
-    ]
-
-
 def test_limits_plus_overhead_and_files_per_version():
     res = cgroups.Limits(cpu_period=100000, cpu_quota=50000, cpu_shares=512, memory=256 << 20)
     over = cgroups.Limits(cpu_quota=10000, cpu_shares=2, memory=64 << 20)

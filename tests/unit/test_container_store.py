@@ -199,13 +199,16 @@ def test_names_reserved_per_pod_and_attempt(tmp_path):
     store.reserve("pod1", "web", 0, "4" * 64)
 
 
-def test_delete_frees_name_and_files(tmp_path):
+def test_a_removal_drops_the_metadata_first_then_the_name(tmp_path):
     store = ContainerStore(tmp_path)
     rec = record("e" * 64)
     store.reserve(rec.pod_id, rec.name, 0, rec.id)
     saved(store, rec)
-    asyncio.run(store.delete(rec))
-    assert os.listdir(tmp_path / rec.id) == []
+    asyncio.run(store.drop_metadata(rec))
+    # On disk it is no record any more: a restart would remove its bundle...
+    assert not ContainerStore(tmp_path).load()
+    assert store.get(rec.id) is rec  # ...while the removal runs, it is still listed
+    store.forget(rec)
     with pytest.raises(NotFound):
         store.get(rec.id)
     store.reserve(rec.pod_id, rec.name, 0, "f" * 64)

@@ -50,14 +50,6 @@ class Reference:
         """``registry/repository``: the repo part of repo tags and repo digests."""
         return f"{self.registry}/{self.repository}" if self.registry else self.repository
 
-    @property
-    def tagged(self) -> str:
-        """``registry/repository:tag`` or empty when the reference has no tag."""
-        return f"{self.name}:{self.tag}" if self.tag else ""
-
-    def with_digest(self, digest: str) -> str:
-        return f"{self.name}@{digest}"
-
     def __str__(self) -> str:
         if self.transport == "file":
             return self.path

@@ -43,10 +43,6 @@ class DigestMismatch(InvalidArgument):
     """A blob's bytes do not match its descriptor: the image is rejected, nothing stored."""
 
 
-class _Retry(Exception):
-    """A transient failure worth another try."""
-
-
 @dataclass
 class Fetched:
     data: bytes

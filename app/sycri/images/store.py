@@ -18,7 +18,6 @@ local SIF files are indexed with their own path and never deleted.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -26,7 +25,6 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 from sycri.images.manifest import parse_config
 from sycri.images.siffile import config_digest, file_digest
@@ -358,10 +356,6 @@ class Store:
         self.prune_blobs()
         return image
 
-    def set_pinned(self, image_id: str, pinned: bool) -> None:
-        with self._tx() as db:
-            db.execute("UPDATE images SET pinned=? WHERE id=?", (int(pinned), image_id))
-
 
 def usage(path: Path) -> tuple[int, int]:
     """(bytes, inodes) used under ``path``, counting hard-linked files once."""
@@ -380,7 +374,3 @@ def usage(path: Path) -> tuple[int, int]:
             inodes += 1
             total += st.st_blocks * 512
     return total, inodes
-
-
-def config_json(raw: dict[str, Any]) -> str:
-    return json.dumps(raw, sort_keys=True)

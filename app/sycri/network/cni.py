@@ -17,7 +17,6 @@ import logging
 import shlex
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from sycri import command
@@ -266,10 +265,6 @@ def _error_text(res: command.Result) -> str:
         pass
     text = (res.stderr or res.stdout).decode(errors="replace").strip()
     return f"exit {res.returncode}: {text[-1000:]}"
-
-
-def read_network_file(path: Path) -> Network:
-    return parse(json.loads(path.read_text()), str(path))
 
 
 async def drop_masquerade(net: Network, container_id: str) -> int:

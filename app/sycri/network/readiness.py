@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sycri.config import CniConfig
+from sycri.fsutil import names_in
 
 CONFIG_SUFFIXES = (".conflist", ".conf", ".json")
 DEFAULT_PLUGINS = ("bridge", "host-local", "portmap", "bandwidth", "loopback")
@@ -29,11 +30,7 @@ class NetworkReadiness:
 
 def config_files(conf_dir: str) -> list[Path]:
     """Network config files in the lexical order kubelet and containerd use."""
-    try:
-        names = sorted(os.listdir(conf_dir))
-    except OSError:
-        return []
-    return [Path(conf_dir, n) for n in names if n.endswith(CONFIG_SUFFIXES)]
+    return [Path(conf_dir, n) for n in names_in(conf_dir) if n.endswith(CONFIG_SUFFIXES)]
 
 
 def plugin_types(doc: dict[str, Any]) -> list[str]:

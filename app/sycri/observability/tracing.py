@@ -184,13 +184,6 @@ def span(name: str, **attributes: Any) -> Iterator[Span]:
         yield sp
 
 
-def record_error(exc: BaseException, sp: Span | None = None) -> None:
-    """Mark the current (or given) span failed with ``exc``, for errors that are handled."""
-    sp = sp or trace.get_current_span()
-    sp.record_exception(exc)
-    sp.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
-
-
 def set_error(sp: Span, description: str) -> None:
     """Mark ``sp`` failed without an exception (a command that exited non-zero)."""
     sp.set_status(Status(StatusCode.ERROR, description))

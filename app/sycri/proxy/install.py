@@ -41,7 +41,6 @@ IMAGE_PARTS = ("usr", "etc", "opt/sycri", "bin", "sbin", "lib", "lib64", "var/li
 # Not needed to run the proxy: docs, translations, the CNI plugins (about 100 MB).
 LEFT_OUT = ("usr/share/doc", "usr/share/man", "usr/share/locale", "usr/lib/cni")
 EMPTY_DIRS = ("proc", "sys", "dev", "run", "tmp", "var/tmp", "etc/sycri-proxy")
-KEEP_VERSIONS = 2  # the current one and the one before (a rollback needs no copy)
 _VERSION = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}$")
 
 
@@ -162,6 +161,7 @@ def install(
             full = cmd if cmd[0] in ("nsenter", "kill") else host_command(host, *cmd)
             subprocess.run(full, check=True, timeout=120)
             ran.append(" ".join(full))
+    # the current version and the one before: a rollback needs no copy
     keep = [version] + ([previous] if previous and previous != version else [])
     _prune(opt, keep)
     return ran

@@ -1,4 +1,5 @@
-"""The few Linux system calls Python 3.11 lacks (mount, umount2, unshare, setns), via libc.
+"""The few Linux system calls Python 3.11 lacks (mount, umount2, unshare, setns, statx),
+via libc.
 
 Namespace work changes the calling thread, so callers run it with :func:`in_fresh_thread`:
 a new OS thread that exits afterwards, never one of the event loop's pooled threads.
@@ -9,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import errno
 import os
+import struct
 import threading
 from collections.abc import Callable
 from typing import TypeVar
@@ -45,6 +48,16 @@ _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.unshare.argtypes = [ctypes.c_int]
 _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 
+AT_FDCWD = -100
+AT_SYMLINK_NOFOLLOW = 0x100
+STATX_TYPE = 0x1
+STATX_ATTR_MOUNT_ROOT = 0x2000  # Linux 5.8
+_STATX_SIZE = 256  # struct statx; stx_attributes at 8, stx_attributes_mask at 56
+if hasattr(_libc, "statx"):  # glibc 2.28+
+    _libc.statx.argtypes = [
+        ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_char_p
+    ]  # fmt: skip
+
 
 def _check(rc: int, what: str) -> None:
     if rc != 0:
@@ -77,6 +90,27 @@ def unshare(flags: int) -> None:
 
 def setns(fd: int, nstype: int = 0) -> None:
     _check(_libc.setns(fd, nstype), "setns")
+
+
+def is_mount_root(path: str | os.PathLike[str]) -> bool | None:
+    """Whether ``path`` (not followed if a symlink) is the root of a mount, bind mounts
+    of the same file system included, from one ``statx``; None when the kernel or libc
+    cannot say (before Linux 5.8), so the caller reads the mount table instead."""
+    statx = getattr(_libc, "statx", None)
+    if statx is None:
+        return None
+    buf = ctypes.create_string_buffer(_STATX_SIZE)
+    rc = statx(AT_FDCWD, _b(path), AT_SYMLINK_NOFOLLOW, STATX_TYPE, buf)
+    if rc != 0:
+        err = ctypes.get_errno()
+        if err in (errno.ENOSYS, errno.EINVAL):
+            return None
+        raise OSError(err, os.strerror(err), str(path))
+    (attributes,) = struct.unpack_from("=Q", buf, 8)
+    (mask,) = struct.unpack_from("=Q", buf, 56)
+    if not mask & STATX_ATTR_MOUNT_ROOT:
+        return None
+    return bool(attributes & STATX_ATTR_MOUNT_ROOT)
 
 
 def is_mountpoint(path: str | os.PathLike[str]) -> bool:

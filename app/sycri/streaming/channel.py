@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 _INBOX_DEPTH = 64  # chunks buffered per stream before the connection's reader waits
+LINGER = 2.0  # seconds a closing connection waits for the client's side to end
 
 
 async def send_frame(writer: asyncio.StreamWriter, lock: asyncio.Lock, frame: bytes) -> None:

@@ -17,7 +17,7 @@ import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from sycri.streaming.channel import Inbox, send_frame
+from sycri.streaming.channel import LINGER, Inbox, send_frame
 
 log = logging.getLogger("sycri.streaming.spdy")
 
@@ -29,7 +29,6 @@ RST_PROTOCOL_ERROR, RST_INVALID_STREAM, RST_REFUSED_STREAM, RST_CANCEL = 1, 2, 3
 MAX_FRAME = 1 << 24  # the 24-bit length field's limit
 MAX_CONTROL = 1 << 20  # header blocks bigger than this are an attack, not a request
 DATA_CHUNK = 128 * 1024
-LINGER = 2.0  # seconds a closing connection waits for the client's side to end
 
 # The SPDY/3 header-compression dictionary (draft 3, section 2.6.10.1): 4-byte
 # length-prefixed words, then a raw tail. Kept in this form instead of a hex table.

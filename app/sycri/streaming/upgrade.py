@@ -1,12 +1,16 @@
-"""The one HTTP/1.1 request a streaming connection starts with, and its upgrade reply."""
+"""The one HTTP/1.1 request a streaming connection starts with, and its upgrade reply
+(SPDY/3.1 or WebSocket, with the subprotocol both sides speak)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
-MAX_HEAD = 16 * 1024
+from sycri.streaming import websocket
+
+MAX_HEAD = 64 * 1024  # the connection's read limit: a longer request head is answered 431
 
 
 class BadRequest(Exception):
@@ -98,3 +102,70 @@ def negotiate(offered: list[str], supported: tuple[str, ...]) -> str | None:
         if p in supported:
             return p
     return None
+
+
+@dataclass
+class Conn:
+    """One accepted connection after its request head; ``touch`` marks traffic (for the
+    idle timeout)."""
+
+    req: Request
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    touch: Callable[[], None]
+
+
+async def spdy_upgrade(
+    req: Request, writer: asyncio.StreamWriter, supported: tuple[str, ...]
+) -> str:
+    """Answer 101 with the first X-Stream-Protocol-Version both sides speak; 403 if none."""
+    offered = req.header_list("x-stream-protocol-version")
+    chosen = negotiate(offered, supported)
+    if chosen is None:
+        raise BadRequest(
+            403,
+            f"unable to upgrade: unable to negotiate protocol: client supports "
+            f"{offered[:8]}, server accepts {list(supported)}",
+        )
+    writer.write(
+        response(
+            101,
+            [
+                ("Connection", "Upgrade"),
+                ("Upgrade", "SPDY/3.1"),
+                ("X-Stream-Protocol-Version", chosen),
+            ],
+        )
+    )
+    await writer.drain()
+    return chosen
+
+
+async def websocket_upgrade(
+    req: Request, writer: asyncio.StreamWriter, supported: tuple[str, ...]
+) -> str:
+    """Answer 101 with the first Sec-WebSocket-Protocol both sides speak; 400 if none."""
+    key = req.header("sec-websocket-key")
+    if not key or req.header("sec-websocket-version") != "13":
+        raise BadRequest(400, "WebSocket upgrade needs Sec-WebSocket-Key and version 13")
+    offered = websocket.offered_protocols(req.headers.get("sec-websocket-protocol", []))
+    chosen = negotiate(offered, supported)
+    if chosen is None:
+        raise BadRequest(
+            400,
+            f"unable to negotiate a WebSocket subprotocol: client offers {offered[:8]}, "
+            f"server speaks {list(supported)}",
+        )
+    writer.write(
+        response(
+            101,
+            [
+                ("Upgrade", "websocket"),
+                ("Connection", "Upgrade"),
+                ("Sec-WebSocket-Accept", websocket.accept_key(key)),
+                ("Sec-WebSocket-Protocol", chosen),
+            ],
+        )
+    )
+    await writer.drain()
+    return chosen

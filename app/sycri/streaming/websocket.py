@@ -12,10 +12,10 @@ import base64
 import contextlib
 import hashlib
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from sycri.streaming.channel import send_frame
+from sycri.streaming.channel import LINGER, Inbox, send_frame
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
@@ -176,3 +176,13 @@ class ChannelOut:
             if self.v5:
                 with contextlib.suppress(ConnectionError):
                     await self.ws.send(bytes([CHANNEL_CLOSE, self.channel]))
+
+
+async def linger(reading: asyncio.Future[None], inboxes: Iterable[Inbox | None]) -> None:
+    """After our close frame: drop further input and wait (briefly) for the client's
+    close frame, the end of the RFC 6455 closing handshake."""
+    for box in inboxes:
+        if box is not None:
+            box.discard()
+    with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
+        await asyncio.wait_for(asyncio.shield(reading), LINGER)

@@ -12,7 +12,6 @@ import contextlib
 import logging
 import os
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,14 +70,6 @@ def relative_path(driver: str, parent: str) -> str:
         if p in (".", "..") or not _PATH_PART.match(p):
             raise InvalidArgument(f"cgroup_parent {excerpt(parent)} is not a cgroup path")
     return "/" + "/".join(parts)
-
-
-def directories(version: int, rel: str, root: str = CGROUP_ROOT) -> list[str]:
-    """Every directory that holds the cgroup: one per v1 controller, one on v2."""
-    rel = rel.strip("/")
-    if version == 2:
-        return [os.path.join(root, rel)]
-    return [os.path.join(root, c, rel) for c in V1_CONTROLLERS]
 
 
 @dataclass(frozen=True)
@@ -258,25 +249,3 @@ def remove_dirs(dirs: list[str]) -> None:
             pass
         except OSError as exc:
             log.warning("cannot remove cgroup %s: %s", d, exc.strerror)
-
-
-def limits_from(resources: Mapping[str, int | str] | None) -> Limits:
-    if not resources:
-        return Limits()
-
-    def num(key: str) -> int:
-        value = resources.get(key, 0)
-        return value if isinstance(value, int) else int(value or 0)
-
-    def text(key: str) -> str:
-        value = resources.get(key, "")
-        return value if isinstance(value, str) else str(value)
-
-    return Limits(
-        cpu_period=num("cpu_period"),
-        cpu_quota=num("cpu_quota"),
-        cpu_shares=num("cpu_shares"),
-        memory=num("memory"),
-        cpuset_cpus=text("cpuset_cpus"),
-        cpuset_mems=text("cpuset_mems"),
-    )

@@ -231,6 +231,17 @@ def release(record: Path, timeout: float = 5.0) -> None:
         record.unlink()
 
 
+def release_if_empty(record: Path) -> bool:
+    """Remove the leaf a record names, and the record, only if no process is left in it
+    (blocking, never waits or kills); whether it went. An exited container's conmon
+    is usually gone by the time its exit is released."""
+    dirs = recorded(record)
+    if any(_pids(d) for d in dirs):
+        return False
+    release(record)
+    return True
+
+
 def _pids(d: str) -> list[int]:
     try:
         return [int(p) for p in Path(d, "cgroup.procs").read_text().split()]

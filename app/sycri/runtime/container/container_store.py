@@ -72,6 +72,11 @@ def _read_json(path: Path) -> object:
         raise RecordError(f"not JSON: {exc}") from None
 
 
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
 def _set_aside(path: Path) -> Path:
     aside = path.with_name(path.name + UNREADABLE)
     os.replace(path, aside)
@@ -231,16 +236,21 @@ class ContainerStore:
             self._exited.add(rec.id)
             metrics.container_exited(rec.reason)
 
-    async def delete(self, rec: ContainerRecord) -> None:
-        """Forget the container: metadata first, so a crash leaves no half record."""
-
-        def unlink() -> None:
-            for path in (self.meta_path(rec.id), self.status_path(rec.id)):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
-
+    async def drop_metadata(self, rec: ContainerRecord) -> None:
+        """RemoveContainer's first step: delete ``meta.json`` (no fsync: an unlink a
+        power loss undoes leaves an exited container kubelet removes again). A bundle
+        without metadata is what a start-up removes (recovery), so from here on a crash
+        still ends with the container gone. The index keeps it until :meth:`forget`."""
         async with self._write_lock(rec.id):
-            await asyncio.to_thread(unlink)
+            await asyncio.to_thread(self.unlink_metadata, rec)
+
+    def unlink_metadata(self, rec: ContainerRecord) -> None:
+        """:meth:`drop_metadata`'s unlink (blocking), for a caller that holds the
+        container's lock, so no status write of it can run meanwhile."""
+        _unlink(self.meta_path(rec.id))
+
+    def forget(self, rec: ContainerRecord) -> None:
+        """Drop a removed container from the index (its files are gone with its bundle)."""
         self._writing.pop(rec.id, None)
         self._records.pop(rec.id, None)
         self._exited.discard(rec.id)

@@ -18,7 +18,7 @@ from google.protobuf import json_format
 from sycri import crashpoint
 from sycri.api import api_pb2
 from sycri.errors import FailedPrecondition, InvalidArgument, excerpt
-from sycri.fsutil import atomic_write, confined
+from sycri.fsutil import confined
 from sycri.runtime.container import executable, hostpath, rootfs
 from sycri.runtime.container.container_store import new_id
 from sycri.runtime.container.lookups import ImageInfo, SandboxInfo
@@ -126,7 +126,7 @@ async def create(
         if ns.userns:
             volumes = {m.container_path for m in cfg.mounts}
             await asyncio.to_thread(userns.idmap_volumes, built.spec, volumes, bundle, ns.userns)
-        await asyncio.to_thread(atomic_write, bundle / "config.json", built.json(), 0o600)
+        await asyncio.to_thread(_write_spec, bundle / "config.json", built.json())
         crashpoint.reach("container.create.overlay")
         meta = Metadata(
             id=cid,
@@ -181,6 +181,15 @@ def _log_path(sandbox: SandboxInfo, cfg: api_pb2.ContainerConfig, bundle: Path) 
             raise InvalidArgument("sandbox log_directory is not an absolute path")
         return str(confined(sandbox.log_directory, cfg.log_path, "log_path"))
     return str(bundle.with_name(bundle.name + ".log"))
+
+
+def _write_spec(path: Path, data: bytes) -> None:
+    """runc's input, read by ``runc create`` at StartContainer. Not fsynced: until the
+    record exists a crash leaves a bundle that recovery removes; a crash of sycri keeps
+    it in the page cache; after a power loss the overlay it names is gone anyway."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
 
 
 def _read_image_file(root: Path, rel: str) -> str:

@@ -7,6 +7,12 @@ five times a second and, for each running container with a file, records the exi
 it checks that each running container's conmon is alive. StopContainer waits on the
 same code for the container it stops. Reads never fold exits in: they answer from the
 index, which this monitor keeps current.
+
+Once an exit is recorded, the container is *released* as containerd's shim does when
+it sees one: runc's container (its state and cgroup) deleted, the root filesystem
+unmounted and conmon's cgroup removed once conmon has gone, so RemoveContainer only
+removes files. StopContainer releases before it
+replies; this monitor releases in the background, a few at a time.
 """
 
 from __future__ import annotations
@@ -19,9 +25,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sycri import crashpoint
 from sycri.errors import SycriError
-from sycri.runtime.cgroups import oom
-from sycri.runtime.container import conmon, dirwatch
+from sycri.runtime.cgroups import conmon_cgroup, oom
+from sycri.runtime.container import conmon, dirwatch, rootfs
 from sycri.runtime.container.record import EXITED, RUNNING, ContainerRecord, Status
 from sycri.runtime.events import ContainerEventType
 
@@ -68,12 +75,25 @@ def exited_status(
     )
 
 
+def _release_files(bundle: Path) -> None:
+    """Blocking: conmon's cgroup if conmon has gone already (else RemoveContainer waits
+    for it), then the rootfs unmounted: the last step, so its mount gone says the
+    release is done."""
+    conmon_cgroup.release_if_empty(bundle / conmon_cgroup.RECORD)
+    rootfs.release_rootfs(bundle)
+
+
 class ExitMonitor:
     """Exits into statuses, for one container component. Every method that changes a
     status runs with the container's lock held (the lifecycle's, or its own)."""
 
-    def __init__(self, containers: Containers) -> None:
+    def __init__(self, containers: Containers, concurrent_releases: int = 4) -> None:
         self.c = containers
+        # Containers this sycri released (runc's container deleted, rootfs unmounted);
+        # after a restart it is empty and RemoveContainer deletes runc's container itself.
+        self.released: set[str] = set()
+        self._releasing = asyncio.Semaphore(concurrent_releases)
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def record(self, rec: ContainerRecord, status: Status) -> None:
         """Persist an exit found by anyone (this monitor, a stop) and publish it."""
@@ -104,6 +124,37 @@ class ExitMonitor:
         await self.record(rec, status)
         return True
 
+    async def release(self, rec: ContainerRecord) -> None:
+        """An exited container: delete runc's container and unmount its root filesystem.
+        The caller holds the container's lock. A failure is logged and left to
+        RemoveContainer, which deletes whatever this did not."""
+        if rec.state != EXITED or rec.id in self.released:
+            return
+        crashpoint.reach("container.exit.recorded")
+        try:
+            await self.c.runtime(rec.runtime_handler).delete(rec.id)
+            await asyncio.to_thread(_release_files, Path(rec.bundle))
+        except SycriError as exc:
+            log.warning("releasing exited container %s: %s", rec.id, exc.message)
+            return
+        self.released.add(rec.id)
+
+    def release_later(self, rec: ContainerRecord) -> None:
+        """:meth:`release` in a task of its own (the monitor does not wait for runc)."""
+        task = asyncio.get_running_loop().create_task(self._release_locked(rec))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def releases_done(self) -> None:
+        """Wait for the releases :meth:`release_later` started (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def _release_locked(self, rec: ContainerRecord) -> None:
+        async with self._releasing, self.c.lock(rec.id):
+            if self.c.store.find(rec.id) is rec:  # not removed meanwhile
+                await self.release(rec)
+
     async def wait(self, rec: ContainerRecord, timeout: float) -> bool:
         """Wait for conmon's exit file: every 5 ms at first (most processes die within
         tens of ms of their signal, and StopContainer waits on this), backing off to 50 ms."""
@@ -133,7 +184,9 @@ class ExitMonitor:
             if lock.locked():
                 continue
             async with lock:
-                n += await self.collect(rec)
+                if await self.collect(rec):
+                    n += 1
+                    self.release_later(rec)
         return n
 
     async def check_monitors(self) -> int:
@@ -200,3 +253,5 @@ class ExitMonitor:
         finally:
             if watch is not None:
                 watch.close()
+            for task in list(self._tasks):
+                task.cancel()

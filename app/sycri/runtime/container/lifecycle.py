@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -71,6 +72,7 @@ async def stop(c: Containers, ref: str, timeout: float, pod_going: bool = False)
     rec = c.store.get(ref)
     async with c.lock(rec.id):
         await _stop_locked(c, rec, timeout, pod_going)
+        await c.exits.release(rec)  # exited: runc's container and the rootfs go now
 
 
 async def _stop_locked(
@@ -108,7 +110,8 @@ async def _stop_locked(
 
 
 async def remove(c: Containers, ref: str) -> None:
-    """Stop if needed, then delete runc state, overlay, bundle; the log stays."""
+    """Stop if needed, then delete metadata, runc's container (unless the exit released
+    it), the mounts, conmon's cgroup and the bundle; the log stays."""
     rec = c.store.find(ref)
     if rec is None:
         return  # RemoveContainer is idempotent
@@ -116,27 +119,54 @@ async def remove(c: Containers, ref: str) -> None:
         if c.store.find(rec.id) is None:
             return
         await _stop_locked(c, rec, 0)
-        if not rec.removing:
-            # A crash from here on: the next start finishes it.
-            await c.store.set_status(rec, rec.status.but(removing=True))
-        await c.runtime(rec.runtime_handler).delete(rec.id)
-        crashpoint.reach("container.remove.runc")
-        await rootfs.unmount(Path(rec.bundle) / "rootfs")
-        await asyncio.to_thread(conmon_cgroup.release, Path(rec.bundle) / conmon_cgroup.RECORD)
+        # First: a crash from here on leaves a bundle without metadata, which the next
+        # start removes with everything it holds (recovery).
+        if rec.id in c.exits.released:  # only files are left: one worker thread
+            await asyncio.to_thread(_remove_released, c, rec)
+        else:
+            await c.store.drop_metadata(rec)
+            crashpoint.reach("container.remove.record")
+            await c.runtime(rec.runtime_handler).delete(rec.id)
+            crashpoint.reach("container.remove.runc")
+            await asyncio.to_thread(_remove_files, c, rec)
         await c.image_mounts.release(rec.image_id, rec.id)
         c.tell_images(rec.image_id, rec.id, False)
         await c.image_volumes.detach(rec.id)
-        await c.store.delete(rec)
-        crashpoint.reach("container.remove.record")
-        await rootfs.remove_overlay(Path(rec.bundle))
-        with contextlib.suppress(FileNotFoundError):
-            c.exit_file(rec.id).unlink()
-        with contextlib.suppress(OSError):
-            (c.paths.sockets / rec.id).unlink()
+        c.store.forget(rec)
+        c.exits.released.discard(rec.id)
         statsview.forget(rec.id)
         c.emit(rec, ContainerEventType.DELETED)
     c.forget_lock(rec.id)
     log.info("removed container %s", rec.id)
+
+
+def _remove_released(c: Containers, rec: ContainerRecord) -> None:
+    """Blocking: the metadata, then :func:`_remove_files` (runc's container went at
+    the exit)."""
+    c.store.unlink_metadata(rec)
+    crashpoint.reach("container.remove.record")
+    crashpoint.reach("container.remove.runc")
+    _remove_files(c, rec)
+
+
+def _remove_files(c: Containers, rec: ContainerRecord) -> None:
+    """Blocking, in one worker thread: conmon's cgroup, the bundle (mounts first), the
+    exit file and the attach-socket entry."""
+    bundle = Path(rec.bundle)
+    conmon_cgroup.release(bundle / conmon_cgroup.RECORD)
+    rootfs.remove_bundle(bundle)
+    with contextlib.suppress(FileNotFoundError):
+        c.exit_file(rec.id).unlink()
+    remove_socket_entry(c.paths.sockets / rec.id)
+
+
+def remove_socket_entry(attach: Path) -> None:
+    """conmon's attach-socket entry: a link or a dir, by conmon version."""
+    with contextlib.suppress(OSError):
+        if attach.is_dir() and not attach.is_symlink():
+            shutil.rmtree(attach)
+        else:
+            attach.unlink()
 
 
 async def stop_pod(c: Containers, pod_id: str, timeout: float = 0) -> None:

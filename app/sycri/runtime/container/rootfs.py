@@ -21,7 +21,8 @@ from pathlib import Path
 
 from sycri import command
 from sycri.errors import FailedPrecondition, Internal
-from sycri.runtime import linux
+from sycri.observability import tracing
+from sycri.runtime import linux, loopdev
 from sycri.runtime.cgroups import conmon_cgroup
 from sycri.runtime.pod import userns
 
@@ -92,6 +93,21 @@ async def unmount(target: str | os.PathLike[str]) -> None:
     await asyncio.to_thread(_umount, str(target))
 
 
+async def _mount_loop(src: ImageSource, target: Path) -> bool:
+    """The kernel's squashfs on a loop device bound here (:mod:`sycri.runtime.loopdev`);
+    False where the kernel lacks ``LOOP_CONFIGURE`` (then ``mount(8)`` does it)."""
+    with tracing.span("mount squashfs", **{"image.id": src.image_id}):
+        try:
+            await asyncio.to_thread(
+                loopdev.mount_squashfs, src.path, src.offset, src.size, str(target)
+            )
+        except loopdev.Unsupported:
+            return False
+        except OSError as exc:
+            raise Internal(f"cannot mount image {src.image_id}: {exc.strerror}") from None
+    return True
+
+
 class ImageMounts:
     """One read-only mount per image, shared by reference. ``method_for(image_id)`` says
     whether the kernel (``loop``) or ``squashfuse`` parses it (``images.kernel_mount``)."""
@@ -104,6 +120,7 @@ class ImageMounts:
     ) -> None:
         self.base = base
         self._users: dict[str, set[str]] = {}
+        self._mounted: set[str] = set()  # image ids this sycri mounted (and still counts)
         self._locks: dict[str, asyncio.Lock] = {}
         self.method_for: Callable[[str], str] = lambda image_id: "loop"
         # Where a squashfuse for mount <name> lives (outside sycri's cgroup: it must
@@ -129,26 +146,33 @@ class ImageMounts:
         """The image's mount point, mounting it if this is its first container."""
         async with self._lock(src.image_id):
             target = self.target(src.image_id)
-            if not is_mounted(target):
+            # Mounted by this sycri and counted: no need to read the mount table.
+            if src.image_id not in self._mounted and not is_mounted(target):
                 target.mkdir(parents=True, exist_ok=True)
-                if self.method_for(src.image_id) == "squashfuse":
-                    # allow_other: containers run as any uid; default_permissions: the
-                    # kernel still checks the image's file modes.
-                    opts = f"ro,allow_other,default_permissions,offset={src.offset}"
-                    prefix = await self._confine(target)
-                    argv = [*prefix, "squashfuse", "-o", opts, src.path, str(target)]
-                    label = "mount squashfuse"
-                else:
-                    opts = f"ro,loop,offset={src.offset},sizelimit={src.size}"
-                    argv = ["mount", "-t", "squashfs", "-o", opts, src.path, str(target)]
-                    label = "mount mount"
-                try:
-                    await command.run(argv, label=label, timeout=60)
-                except BaseException:
-                    await asyncio.to_thread(conmon_cgroup.release, self._record(target))
-                    raise
+                method = self.method_for(src.image_id)
+                if method != "loop" or not await _mount_loop(src, target):
+                    await self._mount_by_program(src, target, method)
+            self._mounted.add(src.image_id)
             self._users.setdefault(src.image_id, set()).add(container_id)
             return target
+
+    async def _mount_by_program(self, src: ImageSource, target: Path, method: str) -> None:
+        if method == "squashfuse":
+            # allow_other: containers run as any uid; default_permissions: the
+            # kernel still checks the image's file modes.
+            opts = f"ro,allow_other,default_permissions,offset={src.offset}"
+            prefix = await self._confine(target)
+            argv = [*prefix, "squashfuse", "-o", opts, src.path, str(target)]
+            label = "mount squashfuse"
+        else:
+            opts = f"ro,loop,offset={src.offset},sizelimit={src.size}"
+            argv = ["mount", "-t", "squashfs", "-o", opts, src.path, str(target)]
+            label = "mount mount"
+        try:
+            await command.run(argv, label=label, timeout=60)
+        except BaseException:
+            await asyncio.to_thread(conmon_cgroup.release, self._record(target))
+            raise
 
     async def release(self, image_id: str, container_id: str) -> None:
         """Forget one user; unmount when none is left."""
@@ -158,6 +182,7 @@ class ImageMounts:
             if users:
                 return
             self._users.pop(image_id, None)
+            self._mounted.discard(image_id)
             target = self.target(image_id)
             await unmount(target)
             with contextlib.suppress(OSError):
@@ -239,7 +264,7 @@ async def mount_overlay(lower: Path, bundle: Path, idmap: Idmap | None = None) -
         if any(c in str(p) for c in ",:\n"):
             raise Internal(f"overlay path {p} holds a character mount options cannot carry")
     opts = f"lowerdir={lower},upperdir={upper},workdir={work}"
-    # mount(2), not mount(8): the same call, without a process to start.
+    # mount(2) itself: mount(8) would add a process and a read of the mount table.
     try:
         await asyncio.to_thread(linux.mount, "overlay", rootfs, "overlay", 0, opts)
     except OSError as exc:
@@ -254,12 +279,65 @@ def _under(bundle: Path) -> list[Path]:
     return [Path(t) for t in sorted(found, key=len, reverse=True)]
 
 
-async def remove_overlay(bundle: Path) -> None:
+def release_rootfs(bundle: Path) -> None:
+    """Unmount the container's root filesystem and its idmapped lower layer, if any
+    (blocking): once the container has exited nothing needs them, and what stays of
+    the container is its files."""
+    for mnt in (bundle / "rootfs", bundle / "lower"):
+        _umount(str(mnt))
+
+
+def _first_mount_in(top: Path) -> Path | bool | None:
+    """The first mount found at or below ``top`` (symlinks never followed), False when
+    there is none, None when the kernel cannot tell (then the mount table decides)."""
+    root = linux.is_mount_root(top)
+    if root is None:
+        return None
+    if root:
+        return top
+    stack = [top]
+    while stack:
+        d = stack.pop()
+        try:
+            with os.scandir(d) as it:
+                subdirs = [Path(e.path) for e in it if e.is_dir(follow_symlinks=False)]
+        except FileNotFoundError:
+            continue
+        for sub in subdirs:
+            try:
+                root = linux.is_mount_root(sub)
+            except FileNotFoundError:
+                continue
+            if root is None:
+                return None
+            if root:
+                return sub
+            stack.append(sub)
+    return False
+
+
+def remove_bundle(bundle: Path) -> None:
     """Unmount the container's overlay (and its idmapped lower layer and volumes, if
-    any) and delete its upper/work dirs and the bundle."""
-    for mnt in [bundle / "rootfs", *_under(bundle)]:
-        await unmount(mnt)
+    any) and delete its upper/work dirs and the bundle (blocking).
+
+    Never deletes through a mount. With nothing mounted below the bundle once its root
+    filesystem is unmounted (the usual case: the exit released it), a walk of the
+    bundle's directories says so, one ``statx`` per directory, without reading the
+    node's whole mount table, which grows with every container."""
+    if not bundle.exists():
+        return
+    release_rootfs(bundle)
+    if _first_mount_in(bundle) is False:
+        shutil.rmtree(bundle, True)
+        return
+    for mnt in _under(bundle):
+        _umount(str(mnt))
     left = _under(bundle)
     if left:  # never delete through a mount
         raise Internal(f"{left[0]} is still mounted; not deleting the bundle")
-    await asyncio.to_thread(shutil.rmtree, bundle, True)
+    shutil.rmtree(bundle, True)
+
+
+async def remove_overlay(bundle: Path) -> None:
+    """:func:`remove_bundle`, in a worker thread."""
+    await asyncio.to_thread(remove_bundle, bundle)

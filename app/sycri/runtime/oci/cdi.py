@@ -30,6 +30,7 @@ import yaml
 
 from sycri.api import api_pb2
 from sycri.errors import InvalidArgument, excerpt
+from sycri.fsutil import names_in
 
 log = logging.getLogger("sycri.cdi")
 
@@ -212,11 +213,7 @@ def load(dirs: Iterable[str] = SPEC_DIRS) -> list[Spec]:
     """Every readable spec in ``dirs``; a broken file is logged and skipped, not fatal."""
     specs = []
     for d in dirs:
-        try:
-            names = sorted(os.listdir(d))
-        except OSError:
-            continue
-        for name in names:
+        for name in names_in(d):
             if not name.endswith((".json", ".yaml", ".yml")):
                 continue
             path = os.path.join(d, name)

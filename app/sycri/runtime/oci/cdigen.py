@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from sycri.fsutil import names_in
+
 KIND = "nvidia.com/gpu"
 CDI_VERSION = "0.5.0"
 LIB_DIRS = (
@@ -191,10 +193,7 @@ def _libraries(version: str, dirs: Iterable[str]) -> list[Library]:
     seen: set[str] = set()
     out = []
     for d in dirs:
-        try:
-            names = sorted(os.listdir(d))
-        except OSError:
-            continue
+        names = names_in(d)
         for name in names:
             path = os.path.join(d, name)
             if not pattern.match(name) or os.path.islink(path) or not os.path.isfile(path):
@@ -247,13 +246,10 @@ def _version(proc: Path, lib_dirs: Iterable[str]) -> str:
     if found:
         return found.group(1)
     for d in lib_dirs:  # no kernel module visible (a chroot): the library says
-        try:
-            for name in sorted(os.listdir(d)):
-                m = re.match(r"^libcuda\.so\.(\d+\.\d+(?:\.\d+)?)$", name)
-                if m:
-                    return m.group(1)
-        except OSError:
-            continue
+        for name in names_in(d):
+            m = re.match(r"^libcuda\.so\.(\d+\.\d+(?:\.\d+)?)$", name)
+            if m:
+                return m.group(1)
     return ""
 
 
@@ -274,7 +270,7 @@ def discover(
     if not gpus:  # no /proc view: every /dev/nvidiaN node
         gpus = [
             Gpu(int(n[6:]), "", n)
-            for n in sorted(os.listdir(dev) if os.path.isdir(dev) else [])
+            for n in names_in(dev)
             if re.fullmatch(r"nvidia\d+", n) and _is_char(f"{dev}/{n}")
         ]
     if not gpus:

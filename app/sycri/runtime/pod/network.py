@@ -19,7 +19,7 @@ from sycri.errors import FailedPrecondition, InvalidArgument, excerpt
 from sycri.fsutil import atomic_write
 from sycri.network import cni
 from sycri.runtime import linux
-from sycri.runtime.pod import podfiles
+from sycri.runtime.pod import netcheck, podfiles
 from sycri.runtime.pod.plan import Plan, port_mappings
 from sycri.runtime.pod.sandbox import Sandbox
 
@@ -119,8 +119,8 @@ class PodNetwork:
 
     async def check(self, sb: Sandbox) -> str:
         """CNI CHECK of a pod's attachment: "ok", "not attached", or the plugin's error."""
-        if not (sb.ready and sb.network_up and sb.network and sb.cni_result):
-            return "not attached"
+        if not netcheck.attached(sb) or sb.network is None or sb.cni_result is None:
+            return netcheck.NOT_ATTACHED
         net = cni.parse(sb.network, f"sandbox {sb.id[:12]}")
         try:
             await self.cni.check(net, self.attachment(sb, "eth0", caps_of(sb)), sb.cni_result)

@@ -30,6 +30,7 @@ from sycri.runtime.oci import features
 from sycri.runtime.pod import plan as planning
 from sycri.runtime.pod import podcgroup, recovery
 from sycri.runtime.pod.create import PodBuilder
+from sycri.runtime.pod.netcheck import NetCheck, NetworkChecks
 from sycri.runtime.pod.network import PodNetwork
 from sycri.runtime.pod.plan import pod_limits, port_mappings
 from sycri.runtime.pod.sandbox import CREATING, NOTREADY, READY, Sandbox, encode_config
@@ -65,6 +66,7 @@ class SandboxManager:
         self.store = SandboxStore(Path(self.config.root_dir) / "sandboxes")
         self.pods_run = Path(self.config.run_dir) / "pods"
         self.net = PodNetwork(self.config)
+        self.checks = NetworkChecks(self.net.check)
         self.builder = PodBuilder(self.config, self.cgroup_driver, self.net, self.pods_run)
         self.cgroup_version = cgroups.detect_version()
         self.watch = InitWatch(self._init_exited)
@@ -105,7 +107,13 @@ class SandboxManager:
         return self.net.network(bandwidth)
 
     async def check_network(self, sb: Sandbox) -> str:
-        return await self.net.check(sb)
+        """A CNI CHECK of the pod's attachment now (kept for :meth:`network_check`)."""
+        return (await self.checks.refresh(sb)).result
+
+    def network_check(self, sb: Sandbox) -> NetCheck:
+        """The pod's last CNI CHECK, from memory; an old one is refreshed in the
+        background (:mod:`.netcheck`)."""
+        return self.checks.report(sb)
 
     # ----- run ------------------------------------------------------------------
 
@@ -136,6 +144,7 @@ class SandboxManager:
             self.store.release(sb.name_key, sb.id)
             raise
         async with self.lock(sb.id):
+            built = self.checks.clock()
             try:
                 await self.builder.build(sb, plan, lambda: self.store.save_status(sb))
                 sb.status.state = READY
@@ -144,6 +153,7 @@ class SandboxManager:
             except BaseException as exc:
                 await self._abandon(sb, exc)
                 raise
+            self.checks.added(sb, built)
             if sb.pid_mode == "POD":
                 self.watch.watch(sb.id, sb.status.init_pid, sb.status.init_start)
         log.info(
@@ -237,6 +247,7 @@ class SandboxManager:
                 crashpoint.reach(point)
             await self.store.delete(sb)
             self.watch.unwatch(sb.id)
+            self.checks.forget(sb.id)
             return True
         sb.status.left = left
         await self.store.save_status(sb)
@@ -313,5 +324,6 @@ class SandboxManager:
     def close(self) -> None:
         """Stop watching and retrying (the pods themselves are left as they are)."""
         self.watch.close()
+        self.checks.close()
         for task in list(self._tasks):
             task.cancel()
