@@ -68,9 +68,7 @@ class Pod:
     def run(self, c: api_pb2.ContainerConfig) -> str:
         """Create and start a container; its id."""
         rt = self.server.runtime()
-        req = api_pb2.CreateContainerRequest(
-            pod_sandbox_id=self.id, config=c, sandbox_config=self.cfg
-        )
+        req = api_pb2.CreateContainerRequest(pod_sandbox_id=self.id, config=c, sandbox_config=self.cfg)
         cid = rt.CreateContainer(req).container_id
         rt.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
         return cid

@@ -34,5 +34,6 @@ def fail_on(calls: list[dict]) -> None:
         seen[key] = seen.get(key, 0) + 1
     lines = [f"{n}x {call} at {stack}" for (call, stack), n in sorted(seen.items())]
     raise AssertionError(
-        "sycri made blocking calls on its event loop (each stalls every RPC):\n" + "\n".join(lines)
+        "sycri made blocking calls on its event loop (each stalls every RPC):\n"
+        + "\n".join(lines)
     )
