@@ -7,7 +7,7 @@ random place; a named point lands exactly between two steps. The environment var
 real deployment) :func:`reach` is one comparison with ``None``. It is not a setting:
 no flag or config field, so nobody turns it on by accident.
 
-Point names are ``<operation>.<step done>``, e.g. ``container.create.conmon``; the
+Point names are ``<operation>.<step done>``, e.g. ``container.start.conmon``; the
 list is :data:`POINTS`, so a test cannot name a point that no code reaches.
 """
 
@@ -30,7 +30,7 @@ POINTS = (
     "pod.run.ready",  # the READY record is on disk, the reply not sent
     "container.create.image",  # image squashfs mounted for this container
     "container.create.overlay",  # overlay rootfs mounted, spec written
-    "container.create.conmon",  # conmon and runc's container exist, no record yet
+    "container.start.conmon",  # conmon and runc's container exist, the record says created
     "container.start.runc",  # runc start done, RUNNING not yet recorded
     "container.stop.signal",  # stop signal sent, nothing recorded
     "container.exit.recorded",  # an exit recorded; runc's container and the rootfs still there

@@ -100,9 +100,10 @@ def test_cdi_device_reaches_the_container(node, registry, how):
         pod_sandbox_id=pod, config=container("gpu", image, [SCRIPT], **ask), sandbox_config=cfg
     )
     cid = rt.CreateContainer(req).container_id
-    state = json.loads((extra / "hook/created.json").read_text())  # the hook ran at create
-    assert state["id"] == cid and state["status"] == "creating"
+    assert not (extra / "hook/created.json").exists()  # no runc create before the start
     rt.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+    state = json.loads((extra / "hook/created.json").read_text())  # the hook ran at runc create
+    assert state["id"] == cid and state["status"] == "creating"
     st = wait_state(rt, cid, api_pb2.CONTAINER_EXITED)
     lines = [text for _, text in log_of(st.log_path)]
     assert st.exit_code == 0, lines

@@ -124,8 +124,7 @@ def _real_work(registry, node: workload.Node, state: dict) -> None:
         node.run(pod, "failed", ref, "exit 3"),
         node.run(pod, "hog", ref, "tail /dev/zero", memory=workload.OOM_LIMIT),
     ]
-    doomed = node.create(pod, "doomed", ref, "sleep 60")
-    node.kill_before_start(doomed)  # its start fails: a start failure, a failed runc start
+    doomed = node.create_unstartable(pod, "doomed", ref)  # a start failure
     with contextlib.suppress(grpc.RpcError):
         node.start(doomed)
     for cid in [*ids, doomed]:

@@ -292,6 +292,27 @@ def test_exec_sync_output_is_cut_at_the_limit_and_fits_a_reply(node: Node):
 # --- 7: StopContainer of a container never started ------------------------------------
 
 
+def test_a_created_container_refuses_exec_and_attach_until_started(node: Node):
+    cid = node.create(node.config("not-yet", ["exec sleep 600"]))
+    calls = {
+        "ExecSync": lambda: node.rt.ExecSync(
+            api_pb2.ExecSyncRequest(container_id=cid, cmd=["true"], timeout=5)
+        ),
+        "Exec": lambda: node.rt.Exec(
+            api_pb2.ExecRequest(container_id=cid, cmd=["true"], stdout=True)
+        ),
+        "Attach": lambda: node.rt.Attach(api_pb2.AttachRequest(container_id=cid, stdout=True)),
+    }
+    for name, call in calls.items():
+        with pytest.raises(grpc.RpcError) as err:
+            call()
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, name
+        assert cid in (err.value.details() or ""), name
+    node.rt.StartContainer(api_pb2.StartContainerRequest(container_id=cid))
+    assert node.rt.Exec(api_pb2.ExecRequest(container_id=cid, cmd=["true"], stdout=True)).url
+    assert node.rt.Attach(api_pb2.AttachRequest(container_id=cid, stdout=True)).url
+
+
 def test_stop_of_a_never_started_container_leaves_it_created(node: Node):
     cid = node.create(node.config("never-started", ["echo ran"]))
     node.rt.StopContainer(api_pb2.StopContainerRequest(container_id=cid, timeout=5))

@@ -108,11 +108,11 @@ def test_metrics_follow_pulls_pods_and_container_lifecycles(registry):
         assert m.now("sycri_containers", state="exited") == 3
         assert m.now("sycri_containers", state="running") == 0
 
-        # A container whose process died before StartContainer: a start failure.
-        doomed = n.create(pod, "doomed", ref, "sleep 60")
-        n.kill_before_start(doomed)
-        with pytest.raises(grpc.RpcError):
+        # A container whose runc create fails at StartContainer: a start failure.
+        doomed = n.create_unstartable(pod, "doomed", ref)
+        with pytest.raises(grpc.RpcError) as err:
             n.start(doomed)
+        assert "no-such-command" in (err.value.details() or "")
         assert n.wait_exited(doomed).reason == "ContainerCannotRun"
         m.step()
         assert m.delta("sycri_container_start_failures_total") == 1

@@ -290,6 +290,30 @@ def test_kill_9_during_create_container(node, point):
     assert node.exec(cid, "echo ok") == b"ok\n"
 
 
+def test_kill_9_after_conmon_at_start(node):
+    by_pod, by_cid, by_log = bystander(node)
+    pod, cfg = node.pod("victim")
+    base = footprint(node)
+    cid = node.create(pod, cfg, "c", "echo started; exec sleep 3600")
+    created = footprint(node)  # overlay and records: what CreateContainer made
+    node.crash_during(
+        "container.start.conmon",
+        lambda: node.rt.StartContainer(R.StartContainerRequest(container_id=cid)),
+    )
+    bystander_survived(node, by_pod, by_cid, by_log)
+    # conmon and runc's container existed, runc never started it: both are taken back,
+    # and the container is created again, as it was before the start.
+    st = node.status(cid)
+    assert (st.state, st.started_at, st.finished_at) == (R.CONTAINER_CREATED, 0, 0)
+    assert footprint(node) == created
+    node.rt.StartContainer(R.StartContainerRequest(container_id=cid))
+    assert node.exec(cid, "echo ok") == b"ok\n"
+    assert Path(st.log_path).read_text().count("started") == 1
+    node.rt.StopContainer(R.StopContainerRequest(container_id=cid, timeout=0))
+    node.rt.RemoveContainer(R.RemoveContainerRequest(container_id=cid))
+    assert footprint(node) == base
+
+
 def test_kill_9_after_runc_start(node):
     by_pod, by_cid, by_log = bystander(node)
     pod, cfg = node.pod("victim")
@@ -535,6 +559,7 @@ def test_pod_that_lost_its_namespace_while_down_is_notready(node):
 
 def test_every_point_is_tested():
     tested = {"pull.fetched", "pull.built", "pull.renamed", "container.start.runc"}
+    tested |= {"container.start.conmon"}
     tested |= {"container.stop.signal", "pod.stop.containers", "pod.stop.network"}
     tested |= {"pod.remove.containers", "pod.remove.teardown"}
     tested |= {"container.remove.runc", "container.remove.record", "container.exit.recorded"}

@@ -116,7 +116,17 @@ def test_restart_keeps_truth(node, registry, how):
     assert (out.exit_code, out.stdout) == (0, b"still-here\n")
     stats = rt.ContainerStats(api_pb2.ContainerStatsRequest(container_id=long)).stats
     assert stats.memory.working_set_bytes.value > 0
-    rt.StartContainer(api_pb2.StartContainerRequest(container_id=created))
+    st = rt.ContainerStatus(api_pb2.ContainerStatusRequest(container_id=created)).status
+    assert (st.created_at > 0, st.started_at) == (True, 0)
+    rt.StartContainer(api_pb2.StartContainerRequest(container_id=created))  # still startable
+    deadline = time.monotonic() + 30
+    while True:
+        st = rt.ContainerStatus(api_pb2.ContainerStatusRequest(container_id=created)).status
+        if st.state == api_pb2.CONTAINER_EXITED:
+            break
+        assert time.monotonic() < deadline, "the container created before the restart never ran"
+        time.sleep(0.05)
+    assert (st.exit_code, st.reason) == (0, "Completed")
     rt.StopContainer(api_pb2.StopContainerRequest(container_id=long, timeout=0))
     assert (
         rt.ContainerStatus(api_pb2.ContainerStatusRequest(container_id=long)).status.exit_code

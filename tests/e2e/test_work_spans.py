@@ -157,14 +157,15 @@ def test_pod_and_container_span_trees(registry, tmp_path):
     create = _rpc(t, "/runtime.v1.RuntimeService/CreateContainer")
     step = t.one("container.create")
     assert t.parent(step) is create
-    conmon = t.one("conmon.start")
-    assert t.is_below(conmon, step)
-    assert conmon.attributes["container.id"]
 
+    # conmon (and under it runc create) runs at StartContainer, as containerd's task.
     start = _rpc(t, "/runtime.v1.RuntimeService/StartContainer")
     step = t.one("container.start")
     assert t.parent(step) is start
-    assert t.children(step) == ["exec runc start"]
+    conmon = t.one("conmon.start")
+    assert t.is_below(conmon, step)
+    assert conmon.attributes["container.id"]
+    assert t.children(step) == ["conmon.start", "exec runc start"]
     runc = t.one("exec runc start")
     assert runc.attributes["process.exit.code"] == 0
     assert conmon.attributes["container.id"] in runc.attributes["process.command_args"]

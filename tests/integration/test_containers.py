@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from sycri.api import api_pb2
 from sycri.errors import DeadlineExceeded, Internal, InvalidArgument, NotFound
-from sycri.runtime.container import rootfs
+from sycri.runtime.container import launch, rootfs
 from sycri.runtime.container.containers import Containers, SandboxInfo
 
 from tests.support.containers import (
@@ -391,8 +391,13 @@ def test_reopen_log_after_rotation(env: Env):
 
 
 def test_bad_command_fails_cleanly(env: Env):
-    with pytest.raises(Internal, match="nonexistent"):
+    # runc would find out only at StartContainer: the image is looked at first.
+    with pytest.raises(InvalidArgument, match=r"/nonexistent.*not found"):
         env.create(env.config("bad", [], command=["/nonexistent"]))
+    with pytest.raises(InvalidArgument, match=r"no-such-tool.*not found in PATH"):
+        env.create(env.config("bad", [], command=["no-such-tool"]))
+    with pytest.raises(InvalidArgument, match=r"/data/hello\.txt.*not executable"):
+        env.create(env.config("bad", [], command=["/data/hello.txt"]))
     assert env.ctrs.list() == []
     assert not [m for m in _mountinfo_targets() if m.startswith(str(env.base))]
     # The name is free again after the failure.
@@ -420,6 +425,92 @@ def _mountinfo_targets() -> list[str]:
         for line in f:
             out.append(line.split(" ")[4])
     return out
+
+
+def _processes_of(cid: str) -> list[int]:
+    """Host processes whose command line names the container (its conmon, runc's init)."""
+    out = []
+    for pid in os.listdir("/proc"):
+        with contextlib.suppress(OSError):
+            if pid.isdigit() and cid.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                out.append(int(pid))
+    return out
+
+
+def test_created_container_has_no_process_until_started(env: Env):
+    cid = env.create(env.config("lazy", ["echo ran; exec sleep 600"]))
+    rec = env.ctrs.get(cid)
+    runc_root = Path(env.ctrs.runtime("").root)
+    # As containerd's: CreateContainer made the rootfs and the records, nothing runs.
+    assert (rec.state, rec.pid) == ("created", 0)
+    assert (Path(rec.bundle) / "config.json").exists()
+    assert not (runc_root / cid).exists()
+    assert _processes_of(cid) == []
+    assert not Path(rec.log_path).exists()
+    # Resources changed before the start are what the started container gets.
+    limit = 100 * 1024 * 1024
+    res = api_pb2.LinuxContainerResources(memory_limit_in_bytes=limit)
+    env.run(env.ctrs.update_resources(cid, res))
+    assert env.ctrs.get(cid).resources["memoryLimitInBytes"] == str(limit)
+    env.run(env.ctrs.start(cid))
+    rec = env.ctrs.get(cid)
+    assert rec.state == "running" and rec.pid > 0
+    v2 = os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+    memory = "/sys/fs/cgroup/memory.max" if v2 else "/sys/fs/cgroup/memory/memory.limit_in_bytes"
+    out = env.run(env.ctrs.exec_sync(cid, ["cat", memory], 10))
+    assert out.stdout.strip() == str(limit).encode()
+    deadline = time.monotonic() + 10
+    while ("stdout", "ran") not in env.log_lines(cid):
+        assert time.monotonic() < deadline, "no output from the started container"
+        time.sleep(0.05)
+    env.run(env.ctrs.stop(cid, 0))
+
+
+def test_failed_launch_at_start_leaves_nothing(env: Env):
+    # Under /dev (a mount of the container) only runc can tell the command is missing.
+    cid = env.create(env.config("doomed", [], command=["/dev/no-such-command"]))
+    log_dir = Path(env.ctrs.get(cid).log_path).parent
+    with pytest.raises(Internal, match="no-such-command"):
+        env.run(env.ctrs.start(cid))
+    rec = env.ctrs.get(cid)
+    assert (rec.state, rec.exit_code, rec.reason) == ("exited", 128, "ContainerCannotRun")
+    assert _processes_of(cid) == []
+    assert not (Path(env.ctrs.runtime("").root) / cid).exists()
+    assert not log_dir.exists()  # the log dir the start made went with it
+    assert not (env.ctrs.paths.exits / cid).exists()
+    env.run(env.ctrs.remove(cid))
+    assert env.ctrs.list() == []
+    assert not [m for m in _mountinfo_targets() if m.startswith(str(env.base))]
+
+
+def test_restart_tells_created_containers_of_both_versions_apart(env: Env):
+    fresh_cid = env.create(env.config("fresh", ["echo fresh"]))
+    # The sycri before this one ran conmon and runc create at CreateContainer and
+    # recorded conmon's pid: a DaemonSet upgrade finds such a container created.
+    old_cid = env.create(env.config("old", ["echo old"]))
+    old = env.ctrs.get(old_cid)
+    pid = env.run(launch.launch(env.ctrs, old))
+    env.run(env.ctrs.store.set_status(old, old.status.but(pid=pid)))
+    conmon_pid = int((Path(old.bundle) / "conmon.pid").read_text())
+
+    env.unwatch()
+    fresh = containers(env.base / "state", env.images, env.pods)
+    fresh.settings = env.ctrs.settings
+    env.run(fresh.recover())
+    env.ctrs = fresh
+    env.watch()
+    # The old one keeps its conmon and runc's waiting init; the new one has neither.
+    assert (fresh.get(old_cid).state, fresh.get(old_cid).pid) == ("created", pid)
+    assert os.path.exists(f"/proc/{conmon_pid}")
+    assert (fresh.get(fresh_cid).state, fresh.get(fresh_cid).pid) == ("created", 0)
+    assert _processes_of(fresh_cid) == []
+    for cid, word in ((old_cid, "old"), (fresh_cid, "fresh")):
+        env.run(fresh.start(cid))
+        env.wait_exit(cid)
+        assert (fresh.get(cid).exit_code, env.log_lines(cid)) == (0, [("stdout", word)])
+        env.run(fresh.remove(cid))
+    assert fresh.list() == []
+    assert not [m for m in _mountinfo_targets() if m.startswith(str(env.base))]
 
 
 def _cgroup_exists(path: str) -> bool:

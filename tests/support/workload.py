@@ -6,10 +6,7 @@ Everything goes through sycri's socket, as kubelet would drive it.
 
 from __future__ import annotations
 
-import json
-import os
 import secrets
-import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -76,10 +73,12 @@ class Node:
         script: str,
         memory: int = 0,
         metadata=(),
+        command: tuple[str, ...] = (),
     ) -> str:
         cfg = api_pb2.ContainerConfig(
             metadata=api_pb2.ContainerMetadata(name=name),
             image=api_pb2.ImageSpec(image=image),
+            command=command,
             args=[script],
             log_path=f"{name}/0.log",
         )
@@ -94,11 +93,10 @@ class Node:
     def start(self, cid: str, metadata=()) -> None:
         self.rt.StartContainer(api_pb2.StartContainerRequest(container_id=cid), metadata=metadata)
 
-    def kill_before_start(self, cid: str) -> None:
-        """Kill a created container's process (runc's init, waiting for start) from outside."""
-        req = api_pb2.ContainerStatusRequest(container_id=cid, verbose=True)
-        bundle = Path(json.loads(self.rt.ContainerStatus(req).info["info"])["bundle"])
-        os.kill(int((bundle / "pidfile").read_text()), signal.SIGKILL)
+    def create_unstartable(self, pod, name: str, image: str) -> str:
+        """A container whose start fails inside runc: its command is under /dev, a mount
+        of the container (CreateContainer cannot look for it in the image), and is not there."""
+        return self.create(pod, name, image, "", command=("/dev/no-such-command",))
 
     def run(self, pod, name: str, image: str, script: str, memory: int = 0) -> str:
         cid = self.create(pod, name, image, script, memory)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from sycri.errors import NotFound
+from sycri.errors import FailedPrecondition, NotFound
 from sycri.streaming.targets import ContainerTarget, NodeTargets
 
 
@@ -23,14 +23,19 @@ class StreamTarget:  # the shape of sycri.runtime.container.containers.StreamTar
     runtime: Runc
     attach_socket: Path
     control_fifo: Path
+    state: str = "running"
 
 
 class Containers:
     def stream_target(self, ref: str) -> StreamTarget:
-        if ref != "abc":
+        if ref not in ("abc", "new"):
             raise NotFound(f"container {ref!r} not found")
         return StreamTarget(
-            "abc", Runc("/usr/sbin/runc", "/run/r", True), Path("/s/a"), Path("/b/ctl")
+            ref,
+            Runc("/usr/sbin/runc", "/run/r", True),
+            Path("/s/a"),
+            Path("/b/ctl"),
+            "created" if ref == "new" else "running",
         )
 
 
@@ -60,5 +65,7 @@ def test_registries_answer_when_attached():
     assert t.sandbox_netns("host") == ""  # host network: sycri's own namespace
     with pytest.raises(NotFound):
         t.container("zzz")
+    with pytest.raises(FailedPrecondition, match="new is created, not started"):
+        t.container("new")  # no process, no conmon to exec into or attach to yet
     with pytest.raises(NotFound):
         t.sandbox_netns("zzz")

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sycri import command
+from sycri.errors import FailedPrecondition
+from sycri.runtime.container.record import CREATED
 
 if TYPE_CHECKING:
     from sycri.runtime.container.containers import Containers
@@ -36,7 +38,7 @@ class ContainerTarget:
 
 class Targets(Protocol):
     def container(self, container_id: str) -> ContainerTarget:
-        """The container, or NotFound naming it."""
+        """The container, or NotFound naming it (FailedPrecondition: never started)."""
         ...
 
     def sandbox_netns(self, sandbox_id: str) -> str:
@@ -71,6 +73,8 @@ class NodeTargets:
 
     def container(self, container_id: str) -> ContainerTarget:
         t = self.containers.stream_target(container_id)  # NotFound for an unknown id
+        if t.state == CREATED:  # no process and no conmon before StartContainer
+            raise FailedPrecondition(f"container {t.container_id} is created, not started")
         runtime = t.runtime
         flags = ("--systemd-cgroup",) if runtime.systemd_cgroup else ()
         return ContainerTarget(

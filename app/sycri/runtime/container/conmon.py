@@ -198,8 +198,9 @@ def alive(pid: int) -> bool:
 def monitors(exit_dir: Path) -> dict[str, int]:
     """Container id -> pid of every live conmon that reports to ``exit_dir`` (ours).
 
-    Recovery uses it to end monitors of containers that have no record (a create
-    killed after conmon started): left alone they would outlive their container.
+    Recovery uses it to end monitors of containers that have no record (a removal
+    killed half way) and to find those of starts cut short: left alone they would
+    outlive their container.
     """
     want = str(exit_dir).encode()
     found: dict[str, int] = {}
@@ -230,12 +231,19 @@ async def kill(pid: int, timeout: float = 5.0) -> None:
     log.warning("conmon %d still present after SIGKILL", pid)
 
 
-def monitors_container(bundle: Path, container_id: str) -> bool:
-    """Whether the conmon of this container (its pid in ``bundle/conmon.pid``) lives."""
+def pid_of(bundle: Path, container_id: str) -> int | None:
+    """The pid of this container's live conmon (in ``bundle/conmon.pid``), or None."""
     try:
         pid = int((bundle / "conmon.pid").read_text().strip())
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             args = f.read().split(b"\0")
     except (OSError, ValueError):
-        return False
-    return bool(args) and args[0].endswith(b"conmon") and container_id.encode() in args
+        return None
+    if args and args[0].endswith(b"conmon") and container_id.encode() in args:
+        return pid
+    return None
+
+
+def monitors_container(bundle: Path, container_id: str) -> bool:
+    """Whether the conmon of this container (its pid in ``bundle/conmon.pid``) lives."""
+    return pid_of(bundle, container_id) is not None

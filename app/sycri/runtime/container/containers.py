@@ -1,9 +1,10 @@
 """The container component: what the CRI adapters call, and where its parts meet.
 
-Each behaviour has one module: ``create`` (CreateContainer), ``lifecycle`` (start,
-stop, remove), ``execsync`` (ExecSync), ``update`` (resources, log reopening),
-``exits`` (the exit monitor), ``recovery`` (start-up), ``container_store`` and
-``record`` (metadata apart from status, on disk and in memory). This class holds what
+Each behaviour has one module: ``create`` (CreateContainer), ``launch`` (conmon and
+``runc create``, at StartContainer), ``lifecycle`` (start, stop, remove), ``execsync``
+(ExecSync), ``update`` (resources, log reopening), ``exits`` (the exit monitor),
+``recovery`` (start-up), ``container_store`` and ``record`` (metadata apart from
+status, on disk and in memory). This class holds what
 they share (paths, runtimes, the store, image mounts, one lock per container, hooks)
 and answers the reads: from memory only, never writing, never publishing an event.
 """

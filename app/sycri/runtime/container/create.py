@@ -1,15 +1,14 @@
-"""CreateContainer: the spec, the rootfs (image mount + overlay), conmon + ``runc
-create``; the record is written only once conmon reported the pid, and a failure at any
+"""CreateContainer: the spec, the rootfs (image mount + overlay) and the records, as
+containerd (snapshot + metadata): conmon and ``runc create`` wait for StartContainer
+(``launch``). Everything the request can get wrong is refused here; a failure at any
 step takes back everything made before it."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,14 +17,12 @@ from google.protobuf import json_format
 
 from sycri import crashpoint
 from sycri.api import api_pb2
-from sycri.errors import FailedPrecondition, Internal, InvalidArgument, excerpt
+from sycri.errors import FailedPrecondition, InvalidArgument, excerpt
 from sycri.fsutil import confined
-from sycri.runtime.cgroups import conmon_cgroup
-from sycri.runtime.container import conmon, hostpath, lifecycle, rootfs
+from sycri.runtime.container import executable, hostpath, rootfs
 from sycri.runtime.container.container_store import new_id
 from sycri.runtime.container.lookups import ImageInfo, SandboxInfo
 from sycri.runtime.container.record import ContainerRecord, Metadata, Status, encode_config
-from sycri.runtime.container.runc import Runc
 from sycri.runtime.events import ContainerEventType
 from sycri.runtime.oci import features, hostfacts, ocispec
 from sycri.runtime.pod import userns
@@ -77,7 +74,6 @@ async def create(
     log_path = _log_path(sandbox, cfg, bundle)
     acquired: ImageInfo | None = None
     overlay = False
-    made: list[Path] = []  # log file and dirs this create made: a failure removes them
     try:
         image = await c.images.image_info(cfg.image.image)
         lower = await c.image_mounts.acquire(image.source, cid)
@@ -116,6 +112,11 @@ async def create(
                 settings=c.settings,
             )
         )
+        # runc would find a missing command only at StartContainer: refuse it now.
+        why = await asyncio.to_thread(executable.problem, str(lower), built.spec)
+        if why:
+            command = built.spec["process"]["args"][0]
+            raise InvalidArgument(f"command {excerpt(command)}: {why} in image {image.ref}")
         ns = sandbox.namespaces
         # In a pod user namespace runc mounts the rootfs as the pod's root, an
         # unmapped stranger to sycri's dirs: it needs search (not read) permission.
@@ -145,43 +146,13 @@ async def create(
             groups=tuple(built.user.additional_gids),
             cgroup_path=built.cgroup_path,
         )
-        made = _new_paths(Path(log_path))
-        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        place = conmon_cgroup.placement(c.conmon_placement, c.cgroup_driver, built.cgroup_path, cid)
-        try:
-            leaf = await asyncio.to_thread(
-                conmon_cgroup.prepare, bundle / conmon_cgroup.RECORD, place, c.cgroup_version
-            )
-        except OSError as exc:
-            raise Internal(f"cannot make conmon's cgroup {place.path}: {exc.strerror}") from None
-        pid = await conmon.create(
-            conmon.Launch(
-                conmon=c.conmon_binary,
-                runtime=shutil.which(runc.binary) or runc.binary,
-                runtime_root=runc.root,
-                container_id=cid,
-                name=name,
-                bundle=bundle,
-                log_path=log_path,
-                exit_dir=c.paths.exits,
-                socket_dir=c.paths.sockets,
-                persist_dir=bundle / "persist",
-                log_size_max=c.log_size_max,
-                tty=cfg.tty,
-                stdin=cfg.stdin,
-                stdin_once=cfg.stdin_once,
-                systemd_cgroup=c.cgroup_driver == "systemd",
-                prefix=tuple(conmon_cgroup.prefix(place, leaf)),
-            )
-        )
-        crashpoint.reach("container.create.conmon")
+        # No pid: conmon and runc's container are made at StartContainer (launch.py).
         rec = ContainerRecord(
-            meta, Status(pid=pid, resources=json_format.MessageToDict(cfg.linux.resources))
+            meta, Status(resources=json_format.MessageToDict(cfg.linux.resources))
         )
         await c.store.add(rec)
     except BaseException:
-        await _undo_create(c, cid, runc, bundle, acquired, overlay)
-        _remove_new(made)
+        await _undo_create(c, cid, bundle, acquired, overlay)
         c.store.unreserve(sandbox.id, name, cfg.metadata.attempt, cid)
         raise
     c.emit(rec, ContainerEventType.CREATED)
@@ -190,13 +161,10 @@ async def create(
 
 
 async def _undo_create(
-    c: Containers, cid: str, runc: Runc, bundle: Path, image: ImageInfo | None, overlay: bool
+    c: Containers, cid: str, bundle: Path, image: ImageInfo | None, overlay: bool
 ) -> None:
-    """Leave nothing behind of a failed create: runc state, overlay, image mount, files."""
-    with contextlib.suppress(Exception):
-        await runc.delete(cid)
+    """Leave nothing behind of a failed create: overlay, image mount, files."""
     try:
-        await asyncio.to_thread(conmon_cgroup.release, bundle / conmon_cgroup.RECORD)
         if overlay or bundle.exists():
             await rootfs.remove_overlay(bundle)
         if image is not None:
@@ -205,9 +173,6 @@ async def _undo_create(
         await c.image_volumes.detach(cid)
     except Exception:
         log.exception("cleaning up failed create of %s", cid)
-    with contextlib.suppress(FileNotFoundError):
-        c.exit_file(cid).unlink()
-    lifecycle.remove_socket_entry(c.paths.sockets / cid)
 
 
 def _log_path(sandbox: SandboxInfo, cfg: api_pb2.ContainerConfig, bundle: Path) -> str:
@@ -218,31 +183,10 @@ def _log_path(sandbox: SandboxInfo, cfg: api_pb2.ContainerConfig, bundle: Path) 
     return str(bundle.with_name(bundle.name + ".log"))
 
 
-def _new_paths(log_path: Path) -> list[Path]:
-    """The log file and those of its parent dirs that do not exist yet, deepest first:
-    what a create that fails after conmon started must take away again."""
-    out = []
-    p = log_path
-    while not os.path.lexists(p) and p != p.parent:
-        out.append(p)
-        p = p.parent
-    return out
-
-
-def _remove_new(paths: list[Path]) -> None:
-    """Remove what :func:`_new_paths` listed; a dir only while empty."""
-    for p in paths:
-        with contextlib.suppress(OSError):
-            if p.is_dir() and not p.is_symlink():
-                p.rmdir()
-            else:
-                p.unlink()
-
-
 def _write_spec(path: Path, data: bytes) -> None:
-    """runc's input, read by ``runc create`` moments later. Not fsynced: until the
-    record exists a crash leaves a bundle that recovery removes, and after a power loss
-    the container it describes is gone anyway."""
+    """runc's input, read by ``runc create`` at StartContainer. Not fsynced: until the
+    record exists a crash leaves a bundle that recovery removes; a crash of sycri keeps
+    it in the page cache; after a power loss the overlay it names is gone anyway."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)

@@ -17,7 +17,7 @@ from sycri import crashpoint
 from sycri.errors import DeadlineExceeded, FailedPrecondition, SycriError
 from sycri.observability import metrics
 from sycri.runtime.cgroups import conmon_cgroup, oom
-from sycri.runtime.container import conmon, rootfs
+from sycri.runtime.container import conmon, launch, rootfs
 from sycri.runtime.container.record import CREATED, RUNNING, ContainerRecord
 from sycri.runtime.events import ContainerEventType
 from sycri.runtime.stats import statsview
@@ -35,16 +35,20 @@ async def start(c: Containers, ref: str) -> None:
             raise FailedPrecondition(f"container {rec.id} is {rec.state}, not created")
         runc = c.runtime(rec.runtime_handler)
         await asyncio.to_thread(oom.record_base, Path(rec.bundle), c.oom_parent(rec))
+        pid = rec.pid
         try:
+            if not launch.launched(rec):
+                pid = await launch.launch(c, rec)  # conmon + runc create, as containerd's task
             await runc.start(rec.id)
             crashpoint.reach("container.start.runc")
         except SycriError as exc:
+            # As containerd: exited, 128; kubelet applies the restart policy.
             metrics.container_start_failed()
             await c.exits.record_exit(rec, 128, exc.message[-1000:], "ContainerCannotRun")
             raise
         metrics.container_started()
         started = max(await asyncio.to_thread(started_ns, runc.root, rec.id), rec.created_at)
-        await c.store.set_status(rec, rec.status.but(state=RUNNING, started_at=started))
+        await c.store.set_status(rec, rec.status.but(state=RUNNING, pid=pid, started_at=started))
         c.emit(rec, ContainerEventType.STARTED)
 
 
@@ -77,7 +81,7 @@ async def _stop_locked(
     await c.exits.collect(rec)
     runc = c.runtime(rec.runtime_handler)
     if rec.state == CREATED:
-        if pod_going:
+        if pod_going and launch.launched(rec):  # else no process exists yet
             await runc.kill(rec.id, 9, all_processes=True)
         return
     if rec.state != RUNNING:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from sycri.errors import SycriError
 from sycri.runtime.cgroups import conmon_cgroup
-from sycri.runtime.container import conmon, lifecycle, rootfs
+from sycri.runtime.container import conmon, launch, lifecycle, rootfs
 from sycri.runtime.container.record import CREATED, RUNNING, ContainerRecord
 from sycri.runtime.events import ContainerEventType
 
@@ -38,7 +38,7 @@ async def recover(c: Containers) -> None:
         c.tell_images(rec.image_id, rec.id, True)
         c.image_volumes.adopt(rec.id)
         if rec.state == CREATED:
-            await _reconcile_created(c, rec)
+            await _reconcile_created(c, rec, monitored.get(rec.id))
         await c.exits.collect(rec)
         if rec.state == RUNNING and rec.id not in monitored:
             await c.exits.unmonitored(rec)
@@ -54,8 +54,9 @@ async def recover(c: Containers) -> None:
     c.image_volumes.forget_unknown(ours)
     for cid, pid in conmon.monitors(c.paths.exits).items():
         if cid not in ours:
-            # A create killed after conmon started: nothing was promised to
-            # kubelet; the monitor goes first so it writes no exit file later.
+            # A remove killed after the record went (or a create of an earlier
+            # sycri killed after conmon started): the monitor goes first so it
+            # writes no exit file later.
             log.warning("ending conmon %d of unrecorded container %s", pid, cid)
             await conmon.kill(pid)
     for entry in list(c.paths.containers.iterdir()):
@@ -70,29 +71,41 @@ async def recover(c: Containers) -> None:
         await c.image_mounts.sweep()
 
 
-async def _reconcile_created(c: Containers, rec: ContainerRecord) -> None:
+async def _reconcile_created(c: Containers, rec: ContainerRecord, conmon_pid: int | None) -> None:
     """A record still "created" whose start reached runc before a crash: runc wins.
 
     sycri saves RUNNING only after ``runc start`` returns; killed in between, the
     record says created while the process runs (or already ran, and conmon wrote
     its exit file, which the exit monitor records next). A status rebuilt because
     its record was unreadable starts here too.
+
+    A record without a pid was created by this version: conmon and runc's container
+    are made at StartContainer. If they exist but runc never started the container
+    (a start cut short), they are taken back: the container is created, startable.
+    One with a pid was created by an earlier sycri (conmon at create): kept as it is.
     """
     runc = c.runtime(rec.runtime_handler)
+    fresh = not launch.launched(rec)
+    if fresh and conmon_pid is None and not os.path.lexists(Path(runc.root) / rec.id):
+        return  # never launched: nothing to ask runc
     try:
         st = await runc.state(rec.id)
     except SycriError as exc:
         log.warning("runc state of %s at recovery: %s", rec.id, exc.message)
         return
     if st is None or st.get("status") not in ("running", "paused", "stopped"):
+        if fresh:
+            log.warning("container %s: taking back a start cut short", rec.id)
+            await launch.undo(c, rec, conmon_pid)
         return
     # The init process was forked at create; runc's state dir says when it started.
     if os.path.isdir(Path(runc.root) / rec.id):
         started = lifecycle.started_ns(runc.root, rec.id)
     else:
         started = _process_start_ns(int(st.get("pid") or 0)) or time.time_ns()
+    pid = rec.pid or int(st.get("pid") or 0)
     await c.store.set_status(
-        rec, rec.status.but(state=RUNNING, started_at=max(started, rec.created_at))
+        rec, rec.status.but(state=RUNNING, pid=pid, started_at=max(started, rec.created_at))
     )
     log.info("container %s was started before the restart; runc says %s", rec.id, st["status"])
     c.emit(rec, ContainerEventType.STARTED)

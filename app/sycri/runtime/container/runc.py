@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +49,10 @@ class Runc:
         return result.ok
 
     async def delete(self, container_id: str) -> None:
+        """Delete (killing) the container; nothing to do, and no process started, when
+        runc keeps no state for it (never launched: created, not started)."""
+        if not os.path.lexists(os.path.join(self.root, container_id)):
+            return
         result = await command.run(
             self.argv("delete", "--force", container_id),
             check=False,

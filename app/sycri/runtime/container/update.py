@@ -4,15 +4,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf import json_format
 
 from sycri.api import api_pb2
 from sycri.errors import FailedPrecondition, Internal
-from sycri.runtime.container import conmon
+from sycri.fsutil import atomic_write
+from sycri.runtime.container import conmon, launch
 from sycri.runtime.container.record import CREATED, RUNNING
 from sycri.runtime.oci import hostfacts, ocispec
 
@@ -34,11 +36,31 @@ async def update_resources(
             hostfacts.hugetlb_sizes() if resources.hugepage_limits else frozenset(),
             hostfacts.cgroup_facts(),
         )
-        await c.runtime(rec.runtime_handler).update(rec.id, oci)
+        if launch.launched(rec):
+            await c.runtime(rec.runtime_handler).update(rec.id, oci)
+        else:  # no cgroup yet: the spec StartContainer's runc create reads
+            await asyncio.to_thread(spec_resources, Path(rec.bundle) / "config.json", oci)
         merged = api_pb2.LinuxContainerResources()
         json_format.ParseDict(rec.resources, merged)
         merged.MergeFrom(resources)
         await c.store.set_status(rec, rec.status.but(resources=json_format.MessageToDict(merged)))
+
+
+def spec_resources(config: Path, oci: dict[str, Any]) -> None:
+    """Merge ``oci`` into the spec's ``linux.resources`` as ``runc update`` merges it
+    into a cgroup: what it names replaces, what it leaves out stays (blocking)."""
+    spec = json.loads(config.read_bytes())
+    current = spec.setdefault("linux", {}).setdefault("resources", {})
+    for key, value in oci.items():
+        if key == "hugepageLimits":
+            sizes = {p["pageSize"]: p for p in current.get(key, [])}
+            sizes.update({p["pageSize"]: p for p in value})
+            current[key] = list(sizes.values())
+        elif isinstance(value, dict) and isinstance(current.get(key), dict):
+            current[key] = {**current[key], **value}
+        else:
+            current[key] = value
+    atomic_write(config, json.dumps(spec).encode(), 0o600)
 
 
 async def reopen_log(c: Containers, ref: str) -> None:
