@@ -17,10 +17,12 @@ reopen), ``<bundle>/oom`` or ``<persist_dir>/oom`` (the container was OOM-killed
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
 import os
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -247,3 +249,12 @@ def pid_of(bundle: Path, container_id: str) -> int | None:
 def monitors_container(bundle: Path, container_id: str) -> bool:
     """Whether the conmon of this container (its pid in ``bundle/conmon.pid``) lives."""
     return pid_of(bundle, container_id) is not None
+
+
+def remove_attach_entry(entry: Path) -> None:
+    """conmon's attach-socket entry of a container: a link or a dir, by conmon version."""
+    with contextlib.suppress(OSError):
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()

@@ -107,13 +107,7 @@ def _remove_files(c: Containers, container_id: str, bundle: Path) -> None:
     shutil.rmtree(bundle / "persist", ignore_errors=True)
     with contextlib.suppress(FileNotFoundError):
         c.exit_file(container_id).unlink()
-    # conmon's attach-socket entry (a link or a dir, by conmon version).
-    attach = c.paths.sockets / container_id
-    with contextlib.suppress(OSError):
-        if attach.is_dir() and not attach.is_symlink():
-            shutil.rmtree(attach)
-        else:
-            attach.unlink()
+    conmon.remove_attach_entry(c.paths.sockets / container_id)
 
 
 def _new_paths(log_path: Path) -> list[Path]:

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -157,16 +156,7 @@ def _remove_files(c: Containers, rec: ContainerRecord) -> None:
     rootfs.remove_bundle(bundle)
     with contextlib.suppress(FileNotFoundError):
         c.exit_file(rec.id).unlink()
-    remove_socket_entry(c.paths.sockets / rec.id)
-
-
-def remove_socket_entry(attach: Path) -> None:
-    """conmon's attach-socket entry: a link or a dir, by conmon version."""
-    with contextlib.suppress(OSError):
-        if attach.is_dir() and not attach.is_symlink():
-            shutil.rmtree(attach)
-        else:
-            attach.unlink()
+    conmon.remove_attach_entry(c.paths.sockets / rec.id)
 
 
 async def stop_pod(c: Containers, pod_id: str, timeout: float = 0) -> None:
