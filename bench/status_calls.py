@@ -60,7 +60,7 @@ class Timings:
     def table(self, names: list[str]) -> None:
         first = names[0]
         head = " | ".join(f"{n} median | {n} p90" for n in names)
-        ratios = " | ".join(f"{n}/{first}" for n in names[1:])
+        ratios = " | ".join(f"{first}/{n}" for n in names[1:])
         print(f"| call | {head} | {ratios} |".replace("|  |", "|"))
         print("|" + " --- |" * (1 + 2 * len(names) + len(names) - 1))
         for op in self.ops:
@@ -69,7 +69,7 @@ class Timings:
                 v = sorted(self.ms[(op, n)])
                 meds.append(statistics.median(v))
                 cells.append(f"{meds[-1]:.3f} ms | {v[int(len(v) * 0.9)]:.3f} ms")
-            rs = [f"{m / meds[0]:.2f}x" for m in meds[1:]]
+            rs = [f"{meds[0] / m:.2f}x" for m in meds[1:]]
             print(f"| {op} | {' | '.join(cells)} |" + (f" {' | '.join(rs)} |" if rs else ""))
 
 
