@@ -20,7 +20,6 @@ import argparse
 import queue
 import secrets
 import shutil
-import statistics
 import threading
 import time
 from contextlib import ExitStack
@@ -29,21 +28,11 @@ from pathlib import Path
 import grpc
 from sycri.api import api_pb2
 
+from bench.report import median_p99
 from tests.support import oci
 from tests.support import registry as registry_support
 from tests.support.node import served
 from tests.support.pods import pod_config
-
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q * len(s)))]
-
-
-def ms(values: list[float]) -> str:
-    return (
-        f"median {statistics.median(values) * 1e3:8.2f} ms   p99 {pct(values, 0.99) * 1e3:8.2f} ms"
-    )
 
 
 def timed(fn, req, rounds: int) -> list[float]:
@@ -95,19 +84,21 @@ def main(n: int, npods: int, nexits: int, rounds: int) -> None:
 
         print(
             f"ListContainers       ({n}): "
-            + ms(timed(rt.ListContainers, api_pb2.ListContainersRequest(), rounds))
+            + median_p99(timed(rt.ListContainers, api_pb2.ListContainersRequest(), rounds))
         )
         print(
             f"ListPodSandbox       ({npods}): "
-            + ms(timed(rt.ListPodSandbox, api_pb2.ListPodSandboxRequest(), rounds))
+            + median_p99(timed(rt.ListPodSandbox, api_pb2.ListPodSandboxRequest(), rounds))
         )
         print(
             f"ListContainerStats   ({n}): "
-            + ms(timed(rt.ListContainerStats, api_pb2.ListContainerStatsRequest(), rounds))
+            + median_p99(timed(rt.ListContainerStats, api_pb2.ListContainerStatsRequest(), rounds))
         )
         print(
             f"ListPodSandboxStats  ({npods}): "
-            + ms(timed(rt.ListPodSandboxStats, api_pb2.ListPodSandboxStatsRequest(), rounds))
+            + median_p99(
+                timed(rt.ListPodSandboxStats, api_pb2.ListPodSandboxStatsRequest(), rounds)
+            )
         )
 
         # Restart: SIGTERM to serving again, then the first full list after it.
@@ -161,8 +152,8 @@ def main(n: int, npods: int, nexits: int, rounds: int) -> None:
             [st] = [s for s in ev.containers_statuses if s.id == cid]
             to_event.append((ev.created_at - st.finished_at) / 1e9)
             to_client.append((got_at - st.finished_at) / 1e9)
-        print(f"exit -> STOPPED event created ({len(to_event)} exits): " + ms(to_event))
-        print("exit -> event held by the client:            " + ms(to_client))
+        print(f"exit -> STOPPED event created ({len(to_event)} exits): " + median_p99(to_event))
+        print("exit -> event held by the client:            " + median_p99(to_client))
 
 
 if __name__ == "__main__":

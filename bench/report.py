@@ -1,5 +1,6 @@
-"""The markdown table the side-by-side benchmarks print: one row an operation, containerd
-beside sycri (medians, the ratio sycri/containerd, p99s), so every bench reads the same."""
+"""How the benches report figures: one percentile rule, the markdown table of the
+side-by-side benchmarks (one row an operation, containerd beside sycri: medians, the
+ratio sycri/containerd, p99s) and a one-line median and p99, so every bench reads the same."""
 
 from __future__ import annotations
 
@@ -11,6 +12,14 @@ def percentile(values: list[float], p: float) -> float:
     """The ``p``-th percentile (0-100) of ``values``: the nearest rank, no interpolation."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def median_p99(seconds: list[float]) -> str:
+    """``median … ms   p99 … ms`` of durations in seconds: a bench's one-line figures."""
+    return (
+        f"median {statistics.median(seconds) * 1e3:8.2f} ms   "
+        f"p99 {percentile(seconds, 99) * 1e3:8.2f} ms"
+    )
 
 
 def ms(value: float) -> str:
