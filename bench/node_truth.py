@@ -20,19 +20,23 @@ import argparse
 import queue
 import secrets
 import shutil
+import sys
 import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
 
-import grpc
-from sycri.api import api_pb2
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "app"), str(ROOT)]  # run as a script from anywhere
 
-from bench.report import median_p99
-from tests.support import oci
-from tests.support import registry as registry_support
-from tests.support.node import served
-from tests.support.pods import pod_config
+import grpc  # noqa: E402
+from sycri.api import api_pb2  # noqa: E402
+
+from bench.report import median_p99  # noqa: E402
+from tests.support import oci  # noqa: E402
+from tests.support import registry as registry_support  # noqa: E402
+from tests.support.node import served  # noqa: E402
+from tests.support.pods import pod_config  # noqa: E402
 
 
 def timed(fn, req, rounds: int) -> list[float]:

@@ -19,20 +19,25 @@ import argparse
 import asyncio
 import os
 import shutil
+import sys
 import tempfile
 import time
+from pathlib import Path
 
-import grpc
-from sycri.api import api_pb2, api_pb2_grpc
-from sycri.cri import events as cri_events
-from sycri.cri import pod_metrics, stats
-from sycri.cri.service import Dispatcher
-from sycri.runtime.cgroups import cgroupstats
-from sycri.runtime.events import ContainerEvent, ContainerEventType, EventBus
-from sycri.runtime.stats.stats import ContainerInfo, PodInfo, StatsCollector
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "app"), str(ROOT)]  # run as a script from anywhere
 
-from bench.report import median_p99
-from tests.support.stats_env import RealCgroup, RealNetns, StaticContainers, StaticPods, token
+import grpc  # noqa: E402
+from sycri.api import api_pb2, api_pb2_grpc  # noqa: E402
+from sycri.cri import events as cri_events  # noqa: E402
+from sycri.cri import pod_metrics, stats  # noqa: E402
+from sycri.cri.service import Dispatcher  # noqa: E402
+from sycri.runtime.cgroups import cgroupstats  # noqa: E402
+from sycri.runtime.events import ContainerEvent, ContainerEventType, EventBus  # noqa: E402
+from sycri.runtime.stats.stats import ContainerInfo, PodInfo, StatsCollector  # noqa: E402
+
+from bench.report import median_p99  # noqa: E402
+from tests.support.stats_env import RealCgroup, RealNetns, StaticContainers, StaticPods, token  # noqa: E402
 
 
 def parse_cost(rounds: int) -> float:
