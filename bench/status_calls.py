@@ -189,13 +189,49 @@ async def in_process(n: int) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def after_pauses(calls: int) -> None:
+    """Version on a bare grpc.aio server (bench/call_floor.py's, no sycri) called after
+    pauses of several lengths, interleaved: what waking the idle stack costs."""
+    import grpc
+    from sycri.api import api_pb2_grpc
+
+    from bench.call_floor import fork_server, wait_ready
+
+    sock = tempfile.mktemp(prefix="stc", suffix=".sock", dir="/tmp")
+    pid = fork_server(sock, False, False)
+    try:
+        with grpc.insecure_channel(f"unix:{sock}") as ch:
+            stub = api_pb2_grpc.RuntimeServiceStub(ch)
+            wait_ready(stub)
+            req = api_pb2.VersionRequest()
+            ms: dict[float, list[float]] = {p: [] for p in (0, 0.001, 0.005, 0.02, 0.05, 0.2)}
+            for _ in range(calls):
+                for pause, out in ms.items():
+                    time.sleep(pause)
+                    t0 = time.perf_counter()
+                    stub.Version(req)
+                    out.append((time.perf_counter() - t0) * 1000)
+        print(f"\n## Version on a bare grpc.aio server after a pause ({calls} calls each)\n")
+        print("| pause before the call | median |\n| --- | --- |")
+        for pause, out in ms.items():
+            print(f"| {pause * 1000:.0f} ms | {statistics.median(out):.3f} ms |")
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(sock)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iterations", type=int, default=30)
     ap.add_argument("--in-process", type=int, default=2000, help="calls per block (0: skip)")
     ap.add_argument("--no-grpc", action="store_true", help="only the in-process figures")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME:K=V")
+    ap.add_argument("--pauses", type=int, default=0, help="calls per pause (0: skip)")
     args = ap.parse_args()
+    if args.pauses:
+        after_pauses(args.pauses)
     if not args.no_grpc:
         over_grpc(args.iterations, args.variant)
     if args.in_process:
