@@ -187,8 +187,8 @@ def test_the_next_container_of_an_image_takes_the_idle_mount(env: Env, image_fil
 
     second = env.start("second", ["cat /data/hello.txt"])
     env.wait_exit(second)
-    assert Path(env.ctrs.get(second).log_path).read_text().endswith(
-        "stdout F hello from the image\n"
+    assert (
+        Path(env.ctrs.get(second).log_path).read_text().endswith("stdout F hello from the image\n")
     )
     assert mount_of(env.target()) == mounted  # the same mount: not mounted again
     assert loop_devices(image_file) == devices
