@@ -273,9 +273,8 @@ class ImageMounts:
         async with self._lock(image_id):
             users = self._users.get(image_id)
             if users:
-                raise FailedPrecondition(
-                    f"image {image_id} is in use by container {sorted(users)[0]}"
-                )
+                who = sorted(users)[0].split("/")[0]  # "<id>/image-volumes": the container
+                raise FailedPrecondition(f"image {image_id} is in use by container {who}")
             if image_id in self._idle:
                 await self._unmount(image_id)
 
