@@ -24,22 +24,18 @@ sys.path[:0] = [str(ROOT / "app"), str(ROOT)]
 
 from sycri.api import api_pb2  # noqa: E402
 
+from bench.report import percentile  # noqa: E402
 from tests.support import oci, registry  # noqa: E402
 from tests.support.containers import busybox_rootfs  # noqa: E402
 from tests.support.pods import PodNet, pod_config, unmount_all  # noqa: E402
 from tests.support.server import SycriServer  # noqa: E402
 
 
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
-
-
 def show(label: str, values: list[float]) -> None:
     ms = [v * 1000 for v in values]
     print(
         f"{label:42s} n={len(ms):3d}  median {statistics.median(ms):7.1f} ms"
-        f"  p95 {pct(ms, 95):7.1f} ms"
+        f"  p95 {percentile(ms, 95):7.1f} ms"
     )
 
 

@@ -21,7 +21,6 @@ import json
 import os
 import secrets
 import shutil
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "app"), str(ROOT)]
 
+from bench.report import ms, ratio_table  # noqa: E402
 from tests.support import registry  # noqa: E402
 from tests.support.containerd import containerd  # noqa: E402
 from tests.support.node import served  # noqa: E402
@@ -70,26 +70,10 @@ def run_critest(kit: Path, critest: str, name: str, endpoint: str, out: Path) ->
     print(f"  {name}: {summary} (rc {proc.returncode})", flush=True)
 
 
-def p99(values: list[float]) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, round(0.99 * (len(s) - 1)))]
-
-
 def report(results: dict[str, dict[str, list[float]]]) -> None:
     ctrd, sy = results["containerd"], results["sycri"]
-    print(
-        "\n| operation | n | containerd median | sycri median | ratio | containerd p99 | sycri p99 |"
-    )
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for op in ctrd:
-        c, s = ctrd[op], sy.get(op, [])
-        if not c or not s:
-            continue
-        cm, sm = statistics.median(c), statistics.median(s)
-        print(
-            f"| {op} | {len(s)} | {cm:.2f} ms | {sm:.2f} ms | {sm / cm:.2f}x "
-            f"| {p99(c):.2f} ms | {p99(s):.2f} ms |"
-        )
+    print()
+    ratio_table(((op, ctrd[op], sy.get(op, [])) for op in ctrd), label="operation", fmt=ms)
 
 
 def main() -> int:

@@ -14,16 +14,20 @@ from __future__ import annotations
 import argparse
 import secrets
 import shutil
+import sys
 from contextlib import ExitStack
 from pathlib import Path
 
-from sycri.api import api_pb2
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "app"), str(ROOT)]  # run as a script from anywhere
 
-from tests.support import oci
-from tests.support import registry as registry_support
-from tests.support.load import EventCounter, leftovers, run_round
-from tests.support.node import served
-from tests.support.pods import pod_config
+from sycri.api import api_pb2  # noqa: E402
+
+from tests.support import oci  # noqa: E402
+from tests.support import registry as registry_support  # noqa: E402
+from tests.support.load import EventCounter, leftovers, run_round  # noqa: E402
+from tests.support.node import served  # noqa: E402
+from tests.support.pods import pod_config  # noqa: E402
 
 
 def main(pods: int, rounds: int, workers: int) -> None:

@@ -20,30 +20,23 @@ import argparse
 import queue
 import secrets
 import shutil
-import statistics
+import sys
 import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
 
-import grpc
-from sycri.api import api_pb2
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "app"), str(ROOT)]  # run as a script from anywhere
 
-from tests.support import oci
-from tests.support import registry as registry_support
-from tests.support.node import served
-from tests.support.pods import pod_config
+import grpc  # noqa: E402
+from sycri.api import api_pb2  # noqa: E402
 
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q * len(s)))]
-
-
-def ms(values: list[float]) -> str:
-    return (
-        f"median {statistics.median(values) * 1e3:8.2f} ms   p99 {pct(values, 0.99) * 1e3:8.2f} ms"
-    )
+from bench.report import median_p99  # noqa: E402
+from tests.support import oci  # noqa: E402
+from tests.support import registry as registry_support  # noqa: E402
+from tests.support.node import served  # noqa: E402
+from tests.support.pods import pod_config  # noqa: E402
 
 
 def timed(fn, req, rounds: int) -> list[float]:
@@ -95,19 +88,21 @@ def main(n: int, npods: int, nexits: int, rounds: int) -> None:
 
         print(
             f"ListContainers       ({n}): "
-            + ms(timed(rt.ListContainers, api_pb2.ListContainersRequest(), rounds))
+            + median_p99(timed(rt.ListContainers, api_pb2.ListContainersRequest(), rounds))
         )
         print(
             f"ListPodSandbox       ({npods}): "
-            + ms(timed(rt.ListPodSandbox, api_pb2.ListPodSandboxRequest(), rounds))
+            + median_p99(timed(rt.ListPodSandbox, api_pb2.ListPodSandboxRequest(), rounds))
         )
         print(
             f"ListContainerStats   ({n}): "
-            + ms(timed(rt.ListContainerStats, api_pb2.ListContainerStatsRequest(), rounds))
+            + median_p99(timed(rt.ListContainerStats, api_pb2.ListContainerStatsRequest(), rounds))
         )
         print(
             f"ListPodSandboxStats  ({npods}): "
-            + ms(timed(rt.ListPodSandboxStats, api_pb2.ListPodSandboxStatsRequest(), rounds))
+            + median_p99(
+                timed(rt.ListPodSandboxStats, api_pb2.ListPodSandboxStatsRequest(), rounds)
+            )
         )
 
         # Restart: SIGTERM to serving again, then the first full list after it.
@@ -161,8 +156,8 @@ def main(n: int, npods: int, nexits: int, rounds: int) -> None:
             [st] = [s for s in ev.containers_statuses if s.id == cid]
             to_event.append((ev.created_at - st.finished_at) / 1e9)
             to_client.append((got_at - st.finished_at) / 1e9)
-        print(f"exit -> STOPPED event created ({len(to_event)} exits): " + ms(to_event))
-        print("exit -> event held by the client:            " + ms(to_client))
+        print(f"exit -> STOPPED event created ({len(to_event)} exits): " + median_p99(to_event))
+        print("exit -> event held by the client:            " + median_p99(to_client))
 
 
 if __name__ == "__main__":

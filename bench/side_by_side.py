@@ -43,6 +43,7 @@ sys.path[:0] = [str(ROOT / "app"), str(ROOT)]
 import grpc  # noqa: E402
 from sycri.api import api_pb2, api_pb2_grpc  # noqa: E402
 
+from bench.report import ratio_table  # noqa: E402
 from tests.support import oci, registry  # noqa: E402
 from tests.support.containerd import BINARY as CONTAINERD  # noqa: E402
 from tests.support.containerd import containerd  # noqa: E402
@@ -90,26 +91,10 @@ class Timings:
 
     def table(self, title: str) -> None:
         print(f"\n## {title}\n")
-        print("| op | n | containerd median | sycri median | ratio | containerd p99 | sycri p99 |")
-        print("| --- | --- | --- | --- | --- | --- | --- |")
-        for op in self.order:
-            c, s = self.ms.get((op, "containerd"), []), self.ms.get((op, "sycri"), [])
-            if not c or not s:
-                continue
-            cm, sm = statistics.median(c), statistics.median(s)
-            print(
-                f"| {op} | {len(s)} | {fmt(cm)} | {fmt(sm)} | {sm / cm:.2f}x "
-                f"| {fmt(pct(c, 99))} | {fmt(pct(s, 99))} |"
-            )
-
-
-def fmt(ms: float) -> str:
-    return f"{ms / 1000:.2f} s" if ms >= 1000 else f"{ms:.2f} ms"
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+        ratio_table(
+            (op, self.ms.get((op, "containerd"), []), self.ms.get((op, "sycri"), []))
+            for op in self.order
+        )
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:

@@ -19,31 +19,25 @@ import argparse
 import asyncio
 import os
 import shutil
-import statistics
+import sys
 import tempfile
 import time
+from pathlib import Path
 
-import grpc
-from sycri.api import api_pb2, api_pb2_grpc
-from sycri.cri import events as cri_events
-from sycri.cri import pod_metrics, stats
-from sycri.cri.service import Dispatcher
-from sycri.runtime.cgroups import cgroupstats
-from sycri.runtime.events import ContainerEvent, ContainerEventType, EventBus
-from sycri.runtime.stats.stats import ContainerInfo, PodInfo, StatsCollector
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "app"), str(ROOT)]  # run as a script from anywhere
 
-from tests.support.stats_env import RealCgroup, RealNetns, StaticContainers, StaticPods, token
+import grpc  # noqa: E402
+from sycri.api import api_pb2, api_pb2_grpc  # noqa: E402
+from sycri.cri import events as cri_events  # noqa: E402
+from sycri.cri import pod_metrics, stats  # noqa: E402
+from sycri.cri.service import Dispatcher  # noqa: E402
+from sycri.runtime.cgroups import cgroupstats  # noqa: E402
+from sycri.runtime.events import ContainerEvent, ContainerEventType, EventBus  # noqa: E402
+from sycri.runtime.stats.stats import ContainerInfo, PodInfo, StatsCollector  # noqa: E402
 
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q * len(s)))]
-
-
-def ms(values: list[float]) -> str:
-    return (
-        f"median {statistics.median(values) * 1e3:7.2f} ms   p99 {pct(values, 0.99) * 1e3:7.2f} ms"
-    )
+from bench.report import median_p99  # noqa: E402
+from tests.support.stats_env import RealCgroup, RealNetns, StaticContainers, StaticPods, token  # noqa: E402
 
 
 def parse_cost(rounds: int) -> float:
@@ -131,17 +125,17 @@ async def main(n: int, npods: int, rounds: int) -> None:
             return out
 
         print(f"ListContainerStats   ({n} containers, layer walk every call): "
-              + ms(await timed(stub.ListContainerStats, api_pb2.ListContainerStatsRequest(), rounds)))  # fmt: skip
+              + median_p99(await timed(stub.ListContainerStats, api_pb2.ListContainerStatsRequest(), rounds)))  # fmt: skip
         node.stats.disk_max_age_ns = int(10e9)
         print(f"ListContainerStats   ({n} containers, layers cached 10 s):     "
-              + ms(await timed(stub.ListContainerStats, api_pb2.ListContainerStatsRequest(), rounds)))  # fmt: skip
+              + median_p99(await timed(stub.ListContainerStats, api_pb2.ListContainerStatsRequest(), rounds)))  # fmt: skip
         print(f"ListPodSandboxStats  ({npods} pods, netns read each call):      "
-              + ms(await timed(stub.ListPodSandboxStats, api_pb2.ListPodSandboxStatsRequest(), rounds)))  # fmt: skip
+              + median_p99(await timed(stub.ListPodSandboxStats, api_pb2.ListPodSandboxStatsRequest(), rounds)))  # fmt: skip
         print(f"ListPodSandboxMetrics({npods} pods / {n} containers):           "
-              + ms(await timed(stub.ListPodSandboxMetrics, api_pb2.ListPodSandboxMetricsRequest(), rounds)))  # fmt: skip
+              + median_p99(await timed(stub.ListPodSandboxMetrics, api_pb2.ListPodSandboxMetricsRequest(), rounds)))  # fmt: skip
         req = api_pb2.ContainerStatsRequest(container_id=f"{7:064x}")
         print("ContainerStats       (one container):                        "
-              + ms(await timed(stub.ContainerStats, req, rounds * 5)))  # fmt: skip
+              + median_p99(await timed(stub.ContainerStats, req, rounds * 5)))  # fmt: skip
         print(f"parsing one v1 container's cgroup text: {parse_cost(20000) * 1e6:.1f} us")
 
         call = stub.GetContainerEvents(api_pb2.GetEventsRequest())
@@ -160,7 +154,7 @@ async def main(n: int, npods: int, rounds: int) -> None:
                 await it.__anext__()
             lat.append(time.perf_counter() - t1)
         call.cancel()
-        print("event publish -> client has it (with pod + container statuses): " + ms(lat))
+        print("event publish -> client has it (with pod + container statuses): " + median_p99(lat))
     finally:
         if channel is not None:
             await channel.close()

@@ -478,6 +478,7 @@ def test_failed_launch_at_start_leaves_nothing(env: Env):
     assert not (Path(env.ctrs.runtime("").root) / cid).exists()
     assert not log_dir.exists()  # the log dir the start made went with it
     assert not (env.ctrs.paths.exits / cid).exists()
+    assert not os.path.lexists(env.ctrs.paths.sockets / cid)  # conmon's attach entry
     env.run(env.ctrs.remove(cid))
     assert env.ctrs.list() == []
     assert not [m for m in _mountinfo_targets() if m.startswith(str(env.base))]
@@ -541,6 +542,7 @@ def _nothing_left(env: Env, cid: str, bundle: Path) -> None:
     assert not _cgroup_exists(f"{parent}/sycri-{cid}")
     assert not _cgroup_exists(f"{parent}/sycri-conmon-{cid}")
     assert not env.ctrs.exit_file(cid).exists()
+    assert not os.path.lexists(env.ctrs.paths.sockets / cid)  # conmon's attach entry
     assert str(env.ctrs.image_mounts.target(env.images.images["busybox"].id)) not in (
         _mountinfo_targets()
     )
@@ -592,6 +594,11 @@ def test_restart_recovers_running_containers_and_sweeps_leftovers(env: Env):
     half = env.ctrs.paths.containers / ("f" * 64)
     lower = env.ctrs.image_mounts.target(image.id)
     env.run(rootfs.mount_overlay(lower, half))
+    # ...and what its conmon had left under the run dir: an exit file, an attach entry.
+    for d in (env.ctrs.paths.exits, env.ctrs.paths.sockets):
+        d.mkdir(parents=True, exist_ok=True)
+    env.ctrs.exit_file(half.name).write_text("0")
+    (env.ctrs.paths.sockets / half.name).mkdir()
 
     env.unwatch()  # sycri stops: no exit monitor until the next one recovers
     fresh = containers(env.base / "state", env.images, env.pods)
@@ -602,6 +609,8 @@ def test_restart_recovers_running_containers_and_sweeps_leftovers(env: Env):
     assert (fresh.get(exited).exit_code, fresh.get(exited).reason) == (5, "Error")
     assert not half.exists()
     assert str(half / "rootfs") not in _mountinfo_targets()
+    assert not env.ctrs.exit_file(half.name).exists()
+    assert not os.path.lexists(env.ctrs.paths.sockets / half.name)
     assert fresh.image_mounts.users(image.id) == {running, exited}
     env.run(fresh.stop(running, 0))
     assert fresh.get(running).exit_code == 137

@@ -363,6 +363,12 @@ def test_a_local_sif_is_hashed_again_when_it_changes(tmp_path, sifs):
     os.utime(local, ns=(1, 1))  # same bytes, new mtime: hashed again and still this image
     again = asyncio.run(images.resolve(got.id))
     assert again.id == got.id and again.stat != got.stat
+    # ...indexed again under the same name and path it was pulled with.
+    assert (again.repo_tags, again.user_ref, again.sif_path) == (
+        got.repo_tags,
+        got.user_ref,
+        got.sif_path,
+    )
     tmp = local.with_suffix(".new")
     tmp.write_bytes(sifs["second"])
     os.replace(tmp, local)  # other bytes under the same name

@@ -168,14 +168,9 @@ def _token_server(reg: Registry, issuer: TokenIssuer) -> http.server.ThreadingHT
                 user, _, pw = base64.b64decode(auth[6:]).decode().partition(":")
                 ok = user == reg.username and pw == reg.password
             if not ok:
-                self.send_response(401)
-                self.end_headers()
+                self._refuse()
                 return
-            access = []
-            for scope in params.get("scope", []):
-                kind, _, rest = scope.partition(":")
-                name, _, actions = rest.rpartition(":")
-                access.append({"type": kind, "name": name, "actions": actions.split(",")})
+            access = _access(params.get("scope", []))
             self._answer({"token": issuer.token(reg.username, access)})
 
         def do_POST(self) -> None:
@@ -186,15 +181,14 @@ def _token_server(reg: Registry, issuer: TokenIssuer) -> http.server.ThreadingHT
             if form.get("grant_type") != ["refresh_token"] or form.get("refresh_token") != [
                 reg.refresh_token
             ]:
-                self.send_response(401)
-                self.end_headers()
+                self._refuse()
                 return
-            access = []
-            for scope in form.get("scope", []):
-                kind, _, rest = scope.partition(":")
-                name, _, actions = rest.rpartition(":")
-                access.append({"type": kind, "name": name, "actions": actions.split(",")})
+            access = _access(form.get("scope", []))
             self._answer({"access_token": issuer.token(reg.username, access)})
+
+        def _refuse(self) -> None:
+            self.send_response(401)
+            self.end_headers()
 
         def _answer(self, obj: dict) -> None:
             body = json.dumps(obj).encode()
@@ -207,6 +201,16 @@ def _token_server(reg: Registry, issuer: TokenIssuer) -> http.server.ThreadingHT
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     return srv
+
+
+def _access(scopes: list[str]) -> list[dict]:
+    """docker's token scopes (``repository:NAME:pull,push``) as the token's access claim."""
+    out = []
+    for scope in scopes:
+        kind, _, rest = scope.partition(":")
+        name, _, actions = rest.rpartition(":")
+        out.append({"type": kind, "name": name, "actions": actions.split(",")})
+    return out
 
 
 def _htpasswd(user: str, password: str) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from sycri.errors import InvalidArgument
 from sycri.runtime.cgroups import cgroups, conmon_cgroup
@@ -76,6 +78,21 @@ def test_missing_directories_are_listed_parents_first(tmp_path):
         str(tmp_path / "cpu" / "kubepods" / "pod1"),
         str(tmp_path / "memory" / "kubepods" / "pod1"),
     ]
+
+
+def test_ensure_makes_exactly_what_missing_listed(tmp_path):
+    # The pod's status records missing() before ensure() makes the dirs: the two must agree.
+    (tmp_path / "memory" / "kubepods").mkdir(parents=True)
+    (tmp_path / "cpuset").mkdir()
+    (tmp_path / "cpuset" / "cpuset.cpus").write_text("0-1\n")
+    (tmp_path / "cpuset" / "cpuset.mems").write_text("0\n")
+    listed = cgroups.PodCgroup.missing(1, "/kubepods/pod1", str(tmp_path))
+    pc = cgroups.PodCgroup.ensure(1, "/kubepods/pod1", str(tmp_path))
+    assert pc.created == listed
+    assert all(os.path.isdir(d) for d in listed)
+    assert cgroups.PodCgroup.missing(1, "/kubepods/pod1", str(tmp_path)) == []
+    # A new v1 cpuset cgroup gets its parent's sets, or it would take no process.
+    assert (tmp_path / "cpuset" / "kubepods" / "pod1" / "cpuset.cpus").read_text() == "0-1"
 
 
 def test_update_files_reset_what_became_unlimited():

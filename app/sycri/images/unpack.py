@@ -148,15 +148,6 @@ class _Metered:
             pass
 
 
-@dataclass
-class Stats:
-    entries: int = 0
-    files: int = 0
-    bytes: int = 0
-    devices_skipped: int = 0
-    whiteouts: int = 0
-
-
 def split_name(name: str, what: str) -> list[str]:
     """The path components of a tar name, relative to the root; refuses ``..`` and NULs."""
     if "\x00" in name:
@@ -188,8 +179,8 @@ class Applier:
 
     def __init__(self, limits: Limits | None = None) -> None:
         self.root = fstree.Dir(fstree.Meta(0o755))
-        self.stats = Stats()
         self.limits = limits or Limits()
+        self.entries = 0  # entries read so far, over all layers (images.max_image_entries)
         self.total_bytes = 0  # uncompressed layer bytes read so far, over all layers
         self.layers = 0  # layers applied; a file's ``layer`` is its index among them
 
@@ -259,8 +250,8 @@ class Applier:
                 )
 
     def _entry(self, m: tarfile.TarInfo, what: str, created: set[str], layer: int) -> None:
-        self.stats.entries += 1
-        if self.stats.entries > self.limits.max_image_entries:
+        self.entries += 1
+        if self.entries > self.limits.max_image_entries:
             raise LimitExceeded(
                 f"{what}: the image has more than images.max_image_entries "
                 f"({self.limits.max_image_entries}) entries"
@@ -284,7 +275,6 @@ class Applier:
                 key = f"{prefix}/{child}" if prefix else child
                 if key not in created:
                     del parent.children[child]
-            self.stats.whiteouts += 1
             return
         if base.startswith(WHITEOUT):
             victim = base[len(WHITEOUT) :]
@@ -293,14 +283,12 @@ class Applier:
             parent = self._parent(parts, m.name, what, create=False)
             if parent is not None:
                 parent.children.pop(victim, None)
-            self.stats.whiteouts += 1
             return
         parent = self._parent(parts, m.name, what, create=True)
         assert parent is not None
         for i in range(1, len(parts) + 1):
             created.add("/".join(parts[:i]))
         if m.ischr() or m.isblk():
-            self.stats.devices_skipped += 1
             log.debug("%s: skipping device node %s", what, "/".join(parts))
             return
         existing = parent.children.get(base)
@@ -313,8 +301,6 @@ class Applier:
             parent.children[base] = fstree.Inode(
                 fstree.FILE, _meta(m), layer, m.offset_data, m.size
             )
-            self.stats.files += 1
-            self.stats.bytes += m.size
         elif m.issym():
             if not symlink_target_ok(parts, m.linkname):
                 raise HostileLayer(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from sycri.errors import FailedPrecondition, NotFound, excerpt
@@ -37,22 +38,8 @@ class LocalSource:
             raise FailedPrecondition(
                 f"{ref.path} is identical to stored image {image_id}; use that image"
             )
-        trust = await self.intake.trust(path, f"{text} (SIF {image_id})")
-        return await in_thread(
-            lambda: store.add(
-                image_id,
-                str(path),
-                st.st_size,
-                config,
-                tags=[ref.path],
-                user_ref=text,
-                local=True,
-                now=time.time(),
-                origin=sif_policy.FOREIGN,
-                signed=trust.signed,
-                signer=trust.signer,
-                stat=siffile.stat_key(st),
-            )
+        return await self._index(
+            image_id, path, st, config, user_ref=text, what=text, tags=[ref.path]
         )
 
     async def recheck(self, image: Image) -> Image:
@@ -72,14 +59,32 @@ class LocalSource:
                 f"local SIF {image.sif_path} changed since it was pulled as image {image.id} "
                 f"(its content is now {digest}); pull it again"
             )
-        trust = await self.intake.trust(path, f"{image.sif_path} (SIF {image.id})")
+        return await self._index(
+            image.id, path, st, config_bytes(image), user_ref=image.user_ref, what=image.sif_path
+        )
+
+    async def _index(
+        self,
+        image_id: str,
+        path: Path,
+        st: os.stat_result,
+        config: bytes,
+        *,
+        user_ref: str,
+        what: str,
+        tags: Sequence[str] = (),
+    ) -> Image:
+        """Check the SIF's signatures, then index it as just hashed: used in place, foreign
+        to sycri's signing policy, with the stat it was hashed at (see :meth:`recheck`)."""
+        trust = await self.intake.trust(path, f"{what} (SIF {image_id})")
         return await in_thread(
             lambda: self.intake.store.add(
-                image.id,
-                image.sif_path,
+                image_id,
+                str(path),
                 st.st_size,
-                config_bytes(image),
-                user_ref=image.user_ref,
+                config,
+                tags=tags,
+                user_ref=user_ref,
                 local=True,
                 now=time.time(),
                 origin=sif_policy.FOREIGN,

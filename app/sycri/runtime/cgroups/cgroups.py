@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,33 +160,19 @@ class PodCgroup:
     @staticmethod
     def missing(version: int, rel: str, root: str = CGROUP_ROOT) -> list[str]:
         """The directories :meth:`ensure` would create (recorded before creating them)."""
-        out = []
-        for top in _hierarchies(version, root):
-            if not os.path.isdir(top):
-                continue
-            cur = top
-            for part in [p for p in rel.split("/") if p]:
-                cur = os.path.join(cur, part)
-                if not os.path.isdir(cur):
-                    out.append(cur)
-        return out
+        return [cur for _, _, cur in _walk(version, rel, root) if not os.path.isdir(cur)]
 
     @classmethod
     def ensure(cls, version: int, rel: str, root: str = CGROUP_ROOT) -> PodCgroup:
         """Create missing directories of ``rel`` (parents first); blocking."""
         created: list[str] = []
         try:
-            for top in _hierarchies(version, root):
-                if not os.path.isdir(top):
+            for top, parent, cur in _walk(version, rel, root):
+                if os.path.isdir(cur):
                     continue
-                cur = top
-                for part in [p for p in rel.split("/") if p]:
-                    parent, cur = cur, os.path.join(cur, part)
-                    if os.path.isdir(cur):
-                        continue
-                    os.mkdir(cur)
-                    created.append(cur)
-                    _inherit(version, top, parent, cur)
+                os.mkdir(cur)
+                created.append(cur)
+                _inherit(version, top, parent, cur)
         except BaseException:
             remove_dirs(created)
             raise
@@ -223,6 +210,18 @@ def _hierarchies(version: int, root: str) -> list[str]:
     if version == 2:
         return [root]
     return [os.path.join(root, c) for c in (*V1_CONTROLLERS, *V1_EXTRA_HIERARCHIES)]
+
+
+def _walk(version: int, rel: str, root: str) -> Iterator[tuple[str, str, str]]:
+    """(hierarchy, parent, dir) for every directory of ``rel``, parents first, in each
+    hierarchy this host has; lazy, so :meth:`PodCgroup.ensure` can make each in turn."""
+    for top in _hierarchies(version, root):
+        if not os.path.isdir(top):
+            continue
+        cur = top
+        for part in [p for p in rel.split("/") if p]:
+            parent, cur = cur, os.path.join(cur, part)
+            yield top, parent, cur
 
 
 def _inherit(version: int, top: str, parent: str, child: str) -> None:

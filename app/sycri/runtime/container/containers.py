@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,8 +24,8 @@ from sycri.api import api_pb2
 from sycri.config import Config
 from sycri.errors import InvalidArgument, excerpt
 from sycri.runtime.cgroups import cgroups, conmon_cgroup, oom
+from sycri.runtime.container import conmon, execsync, lifecycle, recovery, rootfs, update
 from sycri.runtime.container import create as _create
-from sycri.runtime.container import execsync, lifecycle, recovery, rootfs, update
 from sycri.runtime.container.container_store import ContainerStore
 from sycri.runtime.container.execsync import EXEC_OUTPUT_LIMIT, ExecResult
 from sycri.runtime.container.exits import LOST_EXIT, UNMONITORED, ExitMonitor
@@ -151,6 +152,13 @@ class Containers:
 
     def exit_file(self, container_id: str) -> Path:
         return self.paths.exits / container_id
+
+    def remove_conmon_entries(self, container_id: str) -> None:
+        """Blocking: what conmon left of a container under the run dir (its exit file
+        and attach-socket entry), when a launch is taken back or the container goes."""
+        with contextlib.suppress(FileNotFoundError):
+            self.exit_file(container_id).unlink()
+        conmon.remove_attach_entry(self.paths.sockets / container_id)
 
     def oom_parent(self, rec: ContainerRecord) -> Path | None:
         return oom.parent_dir(self.cgroup_version, self.cgroup_driver, rec.cgroup_path)

@@ -105,9 +105,7 @@ def _remove_files(c: Containers, container_id: str, bundle: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             (bundle / name).unlink()
     shutil.rmtree(bundle / "persist", ignore_errors=True)
-    with contextlib.suppress(FileNotFoundError):
-        c.exit_file(container_id).unlink()
-    conmon.remove_attach_entry(c.paths.sockets / container_id)
+    c.remove_conmon_entries(container_id)
 
 
 def _new_paths(log_path: Path) -> list[Path]:

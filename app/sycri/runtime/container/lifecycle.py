@@ -5,7 +5,6 @@ each under the container's lock; every status they make is on disk before they r
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -154,9 +153,7 @@ def _remove_files(c: Containers, rec: ContainerRecord) -> None:
     bundle = Path(rec.bundle)
     conmon_cgroup.release(bundle / conmon_cgroup.RECORD)
     rootfs.remove_bundle(bundle)
-    with contextlib.suppress(FileNotFoundError):
-        c.exit_file(rec.id).unlink()
-    conmon.remove_attach_entry(c.paths.sockets / rec.id)
+    c.remove_conmon_entries(rec.id)
 
 
 async def stop_pod(c: Containers, pod_id: str, timeout: float = 0) -> None:

@@ -120,8 +120,7 @@ async def _remove_leftovers(c: Containers, entry: Path) -> None:
             await runc.delete(entry.name)
     await asyncio.to_thread(conmon_cgroup.release, entry / conmon_cgroup.RECORD)
     await rootfs.remove_overlay(entry)
-    with contextlib.suppress(FileNotFoundError):
-        c.exit_file(entry.name).unlink()
+    c.remove_conmon_entries(entry.name)
 
 
 def _remove_stale_links(c: Containers, ours: set[str]) -> None:
