@@ -81,6 +81,13 @@ def main() -> int:
     ap.add_argument("--kit", type=Path, default=ROOT.parent / "shared" / "critest")
     ap.add_argument("--critest", default=shutil.which("critest") or "critest")
     ap.add_argument("--rounds", type=int, default=1, help="runs per runtime, alternating")
+    ap.add_argument(
+        "--sycri-flag",
+        action="append",
+        default=[],
+        metavar="FLAG",
+        help="a flag for sycri serve, repeatable (--sycri-flag=--images-mount-idle-seconds=0)",
+    )
     args = ap.parse_args()
     tag = secrets.token_hex(3)
     work = Path(f"/tmp/sycb-{tag}")  # short: conmon socket paths
@@ -92,13 +99,16 @@ def main() -> int:
             containerd(
                 work / "c", reg, f"sycb-c{tag}", plain_http=(KIT_REGISTRY,), ip_masq=True
             ) as ctrd,
-            served(work / "s", flags=["--log-level", "info"], cgroup_root=f"sycb-s{tag}") as (
-                server,
-                _net,
-            ),
+            served(
+                work / "s",
+                flags=["--log-level", "info", *args.sycri_flag],
+                cgroup_root=f"sycb-s{tag}",
+            ) as (server, _net),
         ):
             endpoints = {"containerd": ctrd.endpoint, "sycri": server.endpoint}
             print(f"# critest --benchmark, containerd vs sycri, {args.rounds} round(s)")
+            if args.sycri_flag:
+                print(f"sycri flags: {' '.join(args.sycri_flag)}")
             print(f"host: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f} at start")
             for r in range(args.rounds):
                 order = ("containerd", "sycri") if r % 2 == 0 else ("sycri", "containerd")

@@ -61,6 +61,10 @@ def main(pods: int, rounds: int, workers: int) -> None:
         events.stop()
         full = sum(1 for c in made if len(events.seen.get(c, [])) == 4)
         print(f"containers with all 4 events (created/started/stopped/deleted): {full}/{len(made)}")
+        # The image's idle mount (images.mount_idle_seconds) goes with the image.
+        server.images().RemoveImage(
+            api_pb2.RemoveImageRequest(image=api_pb2.ImageSpec(image=image))
+        )
         after = leftovers(server, net, cg_root)
         print(f"after:  {after}")
         print("leftovers: none" if after == before else "LEFTOVERS DIFFER")

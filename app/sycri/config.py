@@ -80,6 +80,9 @@ class ImageConfig:
     # Read-only directories of SIF files shared by many nodes (NFS, Lustre, CephFS), each
     # with a sycri-index.yaml naming its images: served in place, never pulled or removed.
     sif_stores: tuple[str, ...] = ()
+    # How long an image's mount stays once its last container is removed, so the next
+    # container of the image need not mount it again; 0: unmounted with its last user.
+    mount_idle_seconds: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -329,6 +332,11 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"cni.default_subnet: {net} is too small for pods")
     if cfg.pids_limit < 0:
         raise ConfigError(f"pids_limit: {cfg.pids_limit} is negative (0: no limit)")
+    if cfg.images.mount_idle_seconds < 0:
+        raise ConfigError(
+            f"images.mount_idle_seconds: {cfg.images.mount_idle_seconds} is negative "
+            "(0: unmount with the last container)"
+        )
     if cfg.default_runtime not in cfg.runtimes:
         raise ConfigError(
             f"default_runtime: {cfg.default_runtime!r} is not among runtimes "

@@ -1,7 +1,8 @@
 """Server assembly: the node, the gRPC server on the unix socket, signals and shutdown.
 
 Shutdown never touches containers: a DaemonSet upgrade replaces sycri while pods keep
-running, and the next sycri picks them up from disk.
+running, and the next sycri picks them up from disk. Idle image mounts (no container
+uses them) are unmounted.
 """
 
 from __future__ import annotations
@@ -138,6 +139,7 @@ def assemble(cfg: Config) -> Node:
     images.users.append(conts.image_volumes.user_of)
     conts.follow_pods(sandboxes)
     conts.image_mounts.method_for = images.mount_method  # images.kernel_mount
+    images.before_remove.append(conts.image_mounts.drop_idle)  # an idle mount holds the SIF
     bus = EventBus(cfg.event_buffer, on_drop=metrics.event_dropped)
     events.connect(sandboxes, conts, bus)
     node = Node(
@@ -228,6 +230,7 @@ async def serve(cfg: Config, observers: list[RpcObserver] | None = None) -> int:
     await server.stop(cfg.shutdown_grace_seconds)
     blocking.arm(False)
     exit_watch.cancel()
+    await node.containers.close()  # idle image mounts; what containers use stays
     await node.streaming.stop()
     obs.close()
     await asyncio.to_thread(node.node_agent.close)

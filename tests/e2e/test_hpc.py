@@ -254,7 +254,15 @@ def test_image_volumes_are_read_only_mounts_of_other_images(hpc_node, registry):
     svc.RemoveImage(api_pb2.RemoveImageRequest(image=spec(oci_id)))
     assert not svc.ImageStatus(api_pb2.ImageStatusRequest(image=spec(oci_id))).HasField("image")
     mounts = Path("/proc/self/mountinfo").read_text()
+    oci_mount = server.base / "run/images" / oci_id.split(":")[1]
+    assert f" {oci_mount} " not in mounts, "the removed image's mount was left"
+    # The store's image (never removed) idles (images.mount_idle_seconds) until sycri
+    # stops cleanly.
+    assert f" {server.base / 'run/images' / sif_id.split(':')[1]} " in mounts
+    assert server.stop() == 0
+    mounts = Path("/proc/self/mountinfo").read_text()
     assert str(server.base / "run/images/") not in mounts, "an image mount was left"
+    server.start()
 
 
 def test_bad_image_volumes_get_precise_answers(hpc_node):

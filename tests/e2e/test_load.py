@@ -58,6 +58,9 @@ def test_concurrent_pod_rounds_leave_nothing_behind(loaded, registry):
         "warm"
     ]
     assert list(rt.ListContainers(api_pb2.ListContainersRequest()).containers) == []
+    # The image's mount idles after its last container (images.mount_idle_seconds);
+    # removing the image takes it, so the node is back where it was before the rounds.
+    server.images().RemoveImage(api_pb2.RemoveImageRequest(image=api_pb2.ImageSpec(image=image)))
     after = leftovers(server, net, cg_root)
     assert after == before
     # kubelet's evented PLEG saw every container's whole life, in order.

@@ -246,6 +246,14 @@ def test_a_squashfuse_image_outlives_sycris_cgroup(node, registry):
     assert len(fuse) == 1, "the image is not served by one squashfuse"
     assert fuse[0] not in own_cgroup.pids(own)
     assert cgroup_of(fuse[0]) != cgroup_of(server.proc.pid)
+    fuse_leaves = [
+        top / path.lstrip("/")
+        for path in cgroup_of(fuse[0])
+        if "sycri-mount-" in path
+        for top in Path("/sys/fs/cgroup").iterdir()
+        if (top / path.lstrip("/")).is_dir()
+    ]
+    assert fuse_leaves, "squashfuse is not in a leaf of its own"
 
     own_cgroup.kill_all(own)
     server.wait()
@@ -261,9 +269,15 @@ def test_a_squashfuse_image_outlives_sycris_cgroup(node, registry):
     rt.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=cid))
     rt.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod))
     rt.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod))
-    wait_for(
-        "squashfuse gone with the last container", lambda: not os.path.exists(f"/proc/{fuse[0]}")
+    # The mount idles (images.mount_idle_seconds) until RemoveImage of its image.
+    assert os.path.exists(f"/proc/{fuse[0]}"), "the idle mount's squashfuse went"
+    server.images().RemoveImage(
+        api_pb2.RemoveImageRequest(image=api_pb2.ImageSpec(image=str(sif_path)))
     )
+    wait_for(
+        "squashfuse gone with the image's mount", lambda: not os.path.exists(f"/proc/{fuse[0]}")
+    )
+    assert [leaf for leaf in fuse_leaves if leaf.exists()] == [], "squashfuse's cgroup was left"
 
 
 def _cmdline(pid: int) -> list[str]:

@@ -466,6 +466,9 @@ def test_lost_conmon(node, lost):
         assert (st.state, st.exit_code, st.reason) == (R.CONTAINER_EXITED, 255, "Error")
     assert st.finished_at > st.started_at
     node.rt.RemoveContainer(R.RemoveContainerRequest(container_id=cid))
+    # The image's mount idles after its last container (images.mount_idle_seconds),
+    # also one adopted at the restart; RemoveImage takes it.
+    node.server.images().RemoveImage(R.RemoveImageRequest(image=R.ImageSpec(image=node.image)))
     assert footprint(node) == base
 
 

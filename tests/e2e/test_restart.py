@@ -186,4 +186,7 @@ def test_kill_9_during_creates_leaves_whole_or_nothing(node, registry):
             assert st.state == api_pb2.CONTAINER_RUNNING
         rt.RemoveContainer(api_pb2.RemoveContainerRequest(container_id=cid))
     assert list(rt.ListContainers(api_pb2.ListContainersRequest()).containers) == []
+    # The image's mount (adopted at the restart) idles after its last container
+    # (images.mount_idle_seconds); RemoveImage takes it.
+    server.images().RemoveImage(api_pb2.RemoveImageRequest(image=api_pb2.ImageSpec(image=image)))
     assert leftovers(server, net, cg_root) == base_footprint

@@ -139,7 +139,11 @@ IMAGE_CONFIG = {
 }
 
 
-def containers(base: Path, images: StaticImages, pods: Pods) -> Containers:
+def containers(
+    base: Path, images: StaticImages, pods: Pods, image_mount_idle: float = 0.0
+) -> Containers:
+    """Containers under ``base``; image mounts go with their last user unless
+    ``image_mount_idle`` (``images.mount_idle_seconds``) says otherwise."""
     run = base / "run"
     runtime_root = run / "runc"
     runtime_root.mkdir(parents=True, exist_ok=True)
@@ -158,6 +162,7 @@ def containers(base: Path, images: StaticImages, pods: Pods) -> Containers:
             default_ulimits=("nofile=4096:8192",),
             default_cgroup_parent="/sycri-test-" + secrets.token_hex(4),
         ),
+        image_mount_idle=image_mount_idle,
     )
 
 

@@ -71,6 +71,7 @@ def test_runtime_handlers_from_file(tmp_path):
         ("conmon_cgroup: /a/../b\n", "conmon_cgroup: '/a/../b' is not 'pod'"),
         ("host_root: host\n", "host_root: must be an absolute path"),
         ("pids_limit: -5\n", "pids_limit: -5 is negative"),
+        ("images:\n  mount_idle_seconds: -1\n", "images.mount_idle_seconds: -1.0 is negative"),
         (
             "cgroup_driver: systemd\nconmon_cgroup: /monitors\n",
             "conmon_cgroup: '/monitors' is a path; the systemd driver needs 'pod' or a slice",

@@ -8,6 +8,8 @@ This is what the CRI ImageService adapter and the containers code call (``node.i
 - ``images.list()``, ``await images.remove(text)``, ``images.fs_usage()``,
 - ``images.users``: callables ``image_id -> str | None`` naming a container that uses the
   image; RemoveImage refuses with FAILED_PRECONDITION when one answers,
+- ``images.before_remove``: coroutines ``image_id -> None`` awaited before an image's SIF
+  is deleted, to let go of what holds it open (an idle image mount),
 - ``images.mount_method(image_id)``: ``loop`` (kernel squashfs) or ``squashfuse``.
 
 A pull picks its source by transport (``sources/``: registry, library, local file), after
@@ -22,7 +24,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -61,6 +63,7 @@ class Images:
         self.limits = Limits.of(cfg.images)
         self.arch, self.variant = reference.node_arch()
         self.users: list[Callable[[str], str | None]] = []
+        self.before_remove: list[Callable[[str], Awaitable[None]]] = []
         self.container_usage: Callable[[], tuple[Path, int, int] | None] | None = None
         self._pulls: dict[str, asyncio.Task[Image]] = {}
         self.intake = Intake(cfg, self.store, self.keys, self.arch)
@@ -169,6 +172,8 @@ class Images:
                 raise FailedPrecondition(
                     f"image {image.id} is in use by container {who}; remove the container first"
                 )
+        for let_go in self.before_remove:
+            await let_go(image.id)
         return await in_thread(self.store.remove, image.id)
 
     # -- file system usage ------------------------------------------------------------------

@@ -102,6 +102,7 @@ class Containers:
         conmon_placement: str = conmon_cgroup.POD,
         host_root: str = "/",
         own_dirs: tuple[str, ...] = (),
+        image_mount_idle: float = 0.0,
     ) -> None:
         self.paths = paths
         self.runtimes = runtimes
@@ -125,6 +126,7 @@ class Containers:
                 conmon_placement, cgroup_driver, name
             ),
             cgroup_version=self.cgroup_version,
+            idle_seconds=image_mount_idle,
         )
         self._locks: dict[str, asyncio.Lock] = {}
         self.image_volumes = ImageVolumes(self.image_mounts, images, paths.containers)
@@ -203,6 +205,10 @@ class Containers:
 
     async def recover(self) -> None:
         await recovery.recover(self)
+
+    async def close(self) -> None:
+        """Clean shutdown: idle image mounts go; containers and their mounts stay."""
+        await self.image_mounts.close()
 
     async def watch_exits(self, interval: float = 0.2, monitor_every: int = 5) -> None:
         """The exit monitor, until cancelled (``server.serve`` runs it)."""
@@ -316,4 +322,5 @@ def from_config(
         host_root=cfg.host_root,
         own_dirs=(cfg.root_dir, cfg.run_dir, cfg.pod_log_dir),
         cdi_dirs=cfg.cdi_spec_dirs,
+        image_mount_idle=cfg.images.mount_idle_seconds,
     )

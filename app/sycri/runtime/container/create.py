@@ -165,14 +165,15 @@ async def create(
 async def _undo_create(
     c: Containers, cid: str, bundle: Path, image: ImageInfo | None, overlay: bool
 ) -> None:
-    """Leave nothing behind of a failed create: overlay, image mount, files."""
+    """Leave nothing behind of a failed create: overlay, image mount (not left idle: a
+    create that fails made nothing that stays), files."""
     try:
         if overlay or bundle.exists():
             await rootfs.remove_overlay(bundle)
         if image is not None:
-            await c.image_mounts.release(image.id, cid)
+            await c.image_mounts.release(image.id, cid, linger=False)
             c.tell_images(image.id, cid, False)
-        await c.image_volumes.detach(cid)
+        await c.image_volumes.detach(cid, linger=False)
     except Exception:
         log.exception("cleaning up failed create of %s", cid)
 

@@ -4,7 +4,8 @@ source is another image (CRI ``Mount.image``), read-only at ``container_path``.
 kubelet pulls the image with PullImage as for any image and sends the id it got back in
 ``Mount.image.image``; ``Mount.image_sub_path`` (kubelet 1.33) names a directory or file
 inside it. The volume is the image's squashfs partition, the same read-only mount its
-containers run from (one per image, shared, under ``<run_dir>/images``): a SIF's own
+containers run from (one per image, shared and kept idle a while after its last user,
+under ``<run_dir>/images``): a SIF's own
 partition, or for an OCI image the partition of the SIF sycri converted it to. Nothing
 is copied. The container gets a read-only bind of that mount (or of its sub path).
 
@@ -142,17 +143,18 @@ class ImageVolumes:
                 m.host_path = str(path)
                 m.readonly = True
         except BaseException:
-            await self.detach(container_id)
+            await self.detach(container_id, linger=False)
             raise
         return out
 
-    async def detach(self, container_id: str) -> None:
-        """Forget the container's image volumes; an image mount goes with its last user."""
+    async def detach(self, container_id: str, linger: bool = True) -> None:
+        """Forget the container's image volumes; an image mount idles once its last user
+        went (``linger``: see ``ImageMounts.release``)."""
         for image_id in self._recorded(container_id):
             self._users.get(image_id, set()).discard(container_id)
             if not self._users.get(image_id):
                 self._users.pop(image_id, None)
-            await self.mounts.release(image_id, _key(container_id))
+            await self.mounts.release(image_id, _key(container_id), linger)
         with contextlib.suppress(FileNotFoundError):
             self._record(container_id).unlink()
 

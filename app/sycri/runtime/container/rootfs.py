@@ -3,8 +3,12 @@ per image (in place, by offset: no copy), shared by all its containers, under a
 per-container overlay with its own upper and work directories.
 
 The image mount is reference counted by container id (so a retried acquire or release
-is harmless) and goes away with the last container of that image. After a restart the
-counts are rebuilt from the container store with ``adopt``.
+is harmless). When the last container of an image goes its mount lingers, idle, for
+``images.mount_idle_seconds``: a pod's first container of an image that ran a moment ago
+(a Job, a restart, critest's create/remove loop) finds it mounted. An idle mount goes
+when its time passes, at RemoveImage of its image (it holds the SIF open) and at a clean
+shutdown. After a restart the counts are rebuilt from the container store with
+``adopt``, and ``sweep`` unmounts what nothing uses.
 """
 
 from __future__ import annotations
@@ -15,12 +19,13 @@ import errno
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from sycri import command
-from sycri.errors import FailedPrecondition, Internal
+from sycri.errors import FailedPrecondition, Internal, SycriError
 from sycri.observability import tracing
 from sycri.runtime import linux, loopdev
 from sycri.runtime.cgroups import conmon_cgroup
@@ -108,20 +113,50 @@ async def _mount_loop(src: ImageSource, target: Path) -> bool:
     return True
 
 
+class Timer(Protocol):
+    def cancel(self) -> None: ...
+
+
+# Runs a job after a delay: (seconds, job) -> what cancels it.
+Schedule = Callable[[float, Callable[[], Awaitable[None]]], Timer]
+
+_jobs: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
+
+
+def call_later(delay: float, job: Callable[[], Awaitable[None]]) -> Timer:
+    """:data:`Schedule` on the running event loop."""
+
+    def run() -> None:
+        task = asyncio.ensure_future(job())
+        _jobs.add(task)
+        task.add_done_callback(_jobs.discard)
+
+    return asyncio.get_running_loop().call_later(delay, run)
+
+
 class ImageMounts:
     """One read-only mount per image, shared by reference. ``method_for(image_id)`` says
-    whether the kernel (``loop``) or ``squashfuse`` parses it (``images.kernel_mount``)."""
+    whether the kernel (``loop``) or ``squashfuse`` parses it (``images.kernel_mount``).
+
+    ``idle_seconds``: how long a mount nothing uses any more stays (0: it goes with its
+    last user). ``schedule`` runs the unmount when that time has passed (tests drive it)."""
 
     def __init__(
         self,
         base: Path,
         fuse_cgroup: Callable[[str], conmon_cgroup.Placement] | None = None,
         cgroup_version: int = 1,
+        idle_seconds: float = 0.0,
+        schedule: Schedule = call_later,
     ) -> None:
         self.base = base
         self._users: dict[str, set[str]] = {}
         self._mounted: set[str] = set()  # image ids this sycri mounted (and still counts)
         self._locks: dict[str, asyncio.Lock] = {}
+        self.idle_seconds = idle_seconds
+        self.schedule = schedule  # a test may drive time
+        # Idle mounts: image id -> (the token its unmount job must still hold, its timer).
+        self._idle: dict[str, tuple[object, Timer]] = {}
         self.method_for: Callable[[str], str] = lambda image_id: "loop"
         # Where a squashfuse for mount <name> lives (outside sycri's cgroup: it must
         # survive sycri's pod like conmon does); None: left where sycri runs.
@@ -139,12 +174,17 @@ class ImageMounts:
     def users(self, image_id: str) -> set[str]:
         return set(self._users.get(image_id, ()))
 
+    def idle(self) -> set[str]:
+        """The image ids whose mount is kept with no user."""
+        return set(self._idle)
+
     def _lock(self, image_id: str) -> asyncio.Lock:
         return self._locks.setdefault(image_id, asyncio.Lock())
 
     async def acquire(self, src: ImageSource, container_id: str) -> Path:
-        """The image's mount point, mounting it if this is its first container."""
+        """The image's mount point, mounting it unless it is mounted (used or idle)."""
         async with self._lock(src.image_id):
+            self._unpark(src.image_id)
             target = self.target(src.image_id)
             # Mounted by this sycri and counted: no need to read the mount table.
             if src.image_id not in self._mounted and not is_mounted(target):
@@ -174,21 +214,82 @@ class ImageMounts:
             await asyncio.to_thread(conmon_cgroup.release, self._record(target))
             raise
 
-    async def release(self, image_id: str, container_id: str) -> None:
-        """Forget one user; unmount when none is left."""
+    async def release(self, image_id: str, container_id: str, linger: bool = True) -> None:
+        """Forget one user. With none left the mount idles for ``idle_seconds``, or goes
+        now (``linger`` False: a failed create leaves no mount it made behind)."""
         async with self._lock(image_id):
             users = self._users.get(image_id, set())
             users.discard(container_id)
             if users:
                 return
             self._users.pop(image_id, None)
-            self._mounted.discard(image_id)
-            target = self.target(image_id)
-            await unmount(target)
-            with contextlib.suppress(OSError):
-                target.rmdir()
-            # The squashfuse (if any) exits on unmount; then its cgroup goes.
-            await asyncio.to_thread(conmon_cgroup.release, self._record(target))
+            if linger and self.idle_seconds > 0 and image_id in self._mounted:
+                self._park(image_id)
+                return
+            await self._unmount(image_id)
+
+    def _park(self, image_id: str) -> None:
+        """Keep the idle mount; it goes once ``idle_seconds`` pass with no new user."""
+        self._unpark(image_id)
+        token = object()
+
+        async def expire() -> None:
+            try:
+                await self._expire(image_id, token)
+            except Exception:  # a timer has nobody to tell: the next start sweeps it
+                log.exception("unmounting the idle image %s", image_id)
+
+        self._idle[image_id] = (token, self.schedule(self.idle_seconds, expire))
+
+    def _unpark(self, image_id: str) -> None:
+        parked = self._idle.pop(image_id, None)
+        if parked is not None:
+            parked[1].cancel()
+
+    async def _expire(self, image_id: str, token: object) -> None:
+        """The idle time passed. Under the image's lock, and only if no acquire came
+        (and no release parked it again) since: the timer may fire just before one."""
+        async with self._lock(image_id):
+            parked = self._idle.get(image_id)
+            if parked is None or parked[0] is not token or self._users.get(image_id):
+                return
+            log.debug("image %s unused for %ss: unmounting it", image_id, self.idle_seconds)
+            await self._unmount(image_id)
+
+    async def _unmount(self, image_id: str) -> None:
+        """Under the image's lock: the mount, its directory and a squashfuse's cgroup go."""
+        self._unpark(image_id)
+        self._mounted.discard(image_id)
+        target = self.target(image_id)
+        await unmount(target)
+        with contextlib.suppress(OSError):
+            target.rmdir()
+        # The squashfuse (if any) exits on unmount; then its cgroup goes.
+        await asyncio.to_thread(conmon_cgroup.release, self._record(target))
+
+    async def drop_idle(self, image_id: str) -> None:
+        """RemoveImage: unmount the image's idle mount, which holds its SIF open (the
+        file's space would not be freed). Refused while a container uses the image."""
+        async with self._lock(image_id):
+            users = self._users.get(image_id)
+            if users:
+                who = sorted(users)[0].split("/")[0]  # "<id>/image-volumes": the container
+                raise FailedPrecondition(f"image {image_id} is in use by container {who}")
+            if image_id in self._idle:
+                await self._unmount(image_id)
+
+    async def close(self) -> None:
+        """Clean shutdown: idle mounts go now; mounts in use stay for their containers,
+        which keep running (the next sycri adopts them)."""
+        self.idle_seconds = 0.0  # a release from here on unmounts at once
+        for image_id in list(self._idle):
+            async with self._lock(image_id):
+                if image_id not in self._idle or self._users.get(image_id):
+                    continue
+                try:
+                    await self._unmount(image_id)
+                except SycriError as exc:  # the next start sweeps it
+                    log.warning("idle image %s stays mounted: %s", image_id, exc.message)
 
     async def _confine(self, target: Path) -> list[str]:
         """Make the cgroup a squashfuse for ``target`` runs in, and the argv prefix that
@@ -212,13 +313,20 @@ class ImageMounts:
         self._users.setdefault(image_id, set()).add(container_id)
 
     async def sweep(self) -> None:
-        """Recovery: unmount image mounts that no container uses any more."""
+        """Recovery: unmount image mounts that no container uses any more (an earlier
+        sycri's idle ones among them); those in use are known to be mounted from here
+        on, so their last user's release leaves them idle."""
         if not self.base.is_dir():
             return
-        used = {self.target(i).name for i in self._users}
+        used = {self.target(i).name: i for i in self._users}
+        mounted = await asyncio.to_thread(mounted_targets)
         for entry in self.base.iterdir():
-            if entry.name not in used:
-                await self.release(entry.name, "")
+            image_id = used.get(entry.name)
+            if image_id is None:
+                async with self._lock(entry.name):
+                    await self._unmount(entry.name)
+            elif str(entry) in mounted:
+                self._mounted.add(image_id)
 
 
 @dataclass(frozen=True)
