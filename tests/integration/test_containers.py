@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import stat
@@ -17,7 +18,7 @@ import pytest
 from sycri.api import api_pb2
 from sycri.errors import DeadlineExceeded, Internal, InvalidArgument, NotFound
 from sycri.runtime.container import launch, rootfs
-from sycri.runtime.container.containers import Containers, SandboxInfo
+from sycri.runtime.container.containers import Containers, SandboxInfo, read_spec
 
 from tests.support.containers import (
     IMAGE_CONFIG,
@@ -447,11 +448,16 @@ def test_created_container_has_no_process_until_started(env: Env):
     assert not (runc_root / cid).exists()
     assert _processes_of(cid) == []
     assert not Path(rec.log_path).exists()
+    # The record keeps the spec it wrote (verbose ContainerStatus shows it from memory).
+    config = Path(rec.bundle) / "config.json"
+    assert rec.spec_json == read_spec(config)
     # Resources changed before the start are what the started container gets.
     limit = 100 * 1024 * 1024
     res = api_pb2.LinuxContainerResources(memory_limit_in_bytes=limit)
     env.run(env.ctrs.update_resources(cid, res))
     assert env.ctrs.get(cid).resources["memoryLimitInBytes"] == str(limit)
+    assert rec.spec_json == read_spec(config)
+    assert json.loads(rec.spec_json)["linux"]["resources"]["memory"]["limit"] == limit
     env.run(env.ctrs.start(cid))
     rec = env.ctrs.get(cid)
     assert rec.state == "running" and rec.pid > 0

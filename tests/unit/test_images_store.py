@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
+import pytest
+from sycri.errors import InvalidArgument
 from sycri.images.store import Store
+
+from tests.support.images import make_images
 
 
 def config(cmd: str) -> bytes:
@@ -128,3 +133,39 @@ def test_lookups_answer_while_a_commit_waits_for_the_disk(tmp_path):
         adding.join()
     assert store.by_tag("r/a:1").id == new_id
     assert store.get(old.id).repo_tags == ()
+
+
+def test_every_form_kubelet_and_critest_send_finds_the_image_and_changes_show_at_once(tmp_path):
+    """ImageStatus's lookup: by id (with and without ``sha256:``, a unique prefix), repo
+    tag, short name (docker.io/library/...:latest), repo digest, whatever the spaces
+    around it; a name is parsed once, so these repeat the same lookup, which must still
+    follow every change to the index."""
+    images = make_images(tmp_path)
+    try:
+        store = images.store
+        digest = "docker.io/library/busybox@sha256:" + "b" * 64
+        one = store.add("sha256:" + "1" * 64, "/x/1.sif", 10, config("one"),
+                        tags=["docker.io/library/busybox:latest", "127.0.0.1:5000/c/bb:v1"],
+                        digests=[digest])  # fmt: skip
+        forms = [one.id, one.id[7:], one.id[:19], one.id[7:19], "busybox", "busybox:latest",
+                 "docker.io/library/busybox", "docker://busybox", " busybox\n",
+                 "127.0.0.1:5000/c/bb:v1", "busybox@" + digest.split("@")[1], digest]  # fmt: skip
+        for _ in range(2):
+            assert [images.find(f) for f in forms] == [one] * len(forms)
+        assert images.find("busybox:1") is None and images.find("c/bb:v1") is None
+        # The tag moves to a newer image; a second image makes the short prefix ambiguous.
+        two = store.add("sha256:" + "1" * 12 + "2" * 52, "/x/2.sif", 20, config("two"),
+                        tags=["docker.io/library/busybox:latest"])  # fmt: skip
+        assert images.find("busybox") == two and images.find(" busybox\n") == two
+        assert images.find(digest) == store.get(one.id)  # the digest stays
+        with pytest.raises(InvalidArgument, match="ambiguous"):
+            images.find(one.id[:19])
+        assert images.find(one.id[:20]) == store.get(one.id)
+        asyncio.run(images.remove(two.id))
+        assert images.find("busybox") is None and images.find(two.id) is None
+        for bad in ("", "  ", "Busybox", "a" * 5000):
+            for _ in range(2):  # refused every time, not only the first
+                with pytest.raises(InvalidArgument):
+                    images.find(bad)
+    finally:
+        images.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 
 import pytest
@@ -340,3 +341,108 @@ def test_image_replies_equal_the_built_ones_and_a_moved_tag_shows_at_once(node):
     )
     only = _parsed(run(image.list_images(node, wanted)), api_pb2.ListImagesResponse)
     assert [i.id for i in only.images] == [new.id]
+
+
+# -- verbose ContainerStatus: the status plus the info JSON with the OCI spec ---------------
+
+
+def _built_verbose(rec, bundle) -> api_pb2.ContainerStatusResponse:
+    """The verbose reply as the handler built it before: the spec read from the bundle
+    and parsed, the info JSON dumped from a dict."""
+    spec = (bundle / "config.json").read_text() if (bundle / "config.json").exists() else ""
+    info = json.dumps(
+        {
+            "pid": rec.pid if rec.state == "running" else 0,
+            "sandboxID": rec.pod_id,
+            "runtimeHandler": rec.runtime_handler,
+            "bundle": rec.bundle,
+            "runtimeSpec": json.loads(spec) if spec else None,
+        }
+    )
+    return api_pb2.ContainerStatusResponse(status=container.status_of(rec), info={"info": info})
+
+
+@pytest.fixture
+def bundled(node, tmp_path):
+    """One created container (no process) whose bundle holds a spec, as CreateContainer
+    leaves it; its record has not kept the spec (as after a restart)."""
+    pod = _pod(7, {})
+    rec = _container(pod, 1, "created")
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    spec = {
+        "ociVersion": "1.0.2",
+        "process": {"args": ["/bin/sh", "-c", "echo hé"], "env": ["GREETING=grüß", "Q=\"x\""]},
+        "linux": {"resources": {"memory": {"limit": 1 << 30}}, "maskedPaths": ["/proc/kcore"]},
+        "annotations": {"k": "\u2603 \x01"},
+    }
+    (bundle / "config.json").write_text(json.dumps(spec, indent=1))
+    meta = dataclasses.replace(rec.meta, bundle=str(bundle))
+    rec = ContainerRecord(meta, Status(state="created"))
+
+    async def fill() -> None:
+        await node.sandboxes.store.create(pod)
+        await node.containers.store.add(rec)
+
+    run(fill())
+    return node, node.containers.get(rec.id), bundle
+
+
+def _verbose(node, cid):
+    req = api_pb2.ContainerStatusRequest(container_id=cid, verbose=True)
+    reply = run(container.container_status(node, req))
+    return _parsed(reply, api_pb2.ContainerStatusResponse)
+
+
+def test_the_verbose_reply_equals_the_built_one_and_keeps_the_spec(bundled):
+    node, rec, bundle = bundled
+    assert rec.spec_json is None
+    got = _verbose(node, rec.id)
+    want = _built_verbose(rec, bundle)
+    assert got == want
+    assert got.info["info"] == want.info["info"]  # the same JSON text, byte for byte
+    info = json.loads(got.info["info"])
+    assert info["runtimeSpec"]["process"]["env"][0] == "GREETING=grüß"
+    assert info["pid"] == 0 and info["bundle"] == str(bundle)
+    # Read once: the record keeps it, and the next reply comes from it, not the file.
+    assert json.loads(rec.spec_json) == info["runtimeSpec"]
+    (bundle / "config.json").unlink()
+    assert _verbose(node, rec.id) == got
+
+
+def test_an_update_before_the_start_and_an_exit_show_in_the_next_verbose_reply(bundled):
+    node, rec, bundle = bundled
+    _verbose(node, rec.id)
+    limit = 256 << 20
+    res = api_pb2.LinuxContainerResources(memory_limit_in_bytes=limit)
+    run(node.containers.update_resources(rec.id, res))  # no process yet: config.json
+    got = _verbose(node, rec.id)
+    assert got == _built_verbose(rec, bundle)
+    spec = json.loads(got.info["info"])["runtimeSpec"]
+    assert spec["linux"]["resources"]["memory"]["limit"] == limit
+    assert got.status.resources.linux.memory_limit_in_bytes == limit
+
+    # what StartContainer and then the exit monitor do: new status values
+    started = rec.status.but(state=RUNNING, pid=4242, started_at=rec.created_at + 1)
+    run(node.containers.store.set_status(rec, started))
+    got = _verbose(node, rec.id)
+    assert got.status.state == api_pb2.CONTAINER_RUNNING
+    assert json.loads(got.info["info"])["pid"] == 4242
+    assert got == _built_verbose(rec, bundle)
+    exited = rec.status.but(state=EXITED, exit_code=2, finished_at=rec.started_at + 1)
+    run(node.containers.store.set_status(rec, exited))
+    got = _verbose(node, rec.id)
+    assert (got.status.state, got.status.exit_code) == (api_pb2.CONTAINER_EXITED, 2)
+    assert json.loads(got.info["info"])["pid"] == 0
+    assert got == _built_verbose(rec, bundle)
+
+
+def test_a_bundle_without_a_spec_shows_none_and_is_read_again(bundled):
+    node, rec, bundle = bundled
+    spec = (bundle / "config.json").read_bytes()
+    (bundle / "config.json").unlink()
+    got = _verbose(node, rec.id)
+    assert json.loads(got.info["info"])["runtimeSpec"] is None
+    assert got == _built_verbose(rec, bundle)
+    (bundle / "config.json").write_bytes(spec)
+    assert json.loads(_verbose(node, rec.id).info["info"])["runtimeSpec"] == json.loads(spec)

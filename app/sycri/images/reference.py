@@ -8,6 +8,7 @@ ending in ``.sif`` or a ``file://`` URL). Pure: no I/O.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import re
@@ -214,3 +215,40 @@ def store_key(text: str) -> str:
         return tag_key(parse(text))
     except SycriError:
         return text
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """What a name given to ImageStatus, ListImages, RemoveImage or CreateContainer is
+    looked up by, in this order: a full image id (only that); ids starting with
+    ``prefix``; then the repo digest key, else the tag key (``shared``: the SIF stores'
+    names come before pulled tags, except for a local SIF file)."""
+
+    image_id: str = ""
+    prefix: str = ""
+    digest: str = ""
+    tag: str = ""
+    shared: bool = True
+
+
+@functools.lru_cache(maxsize=1024)
+def lookup(text: str) -> Lookup:
+    """How ``text`` is looked up; InvalidArgument when it names nothing it could be.
+
+    Pure, so kept per text (kubelet and critest ask for the same few names on every
+    call; an error is not kept): a lookup parses a name once, not per call. The bound
+    caps what names from pod specs can hold (at most 1024 of ``MAX_LENGTH``)."""
+    text = text.strip()
+    if not text:
+        raise InvalidArgument("image name is empty")
+    if is_image_id(text):
+        return Lookup(image_id=text if text.startswith("sha256:") else "sha256:" + text)
+    hexpart = text.removeprefix("sha256:")
+    prefix = hexpart if 6 <= len(hexpart) < 64 and _HEX.issuperset(hexpart) else ""
+    ref = parse(text)
+    if ref.digest:
+        return Lookup(prefix=prefix, digest=digest_key(ref, ref.digest))
+    return Lookup(prefix=prefix, tag=tag_key(ref), shared=ref.transport != "file")

@@ -36,7 +36,7 @@ from sycri.images import reference, registries, siffile
 from sycri.images.convert import in_thread
 from sycri.images.credentials import Credentials
 from sycri.images.intake import Intake
-from sycri.images.reference import Reference, digest_key, store_key, tag_key
+from sycri.images.reference import Reference, store_key, tag_key
 from sycri.images.registry import new_session
 from sycri.images.sif_stores import SifStores
 from sycri.images.sources.library import LibrarySource
@@ -96,30 +96,26 @@ class Images:
 
     def _lookup(self, text: str) -> tuple[Image | None, bool]:
         """The image ``text`` names, and whether it named it by id (or id prefix)
-        rather than by tag or digest."""
-        text = text.strip()
-        if not text:
-            raise InvalidArgument("image name is empty")
+        rather than by tag or digest. The name is parsed once (``reference.lookup``
+        keeps it); each form is then one dict lookup, an id prefix a scan of the ids."""
+        key = reference.lookup(text)
         stores = self.sif_stores
-        if reference.is_image_id(text):
-            image_id = text if text.startswith("sha256:") else "sha256:" + text
-            return stores.get(image_id) or self.store.get(image_id), True
-        hexpart = text.removeprefix("sha256:")
-        if 6 <= len(hexpart) < 64 and all(c in "0123456789abcdef" for c in hexpart):
-            ids = set(self.store.by_id_prefix(hexpart)) | set(stores.by_id_prefix(hexpart))
+        if key.image_id:
+            return stores.get(key.image_id) or self.store.get(key.image_id), True
+        if key.prefix:
+            ids = set(self.store.by_id_prefix(key.prefix)) | set(stores.by_id_prefix(key.prefix))
             if len(ids) == 1:
                 (image_id,) = ids
                 return stores.get(image_id) or self.store.get(image_id), True
             if len(ids) > 1:
-                raise InvalidArgument(f"image id prefix {excerpt(text)} is ambiguous")
-        ref = reference.parse(text)
-        if ref.digest:
-            return self.store.by_digest(digest_key(ref, ref.digest)), False
-        if ref.transport != "file":
-            found = stores.by_key(tag_key(ref))  # a store's name wins over a pulled tag
+                raise InvalidArgument(f"image id prefix {excerpt(text.strip())} is ambiguous")
+        if key.digest:
+            return self.store.by_digest(key.digest), False
+        if key.shared:
+            found = stores.by_key(key.tag)  # a store's name wins over a pulled tag
             if found is not None:
                 return found, False
-        return self.store.by_tag(tag_key(ref)), False
+        return self.store.by_tag(key.tag), False
 
     async def resolve(self, text: str) -> Image:
         """The image, for running: a local SIF whose file changed is hashed again first."""

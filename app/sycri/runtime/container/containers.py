@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -262,11 +263,24 @@ class Containers:
             stdin=cfg.stdin,
         )
 
-    def oci_spec(self, rec: ContainerRecord) -> str:
-        try:
-            return (Path(rec.bundle) / "config.json").read_text()
-        except OSError:
-            return ""
+    async def spec_json(self, rec: ContainerRecord) -> str:
+        """The container's OCI spec as compact JSON ("" when its bundle has none). The
+        record keeps it from the writes; after a restart it is read once, off the loop."""
+        if rec.spec_json is not None:
+            return rec.spec_json
+        text = await asyncio.to_thread(read_spec, Path(rec.bundle) / "config.json")
+        if text and rec.spec_json is None:  # else a write kept a newer one meanwhile
+            rec.spec_json = text
+        return text
+
+
+def read_spec(path: Path) -> str:
+    """The spec in ``path`` as compact JSON, "" when there is no file (blocking)."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return ""
+    return json.dumps(json.loads(data))
 
 
 def from_config(

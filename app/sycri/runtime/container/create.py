@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import os
 import time
@@ -126,7 +127,7 @@ async def create(
         if ns.userns:
             volumes = {m.container_path for m in cfg.mounts}
             await asyncio.to_thread(userns.idmap_volumes, built.spec, volumes, bundle, ns.userns)
-        await asyncio.to_thread(_write_spec, bundle / "config.json", built.json())
+        spec_json = await asyncio.to_thread(_write_spec, bundle / "config.json", built)
         crashpoint.reach("container.create.overlay")
         meta = Metadata(
             id=cid,
@@ -150,6 +151,7 @@ async def create(
         rec = ContainerRecord(
             meta, Status(resources=json_format.MessageToDict(cfg.linux.resources))
         )
+        rec.spec_json = spec_json
         await c.store.add(rec)
     except BaseException:
         await _undo_create(c, cid, bundle, acquired, overlay)
@@ -184,13 +186,15 @@ def _log_path(sandbox: SandboxInfo, cfg: api_pb2.ContainerConfig, bundle: Path) 
     return str(bundle.with_name(bundle.name + ".log"))
 
 
-def _write_spec(path: Path, data: bytes) -> None:
+def _write_spec(path: Path, built: ocispec.BuiltSpec) -> str:
     """runc's input, read by ``runc create`` at StartContainer. Not fsynced: until the
     record exists a crash leaves a bundle that recovery removes; a crash of sycri keeps
-    it in the page cache; after a power loss the overlay it names is gone anyway."""
+    it in the page cache; after a power loss the overlay it names is gone anyway.
+    Returns the spec as compact JSON (the record keeps it for verbose status)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "wb") as f:
-        f.write(data)
+        f.write(built.json())
+    return json.dumps(built.spec)
 
 
 def _read_image_file(root: Path, rel: str) -> str:

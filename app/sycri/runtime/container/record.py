@@ -81,12 +81,16 @@ class ContainerRecord:
     read it. Only the store assigns :attr:`status`.
     """
 
-    __slots__ = ("_config", "meta", "status")
+    __slots__ = ("_config", "meta", "spec_json", "status")
 
     def __init__(self, meta: Metadata, status: Status | None = None) -> None:
         self.meta = meta
         self.status = status if status is not None else Status()
         self._config: api_pb2.ContainerConfig | None = None
+        # The OCI spec as the bundle's config.json holds it, as compact JSON text, for
+        # verbose ContainerStatus: set by whoever writes that file (CreateContainer,
+        # UpdateContainerResources before the start); None until read after a restart.
+        self.spec_json: str | None = None
 
     def __repr__(self) -> str:
         return f"ContainerRecord({self.meta!r}, {self.status!r})"

@@ -39,16 +39,18 @@ async def update_resources(
         if launch.launched(rec):
             await c.runtime(rec.runtime_handler).update(rec.id, oci)
         else:  # no cgroup yet: the spec StartContainer's runc create reads
-            await asyncio.to_thread(spec_resources, Path(rec.bundle) / "config.json", oci)
+            spec = await asyncio.to_thread(spec_resources, Path(rec.bundle) / "config.json", oci)
+            rec.spec_json = spec
         merged = api_pb2.LinuxContainerResources()
         json_format.ParseDict(rec.resources, merged)
         merged.MergeFrom(resources)
         await c.store.set_status(rec, rec.status.but(resources=json_format.MessageToDict(merged)))
 
 
-def spec_resources(config: Path, oci: dict[str, Any]) -> None:
+def spec_resources(config: Path, oci: dict[str, Any]) -> str:
     """Merge ``oci`` into the spec's ``linux.resources`` as ``runc update`` merges it
-    into a cgroup: what it names replaces, what it leaves out stays (blocking)."""
+    into a cgroup: what it names replaces, what it leaves out stays (blocking). Returns
+    the new spec as written (compact JSON)."""
     spec = json.loads(config.read_bytes())
     current = spec.setdefault("linux", {}).setdefault("resources", {})
     for key, value in oci.items():
@@ -60,7 +62,9 @@ def spec_resources(config: Path, oci: dict[str, Any]) -> None:
             current[key] = {**current[key], **value}
         else:
             current[key] = value
-    atomic_write(config, json.dumps(spec).encode(), 0o600)
+    text = json.dumps(spec)
+    atomic_write(config, text.encode(), 0o600)
+    return text
 
 
 async def reopen_log(c: Containers, ref: str) -> None:
