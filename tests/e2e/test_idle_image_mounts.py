@@ -17,6 +17,7 @@ import pytest
 from sycri.api import api_pb2
 
 from tests.e2e.test_containers_cri import container, pull
+from tests.support.mounts import loop_devices, mount_of
 from tests.support.node import served
 from tests.support.pods import pod_config
 from tests.support.server import SycriServer
@@ -42,27 +43,6 @@ def mount_dir(server: SycriServer, image: str) -> Path:
 
 def sif_of(server: SycriServer, image: str) -> Path:
     return server.base / "root" / "images" / "sif" / (image.split(":")[1] + ".sif")
-
-
-def mount_of(target: Path) -> tuple[str, str] | None:
-    """(mount id, device) of the mount at ``target`` (/proc/self/mountinfo), or None."""
-    found = None
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        parts = line.split(" ")
-        if parts[4] == str(target):
-            found = (parts[0], parts[2])
-    return found
-
-
-def loop_devices(backing: Path) -> list[str]:
-    """Loop devices whose backing file is ``backing`` (also once it was deleted)."""
-    out = []
-    for dev in Path("/sys/block").glob("loop*"):
-        with contextlib.suppress(OSError):
-            text = (dev / "loop" / "backing_file").read_text().strip()
-            if text.removesuffix(" (deleted)") == str(backing):
-                out.append(dev.name)
-    return out
 
 
 def nothing_left(server: SycriServer, image: str) -> bool:

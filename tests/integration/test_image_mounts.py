@@ -25,6 +25,7 @@ from tests.support.containers import (
     containers,
     squashfs_image,
 )
+from tests.support.mounts import loop_devices, mount_of
 
 pytestmark = pytest.mark.root
 
@@ -142,28 +143,6 @@ def env(tmp_path: Path, image_file: Path) -> Iterator[Env]:
         with contextlib.suppress(Exception):
             e.run(e.ctrs.close())
         loop.close()
-
-
-def mount_of(target: Path) -> tuple[str, str] | None:
-    """(mount id, device) of the mount at ``target`` (/proc/self/mountinfo), or None."""
-    found = None
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            parts = line.split(" ")
-            if parts[4] == str(target):
-                found = (parts[0], parts[2])
-    return found
-
-
-def loop_devices(backing: Path) -> list[str]:
-    """Loop devices whose backing file is ``backing``."""
-    out = []
-    for dev in Path("/sys/block").glob("loop*"):
-        with contextlib.suppress(OSError):
-            text = (dev / "loop" / "backing_file").read_text().strip()
-            if text.removesuffix(" (deleted)") == str(backing):
-                out.append(dev.name)
-    return out
 
 
 def gone(env: Env, name: str = "busybox") -> bool:
