@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import os
 import time
@@ -191,10 +190,11 @@ def _write_spec(path: Path, built: ocispec.BuiltSpec) -> str:
     record exists a crash leaves a bundle that recovery removes; a crash of sycri keeps
     it in the page cache; after a power loss the overlay it names is gone anyway.
     Returns the spec as compact JSON (the record keeps it for verbose status)."""
+    text = built.json()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "wb") as f:
-        f.write(built.json())
-    return json.dumps(built.spec)
+        f.write(text.encode())
+    return text
 
 
 def _read_image_file(root: Path, rel: str) -> str:

@@ -150,5 +150,7 @@ class BuiltSpec:
     stop_signal: int
     cgroup_path: str
 
-    def json(self) -> bytes:
-        return json.dumps(self.spec, indent=1).encode()
+    def json(self) -> str:
+        """Compact, as the record keeps it for verbose status: one encoding serves the
+        bundle's config.json and the record."""
+        return json.dumps(self.spec)
