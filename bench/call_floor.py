@@ -8,8 +8,14 @@ The difference between "bare" and "Dispatcher" is sycri's own per-call overhead;
 difference between "bare" and containerd's figure in side_by_side.py is the Python gRPC
 server stack. Nothing here asserts on time.
 
+``--bare NAME:SETTING`` adds a bare grpc.aio server started as a process of its own with
+one setting: ``option:K=V`` (a server channel argument, e.g. ``grpc.http2.bdp_probe=0``),
+``env:K=V`` (its environment before gRPC starts, e.g. ``GRPC_EXPERIMENTS=...``) or
+``cpus:LIST`` (pinned with taskset), beside a plain one started the same way.
+
 Run as root from the repository root (sycri needs a bridge for its pods):
   .venv/bin/python bench/call_floor.py [--rounds 20] [--no-sycri] [--sycri-flag=...]
+      [--bare NAME:SETTING ...]
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import collections
 import contextlib
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -87,6 +94,39 @@ def fork_server(sock: str, dispatcher: bool, uvloop: bool) -> int:
             asyncio.run(main())
     finally:
         os._exit(0)
+
+
+def spawn_bare(sock: str, setting: str) -> int:
+    """A bare server as a process of its own (this file with ``--serve-bare``), so an
+    environment setting reaches gRPC before it starts; returns its pid."""
+    kind, _, value = setting.partition(":")
+    env, cmd = dict(os.environ), [sys.executable, __file__, "--serve-bare", sock]
+    if kind == "option":
+        cmd += ["--option", value]
+    elif kind == "env":
+        k, v = value.split("=", 1)
+        env[k] = v
+    elif kind == "cpus":
+        cmd = ["taskset", "-c", value, *cmd]
+    elif kind:
+        raise SystemExit(f"--bare: unknown setting {setting!r}")
+    return subprocess.Popen(cmd, env=env).pid
+
+
+def serve_bare(sock: str, options: list[str]) -> None:
+    """``--serve-bare``: the bare Version server with ``options`` (K=V, ints as ints)."""
+    extra = [
+        (k, int(v) if v.lstrip("-").isdigit() else v) for k, v in (o.split("=", 1) for o in options)
+    ]
+
+    async def main() -> None:
+        server = grpc.aio.server(options=[*OPTIONS, *extra], interceptors=[])
+        server.add_generic_rpc_handlers(_bare_handlers())
+        server.add_insecure_port(f"unix:{sock}")
+        await server.start()
+        await server.wait_for_termination()
+
+    asyncio.run(main())
 
 
 def timed(call: Callable[..., Any], n: int) -> list[float]:
@@ -189,7 +229,19 @@ def main() -> int:
         metavar="NAME:K=V",
         help="one more sycri, with K=V in its environment (e.g. a loop to compare)",
     )
+    ap.add_argument(
+        "--bare",
+        action="append",
+        default=[],
+        metavar="NAME:SETTING",
+        help="one more bare server: option:K=V, env:K=V or cpus:LIST (and a plain one)",
+    )
+    ap.add_argument("--serve-bare", metavar="SOCK", help=argparse.SUPPRESS)
+    ap.add_argument("--option", action="append", default=[], help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.serve_bare:
+        serve_bare(args.serve_bare, args.option)
+        return 0
 
     try:
         import uvloop  # noqa: F401
@@ -211,6 +263,14 @@ def main() -> int:
                 ch = grpc.insecure_channel(f"unix:{sock}")
                 channels.append(ch)
                 stubs[f"grpc.aio {name}"] = (pid, api_pb2_grpc.RuntimeServiceStub(ch))
+        for name, setting in (
+            [("plain", ""), *(b.split(":", 1) for b in args.bare)] if args.bare else []
+        ):
+            sock = str(work / f"{len(pids)}.sock")
+            pids.append(spawn_bare(sock, setting))
+            ch = grpc.insecure_channel(f"unix:{sock}")
+            channels.append(ch)
+            stubs[f"bare process, {name}"] = (pids[-1], api_pb2_grpc.RuntimeServiceStub(ch))
         for _pid, stub in stubs.values():
             wait_ready(stub)
         if args.no_sycri:

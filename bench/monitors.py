@@ -3,8 +3,11 @@
 Prints what placing conmon costs (making and removing its leaf cgroup; the /bin/sh
 wrapper that joins it before exec, beside a bare exec), CreateContainer+StartContainer
 latency with it, and how long sycri takes to notice a SIGKILLed conmon (kill to the
-container's status saying it is unmonitored). Run as root from the repository root:
-``.venv/bin/python bench/monitors.py [N]``.
+container's status saying it is unmonitored), and what the exit monitor's once-a-second
+look at every running container's conmon holds the event loop for: reading each one's
+pid file and cmdline, against one poll of kept pidfds (stand-in conmons: shells whose
+command line names conmon and the container). Run as root from the repository root:
+``.venv/bin/python bench/monitors.py [N] [--looks-only [M]]`` (M stand-ins, 500 by default).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,6 +27,8 @@ sys.path[:0] = [str(ROOT / "app"), str(ROOT)]
 
 from sycri.api import api_pb2  # noqa: E402
 from sycri.runtime.cgroups import cgroups, conmon_cgroup  # noqa: E402
+from sycri.runtime.container import conmon  # noqa: E402
+from sycri.runtime.container.conmonwatch import ConmonWatch  # noqa: E402
 from sycri.runtime.container.containers import UNMONITORED  # noqa: E402
 
 from bench.containers import show  # noqa: E402
@@ -60,9 +66,57 @@ def placement_cost(n: int, work: Path) -> None:
     show("exec /bin/true (floor)", bare)
 
 
+def look_cost(m: int, work: Path, looks: int = 50) -> None:
+    """One look at ``m`` live conmons, by their files and by pidfds (ms, median)."""
+    procs, running = [], []
+    try:
+        for i in range(m):
+            cid = f"{i:08x}" + "c" * 56
+            bundle = work / cid
+            bundle.mkdir(parents=True)
+            p = subprocess.Popen(
+                ["conmon", "-c", "read line", cid], executable="/bin/sh", stdin=subprocess.PIPE
+            )
+            procs.append(p)
+            running.append((cid, bundle))
+        for p, (_cid, bundle) in zip(procs, running, strict=True):
+            while not Path(f"/proc/{p.pid}/cmdline").read_bytes().startswith(b"conmon"):
+                time.sleep(0.001)
+            (bundle / "conmon.pid").write_text(f"{p.pid}\n")
+        by_files, by_pidfd = [], []
+        watch = ConmonWatch()
+        t0 = time.perf_counter()
+        assert watch.dead(running) == []
+        first = time.perf_counter() - t0
+        for _ in range(looks):
+            t0 = time.perf_counter()
+            assert all(conmon.monitors_container(b, c) for c, b in running)
+            by_files.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            assert watch.dead(running) == []
+            by_pidfd.append(time.perf_counter() - t0)
+        watch.close()
+        print(f"\n## A look at {m} running containers' conmons ({looks} looks, median)\n")
+        print(f"pid file + cmdline of each: {statistics.median(by_files) * 1000:.2f} ms")
+        print(f"one poll of kept pidfds:    {statistics.median(by_pidfd) * 1000:.3f} ms")
+        print(f"(taking the pidfds, once:   {first * 1000:.2f} ms)")
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 20
     work = Path(tempfile.mkdtemp(prefix="symonb-", dir="/tmp"))
+    if "--looks-only" in sys.argv:
+        rest = sys.argv[sys.argv.index("--looks-only") + 1 :]
+        try:
+            look_cost(int(rest[0]) if rest else 500, work / "l")
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return
+    look_cost(500, work / "l")
     placement_cost(n, work / "p")
     reg = registry.start(work / "registry")
     net = PodNet.new()

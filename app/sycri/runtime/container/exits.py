@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING
 from sycri import crashpoint
 from sycri.errors import SycriError
 from sycri.runtime.cgroups import conmon_cgroup, oom
-from sycri.runtime.container import conmon, dirwatch, rootfs
+from sycri.runtime.container import dirwatch, rootfs
+from sycri.runtime.container.conmonwatch import ConmonWatch
 from sycri.runtime.container.record import EXITED, RUNNING, ContainerRecord, Status
 from sycri.runtime.events import ContainerEventType
 
@@ -94,6 +95,7 @@ class ExitMonitor:
         self.released: set[str] = set()
         self._releasing = asyncio.Semaphore(concurrent_releases)
         self._tasks: set[asyncio.Task[None]] = set()
+        self.conmons = ConmonWatch()
 
     async def record(self, rec: ContainerRecord, status: Status) -> None:
         """Persist an exit found by anyone (this monitor, a stop) and publish it."""
@@ -192,9 +194,12 @@ class ExitMonitor:
     async def check_monitors(self) -> int:
         """Find running containers whose conmon died while sycri runs (killed, OOM);
         see :meth:`unmonitored`. Returns how many were found exited."""
+        running = {rec.id: rec for rec in self.c.store.all() if rec.state == RUNNING}
+        dead = self.conmons.dead((cid, Path(rec.bundle)) for cid, rec in running.items())
         n = 0
-        for rec in self.c.store.all():
-            if rec.state != RUNNING or conmon.monitors_container(Path(rec.bundle), rec.id):
+        for cid in dead:
+            rec = running[cid]
+            if rec.state != RUNNING:
                 continue
             lock = self.c.lock(rec.id)
             if lock.locked():
@@ -253,5 +258,6 @@ class ExitMonitor:
         finally:
             if watch is not None:
                 watch.close()
+            self.conmons.close()
             for task in list(self._tasks):
                 task.cancel()

@@ -1,0 +1,120 @@
+"""ConmonWatch against real processes standing in for conmon (a shell whose argv names
+conmon and the container, as conmon's command line does), real pidfds and a real
+descriptor limit."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sycri.runtime.container.conmonwatch import ConmonWatch
+
+
+class FakeConmon:
+    """A process whose /proc cmdline reads ``conmon ... <id>``, blocked on its stdin."""
+
+    def __init__(self, bundle: Path, cid: str) -> None:
+        bundle.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            ["conmon", "-c", "read line", cid], executable="/bin/sh", stdin=subprocess.PIPE
+        )
+        # conmon writes its pid file once it runs; right after exec the cmdline may
+        # still read empty for a moment.
+        cmdline = Path(f"/proc/{self.proc.pid}/cmdline")
+        for _ in range(10_000):
+            if cmdline.read_bytes().startswith(b"conmon"):
+                break
+            time.sleep(0.001)
+        else:
+            raise AssertionError(f"{cmdline} never read conmon")
+        (bundle / "conmon.pid").write_text(f"{self.proc.pid}\n")
+        self.bundle, self.cid = bundle, cid
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture
+def conmons(tmp_path: Path) -> Iterator[list[FakeConmon]]:
+    made = [FakeConmon(tmp_path / f"b{i}", f"{i:02d}" + "c" * 62) for i in range(3)]
+    yield made
+    for fake in made:
+        with contextlib.suppress(OSError):
+            fake.kill()
+
+
+def running(fakes: list[FakeConmon]) -> list[tuple[str, Path]]:
+    return [(f.cid, f.bundle) for f in fakes]
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_killed_conmon_is_dead_at_the_next_look_and_only_it(conmons):
+    watch = ConmonWatch()
+    try:
+        assert watch.dead(running(conmons)) == []
+        assert len(watch) == 3
+        conmons[1].kill()
+        assert watch.dead(running(conmons)) == [conmons[1].cid]
+        # Its descriptor went with it; the others are kept and still alive.
+        assert len(watch) == 2
+        # Still running as far as the records know: every look says so again.
+        assert watch.dead(running(conmons)) == [conmons[1].cid]
+    finally:
+        watch.close()
+
+
+def test_a_pid_file_naming_another_process_is_a_dead_conmon(conmons, tmp_path):
+    watch = ConmonWatch()
+    try:
+        # A pid that lives but is not this container's conmon (a reused pid, another
+        # container's conmon): not alive as far as this container goes.
+        (conmons[0].bundle / "conmon.pid").write_text(f"{os.getpid()}\n")
+        (conmons[2].bundle / "conmon.pid").write_text(f"{conmons[1].proc.pid}\n")
+        missing = tmp_path / "gone"
+        missing.mkdir()
+        dead = watch.dead([*running(conmons), ("f" * 64, missing)])
+        assert sorted(dead) == sorted([conmons[0].cid, conmons[2].cid, "f" * 64])
+        assert len(watch) == 1
+    finally:
+        watch.close()
+
+
+def test_descriptors_of_containers_no_longer_running_are_closed(conmons):
+    before = open_fds()
+    watch = ConmonWatch()
+    assert watch.dead(running(conmons)) == []
+    assert open_fds() == before + 3
+    assert watch.dead(running(conmons[:1])) == []  # two exited or were removed
+    assert open_fds() == before + 1
+    watch.close()
+    assert open_fds() == before
+
+
+def test_on_a_kernel_without_pidfds_the_files_tell(conmons, monkeypatch):
+    """pidfd_open(2) is Linux 5.3; before it the call fails with ENOSYS (played here,
+    the one thing this machine's kernel cannot do), and each look reads the files."""
+
+    def no_pidfd(pid: int, flags: int = 0) -> int:
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+    before = open_fds()
+    watch = ConmonWatch()
+    try:
+        assert watch.dead(running(conmons)) == []
+        assert (len(watch), open_fds()) == (3, before)
+        conmons[2].kill()
+        assert watch.dead(running(conmons)) == [conmons[2].cid]
+        assert watch.dead(running(conmons)) == [conmons[2].cid]
+    finally:
+        watch.close()
