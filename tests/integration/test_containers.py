@@ -257,6 +257,54 @@ def test_run_as_user_and_capabilities_take_effect(env: Env):
     assert any("Operation not permitted" in t for s, t in lines if s == "stderr")
 
 
+def _image(env: Env, name: str, change, **config) -> None:
+    """Another image for ``env``: the busybox tree edited by ``change``, ``config`` over
+    IMAGE_CONFIG's."""
+    path = squashfs_image(env.base / f"image-{name}", change=change)
+    env.images.add(name, path, 0, {"config": {**IMAGE_CONFIG["config"], **config}})
+
+
+def test_the_images_account_files_are_found_by_its_own_symlinks(env: Env):
+    """/etc/passwd an absolute link and /etc/group a relative one, both into /lib: the
+    image's USER name resolves through them inside the image, as in a shell there."""
+
+    def move_accounts(tree: Path) -> None:
+        (tree / "lib/accounts").mkdir(parents=True)
+        for name, extra in (("passwd", "app:x:4321:4322::/:/bin/sh\n"), ("group", "app:x:4322:\n")):
+            data = (tree / "etc" / name).read_text() + extra
+            (tree / "lib/accounts" / name).write_text(data)
+            (tree / "etc" / name).unlink()
+        (tree / "etc/passwd").symlink_to("/lib/accounts/passwd")
+        (tree / "etc/group").symlink_to("../lib/accounts/group")
+
+    _image(env, "accounts", move_accounts, User="app")
+    cid = env.start("app", ["id -u; id -g"], image=api_pb2.ImageSpec(image="accounts"))
+    env.wait_exit(cid)
+    assert [t for _, t in env.log_lines(cid)] == ["4321", "4322"]
+
+
+def test_an_image_whose_etc_passwd_is_a_fifo_is_refused_at_create(env: Env):
+    """An image's /etc/passwd may be anything. Opening a FIFO blocks until a writer comes:
+    sycri must not (every call shares its event loop), and runc, which reads the file
+    when the container starts, would hang until StartContainer timed out. So
+    CreateContainer refuses it, naming the file and what it is, and leaves nothing."""
+
+    def fifo(tree: Path) -> None:
+        (tree / "etc/passwd").unlink()
+        os.mkfifo(tree / "etc/passwd")
+
+    _image(env, "fifo", fifo)
+    mounts = set(rootfs.mounted_targets())
+    with pytest.raises(InvalidArgument, match=r"/etc/passwd is a FIFO, not a regular file"):
+        env.create(env.config("fifo", ["id -u"], image=api_pb2.ImageSpec(image="fifo")))
+    assert env.ctrs.list() == []
+    assert set(rootfs.mounted_targets()) == mounts
+    # The node goes on: the next container of a sound image runs.
+    cid = env.start("after", ["id -u"])
+    env.wait_exit(cid)
+    assert [t for _, t in env.log_lines(cid)] == ["0"]
+
+
 def test_privileged_and_add_all_get_exactly_sycris_bounding_set(env: Env):
     """Here sycri lacks CAP_SYS_RESOURCE: asking runc for it failed with 'unable to apply caps'."""
     own = next(

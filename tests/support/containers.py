@@ -8,9 +8,11 @@ import os
 import secrets
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from google.protobuf.message import Message
 from sycri.api import api_pb2
 from sycri.errors import NotFound
 from sycri.runtime.container import rootfs
@@ -53,9 +55,14 @@ def busybox_rootfs(root: Path) -> Path:
     return root
 
 
-def squashfs_image(work: Path, prefix: bytes = b"") -> Path:
-    """The rootfs as squashfs, optionally behind ``prefix`` bytes (like a SIF partition)."""
+def squashfs_image(
+    work: Path, prefix: bytes = b"", change: Callable[[Path], None] | None = None
+) -> Path:
+    """The rootfs as squashfs, optionally behind ``prefix`` bytes (like a SIF partition);
+    ``change`` edits the tree first."""
     tree = busybox_rootfs(work / "tree")
+    if change is not None:
+        change(tree)
     sq = work / "rootfs.squashfs"
     subprocess.run(
         ["mksquashfs", str(tree), str(sq), "-noappend", "-quiet", "-comp", "lz4", "-all-root"],
@@ -176,6 +183,8 @@ def with_fields(cfg: api_pb2.ContainerConfig, **kw) -> api_pb2.ContainerConfig:
             cfg.linux.resources.CopyFrom(v)
         elif isinstance(v, list):
             getattr(cfg, k).extend(v)
+        elif isinstance(v, Message):
+            getattr(cfg, k).CopyFrom(v)
         else:
             setattr(cfg, k, v)
     return cfg

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from google.protobuf import json_format
 
-from sycri import crashpoint
+from sycri import crashpoint, fsutil
 from sycri.api import api_pb2
 from sycri.errors import FailedPrecondition, InvalidArgument, excerpt
 from sycri.fsutil import confined
@@ -80,8 +80,8 @@ async def create(
         crashpoint.reach("container.create.image")
         acquired = image
         c.tell_images(image.id, cid, True)
-        passwd = _read_image_file(lower, "etc/passwd")
-        group = _read_image_file(lower, "etc/group")
+        passwd = _read_image_file(lower, "/etc/passwd", image.ref)
+        group = _read_image_file(lower, "/etc/group", image.ref)
         feats = await features.probe(runc.binary)
         # The spec bind-mounts the host's paths as sycri reaches them (host_root);
         # the record keeps kubelet's.
@@ -197,11 +197,13 @@ def _write_spec(path: Path, built: ocispec.BuiltSpec) -> str:
     return text
 
 
-def _read_image_file(root: Path, rel: str) -> str:
-    """A small text file of the image (symlinks resolved inside the image), or ''."""
+def _read_image_file(root: Path, rel: str, image: str) -> str:
+    """A small text file of the image, its symlinks resolved inside the image as a
+    process there would; '' when it is missing. Anything but a regular file there is
+    refused: runc reads the image's account files when the container starts, and a FIFO
+    would hold it until StartContainer timed out."""
     try:
-        path = confined(root, rel)
-        with open(path, "rb") as f:
-            return f.read(MAX_IMAGE_FILE).decode(errors="replace")
-    except (OSError, InvalidArgument):
-        return ""
+        data = fsutil.read_in_root(str(root), rel, MAX_IMAGE_FILE)
+    except fsutil.NotRegular as exc:
+        raise InvalidArgument(f"image {excerpt(image)}: {exc}") from None
+    return "" if data is None else data.decode(errors="replace")

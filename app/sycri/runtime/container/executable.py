@@ -13,14 +13,10 @@ import contextlib
 import os
 import posixpath
 import stat
-from collections import deque
 from typing import Any
 
-MAX_LINKS = 40  # as the kernel (ELOOP)
-
-
-class _Unknown(Exception):
-    """Only runc can tell: the path reaches into a mount, or loops."""
+from sycri.fsutil import Unresolvable as _Unknown
+from sycri.fsutil import resolve_in_root as _resolve
 
 
 def problem(root: str, spec: dict[str, Any]) -> str | None:
@@ -78,44 +74,3 @@ def _check(root: str, path: str, mounts: frozenset[str]) -> str | None:
     if stat.S_ISDIR(st.st_mode) or not st.st_mode & 0o111:
         return "not executable"
     return None
-
-
-def _resolve(root: str, path: str, mounts: frozenset[str], lenient: bool = False) -> str:
-    """``path`` with symlinks resolved inside ``root`` (an absolute link starts again
-    at ``root``; ``..`` stops there); _Unknown at a mount point or a loop. ``lenient``:
-    from the first part that does not exist the rest is taken as written (runc makes
-    a missing mount point)."""
-    parts = deque(path.split("/"))
-    cur = "/"
-    links = 0
-    while parts:
-        part = parts.popleft()
-        if part in ("", "."):
-            continue
-        if part == "..":
-            cur = posixpath.dirname(cur)
-            continue
-        nxt = posixpath.join(cur, part)
-        if nxt in mounts:
-            raise _Unknown
-        try:
-            st = os.lstat(root + nxt)
-        except FileNotFoundError:
-            if lenient:
-                return posixpath.normpath(posixpath.join(nxt, *parts))
-            if any(m.startswith(nxt + "/") for m in mounts):
-                raise _Unknown from None  # runc makes it, for a mount below
-            raise
-        if stat.S_ISLNK(st.st_mode):
-            links += 1
-            if links > MAX_LINKS:
-                raise _Unknown
-            target = os.readlink(root + nxt)
-            if target.startswith("/"):
-                cur = "/"
-            parts.extendleft(reversed(target.split("/")))
-            continue
-        if parts and not stat.S_ISDIR(st.st_mode):
-            raise NotADirectoryError(nxt)
-        cur = nxt
-    return cur

@@ -21,13 +21,13 @@ import os
 import posixpath
 from collections.abc import Iterable
 
+from sycri import fsutil
 from sycri.api import api_pb2
 from sycri.errors import InvalidArgument, excerpt
 
 SYS_OPENAT2 = 437  # the same number on every architecture (the generic syscall table)
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_IN_ROOT = 0x10
-MAX_LINKS = 40  # as the kernel's MAXSYMLINKS
 
 
 class _OpenHow(ctypes.Structure):
@@ -77,30 +77,11 @@ def _resolve_openat2(root: str, path: str) -> str:
 
 def _resolve_walk(root: str, path: str) -> str:
     """What RESOLVE_IN_ROOT does, one component at a time (kernels before 5.6)."""
-    done: list[str] = []
-    todo = [p for p in path.split("/") if p not in ("", ".")]
-    links = 0
-    while todo:
-        part = todo.pop(0)
-        if part == "..":
-            if done:
-                done.pop()
-            continue
-        here = os.path.join(root, *done, part)
-        os.lstat(here)  # ENOENT: a missing component
-        if os.path.islink(here):
-            links += 1
-            if links > MAX_LINKS:
-                raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
-            target = os.readlink(here)
-            if target.startswith("/"):
-                done = []
-            todo = [p for p in target.split("/") if p not in ("", ".")] + todo
-            continue
-        if todo and not os.path.isdir(here):
-            raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
-        done.append(part)
-    return os.path.join(root, *done) if done else root
+    try:
+        inner = fsutil.resolve_in_root(root, path)
+    except fsutil.Unresolvable:
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path) from None
+    return os.path.join(root, inner.lstrip("/")) if inner != "/" else root
 
 
 def _under(path: str, dirs: Iterable[str]) -> bool:
