@@ -24,6 +24,7 @@ POINTS = (
     "pull.renamed",  # SIF renamed into the store, not yet indexed
     "pod.run.saved",  # the "creating" record is on disk, nothing else
     "pod.run.namespaces",  # namespaces pinned
+    "pod.run.cgroup",  # the pod's own cgroup dirs recorded, not made yet
     "pod.run.shm",  # /dev/shm tmpfs mounted
     "pod.run.init",  # catatonit started, its pid not yet recorded
     "pod.run.network",  # CNI ADD done, result not yet recorded

@@ -28,6 +28,7 @@ from tests.support.containers import (
     squashfs_image,
     with_fields,
 )
+from tests.support.node import remove_cgroups
 
 pytestmark = pytest.mark.root
 
@@ -115,10 +116,7 @@ def env(tmp_path: Path, image_file: Path) -> Iterator[Env]:
         leftover = [m for m in rootfs.mounted_targets() if m.startswith(str(tmp_path))]
         for m in leftover:
             os.system(f"umount -l {m}")
-        parent = e.ctrs.settings.default_cgroup_parent
-        for ctl in Path("/sys/fs/cgroup").iterdir():
-            with contextlib.suppress(OSError):
-                (ctl / parent.lstrip("/")).rmdir()
+        remove_cgroups(e.ctrs.settings.default_cgroup_parent.strip("/"))
         loop.close()
         assert not leftover, f"mounts left behind: {leftover}"
 

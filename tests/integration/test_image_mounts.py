@@ -26,6 +26,7 @@ from tests.support.containers import (
     squashfs_image,
 )
 from tests.support.mounts import loop_devices, mount_of
+from tests.support.node import remove_cgroups
 
 pytestmark = pytest.mark.root
 
@@ -143,6 +144,8 @@ def env(tmp_path: Path, image_file: Path) -> Iterator[Env]:
         with contextlib.suppress(Exception):
             e.run(e.ctrs.close())
         loop.close()
+        # runc makes the containers' parent cgroup and leaves it, as it leaves parents
+        remove_cgroups(ctrs.settings.default_cgroup_parent.strip("/"))
 
 
 def gone(env: Env, name: str = "busybox") -> bool:

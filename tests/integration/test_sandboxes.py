@@ -4,8 +4,10 @@ plugins), real iptables and cgroups: what a pod's users would notice."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
+import logging
 import os
 import secrets
 import socket
@@ -406,24 +408,128 @@ def test_teardown_a_restart_cannot_finish_is_kept_and_retried(env: Env):
         remove_cgroups(cg)
 
 
-def test_a_parent_cgroup_other_pods_still_use_does_not_block_a_removal(env: Env):
-    """The first pod under a new parent makes the parent too; removing that pod while a
-    second one lives below the same parent removes its own cgroup and succeeds."""
-    cg = f"sycri-test-{secrets.token_hex(4)}"
-    try:
-        first = env.run(pod_config("first", cgroup_parent=f"/{cg}/first"))
-        second = env.run(pod_config("second", cgroup_parent=f"/{cg}/second"))
-        assert env.call(env.manager.remove(first.id))
-        pids = Path("/sys/fs/cgroup/pids") / cg
-        assert not (pids / "first").exists() and (pids / "second").is_dir()
-        assert [sb.id for sb in env.manager.list()] == [second.id]
-        assert env.call(env.manager.remove(second.id))
-    finally:
-        remove_cgroups(cg)
+@pytest.fixture
+def cg(env: Env) -> Iterator[str]:
+    """A top-level cgroup of the test's own: afterwards its pods go (a failed test leaves
+    them running in it), then every directory below it, then it."""
+    name = f"sycri-test-{secrets.token_hex(4)}"
+    yield name
+    for sb in env.manager.store.all():
+        with contextlib.suppress(Exception):
+            env.call(env.manager.remove(sb.id))
+    remove_cgroups(name)
 
 
-def test_pod_cgroup_with_resources_and_overhead(env: Env):
-    parent = f"/sycri-test-{secrets.token_hex(4)}/pod-a"
+def _hierarchies() -> list[str]:
+    return [h.name for h in Path("/sys/fs/cgroup").iterdir() if (h / "cgroup.procs").exists()]
+
+
+def _tree(top: str) -> set[str]:
+    """Every directory at or below ``top`` in every hierarchy, as ``hierarchy/path``."""
+    out: set[str] = set()
+    for h in Path("/sys/fs/cgroup").iterdir():
+        d = h / top
+        if d.is_dir():
+            out |= {str(p.relative_to(h.parent)) for p in [d, *d.rglob("*")] if p.is_dir()}
+    return out
+
+
+def _everywhere(*paths: str) -> set[str]:
+    return {f"{h}/{p}" for h in _hierarchies() for p in paths}
+
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_pods_under_a_missing_parent_share_it_and_never_claim_it(env: Env, cg: str, caplog):
+    """kubelet's path with parents nobody made yet (as in the v1 hierarchies kubelet
+    leaves alone): the first pod's sycri makes them, yet they are every pod's. Removing
+    the first pod takes only its own cgroup, quietly; the second keeps its own and the
+    parents; after the last, only the shared parents are left (runc leaves them too)."""
+    caplog.set_level(logging.WARNING, logger="sycri")
+    qos = f"{cg}/kubepods/burstable"
+    shared = _everywhere(cg, f"{cg}/kubepods", qos)
+    first = env.run(pod_config("first", pid=api_pb2.POD, cgroup_parent=f"/{qos}/pod-a"))
+    second = env.run(pod_config("second", pid=api_pb2.POD, cgroup_parent=f"/{qos}/pod-b"))
+    assert shared | _everywhere(f"{qos}/pod-a", f"{qos}/pod-b") <= _tree(cg)
+    of_second = {d for d in _tree(cg) if "/pod-b" in d}  # its cgroup and its init's leaf
+
+    assert env.call(env.manager.remove(first.id))
+    assert _warnings(caplog) == []
+    assert _tree(cg) == shared | of_second
+    assert [sb.id for sb in env.manager.list()] == [second.id]
+
+    assert env.call(env.manager.remove(second.id))
+    assert _warnings(caplog) == []
+    assert _tree(cg) == shared
+
+
+def test_a_parent_and_a_pod_cgroup_kubelet_made_stay_kubelets(env: Env, cg: str, caplog):
+    """kubelet (the test) made the parent everywhere and the pod's own cgroup where it
+    manages controllers (cpu, memory here). sycri makes the pod's cgroup in the other
+    hierarchies only, writes no limit into kubelet's, and at removal takes only what
+    it made."""
+    caplog.set_level(logging.WARNING, logger="sycri")
+    rel = f"{cg}/kubepods/pod-k"
+    for h in _hierarchies():
+        (Path("/sys/fs/cgroup") / h / cg / "kubepods").mkdir(parents=True)
+    cpuset = Path("/sys/fs/cgroup/cpuset")
+    for d in (cpuset / cg, cpuset / cg / "kubepods"):  # as kubelet's docs ask of its root
+        for f in ("cpuset.cpus", "cpuset.mems"):
+            (d / f).write_text((cpuset / f).read_text())
+    cpu, mem = (Path("/sys/fs/cgroup") / h / rel for h in ("cpu", "memory"))
+    cpu.mkdir()
+    mem.mkdir()
+    limit = (mem / "memory.limit_in_bytes").read_text()
+    cfg = pod_config("kube", pid=api_pb2.POD, cgroup_parent=f"/{rel}")
+    cfg.linux.resources.memory_limit_in_bytes = 64 * 2**20
+    cfg.linux.resources.cpu_quota = 20000
+    cfg.linux.resources.cpu_period = 100000
+    sb = env.run(cfg)
+    made = {f"{h}/{rel}" for h in _hierarchies() if h not in ("cpu", "memory")}
+    recorded = env.manager.get(sb.id).status.cgroup_created
+    assert {str(Path(d).relative_to("/sys/fs/cgroup")) for d in recorded} == made
+    assert (mem / "memory.limit_in_bytes").read_text() == limit
+    assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "-1"
+
+    assert env.call(env.manager.remove(sb.id))
+    assert _warnings(caplog) == []
+    assert _tree(cg) == _everywhere(cg, f"{cg}/kubepods") | {f"cpu/{rel}", f"memory/{rel}"}
+
+
+def test_a_pod_recorded_by_an_older_sycri_leaves_the_shared_parents(env: Env, cg: str, caplog):
+    """An older sycri recorded the parents it made as the pod's too: removing such a pod
+    takes its own cgroup and leaves the parents (another pod's path) quietly."""
+    caplog.set_level(logging.WARNING, logger="sycri")
+    old = env.run(pod_config("old", cgroup_parent=f"/{cg}/kubepods/pod-o"))
+    other = env.run(pod_config("other", cgroup_parent=f"/{cg}/kubepods/pod-n"))
+    sb = env.manager.get(old.id)
+    sb.status.cgroup_created += [
+        f"/sys/fs/cgroup/{d}" for d in sorted(_everywhere(cg, f"{cg}/kubepods"))
+    ]
+    env.call(env.manager.store.save_status(sb))
+    env.restart()
+    assert env.call(env.manager.remove(old.id))
+    assert _warnings(caplog) == []
+    assert _tree(cg) == _everywhere(cg, f"{cg}/kubepods", f"{cg}/kubepods/pod-n")
+    assert env.call(env.manager.remove(other.id))
+
+
+def test_crash_after_the_cgroup_was_made_removes_the_pods_own_at_start(env: Env, cg: str):
+    """The record names the pod's own dirs before they exist: a crash once they do is
+    undone at the restart (the shared parents stay)."""
+    sb = env.run(pod_config("half", pid=api_pb2.POD, cgroup_parent=f"/{cg}/kubepods/pod-h"))
+    assert _everywhere(f"{cg}/kubepods/pod-h") <= _tree(cg)
+    sb.status.state = "creating"  # as if sycri died before replying
+    env.call(env.manager.store.save_status(sb))
+    env.restart()
+    assert env.manager.list() == []
+    assert _tree(cg) == _everywhere(cg, f"{cg}/kubepods")
+
+
+def test_pod_cgroup_with_resources_and_overhead(env: Env, cg: str):
+    parent = f"/{cg}/pod-a"
     cfg = pod_config("cg", cgroup_parent=parent, pid=api_pb2.POD)
     cfg.linux.resources.memory_limit_in_bytes = 256 * 2**20
     cfg.linux.resources.cpu_quota = 50000
@@ -441,7 +547,8 @@ def test_pod_cgroup_with_resources_and_overhead(env: Env):
     assert str(sb.init_pid) in (leaf / "cgroup.procs").read_text().split()
     assert (mem / "cgroup.procs").read_text().split() == []
     env.call(env.manager.remove(sb.id))
-    assert not mem.parent.exists() and not cpu.parent.exists()
+    assert not mem.exists() and not cpu.exists()
+    assert mem.parent.is_dir()  # the parent is shared: it stays, as runc leaves it
 
 
 def test_resize_leaves_a_cgroup_sycri_did_not_make_to_its_owner(env: Env):
@@ -548,8 +655,8 @@ def test_broken_first_config_fails_run_cleanly(env: Env):
 
 
 @pytest.mark.slow
-def test_fifty_create_remove_cycles_leave_nothing_behind(env: Env):
-    cg_root = f"sycri-test-{secrets.token_hex(4)}"
+def test_fifty_create_remove_cycles_leave_nothing_behind(env: Env, cg: str):
+    cg_root = cg
     port = _free_port()
 
     def cycle(i: int) -> str:

@@ -250,12 +250,14 @@ def footprint(run_dir: Path, net: PodNet, ids: set[str], cgroup_rel: str = "") -
     ).stdout
     pods = run_dir / "pods"
     ns_files = sum(1 for _ in pods.glob("*/ns/*")) if pods.exists() else 0
+    # Below cgroup_rel (the parent the test's pods share): their own cgroups, which go
+    # with them. The parent itself is shared and stays, as runc leaves it.
     cg = 0
     if cgroup_rel:
         for top in Path("/sys/fs/cgroup").iterdir():
             d = top / cgroup_rel.strip("/")
             if d.is_dir():
-                cg += sum(1 for p in d.rglob("*") if p.is_dir()) + 1
+                cg += sum(1 for p in d.rglob("*") if p.is_dir())
     return Footprint(
         mounts=len(linux.mount_targets_under(run_dir)),
         ns_files=ns_files,

@@ -69,18 +69,18 @@ def test_shares_to_weight_matches_runc():
     assert cgroups.shares_to_weight(262144) == 10000
 
 
-def test_missing_directories_are_listed_parents_first(tmp_path):
+def test_missing_lists_only_the_pods_own_directories(tmp_path):
+    # The parents (kubepods) are every pod's: never the pod's to record or remove.
     (tmp_path / "memory" / "kubepods").mkdir(parents=True)
     (tmp_path / "cpu").mkdir()
     missing = cgroups.PodCgroup.missing(1, "/kubepods/pod1", str(tmp_path))
     assert missing == [
-        str(tmp_path / "cpu" / "kubepods"),
         str(tmp_path / "cpu" / "kubepods" / "pod1"),
         str(tmp_path / "memory" / "kubepods" / "pod1"),
     ]
 
 
-def test_ensure_makes_exactly_what_missing_listed(tmp_path):
+def test_ensure_makes_parents_but_claims_exactly_what_missing_listed(tmp_path):
     # The pod's status records missing() before ensure() makes the dirs: the two must agree.
     (tmp_path / "memory" / "kubepods").mkdir(parents=True)
     (tmp_path / "cpuset").mkdir()
@@ -90,9 +90,21 @@ def test_ensure_makes_exactly_what_missing_listed(tmp_path):
     pc = cgroups.PodCgroup.ensure(1, "/kubepods/pod1", str(tmp_path))
     assert pc.created == listed
     assert all(os.path.isdir(d) for d in listed)
+    assert (tmp_path / "cpuset" / "kubepods").is_dir()  # made, shared, not claimed
     assert cgroups.PodCgroup.missing(1, "/kubepods/pod1", str(tmp_path)) == []
     # A new v1 cpuset cgroup gets its parent's sets, or it would take no process.
     assert (tmp_path / "cpuset" / "kubepods" / "pod1" / "cpuset.cpus").read_text() == "0-1"
+
+
+def test_limits_go_only_where_sycri_made_the_pods_directory(tmp_path):
+    # kubelet made the pod's memory cgroup (and sizes it); sycri made the cpu one.
+    (tmp_path / "memory" / "kubepods" / "pod1").mkdir(parents=True)
+    (tmp_path / "cpu").mkdir()
+    pc = cgroups.PodCgroup.ensure(1, "/kubepods/pod1", str(tmp_path))
+    assert pc.created == [str(tmp_path / "cpu" / "kubepods" / "pod1")]
+    pc.apply(cgroups.Limits(cpu_period=100000, cpu_quota=50000, memory=1 << 30))
+    assert (tmp_path / "cpu" / "kubepods" / "pod1" / "cpu.cfs_quota_us").read_text() == "50000"
+    assert list((tmp_path / "memory" / "kubepods" / "pod1").iterdir()) == []
 
 
 def test_update_files_reset_what_became_unlimited():

@@ -351,11 +351,19 @@ def test_hugetlb_limits(node, image):
 def test_removal_leaves_no_unit_or_cgroup(node, image):
     n, driver = node
     pod, uid = run_pod(n, driver)
+    other, _ = run_pod(n, driver)  # a second burstable pod: same parents
     cid = container(n, pod, "web", image, "sleep 3600")
     pdir = pod_dir(driver, pod[1])
     assert pdir.is_dir()
     n.remove_pod(pod[0])
     assert not pdir.exists()
+    assert pod_dir(driver, other[1]).is_dir()
+    n.remove_pod(other[0])
+    assert not pod_dir(driver, other[1]).exists()
+    if driver == "cgroupfs":
+        # kubelet's QoS parents (sycri made them here) are every pod's: they stay, as
+        # runc leaves them.
+        assert pdir.parent.is_dir()
     if driver == "systemd":
         assert units(f"*{uid}*") == []
         assert units(f"*{cid}*") == []

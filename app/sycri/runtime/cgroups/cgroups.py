@@ -3,7 +3,10 @@
 kubelet names the pod's cgroup parent: a path (``/kubepods/burstable/pod<uid>``) with
 the cgroupfs driver, a slice (``kubepods-burstable-pod<uid>.slice``) with systemd. The
 path functions are pure; :class:`PodCgroup` creates only the directories that do not
-exist yet (kubelet normally made them) and removes only those it created.
+exist yet (kubelet normally made them). Only the last one, the pod's own, belongs to
+the pod: sycri removes it with the pod where sycri made it. Its parents (``kubepods``,
+``kubepods/burstable``, a cgroup root) are every pod's and kubelet's: made when missing,
+never removed, as runc leaves the parents it makes (docs/cgroups.md#who-owns-a-directory).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import contextlib
 import logging
 import os
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +28,12 @@ CGROUP_ROOT = "/sys/fs/cgroup"
 V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "pids", "blkio", "devices", "freezer")
 _SLICE = re.compile(r"^[A-Za-z0-9_.:\\-]+\.slice$")
 _PATH_PART = re.compile(r"^[A-Za-z0-9_.:@+-]+$")
+
+# sycri's own makes and removals of cgroup directories take turns (worker threads, never
+# the loop; each holds it for a few mkdir/rmdir calls): a removal of an empty parent
+# (``/sycri-mounts``, a pod's cgroup that another pod's path goes through) cannot pull a
+# directory from under another thread's walk down the same path.
+TREE_LOCK = threading.RLock()
 
 
 def detect_version(root: str = CGROUP_ROOT) -> int:
@@ -150,7 +160,8 @@ def update_files(version: int, limits: Limits) -> dict[str, str]:
 
 @dataclass
 class PodCgroup:
-    """The pod's cgroup parent on this host; remembers which directories sycri made."""
+    """The pod's cgroup parent on this host; ``created``: the pod's own directories
+    (one per hierarchy) that sycri made, the only ones it writes limits to or removes."""
 
     version: int
     rel: str
@@ -158,38 +169,56 @@ class PodCgroup:
     root: str = CGROUP_ROOT
 
     @staticmethod
+    def own_dirs(version: int, rel: str, root: str = CGROUP_ROOT) -> list[str]:
+        """The pod's own directory (the whole of ``rel``) in each hierarchy of this host."""
+        leaf = _joined(rel)
+        if not leaf:
+            return []
+        return [
+            os.path.join(top, leaf) for top in _hierarchies(version, root) if os.path.isdir(top)
+        ]
+
+    @staticmethod
     def missing(version: int, rel: str, root: str = CGROUP_ROOT) -> list[str]:
-        """The directories :meth:`ensure` would create (recorded before creating them)."""
-        return [cur for _, _, cur in _walk(version, rel, root) if not os.path.isdir(cur)]
+        """The pod's own directories :meth:`ensure` would make: recorded before it does,
+        so a crash in between leaves nothing recovery would not remove."""
+        return [d for d in PodCgroup.own_dirs(version, rel, root) if not os.path.isdir(d)]
 
     @classmethod
     def ensure(cls, version: int, rel: str, root: str = CGROUP_ROOT) -> PodCgroup:
-        """Create missing directories of ``rel`` (parents first); blocking."""
+        """Make the missing directories of ``rel`` (parents first); blocking. A directory
+        that appears before sycri's ``mkdir`` (kubelet making it at the same moment) is
+        someone else's: it is used, not claimed. Parents sycri makes are shared and stay."""
+        leaf = _joined(rel)
         created: list[str] = []
-        try:
-            for top, parent, cur in _walk(version, rel, root):
-                if os.path.isdir(cur):
-                    continue
-                os.mkdir(cur)
-                created.append(cur)
-                _inherit(version, top, parent, cur)
-        except BaseException:
-            remove_dirs(created)
-            raise
+        with TREE_LOCK:
+            try:
+                for top, parent, cur in _walk(version, rel, root):
+                    if not _make(cur):
+                        continue
+                    if cur == os.path.join(top, leaf):
+                        created.append(cur)
+                    _inherit(version, top, parent, cur)
+            except BaseException:
+                remove_dirs(created)
+                raise
         return cls(version, rel, created, root)
 
     def apply(self, limits: Limits, *, update: bool = False) -> None:
-        """Write the limits; ``update`` also resets what is now unlimited."""
-        base = self.root
+        """Write the limits where sycri made the pod's directory; ``update`` also resets
+        what is now unlimited. A directory kubelet made is kubelet's to size."""
+        owned = set(self.created)
         files = (update_files if update else limit_files)(self.version, limits)
         for rel_file, value in files.items():
             if self.version == 2:
-                path = os.path.join(base, self.rel.strip("/"), rel_file)
+                d, name = os.path.join(self.root, _joined(self.rel)), rel_file
             else:
                 ctrl, name = rel_file.split("/", 1)
-                path = os.path.join(base, ctrl, self.rel.strip("/"), name)
+                d = os.path.join(self.root, ctrl, _joined(self.rel))
+            if d not in owned:
+                continue
             try:
-                Path(path).write_text(value)
+                Path(d, name).write_text(value)
             except OSError as exc:
                 raise InvalidArgument(
                     f"pod cgroup {self.rel}: cannot set {rel_file} to {value}: {exc.strerror}"
@@ -210,6 +239,22 @@ def _hierarchies(version: int, root: str) -> list[str]:
     if version == 2:
         return [root]
     return [os.path.join(root, c) for c in (*V1_CONTROLLERS, *V1_EXTRA_HIERARCHIES)]
+
+
+def _joined(rel: str) -> str:
+    """``rel`` without its leading, trailing or doubled slashes."""
+    return "/".join(p for p in rel.split("/") if p)
+
+
+def _make(d: str) -> bool:
+    """mkdir ``d``; whether sycri made it (False: it was there, or appeared just now)."""
+    try:
+        os.mkdir(d)
+    except FileExistsError:
+        if os.path.isdir(d):
+            return False
+        raise
+    return True
 
 
 def _walk(version: int, rel: str, root: str) -> Iterator[tuple[str, str, str]]:
@@ -241,10 +286,11 @@ def _inherit(version: int, top: str, parent: str, child: str) -> None:
 
 def remove_dirs(dirs: list[str]) -> None:
     """rmdir deepest first; a cgroup still holding processes is logged and left."""
-    for d in sorted(dirs, key=len, reverse=True):
-        try:
-            os.rmdir(d)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            log.warning("cannot remove cgroup %s: %s", d, exc.strerror)
+    with TREE_LOCK:
+        for d in sorted(dirs, key=len, reverse=True):
+            try:
+                os.rmdir(d)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("cannot remove cgroup %s: %s", d, exc.strerror)

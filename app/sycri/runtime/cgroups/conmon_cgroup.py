@@ -180,10 +180,11 @@ def prepare(
     tmp.write_text(json.dumps({"placement": asdict(place), "dirs": dirs}))
     os.replace(tmp, record)
     if dirs:
-        # Where pod cgroups are made (cpuset sets copied, v2 controllers enabled)...
-        cgroups.PodCgroup.ensure(version, place.path, root)
-        for d in dirs:  # ...and the other v1 hierarchies, which need no setting up
-            os.makedirs(d, exist_ok=True)
+        with cgroups.TREE_LOCK:  # no release takes /sycri-mounts away half-way
+            # Where pod cgroups are made (cpuset sets copied, v2 controllers enabled)...
+            cgroups.PodCgroup.ensure(version, place.path, root)
+            for d in dirs:  # ...and the other v1 hierarchies, which need no setting up
+                os.makedirs(d, exist_ok=True)
     return dirs
 
 
@@ -222,11 +223,12 @@ def release(record: Path, timeout: float = 5.0) -> None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, 9)
             time.sleep(0.01)
-    cgroups.remove_dirs(dirs)
-    for d in dirs:  # /sycri-mounts itself, once its last leaf is gone
-        if posixpath.dirname(d).endswith(MOUNTS_CGROUP):
-            with contextlib.suppress(OSError):
-                os.rmdir(posixpath.dirname(d))
+    with cgroups.TREE_LOCK:  # no prepare is half-way down /sycri-mounts meanwhile
+        cgroups.remove_dirs(dirs)
+        for d in dirs:  # /sycri-mounts itself (sycri's alone), once its last leaf is gone
+            if posixpath.dirname(d).endswith(MOUNTS_CGROUP):
+                with contextlib.suppress(OSError):
+                    os.rmdir(posixpath.dirname(d))
     with contextlib.suppress(FileNotFoundError):
         record.unlink()
 

@@ -1,6 +1,8 @@
 """The pod's cgroup: made (cgroupfs dirs or a systemd slice) when sycri must make it,
-resized, and released. Which dirs sycri made is in the pod's status, written before
-they exist, so a crash in between leaks nothing."""
+resized, and released. Which of the pod's own dirs sycri made is in the pod's status,
+written before they exist, so a crash in between leaks nothing. Parents sycri had to
+make are shared with every pod and kubelet: never recorded, never removed, as runc
+(docs/cgroups.md#who-owns-a-directory)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import contextlib
 import os
 from collections.abc import Awaitable, Callable
 
+from sycri import crashpoint
 from sycri.runtime.cgroups import cgroups, slices
 from sycri.runtime.pod.sandbox import Sandbox
 
@@ -42,13 +45,16 @@ async def make(
             await save()
             await asyncio.to_thread(slices.start, slice_name(sb), limits)
         return
-    sb.status.cgroup_created = cgroups.PodCgroup.missing(sb.cgroup_version, sb.cgroup_path)
-    if sb.status.cgroup_created:
+    recorded = cgroups.PodCgroup.missing(sb.cgroup_version, sb.cgroup_path)
+    sb.status.cgroup_created = recorded
+    if recorded:
         await save()
+        crashpoint.reach("pod.run.cgroup")
     pc = await asyncio.to_thread(cgroups.PodCgroup.ensure, sb.cgroup_version, sb.cgroup_path)
-    sb.status.cgroup_created = sorted(set(sb.status.cgroup_created) | set(pc.created))
-    leaf = sb.cgroup_path.rstrip("/")
-    if any(d.rstrip("/").endswith(leaf) for d in pc.created):
+    sb.status.cgroup_created = pc.created
+    if sorted(pc.created) != sorted(recorded):
+        await save()  # one appeared meanwhile (kubelet's): no crash may remove it for us
+    if pc.created:
         await asyncio.to_thread(pc.apply, limits)
 
 
@@ -59,7 +65,7 @@ async def resize(sb: Sandbox, driver: str, old: cgroups.Limits, new: cgroups.Lim
     if uses_slices(sb, driver):
         await asyncio.to_thread(slices.resize, slice_name(sb), new)
         return
-    pc = cgroups.PodCgroup(sb.cgroup_version, sb.cgroup_path, [])
+    pc = cgroups.PodCgroup(sb.cgroup_version, sb.cgroup_path, list(sb.status.cgroup_created))
     try:
         await asyncio.to_thread(pc.apply, new, update=True)
     except BaseException:
@@ -80,15 +86,12 @@ def release(sb: Sandbox, driver: str) -> list[str]:
             slices.stop(slice_name(sb))
         except Exception as exc:
             left.append(f"systemd slice {slice_name(sb)} ({exc})")
-    cgroups.remove_dirs(created)
-    # The pod's own cgroup (and below) must go. A parent sycri made for it may hold
-    # other pods' cgroups too: once the pod's own is gone, removing it is best effort,
-    # as it always was; while the pod's own is there, the parent stays recorded.
-    leaf = sb.cgroup_path.rstrip("/")
-    remaining = [d for d in created if os.path.isdir(d)]
-    own = [d for d in remaining if _at_or_below(d, leaf)]
-    sb.status.cgroup_created = remaining if own else []
-    left.extend(f"cgroup {d}" for d in own)
+    # Only the pod's own dirs (and below) go; a record an older sycri wrote also names
+    # the parents it made: they are shared, and stay.
+    own = [d for d in created if _at_or_below(d, sb.cgroup_path.rstrip("/"))]
+    cgroups.remove_dirs(own)
+    sb.status.cgroup_created = [d for d in own if os.path.isdir(d)]
+    left.extend(f"cgroup {d}" for d in sb.status.cgroup_created)
     return left
 
 
