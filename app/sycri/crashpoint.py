@@ -37,6 +37,7 @@ POINTS = (
     "container.exit.recorded",  # an exit recorded; runc's container and the rootfs still there
     "container.remove.record",  # metadata deleted; runc's container, mounts, bundle still there
     "container.remove.runc",  # runc's container deleted; mounts, cgroup and bundle still there
+    "container.remove.trashed",  # the bundle renamed into the trash, not yet deleted
     "pod.stop.containers",  # the pod's containers are stopped, its init and net not
     "pod.stop.network",  # CNI DEL done, NOTREADY not yet recorded
     "pod.remove.containers",  # the pod's containers are removed, the pod not

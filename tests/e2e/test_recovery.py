@@ -366,7 +366,16 @@ def test_kill_9_after_an_exit_is_recorded(node):
     assert footprint(node) == base
 
 
-@pytest.mark.parametrize("point", ["container.remove.runc", "container.remove.record"])
+REMOVE = ["container.remove.runc", "container.remove.record", "container.remove.trashed"]
+
+
+def trash(node: Node) -> list[str]:
+    """What is left in the trash, which a start empties before it serves."""
+    d = node.server.base / "root" / "trash"
+    return os.listdir(d) if d.exists() else []
+
+
+@pytest.mark.parametrize("point", REMOVE)
 def test_kill_9_during_remove_of_a_stopped_container(node, point):
     """Stopped first (by the sycri that dies), so its exit released it: the removal had
     only files left."""
@@ -383,9 +392,10 @@ def test_kill_9_during_remove_of_a_stopped_container(node, point):
     bystander_survived(node, by_pod, by_cid, by_log)
     assert set(node.containers()) == {by_cid}  # the removal was finished at start
     assert footprint(node) == base
+    assert trash(node) == []
 
 
-@pytest.mark.parametrize("point", ["container.remove.runc", "container.remove.record"])
+@pytest.mark.parametrize("point", REMOVE)
 def test_kill_9_during_remove_container(node, point):
     by_pod, by_cid, by_log = bystander(node)
     pod, cfg = node.pod("victim")
@@ -397,6 +407,7 @@ def test_kill_9_during_remove_container(node, point):
     bystander_survived(node, by_pod, by_cid, by_log)
     assert set(node.containers()) == {by_cid}  # the removal was finished at start
     assert footprint(node) == base
+    assert trash(node) == []
 
 
 def test_sigterm_restart_keeps_containers_exec_and_logs(node):
@@ -565,6 +576,6 @@ def test_every_point_is_tested():
     tested |= {"container.start.conmon"}
     tested |= {"container.stop.signal", "pod.stop.containers", "pod.stop.network"}
     tested |= {"pod.remove.containers", "pod.remove.teardown"}
-    tested |= {"container.remove.runc", "container.remove.record", "container.exit.recorded"}
+    tested |= {*REMOVE, "container.exit.recorded"}
     tested |= set(POD_RUN) | set(CREATE)
     assert tested == set(crashpoint.POINTS)

@@ -41,6 +41,7 @@ from sycri.runtime.container.lookups import (
 )
 from sycri.runtime.container.record import ContainerRecord
 from sycri.runtime.container.runc import Runc
+from sycri.runtime.container.trash import Trash
 from sycri.runtime.events import ContainerEventType
 from sycri.runtime.oci import ocispec
 from sycri.runtime.stats import statsview
@@ -85,6 +86,11 @@ class Paths:
     exits: Path  # <run_dir>/exits/<id>
     sockets: Path  # <run_dir>/sockets/<id>/attach
 
+    @property
+    def trash(self) -> Path:
+        """<root_dir>/trash/<id>-<random>: removed bundles, beside them (one rename away)."""
+        return self.containers.parent / "trash"
+
 
 class Containers:
     def __init__(
@@ -119,6 +125,7 @@ class Containers:
         self.host_root = host_root  # volume host paths are resolved under it
         self.own_dirs = own_dirs  # ...except those under sycri's own directories
         self.store = ContainerStore(paths.containers)
+        self.trash = Trash(paths.trash, rootfs.remove_bundle)  # RemoveContainer's bundles
         self.exits = ExitMonitor(self)
         self.image_mounts = rootfs.ImageMounts(
             paths.image_mounts,

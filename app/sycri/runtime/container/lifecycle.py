@@ -148,12 +148,15 @@ def _remove_released(c: Containers, rec: ContainerRecord) -> None:
 
 
 def _remove_files(c: Containers, rec: ContainerRecord) -> None:
-    """Blocking, in one worker thread: conmon's cgroup, the bundle (mounts first), the
-    exit file and the attach-socket entry."""
+    """Blocking, in one worker thread: conmon's cgroup, the bundle's mounts (overlay,
+    idmapped lower layer and volumes), the exit file and the attach-socket entry, and
+    last the bundle (renamed into the trash, whose worker deletes it after the reply)."""
     bundle = Path(rec.bundle)
     conmon_cgroup.release(bundle / conmon_cgroup.RECORD)
-    rootfs.remove_bundle(bundle)
+    rootfs.release_mounts(bundle)
     c.remove_conmon_entries(rec.id)
+    c.trash.discard(bundle)
+    crashpoint.reach("container.remove.trashed")
 
 
 async def stop_pod(c: Containers, pod_id: str, timeout: float = 0) -> None:

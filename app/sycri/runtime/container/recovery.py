@@ -1,5 +1,6 @@
-"""Start-up: the records read back and reconciled with runc and conmon, removals a crash
-cut short finished, leftovers of creates that never got a record taken away.
+"""Start-up: the trash emptied, the records read back and reconciled with runc and
+conmon, removals a crash cut short finished, leftovers of creates that never got a
+record taken away.
 
 A container whose record is quarantined (unreadable, see ``container_store``) is not a
 leftover: its conmon, runc state, overlay, exit file and attach socket stay as they are.
@@ -30,7 +31,9 @@ log = logging.getLogger("sycri.containers")
 
 async def recover(c: Containers) -> None:
     """Reload records and reconcile them with runc and conmon, count image mounts,
-    finish removals a crash cut short, drop leftovers of unfinished creates."""
+    finish removals a crash cut short, drop leftovers of unfinished creates. First the
+    trash a crash left is emptied."""
+    await asyncio.to_thread(c.trash.empty)
     records = await asyncio.to_thread(c.store.load)
     monitored = conmon.monitors(c.paths.exits)
     for rec in records:

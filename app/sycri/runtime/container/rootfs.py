@@ -395,6 +395,15 @@ def release_rootfs(bundle: Path) -> None:
         _umount(str(mnt))
 
 
+def release_mounts(bundle: Path) -> None:
+    """Unmount all that sycri mounts below a bundle (blocking): the root filesystem, its
+    idmapped lower layer and the idmapped clones of volumes (``volumes/<n>``, a pod in
+    its own user namespace), deepest first. RemoveContainer does it before it replies;
+    the bundle's deletion still checks for any other mount below it."""
+    release_rootfs(bundle)
+    if os.path.isdir(bundle / "volumes"):
+        for mnt in _under(bundle / "volumes"):
+            _umount(str(mnt))
 def _first_mount_in(top: Path) -> Path | bool | None:
     """The first mount found at or below ``top`` (symlinks never followed), False when
     there is none, None when the kernel cannot tell (then the mount table decides)."""
