@@ -140,12 +140,9 @@ async def image_fs_info(
     import asyncio
 
     root, used, inodes = await asyncio.to_thread(node.images.fs_usage)
-    resp = api_pb2.ImageFsInfoResponse(image_filesystems=[_usage(str(root), used, inodes)])
-    if node.images.container_usage is not None:
-        found = await asyncio.to_thread(node.images.container_usage)
-        if found is not None:
-            resp.container_filesystems.append(_usage(str(found[0]), found[1], found[2]))
-    return resp
+    # No container_filesystems: containers' writable layers live beside the images (one
+    # filesystem), which kubelet reads from an empty list (no split image filesystem).
+    return api_pb2.ImageFsInfoResponse(image_filesystems=[_usage(str(root), used, inodes)])
 
 
 RPCS = {

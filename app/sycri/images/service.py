@@ -64,7 +64,6 @@ class Images:
         self.arch, self.variant = reference.node_arch()
         self.users: list[Callable[[str], str | None]] = []
         self.before_remove: list[Callable[[str], Awaitable[None]]] = []
-        self.container_usage: Callable[[], tuple[Path, int, int] | None] | None = None
         self._pulls: dict[str, asyncio.Task[Image]] = {}
         self.intake = Intake(cfg, self.store, self.keys, self.arch)
         self.oci = RegistrySource(
