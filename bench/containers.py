@@ -31,6 +31,16 @@ from tests.support.pods import PodNet, pod_config, unmount_all  # noqa: E402
 from tests.support.server import SycriServer  # noqa: E402
 
 
+def sleeper(i: int, image: str) -> api_pb2.ContainerConfig:
+    """Container ``c<i>`` of ``image`` sleeping an hour, logging to ``c<i>.log``."""
+    return api_pb2.ContainerConfig(
+        metadata=api_pb2.ContainerMetadata(name=f"c{i}"),
+        image=api_pb2.ImageSpec(image=image),
+        command=["/bin/sleep", "3600"],
+        log_path=f"c{i}.log",
+    )
+
+
 def show(label: str, values: list[float]) -> None:
     ms = [v * 1000 for v in values]
     print(
@@ -108,20 +118,12 @@ def main() -> None:
         pod_cfg.log_directory = str(work / "logs")
         pod = rt.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=pod_cfg)).pod_sandbox_id
 
-        def config(i: int) -> api_pb2.ContainerConfig:
-            return api_pb2.ContainerConfig(
-                metadata=api_pb2.ContainerMetadata(name=f"c{i}"),
-                image=api_pb2.ImageSpec(image=image),
-                command=["/bin/sleep", "3600"],
-                log_path=f"c{i}.log",
-            )
-
         start_times, ids = [], []
         for i in range(max(n, m)):
             t0 = time.monotonic()
             cid = rt.CreateContainer(
                 api_pb2.CreateContainerRequest(
-                    pod_sandbox_id=pod, config=config(i), sandbox_config=pod_cfg
+                    pod_sandbox_id=pod, config=sleeper(i, image), sandbox_config=pod_cfg
                 )
             ).container_id
             rt.StartContainer(api_pb2.StartContainerRequest(container_id=cid))

@@ -27,6 +27,7 @@ sys.path[:0] = [str(ROOT / "app"), str(ROOT)]
 
 from sycri.api import api_pb2  # noqa: E402
 
+from bench.containers import sleeper  # noqa: E402
 from bench.report import percentile  # noqa: E402
 from tests.support import oci, registry  # noqa: E402
 from tests.support.node import served  # noqa: E402
@@ -75,12 +76,7 @@ def run_variant(name: str, work: Path, image: str, n: int, rounds: int, freeze: 
         pod = rt.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=pod_cfg)).pod_sandbox_id
         cid = ""
         for i in range(n):
-            cfg = api_pb2.ContainerConfig(
-                metadata=api_pb2.ContainerMetadata(name=f"c{i}"),
-                image=api_pb2.ImageSpec(image=image),
-                command=["/bin/sleep", "3600"],
-                log_path=f"c{i}.log",
-            )
+            cfg = sleeper(i, image)
             req = api_pb2.CreateContainerRequest(
                 pod_sandbox_id=pod, config=cfg, sandbox_config=pod_cfg
             )

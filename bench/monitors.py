@@ -31,7 +31,7 @@ from sycri.runtime.container import conmon  # noqa: E402
 from sycri.runtime.container.conmonwatch import ConmonWatch  # noqa: E402
 from sycri.runtime.container.containers import UNMONITORED  # noqa: E402
 
-from bench.containers import show  # noqa: E402
+from bench.containers import show, sleeper  # noqa: E402
 from tests.support import oci, registry  # noqa: E402
 from tests.support.node import remove_cgroups  # noqa: E402
 from tests.support.pods import PodNet, pod_config, unmount_all  # noqa: E402
@@ -133,12 +133,7 @@ def main() -> None:
         pod = rt.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=pod_cfg)).pod_sandbox_id
         starts, notice, ids = [], [], []
         for i in range(n):
-            cfg = api_pb2.ContainerConfig(
-                metadata=api_pb2.ContainerMetadata(name=f"c{i}"),
-                image=api_pb2.ImageSpec(image=image),
-                command=["/bin/sleep", "3600"],
-                log_path=f"c{i}.log",
-            )
+            cfg = sleeper(i, image)
             t0 = time.monotonic()
             req = api_pb2.CreateContainerRequest(
                 pod_sandbox_id=pod, config=cfg, sandbox_config=pod_cfg
