@@ -118,3 +118,20 @@ def test_on_a_kernel_without_pidfds_the_files_tell(conmons, monkeypatch):
         assert watch.dead(running(conmons)) == [conmons[2].cid]
     finally:
         watch.close()
+
+
+def test_pidfds_beyond_the_budget_are_left_to_the_files(conmons):
+    """At most ``max_pidfds`` descriptors (half the soft limit by default), whatever the
+    container count: the rest are looked at by their files, and still seen to die."""
+    before = open_fds()
+    watch = ConmonWatch(max_pidfds=2)
+    try:
+        assert watch.dead(running(conmons)) == []
+        assert (len(watch), open_fds()) == (3, before + 2)
+        conmons[2].kill()  # the one past the budget
+        assert watch.dead(running(conmons)) == [conmons[2].cid]
+        conmons[0].kill()
+        assert sorted(watch.dead(running(conmons))) == sorted([conmons[0].cid, conmons[2].cid])
+    finally:
+        watch.close()
+    assert open_fds() == before

@@ -6,7 +6,9 @@ any call arriving then waited. A pidfd (pidfd_open(2), Linux 5.3) turns readable
 its process ends, whoever the parent is, and names that process, not a pid that may be
 reused. Each conmon's pidfd is taken once (after its ``cmdline`` is checked) and a look
 polls them all, ~16 µs at 500. A container whose pidfd cannot be had (an older kernel,
-no descriptor left) is checked by reading its files at every look, as before.
+no descriptor left) is checked by reading its files at every look, as before; so is
+any beyond half of sycri's descriptor limit (a node that runs sycri with a soft limit
+of 1024 keeps the other half for sockets and files, whatever the container count).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import resource
 import select
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,7 +29,11 @@ _BY_FILES = -1  # no pidfd for this container: read its files at every look
 class ConmonWatch:
     """A pidfd per running container's live conmon, kept between looks."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_pidfds: int | None = None) -> None:
+        if max_pidfds is None:
+            soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            max_pidfds = soft // 2 if soft != resource.RLIM_INFINITY else 1 << 20
+        self.max_pidfds = max_pidfds
         self._fds: dict[str, int] = {}
         self._ids: dict[int, str] = {}
         self._poll = select.poll()
@@ -68,6 +75,9 @@ class ConmonWatch:
         pid = conmon.pid_of(bundle, cid)
         if pid is None:
             return None
+        if len(self._ids) >= self.max_pidfds:
+            self._fds[cid] = _BY_FILES
+            return _BY_FILES
         try:
             fd = os.pidfd_open(pid)
         except OSError as exc:
