@@ -15,8 +15,7 @@ import posixpath
 import stat
 from typing import Any
 
-from sycri.fsutil import Unresolvable as _Unknown
-from sycri.fsutil import resolve_in_root as _resolve
+from sycri.fsutil import Unresolvable, resolve_in_root
 
 
 def problem(root: str, spec: dict[str, Any]) -> str | None:
@@ -40,11 +39,11 @@ def problem(root: str, spec: dict[str, Any]) -> str | None:
             return None
         for d in path_var.split(":"):
             if not d.startswith("/"):
-                raise _Unknown  # relative to the working directory: runc's call
+                raise Unresolvable  # relative to the working directory: runc's call
             if _check(root, posixpath.join(d, name), mounts) is None:
                 return None
         return "not found in PATH " + path_var
-    except _Unknown:
+    except Unresolvable:
         return None
 
 
@@ -55,22 +54,22 @@ def _mount_points(root: str, spec: dict[str, Any]) -> frozenset[str]:
         dest = m.get("destination") or ""
         if dest.startswith("/"):
             out.add(posixpath.normpath(dest))
-            with contextlib.suppress(_Unknown, OSError):
-                out.add(_resolve(root, dest, frozenset(), lenient=True))
+            with contextlib.suppress(Unresolvable, OSError):
+                out.add(resolve_in_root(root, dest, frozenset(), lenient=True))
     return frozenset(out)
 
 
 def _check(root: str, path: str, mounts: frozenset[str]) -> str | None:
     """None when ``path`` is an executable file of the image; why not otherwise."""
     try:
-        resolved = _resolve(root, path, mounts)
+        resolved = resolve_in_root(root, path, mounts)
         st = os.lstat(root + resolved)
     except FileNotFoundError:
         return "not found"
     except NotADirectoryError:
         return "not found"
     except OSError:
-        raise _Unknown from None
+        raise Unresolvable from None
     if stat.S_ISDIR(st.st_mode) or not st.st_mode & 0o111:
         return "not executable"
     return None

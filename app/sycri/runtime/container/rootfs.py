@@ -404,6 +404,8 @@ def release_mounts(bundle: Path) -> None:
     if os.path.isdir(bundle / "volumes"):
         for mnt in _under(bundle / "volumes"):
             _umount(str(mnt))
+
+
 def _first_mount_in(top: Path) -> Path | bool | None:
     """The first mount found at or below ``top`` (symlinks never followed), False when
     there is none, None when the kernel cannot tell (then the mount table decides)."""
