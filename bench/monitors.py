@@ -33,6 +33,7 @@ from sycri.runtime.container.containers import UNMONITORED  # noqa: E402
 
 from bench.containers import show, sleeper  # noqa: E402
 from tests.support import oci, registry  # noqa: E402
+from tests.support.conmons import StandInConmon  # noqa: E402
 from tests.support.node import remove_cgroups  # noqa: E402
 from tests.support.pods import PodNet, pod_config, unmount_all  # noqa: E402
 from tests.support.server import SycriServer  # noqa: E402
@@ -68,21 +69,12 @@ def placement_cost(n: int, work: Path) -> None:
 
 def look_cost(m: int, work: Path, looks: int = 50) -> None:
     """One look at ``m`` live conmons, by their files and by pidfds (ms, median)."""
-    procs, running = [], []
+    stand_ins: list[StandInConmon] = []
     try:
         for i in range(m):
             cid = f"{i:08x}" + "c" * 56
-            bundle = work / cid
-            bundle.mkdir(parents=True)
-            p = subprocess.Popen(
-                ["conmon", "-c", "read line", cid], executable="/bin/sh", stdin=subprocess.PIPE
-            )
-            procs.append(p)
-            running.append((cid, bundle))
-        for p, (_cid, bundle) in zip(procs, running, strict=True):
-            while not Path(f"/proc/{p.pid}/cmdline").read_bytes().startswith(b"conmon"):
-                time.sleep(0.001)
-            (bundle / "conmon.pid").write_text(f"{p.pid}\n")
+            stand_ins.append(StandInConmon(work / cid, cid))
+        running = [(s.cid, s.bundle) for s in stand_ins]
         by_files, by_pidfd = [], []
         watch = ConmonWatch()
         t0 = time.perf_counter()
@@ -101,9 +93,8 @@ def look_cost(m: int, work: Path, looks: int = 50) -> None:
         print(f"one poll of kept pidfds:    {statistics.median(by_pidfd) * 1000:.3f} ms")
         print(f"(taking the pidfds, once:   {first * 1000:.2f} ms)")
     finally:
-        for p in procs:
-            p.kill()
-            p.wait()
+        for s in stand_ins:
+            s.kill()
 
 
 def main() -> None:

@@ -7,50 +7,25 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sycri.runtime.container.conmonwatch import ConmonWatch
 
-
-class FakeConmon:
-    """A process whose /proc cmdline reads ``conmon ... <id>``, blocked on its stdin."""
-
-    def __init__(self, bundle: Path, cid: str) -> None:
-        bundle.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            ["conmon", "-c", "read line", cid], executable="/bin/sh", stdin=subprocess.PIPE
-        )
-        # conmon writes its pid file once it runs; right after exec the cmdline may
-        # still read empty for a moment.
-        cmdline = Path(f"/proc/{self.proc.pid}/cmdline")
-        for _ in range(10_000):
-            if cmdline.read_bytes().startswith(b"conmon"):
-                break
-            time.sleep(0.001)
-        else:
-            raise AssertionError(f"{cmdline} never read conmon")
-        (bundle / "conmon.pid").write_text(f"{self.proc.pid}\n")
-        self.bundle, self.cid = bundle, cid
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
+from tests.support.conmons import StandInConmon
 
 
 @pytest.fixture
-def conmons(tmp_path: Path) -> Iterator[list[FakeConmon]]:
-    made = [FakeConmon(tmp_path / f"b{i}", f"{i:02d}" + "c" * 62) for i in range(3)]
+def conmons(tmp_path: Path) -> Iterator[list[StandInConmon]]:
+    made = [StandInConmon(tmp_path / f"b{i}", f"{i:02d}" + "c" * 62) for i in range(3)]
     yield made
     for fake in made:
         with contextlib.suppress(OSError):
             fake.kill()
 
 
-def running(fakes: list[FakeConmon]) -> list[tuple[str, Path]]:
+def running(fakes: list[StandInConmon]) -> list[tuple[str, Path]]:
     return [(f.cid, f.bundle) for f in fakes]
 
 
